@@ -1,0 +1,288 @@
+"""The coordinator: one per job. Spawns a stage actor per stage and drives the DAG.
+
+A stage starts the moment all of its dependencies have ended, so there is no
+barrier between groups: a stage never waits for an unrelated slow stage. A
+failed dependency does not cancel its dependents (as in the seed, procurement
+still runs when plays fails). With ``parallel = false`` (the rollback) one
+stage runs at a time in the pipeline's topological order.
+
+The coordinator never blocks: stage actors report by ``tell``, a periodic
+``Tick`` catches a stage actor that died without reporting, and the result
+leaves through ``on_done`` and the observers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pykka
+from loguru import logger
+
+from briefd.actors.stage import StageActor
+from briefd.config import PipelineSpec, Settings
+from briefd.events import Observer, publish
+from briefd.messages import (
+    CancelJob,
+    ErrorCode,
+    Event,
+    JobCompleted,
+    JobResult,
+    JobSpec,
+    JobStarted,
+    JobStatus,
+    LatencyMeasured,
+    PipelineError,
+    ProgressChanged,
+    StageFailed,
+    StageFellBack,
+    StageRetrying,
+    StageStarted,
+    StageState,
+    StageSucceeded,
+    StartStage,
+    Tick,
+)
+from briefd.progress import StageRecord, job_metrics, job_status, progress
+from briefd.timers import Timers
+
+HEALTH_PERIOD_S = 0.5
+_TERMINAL = (StageState.COMPLETE, StageState.FAILED)
+
+AnyRef = pykka.ActorRef[Any]
+
+
+class CoordinatorActor(pykka.ThreadingActor):
+    """Runs one job to a ``JobCompleted``."""
+
+    def __init__(
+        self,
+        *,
+        job: JobSpec,
+        pipeline: PipelineSpec,
+        settings: Settings,
+        base_url: str,
+        limiter: AnyRef,
+        observers: Sequence[Observer] = (),
+        on_done: Callable[[JobResult], None] | None = None,
+        stage_actor_cls: type[StageActor] = StageActor,
+        done_stages: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.job = job
+        self._pipeline = pipeline
+        self._settings = settings
+        self._base_url = base_url
+        self._limiter = limiter
+        self._observers = tuple(observers)
+        self._on_done = on_done
+        self._stage_cls = stage_actor_cls
+        self._records = {name: StageRecord() for name in pipeline.names}
+        self._documents: dict[str, Any] = dict.fromkeys(pipeline.names)
+        self._errors: list[PipelineError] = []
+        self._fallbacks: list[str] = []
+        self._stages: dict[str, AnyRef] = {}
+        self._told: set[str] = set()
+        self._timers = Timers()
+        self._started = time.monotonic()
+        self._finished = False
+        # Stages a journal already holds (daemon resume): not called again.
+        for name, document in (done_stages or {}).items():
+            if name in self._records:
+                self._records[name].state = StageState.COMPLETE
+                self._documents[name] = document
+                self._told.add(name)
+
+    # -- pykka hooks ---------------------------------------------------------
+
+    def on_start(self) -> None:
+        self._publish(
+            JobStarted(
+                job_id=self.job.job_id,
+                stages=list(self._pipeline.names),
+                parallel=self._settings.parallel,
+                max_concurrent=self._settings.max_concurrent,
+            )
+        )
+        self._timers.every(self.actor_ref, HEALTH_PERIOD_S, Tick())
+        self._advance()
+
+    def on_stop(self) -> None:
+        self._timers.close()
+        for ref in self._stages.values():
+            ref.stop(block=False)
+
+    def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
+        if not self._finished:
+            self._errors.append(
+                PipelineError(
+                    stage="*",
+                    code=ErrorCode.CRASHED,
+                    message=f"coordinator crashed: {exception_type.__name__}",
+                    hint="a bug in briefd; see the log for the traceback",
+                )
+            )
+            self._finish(JobStatus.FAILED)
+
+    def on_receive(self, message: Any) -> Any:
+        match message:
+            case StageStarted(stage=stage, attempt=attempt) if self._active(stage):
+                rec = self._records[stage]
+                rec.attempts = attempt
+                self._publish(message)
+                if rec.state is not StageState.RUNNING:
+                    rec.state = StageState.RUNNING
+                    self._progress(stage)
+            case StageRetrying(stage=stage) if self._active(stage):
+                self._publish(message)
+            case StageSucceeded(stage=stage) if self._active(stage):
+                self._end(stage, StageState.COMPLETE, message.attempts, message)
+                self._documents[stage] = message.document
+                self._publish(message)
+                self._progress(stage)
+                self._advance()
+            case StageFailed(stage=stage) if self._active(stage):
+                self._stage_failed(message)
+                self._advance()
+            case CancelJob(reason=reason):
+                self._cancel(reason)
+            case Tick():
+                self._check_health()
+            case StageStarted() | StageRetrying() | StageSucceeded() | StageFailed():
+                pass  # a late report from a stage already ended (cancelled or crashed)
+            case _:
+                logger.warning("{} coordinator: unexpected {!r}", self.job.job_id, message)
+        return None
+
+    # -- the DAG -------------------------------------------------------------
+
+    def _active(self, stage: str) -> bool:
+        return (
+            not self._finished
+            and self._records.get(stage, StageRecord(StageState.FAILED)).state not in _TERMINAL
+        )
+
+    def _advance(self) -> None:
+        if self._finished:
+            return
+        if all(r.state in _TERMINAL for r in self._records.values()):
+            status = job_status(self._documents, [e.stage for e in self._errors], self._fallbacks)
+            self._finish(status)
+            return
+        in_flight = [n for n in self._told if self._records[n].state not in _TERMINAL]
+        for name in self._pipeline.order:
+            if name in self._told:
+                continue
+            deps = self._pipeline.by_name[name].depends_on
+            if not all(self._records[d].state in _TERMINAL for d in deps):
+                continue
+            if not self._settings.parallel and in_flight:
+                return
+            self._start_stage(name)
+            in_flight.append(name)
+
+    def _start_stage(self, name: str) -> None:
+        self._told.add(name)
+        self._records[name].started_at = time.monotonic()
+        ref = self._stage_cls.start(
+            job_id=self.job.job_id,
+            spec=self._pipeline.by_name[name],
+            prompt=self.job.prompts[name],
+            settings=self._settings,
+            base_url=self._base_url,
+            limiter=self._limiter,
+            coordinator=self.actor_ref,
+            priority=self._pipeline.remaining_path[name],
+        )
+        self._stages[name] = ref
+        ref.tell(StartStage(job_id=self.job.job_id, stage=name))
+
+    def _end(
+        self, stage: str, state: StageState, attempts: int, event: StageSucceeded | StageFailed
+    ) -> None:
+        rec = self._records[stage]
+        rec.state = state
+        rec.ended_at = time.monotonic()
+        rec.attempts = max(rec.attempts, attempts)
+        rec.usage = event.usage
+
+    def _stage_failed(self, failed: StageFailed) -> None:
+        stage = failed.stage
+        self._end(stage, StageState.FAILED, failed.attempts, failed)
+        self._errors.append(failed.error)
+        self._publish(failed)
+        spec = self._pipeline.by_name[stage]
+        fallback = getattr(self.job, spec.fallback, None) if spec.fallback else None
+        if spec.fallback and fallback is not None:
+            self._documents[stage] = fallback
+            self._fallbacks.append(stage)
+            self._publish(StageFellBack(job_id=self.job.job_id, stage=stage, source=spec.fallback))
+        self._progress(stage)
+
+    def _check_health(self) -> None:
+        for name, ref in list(self._stages.items()):
+            if self._active(name) and not ref.is_alive():
+                self._stage_failed(
+                    StageFailed(
+                        job_id=self.job.job_id,
+                        stage=name,
+                        error=PipelineError(
+                            stage=name,
+                            code=ErrorCode.CRASHED,
+                            message="stage actor died without reporting",
+                            hint="a bug in briefd; see the log for the traceback",
+                        ),
+                    )
+                )
+        self._advance()
+
+    def _cancel(self, reason: str) -> None:
+        if self._finished:
+            return
+        for name, rec in self._records.items():
+            if rec.state in _TERMINAL:
+                continue
+            rec.state = StageState.FAILED
+            if rec.started_at is not None:
+                rec.ended_at = time.monotonic()
+            self._errors.append(
+                PipelineError(stage=name, code=ErrorCode.CANCELLED, message=reason, hint="")
+            )
+        self._finish(JobStatus.CANCELLED)
+
+    def _finish(self, status: JobStatus) -> None:
+        self._finished = True
+        metrics = job_metrics(self._pipeline, self._records, self._started, time.monotonic())
+        result = JobResult(
+            job_id=self.job.job_id,
+            status=status,
+            documents=self._documents,
+            errors=self._errors,
+            fallbacks=self._fallbacks,
+            progress=progress(self._pipeline, self._records),
+            metrics=metrics,
+            parallel=self._settings.parallel,
+        )
+        self._publish(LatencyMeasured(job_id=self.job.job_id, metrics=metrics))
+        self._publish(JobCompleted(job_id=self.job.job_id, result=result))
+        if self._on_done is not None:
+            try:
+                self._on_done(result)
+            except Exception as err:
+                logger.error("{} on_done failed: {}", self.job.job_id, repr(err))
+        self.actor_ref.stop(block=False)
+
+    # -- helpers -------------------------------------------------------------
+
+    def _progress(self, stage: str) -> None:
+        self._publish(
+            ProgressChanged(
+                job_id=self.job.job_id,
+                stage=stage,
+                progress=progress(self._pipeline, self._records),
+            )
+        )
+
+    def _publish(self, event: Event) -> None:
+        publish(event, self._observers)

@@ -1,0 +1,129 @@
+"""The metrics actor: timings and counts across every job this process ran.
+
+Coordinators publish events; this actor is one of their observers (``tell``)
+and keeps running aggregates: stage latencies, group and total times,
+speed-ups, retries, timeouts and errors by code, tokens in use. Readers
+outside the actor system ``ask`` for :meth:`MetricsActor.snapshot` with a
+timeout.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import pykka
+
+from briefd.messages import (
+    ErrorCode,
+    JobCompleted,
+    StageFailed,
+    StageRetrying,
+    StageSucceeded,
+    TokenGranted,
+    TokenReleased,
+)
+
+SAMPLES = 2048
+
+
+def percentile(values: list[int] | list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    return float(ordered[rank - 1])
+
+
+@dataclass(frozen=True)
+class LatencySummary:
+    """p50/p95/max of one series, in milliseconds."""
+
+    count: int
+    p50_ms: float
+    p95_ms: float
+    max_ms: float
+
+    @classmethod
+    def of(cls, values: list[int]) -> LatencySummary:
+        if not values:
+            return cls(0, 0.0, 0.0, 0.0)
+        return cls(len(values), percentile(values, 50), percentile(values, 95), float(max(values)))
+
+
+@dataclass(frozen=True)
+class MetricsSnapshot:
+    """Aggregates at one moment."""
+
+    jobs_by_status: dict[str, int]
+    stage_latency: dict[str, LatencySummary]
+    parallel_group: LatencySummary
+    sequential_group: LatencySummary
+    total: LatencySummary
+    mean_speedup: float
+    stage_calls: int
+    retries: int
+    timeouts: int
+    errors_by_code: dict[str, int]
+    tokens_in_use: int
+    usage_tokens: dict[str, int] = field(default_factory=dict)
+
+
+class MetricsActor(pykka.ThreadingActor):
+    """Aggregates the events it is told."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._stage_ms: dict[str, deque[int]] = defaultdict(lambda: deque(maxlen=SAMPLES))
+        self._parallel: deque[int] = deque(maxlen=SAMPLES)
+        self._sequential: deque[int] = deque(maxlen=SAMPLES)
+        self._total: deque[int] = deque(maxlen=SAMPLES)
+        self._speedups: deque[float] = deque(maxlen=SAMPLES)
+        self._jobs: Counter[str] = Counter()
+        self._errors: Counter[str] = Counter()
+        self._usage: Counter[str] = Counter()
+        self._calls = 0
+        self._retries = 0
+        self._tokens_in_use = 0
+
+    def on_receive(self, message: Any) -> Any:
+        match message:
+            case StageSucceeded(stage=stage, elapsed_ms=ms, attempts=n, usage=u):
+                self._stage_ms[stage].append(ms)
+                self._calls += n
+                self._usage["prompt_tokens"] += u.prompt_tokens
+                self._usage["completion_tokens"] += u.completion_tokens
+            case StageFailed(error=e, attempts=n):
+                self._errors[e.code.value] += 1
+                self._calls += n
+            case StageRetrying(reason=r):
+                self._retries += 1
+                self._errors[r.code.value] += 1
+            case TokenGranted(in_use=n) | TokenReleased(in_use=n):
+                self._tokens_in_use = n
+            case JobCompleted(result=r):
+                self._jobs[r.status.value] += 1
+                self._parallel.append(r.metrics.parallel_group_ms)
+                self._sequential.append(r.metrics.sequential_group_ms)
+                self._total.append(r.metrics.total_ms)
+                self._speedups.append(r.metrics.speedup_ratio)
+        return None
+
+    def snapshot(self) -> MetricsSnapshot:
+        """The aggregates now (``ask`` it through a proxy, with a timeout)."""
+        return MetricsSnapshot(
+            jobs_by_status=dict(self._jobs),
+            stage_latency={k: LatencySummary.of(list(v)) for k, v in self._stage_ms.items()},
+            parallel_group=LatencySummary.of(list(self._parallel)),
+            sequential_group=LatencySummary.of(list(self._sequential)),
+            total=LatencySummary.of(list(self._total)),
+            mean_speedup=round(sum(self._speedups) / len(self._speedups), 3)
+            if self._speedups
+            else 0.0,
+            stage_calls=self._calls,
+            retries=self._retries,
+            timeouts=self._errors.get(ErrorCode.TIMEOUT.value, 0),
+            errors_by_code=dict(self._errors),
+            tokens_in_use=self._tokens_in_use,
+            usage_tokens=dict(self._usage),
+        )

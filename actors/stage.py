@@ -1,0 +1,282 @@
+"""The stage actor: one document of one job, from request to validated output.
+
+Its life, all by message, never blocking on another actor::
+
+    StartStage -> RequestToken ... TokenGranted -> HTTP call -> ReleaseToken
+        ok     -> extract + validate -> StageSucceeded
+        error  -> tenacity says retry -> StageRetrying, timer -> ResumeStage -> RequestToken ...
+               -> tenacity says stop  -> StageFailed
+
+The token is held only while the HTTP call is in flight, never during a
+backoff. Any unexpected exception becomes ``StageFailed`` with code
+``CRASHED``: a stage's failure stays in the stage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any
+
+import pykka
+from loguru import logger
+
+from briefd.config import Settings, StageSpec
+from briefd.errors import CallError, InvalidOutputError, StatusError
+from briefd.extract import extract_document
+from briefd.llm import ChatClient, Completion, build_request
+from briefd.messages import (
+    CancelTokenRequest,
+    ErrorCode,
+    PipelineError,
+    ReleaseToken,
+    ReportRateLimit,
+    RequestToken,
+    ResumeStage,
+    StageFailed,
+    StageRetrying,
+    StageStarted,
+    StageSucceeded,
+    StartStage,
+    TokenGranted,
+    Usage,
+)
+from briefd.retry import RetryDriver, make_retrying
+from briefd.timers import Timers
+
+AnyRef = pykka.ActorRef[Any]
+
+
+class StageActor(pykka.ThreadingActor):
+    """Runs one stage of one job; reports to its coordinator by ``tell``."""
+
+    def __init__(
+        self,
+        *,
+        job_id: str,
+        spec: StageSpec,
+        prompt: str,
+        settings: Settings,
+        base_url: str,
+        limiter: AnyRef,
+        coordinator: AnyRef,
+        priority: int = 0,
+    ) -> None:
+        super().__init__()
+        self.job_id = job_id
+        self.spec = spec
+        self._prompt = prompt
+        self._settings = settings
+        self._base_url = base_url
+        self._limiter = limiter
+        self._coordinator = coordinator
+        self._priority = priority
+        self._client: ChatClient | None = None
+        self._driver = RetryDriver(make_retrying(settings))
+        self._timers = Timers()
+        self._lease: int | None = None
+        self._started_at: float | None = None
+        self._finished = False
+        self._usage = Usage()
+        self._extra_messages: list[dict[str, str]] = []
+        self._reasked = False
+
+    # -- pykka hooks ---------------------------------------------------------
+
+    def on_receive(self, message: Any) -> Any:
+        try:
+            match message:
+                case StartStage():
+                    self._started_at = time.monotonic()
+                    self._request_token()
+                case ResumeStage():
+                    self._request_token()
+                case TokenGranted():
+                    self._on_token(message)
+                case _:
+                    logger.warning("{} {}: unexpected {!r}", self.job_id, self.spec.name, message)
+        except Exception as err:  # the stage's failure stays in the stage
+            self._release()
+            self._fail(
+                PipelineError(
+                    stage=self.spec.name,
+                    code=ErrorCode.CRASHED,
+                    message=f"stage actor crashed: {type(err).__name__}: {err}",
+                    hint="a bug in briefd or in a plug-in; see the log for the traceback",
+                )
+            )
+            logger.opt(exception=err).error("{} {} crashed", self.job_id, self.spec.name)
+        return None
+
+    def on_failure(
+        self,
+        exception_type: type[BaseException] | None,
+        exception_value: BaseException | None,
+        traceback: Any,
+    ) -> None:
+        self._release()
+        self._fail(
+            PipelineError(
+                stage=self.spec.name,
+                code=ErrorCode.CRASHED,
+                message=f"stage actor died: {exception_type.__name__ if exception_type else '?'}",
+                hint="a bug in briefd; see the log for the traceback",
+            )
+        )
+
+    def on_stop(self) -> None:
+        self._timers.close()
+        self._release()
+        with contextlib.suppress(pykka.ActorDeadError):
+            self._limiter.tell(
+                CancelTokenRequest(
+                    job_id=self.job_id, stage=self.spec.name, requester=self.actor_urn
+                )
+            )
+        if self._client is not None:
+            self._client.close()
+
+    # -- the steps -----------------------------------------------------------
+
+    def _request_token(self) -> None:
+        if self._finished:
+            return
+        self._limiter.tell(
+            RequestToken(
+                job_id=self.job_id,
+                stage=self.spec.name,
+                requester=self.actor_urn,
+                priority=self._priority,
+            )
+        )
+
+    def _on_token(self, granted: TokenGranted) -> None:
+        if self._finished or self._lease is not None:
+            self._limiter.tell(
+                ReleaseToken(job_id=self.job_id, stage=self.spec.name, lease_id=granted.lease_id)
+            )
+            return
+        self._lease = granted.lease_id
+        attempt = self._driver.attempt
+        self._coordinator.tell(
+            StageStarted(job_id=self.job_id, stage=self.spec.name, attempt=attempt)
+        )
+        try:
+            completion = self._call()
+        except CallError as err:
+            self._release()
+            self._after_failure(err)
+            return
+        self._release()
+        self._add_usage(completion)
+        try:
+            document = extract_document(self.spec, completion.text)
+        except InvalidOutputError as err:
+            if self._settings.reask_invalid_json and not self._reasked:
+                self._reask(completion.text, err)
+                return
+            self._after_failure(err)
+            return
+        self._finished = True
+        self._coordinator.tell(
+            StageSucceeded(
+                job_id=self.job_id,
+                stage=self.spec.name,
+                document=document,
+                elapsed_ms=self._elapsed_ms(),
+                attempts=attempt,
+                usage=self._usage,
+            )
+        )
+
+    def _call(self) -> Completion:
+        """The HTTP call (a seam for tests that need a stage to crash)."""
+        if self._client is None:
+            self._client = ChatClient(self._settings, self._base_url)
+        body = build_request(self.spec, self._prompt, self._settings.model, self._extra_messages)
+        return self._client.complete(body, job_id=self.job_id, stage=self.spec.name)
+
+    def _after_failure(self, err: CallError) -> None:
+        attempt = self._driver.attempt
+        try:
+            wait_s = self._driver.failed(err)
+        except CallError:
+            self._fail(err.to_pipeline_error(self.spec.name))
+            return
+        if isinstance(err, StatusError) and err.status == 429:
+            self._limiter.tell(
+                ReportRateLimit(job_id=self.job_id, stage=self.spec.name, retry_after_s=wait_s)
+            )
+        self._coordinator.tell(
+            StageRetrying(
+                job_id=self.job_id,
+                stage=self.spec.name,
+                attempt=attempt,
+                wait_s=round(wait_s, 3),
+                reason=err.to_pipeline_error(self.spec.name),
+            )
+        )
+        self._timers.tell_later(
+            self.actor_ref,
+            wait_s,
+            ResumeStage(job_id=self.job_id, stage=self.spec.name, attempt=attempt + 1),
+        )
+
+    def _reask(self, text: str, err: InvalidOutputError) -> None:
+        """One more call that quotes the validation error (BRIEFD_REASK_INVALID_JSON)."""
+        self._reasked = True
+        self._extra_messages = [
+            {"role": "assistant", "content": text},
+            {
+                "role": "user",
+                "content": f"That answer was not valid: {err.message}. "
+                "Reply with the corrected JSON object only.",
+            },
+        ]
+        self._coordinator.tell(
+            StageRetrying(
+                job_id=self.job_id,
+                stage=self.spec.name,
+                attempt=self._driver.attempt,
+                wait_s=0.0,
+                reason=err.to_pipeline_error(self.spec.name),
+            )
+        )
+        self._request_token()
+
+    # -- helpers -------------------------------------------------------------
+
+    def _fail(self, error: PipelineError) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        self._coordinator.tell(
+            StageFailed(
+                job_id=self.job_id,
+                stage=self.spec.name,
+                error=error,
+                elapsed_ms=self._elapsed_ms(),
+                attempts=self._driver.attempt,
+                usage=self._usage,
+            )
+        )
+
+    def _release(self) -> None:
+        if self._lease is None:
+            return
+        lease, self._lease = self._lease, None
+        with contextlib.suppress(pykka.ActorDeadError):
+            self._limiter.tell(
+                ReleaseToken(job_id=self.job_id, stage=self.spec.name, lease_id=lease)
+            )
+
+    def _add_usage(self, completion: Completion) -> None:
+        self._usage = Usage(
+            prompt_tokens=self._usage.prompt_tokens + completion.usage.prompt_tokens,
+            completion_tokens=self._usage.completion_tokens + completion.usage.completion_tokens,
+        )
+
+    def _elapsed_ms(self) -> int:
+        if self._started_at is None:
+            return 0
+        return int((time.monotonic() - self._started_at) * 1000)

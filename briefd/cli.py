@@ -1,0 +1,96 @@
+"""The ``briefd`` command line.
+
+Exit codes: 0 succeeded, 3 partial, 1 failed (or cancelled), 2 bad input or
+configuration (one line on stderr, never a traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from briefd.config import ConfigError, Settings
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # exit 2 with one line, as argparse does, no usage dump
+        self.exit(EXIT_USAGE, f"briefd: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="briefd", description="Multi-stage LLM document pipelines.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="run one job and write its documents")
+    run.add_argument("job", type=Path, help="job JSON file")
+    run.add_argument("--out", type=Path, required=True, help="output directory")
+    run.add_argument("--config", type=Path, help="settings TOML file")
+
+    sim = sub.add_parser("sim", help="run the simulated OpenAI-compatible server", add_help=False)
+    sim.add_argument("args", nargs=argparse.REMAINDER)
+    local = sub.add_parser(
+        "local-model", help="run the embedded local model server", add_help=False
+    )
+    local.add_argument("args", nargs=argparse.REMAINDER)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args_in = sys.argv[1:] if argv is None else argv
+    if args_in[:1] == ["sim"]:
+        from briefd.sim import main as sim_main
+
+        return sim_main(args_in[1:])
+    if args_in[:1] == ["local-model"]:
+        from briefd.local import main as local_main
+
+        return local_main(args_in[1:])
+    args = build_parser().parse_args(args_in)
+    try:
+        if args.command == "run":
+            return _run(args)
+    except ConfigError as err:
+        print(f"briefd: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("briefd: interrupted", file=sys.stderr)
+        return 130
+    return EXIT_USAGE
+
+
+def _run(args: argparse.Namespace) -> int:
+    from briefd.api import Pipeline
+    from briefd.jobs import load_job_file
+    from briefd.logs import setup_logging
+    from briefd.messages import JobStatus
+    from briefd.output import write_document, write_result
+
+    settings = Settings.load(args.config)
+    setup_logging(settings)
+    out: Path = args.out
+    with Pipeline(settings) as pipeline:
+        job = load_job_file(args.job, pipeline.pipeline)
+
+        def stream(stage: str, document: Any) -> None:
+            write_document(out, pipeline.pipeline, stage, document)
+
+        future = pipeline.submit(job, on_document=None if settings.buffer_results else stream)
+        result = future.get(timeout=pipeline.job_timeout_s())
+    paths = write_result(out, pipeline.pipeline, result)
+    print(
+        f"{result.job_id}: {result.status} in {result.metrics.total_ms} ms "
+        f"(speed-up {result.metrics.speedup_ratio:.2f}x)"
+    )
+    for p in paths:
+        print(f"  {p}")
+    print(f"  {out / 'result.json'}")
+    for e in result.errors:
+        print(f"  error {e.stage} {e.code}: {e.message} (hint: {e.hint})", file=sys.stderr)
+    return {
+        JobStatus.SUCCEEDED: EXIT_OK,
+        JobStatus.PARTIAL: EXIT_PARTIAL,
+    }.get(result.status, EXIT_FAILED)

@@ -1,0 +1,90 @@
+"""Exceptions of one API call, split the way retries need them.
+
+::
+
+    CallError                 (code, message, hint, retryable)
+    ├── TransportError        timeouts, refused or dropped connections   -> retried
+    ├── StatusError           an HTTP error status                        -> 429/5xx retried
+    ├── TruncatedError        finish_reason == "length"                   -> not retried
+    ├── BadResponseError      200 but not a chat completion              -> not retried
+    └── InvalidOutputError    the document is not valid JSON / schema    -> not retried
+
+Messages never contain the API key: they are built from status codes, URLs
+without credentials and the server's own error text, cut short.
+"""
+
+from __future__ import annotations
+
+from briefd.messages import ErrorCode, PipelineError
+
+
+class CallError(Exception):
+    """A stage's call failed. ``to_pipeline_error`` gives the reported shape."""
+
+    code: ErrorCode = ErrorCode.BAD_RESPONSE
+    retryable: bool = False
+    hint: str = ""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if hint is not None:
+            self.hint = hint
+
+    def to_pipeline_error(self, stage: str) -> PipelineError:
+        return PipelineError(stage=stage, code=self.code, message=self.message, hint=self.hint)
+
+
+class TransportError(CallError):
+    """The request did not get a complete answer: timeout, refused, reset."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, code: ErrorCode, hint: str) -> None:
+        super().__init__(message, hint=hint)
+        self.code = code
+
+
+class StatusError(CallError):
+    """The server answered with an error status."""
+
+    def __init__(self, status: int, detail: str, *, retry_after: float | None = None) -> None:
+        self.status = status
+        self.retry_after = retry_after
+        if status == 429:
+            self.code, self.retryable = ErrorCode.RATE_LIMITED, True
+            hint = "the API's rate limit: lower BRIEFD_MAX_CONCURRENT or raise your quota"
+        elif status in (500, 502, 503, 504):
+            self.code, self.retryable = ErrorCode.SERVER_ERROR, True
+            hint = "the API is failing or overloaded; retried automatically"
+        elif status in (401, 403):
+            self.code, self.retryable = ErrorCode.HTTP_ERROR, False
+            hint = "check BRIEFD_API_KEY"
+        elif status == 404:
+            self.code, self.retryable = ErrorCode.HTTP_ERROR, False
+            hint = "check BRIEFD_BASE_URL (it should end in /v1) and BRIEFD_MODEL"
+        else:
+            self.code, self.retryable = ErrorCode.HTTP_ERROR, False
+            hint = "the API refused the request; check the prompt size and model limits"
+        super().__init__(f"HTTP {status}: {detail}".rstrip(": "), hint=hint)
+
+
+class TruncatedError(CallError):
+    """The model stopped at its token limit: the document would be cut off."""
+
+    code = ErrorCode.TRUNCATED
+    hint = "raise the stage's max_tokens in the pipeline file or shorten the prompt"
+
+
+class BadResponseError(CallError):
+    """A 200 answer that is not a chat completion."""
+
+    code = ErrorCode.BAD_RESPONSE
+    hint = "is BRIEFD_BASE_URL an OpenAI-compatible API?"
+
+
+class InvalidOutputError(CallError):
+    """The model's JSON does not parse or does not match the stage's schema."""
+
+    code = ErrorCode.INVALID_JSON
+    hint = "the model did not follow the JSON format; try a larger model or enable the re-ask"

@@ -1,0 +1,91 @@
+"""Publishing events: every event goes to the log and to the actor's observers.
+
+The log is the operations record (the console reads it); observers are how
+other parts of the program (metrics, the in-process API, the daemon's
+journal) hear about a job without the actors knowing who listens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from loguru import logger
+
+from briefd.messages import (
+    Event,
+    JobCompleted,
+    JobStarted,
+    LatencyMeasured,
+    ProgressChanged,
+    RateLimitCooldown,
+    StageFailed,
+    StageFellBack,
+    StageRetrying,
+    StageStarted,
+    StageSucceeded,
+    TokenGranted,
+    TokenReleased,
+)
+
+Observer = Callable[[Event], None]
+
+_DEBUG = (TokenGranted, TokenReleased, ProgressChanged)
+_WARNING = (StageFailed, StageRetrying, StageFellBack, RateLimitCooldown)
+
+
+def describe(event: Event) -> str:
+    """A one-line human summary of an event (the text log's message)."""
+    job = getattr(event, "job_id", "-")
+    match event:
+        case StageStarted(stage=s, attempt=a):
+            return f"{job} {s} started (attempt {a})"
+        case StageRetrying(stage=s, attempt=a, wait_s=w, reason=r):
+            return f"{job} {s} retrying in {w:.2f}s after attempt {a}: {r.code} {r.message}"
+        case StageSucceeded(stage=s, elapsed_ms=ms, attempts=a):
+            return f"{job} {s} succeeded in {ms} ms ({a} attempt{'s' if a != 1 else ''})"
+        case StageFailed(stage=s, error=e):
+            return f"{job} {s} failed: {e.code} {e.message} (hint: {e.hint})"
+        case StageFellBack(stage=s, source=src):
+            return f"{job} {s} fell back to the job's {src}"
+        case TokenGranted(stage=s, in_use=n, capacity=c):
+            return f"{job} {s} got a token ({n}/{c} in use)"
+        case TokenReleased(stage=s, in_use=n, capacity=c, reclaimed=r):
+            return f"{job} {s} {'lost' if r else 'released'} its token ({n}/{c} in use)"
+        case RateLimitCooldown(retry_after_s=w):
+            return f"{job} rate limited: all grants paused for {w:.2f}s"
+        case JobStarted(stages=st, parallel=p):
+            return f"{job} started: {', '.join(st)} ({'parallel' if p else 'sequential'})"
+        case ProgressChanged(progress=pr):
+            return f"{job} progress {pr.percent:.0f}%"
+        case LatencyMeasured(metrics=m):
+            return f"{job} latency " + latency_table(m.stages_ms, m)
+        case JobCompleted(result=r):
+            return f"{job} {r.status} in {r.metrics.total_ms} ms"
+    return f"{job} {event.__class__.__name__}"
+
+
+def latency_table(stages_ms: dict[str, int], m: object) -> str:
+    """The seed's step-5 table on one line."""
+    parts = [f"{name}={ms}ms" for name, ms in stages_ms.items()]
+    parts.append(f"parallel_group={getattr(m, 'parallel_group_ms', 0)}ms")
+    parts.append(f"sequential_group={getattr(m, 'sequential_group_ms', 0)}ms")
+    parts.append(f"total={getattr(m, 'total_ms', 0)}ms")
+    parts.append(f"speedup={getattr(m, 'speedup_ratio', 0.0):.2f}x")
+    return " | ".join(parts)
+
+
+def publish(event: Event, observers: Sequence[Observer] = ()) -> None:
+    """Log ``event`` and hand it to each observer; a failing observer is logged, not raised."""
+    level = (
+        "DEBUG"
+        if isinstance(event, _DEBUG)
+        else "WARNING"
+        if isinstance(event, _WARNING)
+        else "INFO"
+    )
+    logger.bind(event=event.type, payload=event.model_dump(mode="json")).log(level, describe(event))
+    for observer in observers:
+        try:
+            observer(event)
+        except Exception as err:  # an observer must not take the actor down
+            logger.error("observer {} failed on {}: {}", observer, event.type, repr(err))

@@ -1,0 +1,84 @@
+"""Job bookkeeping that is pure arithmetic: progress percent, status and latency figures.
+
+Kept out of the coordinator so it can be read (and tested) without actors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from briefd.config import PipelineSpec
+from briefd.messages import JobMetrics, JobStatus, Progress, StageState, Usage
+
+
+@dataclass
+class StageRecord:
+    """What the coordinator knows of one stage of its job."""
+
+    state: StageState = StageState.PENDING
+    started_at: float | None = None
+    ended_at: float | None = None
+    attempts: int = 0
+    usage: Usage = field(default_factory=Usage)
+
+
+def progress(pipeline: PipelineSpec, records: dict[str, StageRecord]) -> Progress:
+    """Seed step 4: weighted percent, a running stage counting half."""
+    total = sum(s.weight for s in pipeline.stages) or 1.0
+    done = 0.0
+    for s in pipeline.stages:
+        state = records[s.name].state
+        if state is StageState.COMPLETE:
+            done += s.weight
+        elif state is StageState.RUNNING:
+            done += s.weight * 0.5
+    return Progress(
+        stages={name: rec.state for name, rec in records.items()},
+        percent=round(100.0 * done / total, 1),
+    )
+
+
+def job_status(documents: dict[str, object], failed: list[str], fallbacks: list[str]) -> JobStatus:
+    """succeeded: every stage succeeded; partial: some document exists; failed: none does."""
+    if not failed and not fallbacks:
+        return JobStatus.SUCCEEDED
+    if any(doc is not None for doc in documents.values()):
+        return JobStatus.PARTIAL
+    return JobStatus.FAILED
+
+
+def _span_ms(records: list[StageRecord]) -> int:
+    starts = [r.started_at for r in records if r.started_at is not None]
+    ends = [r.ended_at for r in records if r.ended_at is not None]
+    if not starts or not ends:
+        return 0
+    return max(0, round((max(ends) - min(starts)) * 1000))
+
+
+def job_metrics(
+    pipeline: PipelineSpec, records: dict[str, StageRecord], started: float, ended: float
+) -> JobMetrics:
+    """Seed step 5: per-stage times, the two groups, total and speed-up.
+
+    The parallel group is the stages with no dependencies; the sequential group
+    is every other stage. ``speedup_ratio`` = sum of stage times / total.
+    """
+    stages_ms = {
+        name: (
+            round((r.ended_at - r.started_at) * 1000)
+            if r.started_at is not None and r.ended_at is not None
+            else 0
+        )
+        for name, r in records.items()
+    }
+    total_ms = max(0, round((ended - started) * 1000))
+    roots = set(pipeline.roots)
+    return JobMetrics(
+        stages_ms=stages_ms,
+        parallel_group_ms=_span_ms([r for n, r in records.items() if n in roots]),
+        sequential_group_ms=_span_ms([r for n, r in records.items() if n not in roots]),
+        total_ms=total_ms,
+        speedup_ratio=round(sum(stages_ms.values()) / total_ms, 3) if total_ms else 0.0,
+        usage={name: r.usage for name, r in records.items()},
+        attempts={name: r.attempts for name, r in records.items()},
+    )

@@ -1,0 +1,129 @@
+"""Typed messages between briefd's actors; serialised, they are the event log.
+
+Every message is a frozen pydantic model with a literal ``type`` field, and
+:data:`AnyMessage` is their discriminated union, so a log line parses back into
+the message that made it (:func:`parse_message`).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, TypeAdapter
+
+from briefd.messages.base import Command, Event, Message
+from briefd.messages.errors import ErrorCode, PipelineError
+from briefd.messages.job import (
+    JOB_ID_PATTERN,
+    JobMetrics,
+    JobResult,
+    JobSpec,
+    JobStatus,
+    Progress,
+    StageState,
+    Usage,
+)
+from briefd.messages.jobs import (
+    CancelJob,
+    JobCompleted,
+    JobStarted,
+    LatencyMeasured,
+    ProgressChanged,
+    SubmitJob,
+    Tick,
+)
+from briefd.messages.stage import (
+    ResumeStage,
+    StageFailed,
+    StageFellBack,
+    StageRetrying,
+    StageStarted,
+    StageSucceeded,
+    StartStage,
+)
+from briefd.messages.token import (
+    CancelTokenRequest,
+    RateLimitCooldown,
+    ReleaseToken,
+    ReportRateLimit,
+    RequestToken,
+    SetCapacity,
+    TokenGranted,
+    TokenReleased,
+)
+
+AnyMessage = Annotated[
+    SubmitJob
+    | CancelJob
+    | Tick
+    | JobStarted
+    | ProgressChanged
+    | LatencyMeasured
+    | JobCompleted
+    | StartStage
+    | ResumeStage
+    | StageStarted
+    | StageRetrying
+    | StageSucceeded
+    | StageFailed
+    | StageFellBack
+    | RequestToken
+    | TokenGranted
+    | ReleaseToken
+    | CancelTokenRequest
+    | TokenReleased
+    | ReportRateLimit
+    | RateLimitCooldown
+    | SetCapacity,
+    Field(discriminator="type"),
+]
+
+_ADAPTER: TypeAdapter[AnyMessage] = TypeAdapter(AnyMessage)
+
+
+def parse_message(data: str | bytes | dict[str, object]) -> Message:
+    """Turn a serialised message (JSON text or a dict) back into its model."""
+    if isinstance(data, dict):
+        return _ADAPTER.validate_python(data)
+    return _ADAPTER.validate_json(data)
+
+
+__all__ = [
+    "JOB_ID_PATTERN",
+    "AnyMessage",
+    "CancelJob",
+    "CancelTokenRequest",
+    "Command",
+    "ErrorCode",
+    "Event",
+    "JobCompleted",
+    "JobMetrics",
+    "JobResult",
+    "JobSpec",
+    "JobStarted",
+    "JobStatus",
+    "LatencyMeasured",
+    "Message",
+    "PipelineError",
+    "Progress",
+    "ProgressChanged",
+    "RateLimitCooldown",
+    "ReleaseToken",
+    "ReportRateLimit",
+    "RequestToken",
+    "ResumeStage",
+    "SetCapacity",
+    "StageFailed",
+    "StageFellBack",
+    "StageRetrying",
+    "StageStarted",
+    "StageState",
+    "StageSucceeded",
+    "StartStage",
+    "SubmitJob",
+    "Tick",
+    "TokenGranted",
+    "TokenReleased",
+    "Usage",
+    "parse_message",
+]

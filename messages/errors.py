@@ -1,0 +1,33 @@
+"""The error shape a stage failure is reported in, as in the seed's ``PipelineError``."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict
+
+
+class ErrorCode(StrEnum):
+    """Why a stage failed. Transient codes are retried before they are reported."""
+
+    TIMEOUT = "TIMEOUT"
+    CONNECTION = "CONNECTION"
+    RATE_LIMITED = "RATE_LIMITED"
+    SERVER_ERROR = "SERVER_ERROR"
+    HTTP_ERROR = "HTTP_ERROR"
+    BAD_RESPONSE = "BAD_RESPONSE"
+    TRUNCATED = "TRUNCATED"
+    INVALID_JSON = "INVALID_JSON"
+    CRASHED = "CRASHED"
+    CANCELLED = "CANCELLED"
+
+
+class PipelineError(BaseModel):
+    """One stage's failure: where, what kind, what happened, and what to try."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    stage: str
+    code: ErrorCode
+    message: str
+    hint: str = ""

@@ -1,0 +1,93 @@
+"""Job input, job result, progress and metrics: what a job is and what it yields."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from briefd.messages.errors import PipelineError
+
+JOB_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+class Frozen(BaseModel):
+    """Value objects inside messages: immutable, no unknown fields."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class JobSpec(Frozen):
+    """One job as a user submits it: pre-composed prompts, one per stage.
+
+    ``job_id`` is used as a directory name and a log key, so it is restricted to
+    a safe alphabet.
+    """
+
+    job_id: str = Field(pattern=JOB_ID_PATTERN)
+    prompts: dict[str, str]
+    procurement_metrics: dict[str, Any] | list[Any] | None = None
+
+
+class StageState(StrEnum):
+    """A stage's place in its life, as the seed's progress tracker names them."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETE = "complete"
+    FAILED = "failed"
+
+
+class JobStatus(StrEnum):
+    """How a finished job ended."""
+
+    SUCCEEDED = "succeeded"
+    PARTIAL = "partial"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class Progress(Frozen):
+    """Per-stage states and the weighted overall percent (running counts half)."""
+
+    stages: dict[str, StageState]
+    percent: float
+
+
+class Usage(Frozen):
+    """Token counts the API reported for one stage (summed over its attempts)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class JobMetrics(Frozen):
+    """Latency figures of one job (seed step 5).
+
+    ``parallel_group_ms`` spans the stages with no dependencies (they may run at
+    once); ``sequential_group_ms`` spans the rest. ``speedup_ratio`` is the sum
+    of stage times over the total: what running one stage at a time would cost,
+    against what the job took.
+    """
+
+    stages_ms: dict[str, int]
+    parallel_group_ms: int
+    sequential_group_ms: int
+    total_ms: int
+    speedup_ratio: float
+    usage: dict[str, Usage]
+    attempts: dict[str, int]
+
+
+class JobResult(Frozen):
+    """Everything a finished job produced."""
+
+    job_id: str
+    status: JobStatus
+    documents: dict[str, Any]
+    errors: list[PipelineError]
+    fallbacks: list[str]
+    progress: Progress
+    metrics: JobMetrics
+    parallel: bool = True

@@ -1,0 +1,64 @@
+"""Job-level commands and events: submit, started, progress, latency, completed."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from briefd.messages.base import Command, Event
+from briefd.messages.job import JobMetrics, JobResult, JobSpec, Progress
+
+
+class SubmitJob(Command):
+    """Run this job."""
+
+    type: Literal["SubmitJob"] = "SubmitJob"
+    job: JobSpec
+
+
+class CancelJob(Command):
+    """Stop a job: stages not started never start; in-flight calls are abandoned."""
+
+    type: Literal["CancelJob"] = "CancelJob"
+    job_id: str
+    reason: str = "cancelled"
+
+
+class Tick(Command):
+    """Timer -> an actor: time to look around (reap dead leases, check stage actors)."""
+
+    type: Literal["Tick"] = "Tick"
+
+
+class JobStarted(Event):
+    """A coordinator took the job and spawned its stage actors."""
+
+    type: Literal["JobStarted"] = "JobStarted"
+    job_id: str
+    stages: list[str]
+    parallel: bool
+    max_concurrent: int
+
+
+class ProgressChanged(Event):
+    """Any stage changed state; ``progress`` is the job's whole picture after it."""
+
+    type: Literal["ProgressChanged"] = "ProgressChanged"
+    job_id: str
+    stage: str
+    progress: Progress
+
+
+class LatencyMeasured(Event):
+    """The end-of-job latency table (seed step 5), one per job."""
+
+    type: Literal["LatencyMeasured"] = "LatencyMeasured"
+    job_id: str
+    metrics: JobMetrics
+
+
+class JobCompleted(Event):
+    """The job reached a terminal state; ``result`` is final."""
+
+    type: Literal["JobCompleted"] = "JobCompleted"
+    job_id: str
+    result: JobResult

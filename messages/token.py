@@ -1,0 +1,96 @@
+"""Execution tokens: the rate limiter's commands and events.
+
+A token is the right to have one HTTP call in flight. Requesters are named by
+their actor URN (``ActorRef.actor_urn``) so that these messages stay plain data.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from briefd.messages.base import Command, Event
+
+
+class RequestToken(Command):
+    """Ask for a token. Answered with ``TokenGranted`` told to ``requester``.
+
+    ``priority`` is the length of the longest path from this stage to the end of
+    its job's DAG: longer paths are served first, so the critical path is not
+    delayed by stages that nothing waits for.
+    """
+
+    type: Literal["RequestToken"] = "RequestToken"
+    job_id: str
+    stage: str
+    requester: str
+    priority: int = 0
+
+
+class TokenGranted(Event):
+    """A token is leased to ``job_id``/``stage`` until it is released or its holder dies."""
+
+    type: Literal["TokenGranted"] = "TokenGranted"
+    job_id: str
+    stage: str
+    lease_id: int
+    in_use: int
+    capacity: int
+    waited_ms: int = 0
+
+
+class ReleaseToken(Command):
+    """Give a leased token back."""
+
+    type: Literal["ReleaseToken"] = "ReleaseToken"
+    job_id: str
+    stage: str
+    lease_id: int
+
+
+class CancelTokenRequest(Command):
+    """Withdraw a waiting request (or release a lease) of a stage that is going away."""
+
+    type: Literal["CancelTokenRequest"] = "CancelTokenRequest"
+    job_id: str
+    stage: str
+    requester: str
+
+
+class TokenReleased(Event):
+    """A lease ended; ``reclaimed`` when its holder died without releasing it."""
+
+    type: Literal["TokenReleased"] = "TokenReleased"
+    job_id: str
+    stage: str
+    lease_id: int
+    in_use: int
+    capacity: int
+    reclaimed: bool = False
+
+
+class ReportRateLimit(Command):
+    """A stage got 429: hold all grants until the server's ``Retry-After`` has passed."""
+
+    type: Literal["ReportRateLimit"] = "ReportRateLimit"
+    job_id: str
+    stage: str
+    retry_after_s: float = Field(ge=0)
+
+
+class RateLimitCooldown(Event):
+    """Grants are paused until ``until`` (Unix time) because the API said 429."""
+
+    type: Literal["RateLimitCooldown"] = "RateLimitCooldown"
+    job_id: str
+    stage: str
+    retry_after_s: float
+    until: float
+
+
+class SetCapacity(Command):
+    """Change the number of tokens (a live reload). Leases above it drain naturally."""
+
+    type: Literal["SetCapacity"] = "SetCapacity"
+    capacity: int = Field(ge=1)
