@@ -72,7 +72,7 @@ class StageActor(pykka.ThreadingActor):
         self._coordinator = coordinator
         self._priority = priority
         self._client: ChatClient | None = None
-        self._driver = RetryDriver(make_retrying(settings))
+        self._driver: RetryDriver | None = None  # made in the actor's own thread
         self._timers = Timers()
         self._lease: int | None = None
         self._started_at: float | None = None
@@ -88,6 +88,7 @@ class StageActor(pykka.ThreadingActor):
             match message:
                 case StartStage():
                     self._started_at = time.monotonic()
+                    self._driver = RetryDriver(make_retrying(self._settings))
                     self._request_token()
                 case ResumeStage():
                     self._request_token()
@@ -157,7 +158,7 @@ class StageActor(pykka.ThreadingActor):
             )
             return
         self._lease = granted.lease_id
-        attempt = self._driver.attempt
+        attempt = self._attempt
         self._coordinator.tell(
             StageStarted(job_id=self.job_id, stage=self.spec.name, attempt=attempt)
         )
@@ -193,17 +194,19 @@ class StageActor(pykka.ThreadingActor):
         """The HTTP call (a seam for tests that need a stage to crash)."""
         if self._client is None:
             self._client = ChatClient(self._settings, self._base_url)
-        body = build_request(self.spec, self._prompt, self._settings.model, self._extra_messages)
+        body = build_request(self.spec, self._prompt, self._settings, self._extra_messages)
         return self._client.complete(body, job_id=self.job_id, stage=self.spec.name)
 
     def _after_failure(self, err: CallError) -> None:
-        attempt = self._driver.attempt
+        attempt = self._attempt
         try:
+            assert self._driver is not None
             wait_s = self._driver.failed(err)
         except CallError:
             self._fail(err.to_pipeline_error(self.spec.name))
             return
-        if isinstance(err, StatusError) and err.status == 429:
+        cooldown = self._settings.rate_limit_cooldown
+        if isinstance(err, StatusError) and err.status == 429 and cooldown:
             self._limiter.tell(
                 ReportRateLimit(job_id=self.job_id, stage=self.spec.name, retry_after_s=wait_s)
             )
@@ -237,7 +240,7 @@ class StageActor(pykka.ThreadingActor):
             StageRetrying(
                 job_id=self.job_id,
                 stage=self.spec.name,
-                attempt=self._driver.attempt,
+                attempt=self._attempt,
                 wait_s=0.0,
                 reason=err.to_pipeline_error(self.spec.name),
             )
@@ -256,7 +259,7 @@ class StageActor(pykka.ThreadingActor):
                 stage=self.spec.name,
                 error=error,
                 elapsed_ms=self._elapsed_ms(),
-                attempts=self._driver.attempt,
+                attempts=self._attempt,
                 usage=self._usage,
             )
         )
@@ -275,6 +278,10 @@ class StageActor(pykka.ThreadingActor):
             prompt_tokens=self._usage.prompt_tokens + completion.usage.prompt_tokens,
             completion_tokens=self._usage.completion_tokens + completion.usage.completion_tokens,
         )
+
+    @property
+    def _attempt(self) -> int:
+        return self._driver.attempt if self._driver is not None else 0
 
     def _elapsed_ms(self) -> int:
         if self._started_at is None:

@@ -76,8 +76,12 @@ class Pipeline:
         if self._limiter is not None:
             return self
         self._provider = open_provider(self.settings)
-        if self._provider.model != self.settings.model:
-            self.settings = self.settings.model_copy(update={"model": self._provider.model})
+        self.settings = self.settings.model_copy(
+            update={
+                "model": self._provider.model,
+                "response_format": self._provider.response_format,
+            }
+        )
         self._metrics = MetricsActor.start()
         self._limiter = RateLimiterActor.start(
             capacity=self.settings.max_concurrent, observers=[self._metrics.tell]

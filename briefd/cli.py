@@ -7,6 +7,7 @@ configuration (one line on stderr, never a traceback).
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,50 +17,59 @@ from briefd.config import ConfigError, Settings
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 
 
+# Commands that live in their own modules: name -> (module, function, help).
+# Each function takes the arguments after the command name and returns an exit code.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "sim": ("briefd.sim", "main", "run the simulated OpenAI-compatible server"),
+    "local-model": ("briefd.local", "main", "run the embedded local model server"),
+    "serve": ("briefd.daemon", "main", "run the long-running daemon"),
+    "submit": ("briefd.client_cli", "submit_main", "submit a job to the daemon"),
+    "status": ("briefd.client_cli", "status_main", "a job's status from the daemon"),
+    "result": ("briefd.client_cli", "result_main", "a job's result from the daemon"),
+    "cancel": ("briefd.client_cli", "cancel_main", "cancel a job in the daemon"),
+    "jobs": ("briefd.client_cli", "jobs_main", "list the daemon's jobs"),
+    "console": ("briefd.console", "main", "live operations console from the event log"),
+    "report": ("briefd.report", "main", "summary of a finished event log"),
+}
+
+
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # exit 2 with one line, as argparse does, no usage dump
+    def error(self, message: str) -> Any:  # exit 2 with one line, no usage dump
         self.exit(EXIT_USAGE, f"briefd: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="briefd", description="Multi-stage LLM document pipelines.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
     run = sub.add_parser("run", help="run one job and write its documents")
     run.add_argument("job", type=Path, help="job JSON file")
     run.add_argument("--out", type=Path, required=True, help="output directory")
     run.add_argument("--config", type=Path, help="settings TOML file")
-
-    sim = sub.add_parser("sim", help="run the simulated OpenAI-compatible server", add_help=False)
-    sim.add_argument("args", nargs=argparse.REMAINDER)
-    local = sub.add_parser(
-        "local-model", help="run the embedded local model server", add_help=False
-    )
-    local.add_argument("args", nargs=argparse.REMAINDER)
+    for name, (_, _, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args_in = sys.argv[1:] if argv is None else argv
-    if args_in[:1] == ["sim"]:
-        from briefd.sim import main as sim_main
-
-        return sim_main(args_in[1:])
-    if args_in[:1] == ["local-model"]:
-        from briefd.local import main as local_main
-
-        return local_main(args_in[1:])
-    args = build_parser().parse_args(args_in)
     try:
-        if args.command == "run":
-            return _run(args)
+        if args_in and args_in[0] in COMMANDS:
+            module_name, func_name, _ = COMMANDS[args_in[0]]
+            try:
+                module = importlib.import_module(module_name)
+            except ModuleNotFoundError as err:
+                print(f"briefd: {args_in[0]}: not available ({err.name})", file=sys.stderr)
+                return EXIT_USAGE
+            code: int = getattr(module, func_name)(args_in[1:])
+            return code
+        args = build_parser().parse_args(args_in)
+        return _run(args)
     except ConfigError as err:
         print(f"briefd: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("briefd: interrupted", file=sys.stderr)
         return 130
-    return EXIT_USAGE
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -47,7 +47,7 @@ def extract_document(stage: StageSpec, text: str) -> Any:
     body = first_fenced(text, "json")
     candidate = body if body is not None else text.strip()
     try:
-        doc = json.loads(candidate)
+        doc = json.loads(candidate, strict=False)  # raw newlines inside strings are common
     except ValueError as err:
         raise InvalidOutputError(f"not valid JSON: {err}") from None
     if stage.schema_ is not None:

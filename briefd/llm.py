@@ -35,9 +35,18 @@ class Completion:
 
 
 def build_request(
-    stage: StageSpec, prompt: str, model: str, extra_messages: list[dict[str, str]] | None = None
+    stage: StageSpec,
+    prompt: str,
+    settings: Settings,
+    extra_messages: list[dict[str, str]] | None = None,
 ) -> dict[str, Any]:
-    """The chat-completions body for one stage."""
+    """The chat-completions body for one stage.
+
+    JSON stages ask for JSON the way the server understands: ``json_schema``
+    (OpenAI, vLLM, Ollama) or ``json_object`` with an inline ``schema``
+    (llama.cpp's server, which refuses ``json_schema``).
+    """
+    model = settings.model
     messages: list[dict[str, str]] = []
     if stage.system:
         messages.append({"role": "system", "content": stage.system})
@@ -50,12 +59,15 @@ def build_request(
         body["max_tokens"] = stage.max_tokens
     if stage.temperature is not None:
         body["temperature"] = stage.temperature
-    if stage.kind == "json" and stage.response_format != "none":
-        if stage.response_format == "json_schema" and stage.schema_ is not None:
+    style = stage.response_format or settings.response_format or "json_schema"
+    if stage.kind == "json" and style != "none":
+        if style == "json_schema" and stage.schema_ is not None:
             body["response_format"] = {
                 "type": "json_schema",
                 "json_schema": {"name": stage.name.lower(), "schema": stage.schema_},
             }
+        elif stage.schema_ is not None:
+            body["response_format"] = {"type": "json_object", "schema": stage.schema_}
         else:
             body["response_format"] = {"type": "json_object"}
     return body

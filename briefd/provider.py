@@ -22,6 +22,7 @@ class Provider:
 
     base_url: str
     model: str = ""
+    response_format: str | None = None
     _server: Any = field(default=None, repr=False)
 
     def close(self) -> None:
@@ -35,7 +36,11 @@ def open_provider(settings: Settings) -> Provider:
     if settings.base_url:
         if not settings.base_url.startswith(("http://", "https://")):
             raise ConfigError(f"BRIEFD_BASE_URL: not an http(s) URL: {settings.base_url!r}")
-        return Provider(base_url=settings.base_url, model=settings.model)
+        return Provider(
+            base_url=settings.base_url,
+            model=settings.model,
+            response_format=settings.response_format or "json_schema",
+        )
     from briefd.local import LocalModelError, LocalModelServer, ensure_model
 
     try:
@@ -44,7 +49,12 @@ def open_provider(settings: Settings) -> Provider:
     except LocalModelError as err:
         raise ConfigError(f"local model: {err}") from None
     logger.info("local model {} serving at {}", server.model, server.base_url)
-    return Provider(base_url=server.base_url, model=settings.model or server.model, _server=server)
+    return Provider(
+        base_url=server.base_url,
+        model=settings.model or server.model,
+        response_format=settings.response_format or "json_object",
+        _server=server,
+    )
 
 
 def _progress(line: str) -> None:

@@ -56,7 +56,10 @@ class RetryDriver:
     """One stage's run through the policy, step by step, without sleeping."""
 
     def __init__(self, retrying: tenacity.Retrying) -> None:
+        # tenacity keeps its per-run state in thread-locals: build the driver in
+        # the thread that will use it (the stage actor's), never in its creator's.
         self._retrying = retrying
+        retrying.begin()
         self._state = RetryCallState(retrying, fn=None, args=(), kwargs={})
         first = retrying.iter(self._state)
         assert isinstance(first, tenacity.DoAttempt)

@@ -35,7 +35,9 @@ class StageSpec(BaseModel):
     system: str | None = None
     schema_: dict[str, Any] | None = Field(default=None, alias="schema")
     schema_file: str | None = None
-    response_format: Literal["json_schema", "json_object", "none"] = "json_schema"
+    response_format: Literal["json_schema", "json_object", "none"] | None = Field(
+        default=None, description="How JSON is requested; unset: BRIEFD_RESPONSE_FORMAT."
+    )
     fallback: str | None = Field(default=None, description="Job field used when the stage fails.")
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0)

@@ -55,6 +55,14 @@ class Settings(BaseSettings):
     backoff_initial_s: float = Field(default=1.0, ge=0)
     backoff_max_s: float = Field(default=30.0, ge=0)
     retry_after_max_s: float = Field(default=120.0, ge=0, description="Clamp on Retry-After.")
+    response_format: Literal["json_schema", "json_object", "none"] | None = Field(
+        default=None,
+        description="How JSON stages ask for JSON: json_schema (OpenAI, vLLM), json_object "
+        "with a schema (llama.cpp); unset: chosen by provider.",
+    )
+    rate_limit_cooldown: bool = Field(
+        default=True, description="On 429, pause every grant until Retry-After has passed."
+    )
     buffer_results: bool = Field(default=True, description="false: deliver each stage as done.")
     reask_invalid_json: bool = Field(default=False, description="One re-ask on invalid JSON.")
 
