@@ -84,7 +84,8 @@ class Pipeline:
         )
         self._metrics = MetricsActor.start()
         self._limiter = RateLimiterActor.start(
-            capacity=self.settings.max_concurrent, observers=[self._metrics.tell]
+            capacity=self.settings.max_concurrent,
+            observers=[self._metrics.tell, *self._extra_observers],
         )
         return self
 

@@ -27,11 +27,9 @@ class _WaitRetryAfterOrBackoff(tenacity.wait.wait_base):
     """The server's ``Retry-After`` when it sent one, else exponential backoff with jitter."""
 
     def __init__(self, settings: Settings) -> None:
-        self._backoff = tenacity.wait_exponential_jitter(
-            initial=settings.backoff_initial_s,
-            max=settings.backoff_max_s,
-            jitter=settings.backoff_initial_s / 4,
-        )
+        self._backoff = tenacity.wait_exponential(
+            multiplier=settings.backoff_initial_s, max=settings.backoff_max_s
+        ) + tenacity.wait_random(0, settings.backoff_initial_s / 4)
 
     def __call__(self, retry_state: RetryCallState) -> float:
         outcome = retry_state.outcome

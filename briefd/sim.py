@@ -1,0 +1,406 @@
+"""Simulated OpenAI-compatible chat-completions server for demos, tests and benchmarks.
+
+briefd's pipelines are judged by how they behave against a slow, flaky upstream (rate
+limits, hangs, truncated or malformed output), which a real API cannot reproduce on
+demand. This server answers ``POST /v1/chat/completions`` deterministically after a
+per-stage latency, injects :class:`Fault`s matched on briefd's ``X-Briefd-Stage`` /
+``X-Briefd-Job`` headers, and counts requests exactly so tests can verify client-side
+concurrency caps. Stdlib HTTP only, so it runs anywhere the package installs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import json
+import math
+import select
+import signal
+import socket
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import FrameType, TracebackType
+from typing import Any, NoReturn
+
+from pydantic import ValidationError
+
+from briefd.sim_faults import (
+    MODEL_ID,
+    Fault,
+    LiveRequest,
+    ProfileError,
+    RequestRecord,
+    SimLedger,
+    SimProfile,
+    SimStats,
+    completion_body,
+    error_body,
+    load_profile,
+    parse_chat,
+    render_content,
+)
+
+__all__ = [
+    "MODEL_ID",
+    "Fault",
+    "ProfileError",
+    "RequestRecord",
+    "SimProfile",
+    "SimServer",
+    "SimStats",
+    "load_profile",
+    "main",
+    "render_content",
+]
+
+_POLL_S = 0.05  # how often a hang checks whether its client went away
+
+
+class _SimHTTPServer(ThreadingHTTPServer):
+    """ThreadingHTTPServer that knows its ledger and tracks open sockets for a prompt stop."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, addr: tuple[str, int], ledger: SimLedger, stop: threading.Event) -> None:
+        self.ledger = ledger
+        self.stop_event = stop
+        self.request_ids = itertools.count(1)
+        self._conns: set[socket.socket] = set()
+        self._conns_lock = threading.Lock()
+        super().__init__(addr, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._conns_lock:
+            self._conns.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._conns_lock:
+            self._conns.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        """Shut every open client socket so idle keep-alive handler threads end too."""
+        with self._conns_lock:
+            conns = list(self._conns)
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Clients vanishing is part of the job; only real bugs get a traceback."""
+        if isinstance(sys.exc_info()[1], OSError):
+            return
+        super().handle_error(request, client_address)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _SimHTTPServer
+    _status: int | None = None
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silence the per-request access log: it would drown test and demo output."""
+
+    def _read_body(self) -> bytes | None:
+        length = self.headers.get("Content-Length")
+        if self.headers.get("Transfer-Encoding") or (length is not None and not length.isdigit()):
+            self.close_connection = True  # cannot find the end of this body; do not reuse
+            self._send_json(400, error_body(400, "a Content-Length body is required"))
+            return None
+        return self.rfile.read(int(length)) if length else b""
+
+    def _send_head(self, status: int, length: int, headers: dict[str, str] | None = None) -> None:
+        self._status = status
+        self.send_response(status)
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        if status != 204:
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(length))
+        self.end_headers()
+
+    def _send_json(self, status: int, obj: Any, headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(obj).encode("utf-8")
+        self._send_head(status, len(data), headers)
+        self.wfile.write(data)
+
+    def _abandon(self) -> None:
+        """Close without answering (drop, hang release, stop mid-wait)."""
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)
+
+    def _peer_gone(self) -> bool:
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == "/v1/models":
+            self._send_json(200, {"object": "list", "data": [{"id": MODEL_ID, "object": "model"}]})
+        elif path == "/_sim/stats":
+            self._send_json(200, self.server.ledger.snapshot().model_dump(mode="json"))
+        else:
+            self._send_json(404, error_body(404, f"no route for GET {path}"))
+
+    def do_POST(self) -> None:
+        path = self.path.split("?", 1)[0]
+        raw = self._read_body()
+        if raw is None:
+            return
+        if path == "/v1/chat/completions":
+            self._chat(raw)
+        elif path == "/_sim/faults":
+            try:
+                self.server.ledger.inject(Fault.model_validate_json(raw or b"null"))
+            except ValidationError as exc:
+                self._send_json(400, error_body(400, f"bad fault: {exc.errors()[0]['msg']}"))
+                return
+            self._send_head(204, 0)
+        elif path == "/_sim/reset":
+            self.server.ledger.reset()
+            self._send_head(204, 0)
+        elif path == "/_sim/scale":
+            try:
+                body = json.loads(raw or b"null")
+                self.server.ledger.set_scale(float(body["scale"]))
+            except (ValueError, TypeError, KeyError):
+                self._send_json(400, error_body(400, 'body must be {"scale": <number >= 0>}'))
+                return
+            self._send_head(204, 0)
+        else:
+            self._send_json(404, error_body(404, f"no route for POST {path}"))
+
+    def _chat(self, raw: bytes) -> None:
+        """Count the request around its whole answer, so in_flight includes hangs and drips."""
+        ledger = self.server.ledger
+        stage = self.headers.get("X-Briefd-Stage") or "UNKNOWN"
+        job_id = self.headers.get("X-Briefd-Job") or "-"
+        rec: LiveRequest = ledger.begin(stage, job_id, self.headers.get("Authorization"))
+        self._status = None
+        completed = False
+        try:
+            completed = self._serve_chat(raw, stage, job_id)
+        except OSError:  # client went away mid-answer (BrokenPipe, ConnectionReset, ...)
+            self.close_connection = True
+        finally:
+            ledger.finish(rec, self._status, completed)
+
+    def _serve_chat(self, raw: bytes, stage: str, job_id: str) -> bool:
+        """Answer one chat request; True when a 200 body was written in full."""
+        ledger, stop = self.server.ledger, self.server.stop_event
+        body, problem = parse_chat(raw)
+        if problem is not None:
+            self._send_json(400, error_body(400, problem))
+            return False
+        fault = ledger.take_fault(stage, job_id)
+        if fault is not None and fault.hang:
+            while not stop.wait(_POLL_S) and not self._peer_gone():
+                pass
+            self._abandon()
+            return False
+        delay = fault.delay_s if fault is not None else 0.0
+        if fault is None or (fault.status is None and not fault.drop):
+            delay += ledger.profile.latency_for(stage)  # errors and drops skip generation time
+        if stop.wait(delay):
+            self._abandon()
+            return False
+        if fault is not None and fault.drop:
+            self._abandon()
+            return False
+        if fault is not None and fault.status is not None:
+            headers = {"Retry-After": fault.retry_after} if fault.retry_after else None
+            message = f"simulated {fault.status} for stage {stage} (job {job_id})"
+            self._send_json(fault.status, error_body(fault.status, message), headers)
+            return False
+        data = json.dumps(
+            completion_body(stage, body, fault, next(self.server.request_ids))
+        ).encode("utf-8")
+        if fault is None or fault.drip_s is None:
+            self._send_head(200, len(data))
+            self.wfile.write(data)
+            return True
+        self._send_head(200, len(data))
+        self.wfile.flush()
+        for i in range(len(data)):
+            if stop.wait(fault.drip_s):
+                self._abandon()
+                return False
+            self.wfile.write(data[i : i + 1])
+        return True
+
+
+class SimServer:
+    """In-process simulated API: bind on construction, serve on :meth:`start`.
+
+    Binding in ``__init__`` makes ``port``/``base_url`` valid before ``start`` even with
+    ``port=0`` (an ephemeral port), which is what parallel tests need.
+    """
+
+    def __init__(
+        self, profile: SimProfile | None = None, host: str = "127.0.0.1", port: int = 0
+    ) -> None:
+        self._ledger = SimLedger(profile or SimProfile())
+        self._stop = threading.Event()
+        self._httpd = _SimHTTPServer((host, port), self._ledger, self._stop)
+        self.host = host
+        self.port: int = int(self._httpd.socket.getsockname()[1])
+        self._thread: threading.Thread | None = None
+        self._lifecycle = threading.Lock()
+        self._stopped = False
+
+    @property
+    def base_url(self) -> str:
+        """OpenAI-style base URL (ends in ``/v1``) to hand to a client."""
+        host = "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host
+        return f"http://{host}:{self.port}/v1"
+
+    @property
+    def profile(self) -> SimProfile:
+        """The active profile (latencies, scale, and the faults it was started with)."""
+        return self._ledger.profile
+
+    def start(self) -> SimServer:
+        """Serve in a daemon thread so a forgotten server never blocks interpreter exit."""
+        with self._lifecycle:
+            if self._stopped or self._thread is not None:
+                raise RuntimeError("SimServer can only be started once")
+            self._thread = threading.Thread(
+                target=self._httpd.serve_forever,
+                kwargs={"poll_interval": _POLL_S},
+                name=f"briefd-sim:{self.port}",
+                daemon=True,
+            )
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Release waiting/hanging/dripping requests, stop accepting, close every socket."""
+        with self._lifecycle:
+            if self._stopped:
+                return
+            self._stopped = True
+            self._stop.set()
+            if self._thread is not None:
+                self._httpd.shutdown()
+            self._httpd.close_connections()
+            self._httpd.server_close()
+            if self._thread is not None:
+                self._thread.join(timeout=2.0)
+
+    def __enter__(self) -> SimServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def inject(self, fault: Fault) -> None:
+        """Arm a fault after those already armed (first match in insertion order wins)."""
+        self._ledger.inject(fault)
+
+    def reset(self) -> None:
+        """Clear all faults (including the profile's) and all counters except ``in_flight``."""
+        self._ledger.reset()
+
+    def stats(self) -> SimStats:
+        """A consistent snapshot of the counters."""
+        return self._ledger.snapshot()
+
+    def wait_for_in_flight(self, n: int, timeout: float) -> bool:
+        """Block until at least ``n`` chat requests are in flight; False on timeout."""
+        return self._ledger.wait_for(lambda: self._ledger.in_flight >= n, timeout)
+
+    def wait_until_idle(self, timeout: float) -> bool:
+        """Block until no chat request is in flight, i.e. every counter is final."""
+        return self._ledger.wait_for(lambda: self._ledger.in_flight == 0, timeout)
+
+    def set_scale(self, scale: float) -> None:
+        """Change the latency multiplier for requests that start afterwards."""
+        self._ledger.set_scale(scale)
+
+
+class _ArgError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """Raise instead of printing usage, so ``main`` can emit exactly one line."""
+        raise _ArgError(message)
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(text)
+    return value
+
+
+_non_negative.__name__ = "non-negative number"  # argparse names the type in its error
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``briefd sim``: serve until SIGINT/SIGTERM; exit 2 with one line on bad input."""
+    parser = _Parser(prog="briefd sim", description="Simulated OpenAI-compatible server.")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
+    parser.add_argument("--port", type=int, default=0, help="port to bind (0: pick a free one)")
+    parser.add_argument("--scale", type=_non_negative, default=None, help="latency multiplier")
+    parser.add_argument("--faults", metavar="FILE.json", help="JSON list of faults or a profile")
+    try:
+        args = parser.parse_args(argv)
+        if not 0 <= args.port <= 65535:
+            raise _ArgError(f"argument --port: {args.port} is not in 0..65535")
+        profile = load_profile(args.faults) if args.faults else SimProfile()
+    except (_ArgError, ProfileError) as exc:
+        print(f"briefd sim: error: {exc}", file=sys.stderr)
+        return 2
+    except SystemExit as exc:  # --help
+        return exc.code if isinstance(exc.code, int) else 0
+    if args.scale is not None:
+        profile = profile.model_copy(update={"scale": args.scale})
+    try:
+        server = SimServer(profile, host=args.host, port=args.port)
+    except OSError as exc:
+        print(f"briefd sim: error: cannot bind {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    stopping = False
+
+    def _on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True  # only a flag: taking locks inside a signal handler can deadlock
+
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = (
+        {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        if in_main
+        else {}
+    )
+    idle = threading.Event()
+    try:
+        server.start()
+        print(f"briefd sim listening on {server.base_url}", flush=True)
+        while not stopping:
+            idle.wait(0.1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
