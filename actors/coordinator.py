@@ -106,6 +106,11 @@ class CoordinatorActor(pykka.ThreadingActor):
             )
         )
         self._timers.every(self.actor_ref, HEALTH_PERIOD_S, Tick())
+        # One stage actor per document type, spawned up front so that starting a
+        # stage later is a single tell, not a thread start on the critical path.
+        for name in self._pipeline.names:
+            if name not in self._told:
+                self._stages[name] = self._spawn(name)
         self._advance()
 
     def on_stop(self) -> None:
@@ -185,7 +190,10 @@ class CoordinatorActor(pykka.ThreadingActor):
     def _start_stage(self, name: str) -> None:
         self._told.add(name)
         self._records[name].started_at = time.monotonic()
-        ref = self._stage_cls.start(
+        self._stages[name].tell(StartStage(job_id=self.job.job_id, stage=name))
+
+    def _spawn(self, name: str) -> AnyRef:
+        return self._stage_cls.start(
             job_id=self.job.job_id,
             spec=self._pipeline.by_name[name],
             prompt=self.job.prompts[name],
@@ -195,8 +203,6 @@ class CoordinatorActor(pykka.ThreadingActor):
             coordinator=self.actor_ref,
             priority=self._pipeline.remaining_path[name],
         )
-        self._stages[name] = ref
-        ref.tell(StartStage(job_id=self.job.job_id, stage=name))
 
     def _end(
         self, stage: str, state: StageState, attempts: int, event: StageSucceeded | StageFailed
@@ -222,7 +228,7 @@ class CoordinatorActor(pykka.ThreadingActor):
 
     def _check_health(self) -> None:
         for name, ref in list(self._stages.items()):
-            if self._active(name) and not ref.is_alive():
+            if name in self._told and self._active(name) and not ref.is_alive():
                 self._stage_failed(
                     StageFailed(
                         job_id=self.job.job_id,

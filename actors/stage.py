@@ -83,6 +83,9 @@ class StageActor(pykka.ThreadingActor):
 
     # -- pykka hooks ---------------------------------------------------------
 
+    def on_start(self) -> None:
+        self._client = ChatClient(self._settings, self._base_url)
+
     def on_receive(self, message: Any) -> Any:
         try:
             match message:
