@@ -28,6 +28,7 @@ from briefd.llm import ChatClient, Completion, build_request
 from briefd.messages import (
     CancelTokenRequest,
     ErrorCode,
+    Event,
     PipelineError,
     ReleaseToken,
     ReportRateLimit,
@@ -162,9 +163,7 @@ class StageActor(pykka.ThreadingActor):
             return
         self._lease = granted.lease_id
         attempt = self._attempt
-        self._coordinator.tell(
-            StageStarted(job_id=self.job_id, stage=self.spec.name, attempt=attempt)
-        )
+        self._report(StageStarted(job_id=self.job_id, stage=self.spec.name, attempt=attempt))
         try:
             completion = self._call()
         except CallError as err:
@@ -182,7 +181,7 @@ class StageActor(pykka.ThreadingActor):
             self._after_failure(err)
             return
         self._finished = True
-        self._coordinator.tell(
+        self._report(
             StageSucceeded(
                 job_id=self.job_id,
                 stage=self.spec.name,
@@ -213,7 +212,7 @@ class StageActor(pykka.ThreadingActor):
             self._limiter.tell(
                 ReportRateLimit(job_id=self.job_id, stage=self.spec.name, retry_after_s=wait_s)
             )
-        self._coordinator.tell(
+        self._report(
             StageRetrying(
                 job_id=self.job_id,
                 stage=self.spec.name,
@@ -239,7 +238,7 @@ class StageActor(pykka.ThreadingActor):
                 "Reply with the corrected JSON object only.",
             },
         ]
-        self._coordinator.tell(
+        self._report(
             StageRetrying(
                 job_id=self.job_id,
                 stage=self.spec.name,
@@ -256,7 +255,7 @@ class StageActor(pykka.ThreadingActor):
         if self._finished:
             return
         self._finished = True
-        self._coordinator.tell(
+        self._report(
             StageFailed(
                 job_id=self.job_id,
                 stage=self.spec.name,
@@ -266,6 +265,11 @@ class StageActor(pykka.ThreadingActor):
                 usage=self._usage,
             )
         )
+
+    def _report(self, event: Event) -> None:
+        """Tell the coordinator; a coordinator that already ended (cancelled) is no error."""
+        with contextlib.suppress(pykka.ActorDeadError):
+            self._coordinator.tell(event)
 
     def _release(self) -> None:
         if self._lease is None:

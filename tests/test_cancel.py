@@ -1,0 +1,45 @@
+"""Cancelling a job: stages not started never start; in-flight calls are abandoned quietly."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import briefd
+from briefd.messages import ErrorCode, JobStatus
+from briefd.sim import Fault, SimServer
+
+
+def _eventually(check: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Poll ``check`` until true or ``timeout``; waits on an Event, not a sleep."""
+    deadline = time.monotonic() + timeout
+    tick = threading.Event()
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        tick.wait(0.01)
+    return True
+
+
+def test_cancel_mid_flight(
+    sim: SimServer, make_settings: Any, make_job: Any, log_lines: list[str]
+) -> None:
+    """Cancel while the roots are in flight: status cancelled, the dependents were never
+    requested, the late answers are dropped without an error in the log."""
+    sim.inject(Fault(stage="BRIEFING_MD", delay_s=0.3))
+    sim.inject(Fault(stage="PLAYS_MD", delay_s=0.3))
+    with briefd.Pipeline(make_settings()) as pipeline:
+        future = pipeline.submit(make_job())
+        assert sim.wait_for_in_flight(2, timeout=5)
+        assert pipeline.cancel("acme-1", reason="operator asked")
+        result = future.get(timeout=10)
+        assert sim.wait_until_idle(timeout=5)
+        assert not pipeline.cancel("acme-1")  # gone once ended
+        assert _eventually(lambda: pipeline.limiter_stats().in_use == 0), "tokens not returned"
+    assert result.status is JobStatus.CANCELLED
+    assert {e.code for e in result.errors} == {ErrorCode.CANCELLED}
+    assert {e.stage for e in result.errors} == set(result.documents)
+    assert set(sim.stats().by_stage) == {"BRIEFING_MD", "PLAYS_MD"}
+    assert not [line for line in log_lines if line.startswith(("ERROR", "CRITICAL"))]
