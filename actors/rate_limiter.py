@@ -143,6 +143,7 @@ class RateLimiterActor(pykka.ThreadingActor):
                 lease_id=lease.lease_id,
                 in_use=len(self._leases),
                 capacity=self._capacity,
+                waiting=len(self._waiting),
                 waited_ms=int((lease.granted_at - queued_at) * 1000),
             )
             try:
@@ -162,6 +163,7 @@ class RateLimiterActor(pykka.ThreadingActor):
                 lease_id=lease.lease_id,
                 in_use=len(self._leases),
                 capacity=self._capacity,
+                waiting=len(self._waiting),
                 reclaimed=reclaimed,
             ),
             self._observers,

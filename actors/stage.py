@@ -167,8 +167,10 @@ class StageActor(pykka.ThreadingActor):
         try:
             completion = self._call()
         except CallError as err:
-            self._release()
+            # Decide (and report a 429's cool-down) before the token goes back, so the
+            # limiter pauses grants before it could hand this token to another stage.
             self._after_failure(err)
+            self._release()
             return
         self._release()
         self._add_usage(completion)

@@ -37,7 +37,8 @@ class TokenGranted(Event):
     lease_id: int
     in_use: int
     capacity: int
-    waited_ms: int = 0
+    waiting: int = Field(default=0, description="Requests still queued after this grant.")
+    waited_ms: int = Field(default=0, description="How long this request queued.")
 
 
 class ReleaseToken(Command):
@@ -67,7 +68,8 @@ class TokenReleased(Event):
     lease_id: int
     in_use: int
     capacity: int
-    reclaimed: bool = False
+    waiting: int = Field(default=0, description="Requests queued when the lease ended.")
+    reclaimed: bool = Field(default=False, description="The holder died without releasing.")
 
 
 class ReportRateLimit(Command):
