@@ -39,6 +39,7 @@ from briefd.messages import (
     StageStarted,
     StageSucceeded,
     StartStage,
+    Tick,
     TokenGranted,
     Usage,
 )
@@ -98,6 +99,8 @@ class StageActor(pykka.ThreadingActor):
                     self._request_token()
                 case TokenGranted():
                     self._on_token(message)
+                case Tick():
+                    pass  # a no-op: an ask of it is a barrier behind what is queued
                 case _:
                     logger.warning("{} {}: unexpected {!r}", self.job_id, self.spec.name, message)
         except Exception as err:  # the stage's failure stays in the stage

@@ -1,8 +1,9 @@
 """Publishing events: every event goes to the log and to the actor's observers.
 
-The log is the operations record (the console reads it); observers are how
-other parts of the program (metrics, the in-process API, the daemon's
-journal) hear about a job without the actors knowing who listens.
+The log is the operations record (the console reads it; its schema is
+:mod:`briefd.eventlog`); observers are how other parts of the program (metrics,
+the in-process API, the daemon's journal) hear about a job without the actors
+knowing who listens.
 """
 
 from __future__ import annotations
@@ -11,9 +12,16 @@ from collections.abc import Callable, Sequence
 
 from loguru import logger
 
+from briefd.eventlog import event_payload, level_for
 from briefd.messages import (
+    DaemonReloading,
+    DaemonStarted,
+    DaemonStopping,
     Event,
+    JobAccepted,
+    JobCancelled,
     JobCompleted,
+    JobRestarted,
     JobStarted,
     LatencyMeasured,
     ProgressChanged,
@@ -28,9 +36,6 @@ from briefd.messages import (
 )
 
 Observer = Callable[[Event], None]
-
-_DEBUG = (TokenGranted, TokenReleased, ProgressChanged)
-_WARNING = (StageFailed, StageRetrying, StageFellBack, RateLimitCooldown)
 
 
 def describe(event: Event) -> str:
@@ -61,6 +66,21 @@ def describe(event: Event) -> str:
             return f"{job} latency " + latency_table(m.stages_ms, m)
         case JobCompleted(result=r):
             return f"{job} {r.status} in {r.metrics.total_ms} ms"
+        case JobAccepted(status=st, queued=q):
+            return f"{job} accepted ({st}; {q} queued)"
+        case JobCancelled(reason=why, was=was):
+            return f"{job} cancelled while {was}: {why}"
+        case JobRestarted(runs=n, reason=why):
+            return f"{job} restarted after {n} dead run{'s' if n != 1 else ''}: {why}"
+        case DaemonStarted(url=url, resumed=n, max_concurrent=c):
+            return f"daemon listening on {url} ({c} tokens; {n} unfinished jobs resumed)"
+        case DaemonReloading(changed=changed, needs_restart=later):
+            done = ", ".join(f"{k}: {v}" for k, v in changed.items()) or "nothing live"
+            return f"daemon reloaded settings: {done}" + (
+                f" (restart needed for {', '.join(later)})" if later else ""
+            )
+        case DaemonStopping(signal=sig, grace_s=g, active=a, queued=q):
+            return f"daemon stopping on {sig}: {a} running get {g:g}s, {q} queued stay journaled"
     return f"{job} {event.__class__.__name__}"
 
 
@@ -75,15 +95,14 @@ def latency_table(stages_ms: dict[str, int], m: object) -> str:
 
 
 def publish(event: Event, observers: Sequence[Observer] = ()) -> None:
-    """Log ``event`` and hand it to each observer; a failing observer is logged, not raised."""
-    level = (
-        "DEBUG"
-        if isinstance(event, _DEBUG)
-        else "WARNING"
-        if isinstance(event, _WARNING)
-        else "INFO"
+    """Log ``event`` and hand it to each observer; a failing observer is logged, not raised.
+
+    The log gets the v1 payload (:func:`briefd.eventlog.event_payload`: documents as
+    digests); observers get the event itself, documents and all.
+    """
+    logger.bind(event=event.type, payload=event_payload(event)).log(
+        level_for(event.type), describe(event)
     )
-    logger.bind(event=event.type, payload=event.model_dump(mode="json")).log(level, describe(event))
     for observer in observers:
         try:
             observer(event)

@@ -1,18 +1,100 @@
 """Logging: loguru for everything, pykka's stdlib logging included.
 
-Tracebacks are printed without local variables (``diagnose=False``): locals
-can hold API keys and tokens.
+Two formats. JSON is the event log, schema v1 (:mod:`briefd.eventlog`): one
+object per line, the same on stderr and in the file sink (``BRIEFD_LOG_FILE``,
+rotated at :data:`ROTATION`, always DEBUG so the console sees every token).
+Text is for a person at a terminal: time, level, one line of message with its
+control characters escaped, so a server's error text cannot forge a line.
+
+Every line of either format is redacted on its way out: the configured API key,
+secrets registered with :func:`register_secret` (the daemon's bearer token),
+and anything shaped like ``Bearer <token>`` or ``sk-...``. Tracebacks are
+printed without local variables (``diagnose=False``): locals can hold keys.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import re
 import sys
-from typing import Any
+import threading
+import traceback
+from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
 from briefd.config import Settings
+from briefd.eventlog import LOG_EVENT, SCHEMA_VERSION, dumps_line, escape_control, line_of
+
+if TYPE_CHECKING:
+    from loguru import Record
+
+ROTATION = "50 MB"
+RETENTION = 5
+REDACTED = "[REDACTED]"
+
+_BEARER = re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]{4,}")
+_OPENAI_KEY = re.compile(r"\bsk-[A-Za-z0-9_-]{8,}")
+_secrets: tuple[str, ...] = ()  # replaced whole, so redact() never sees it change
+_secrets_lock = threading.Lock()
+
+
+def register_secret(value: str | None) -> None:
+    """Never write ``value`` to any log sink (short values are ignored: they would over-match)."""
+    global _secrets
+    if value and len(value) >= 6:
+        escaped = dumps_line({"s": value})[6:-2]  # the form it takes inside a JSON line
+        with _secrets_lock:
+            _secrets = tuple({*_secrets, value, escaped})
+
+
+def redact(text: str) -> str:
+    """``text`` without secrets: registered values, bearer tokens, ``sk-`` keys."""
+    for secret in _secrets:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    text = _BEARER.sub(lambda m: m.group(1) + REDACTED, text)
+    return _OPENAI_KEY.sub("sk-" + REDACTED, text)
+
+
+def _exception_text(record: Record) -> str:
+    exc = record["exception"]
+    if exc is None or exc.type is None:
+        return ""
+    return "".join(traceback.format_exception(exc.type, exc.value, exc.traceback))
+
+
+def _json_format(record: Record) -> str:
+    """loguru format callable: the v1 line, computed once per message for every JSON sink."""
+    extra = record["extra"]
+    if "_v1" not in extra:
+        payload = extra.get("payload")
+        if isinstance(payload, dict) and "event" in extra:
+            line = line_of(payload, record["level"].name, record["message"])
+        else:
+            line = {
+                "v": SCHEMA_VERSION,
+                "ts": round(record["time"].timestamp(), 6),
+                "level": record["level"].name,
+                "event": LOG_EVENT,
+                "job_id": extra.get("job_id"),
+                "stage": extra.get("stage"),
+                "logger": record["name"],
+                "msg": record["message"],
+            }
+            if record["exception"] is not None:
+                line["exception"] = _exception_text(record)
+        extra["_v1"] = redact(dumps_line(line))
+    return "{extra[_v1]}\n"
+
+
+def _text_format(record: Record) -> str:
+    """loguru format callable: one escaped, redacted line (plus a redacted traceback)."""
+    extra = record["extra"]
+    extra["_text"] = escape_control(redact(record["message"]))
+    extra["_exc"] = redact(_exception_text(record))
+    return "{time:HH:mm:ss.SSS} {level: <7} {extra[_text]}\n{extra[_exc]}"
 
 
 class _InterceptHandler(logging.Handler):
@@ -26,8 +108,18 @@ class _InterceptHandler(logging.Handler):
         logger.opt(exception=record.exc_info, depth=6).log(level, record.getMessage())
 
 
-def setup_logging(settings: Settings, *, stream: Any = None) -> None:
+def setup_logging(
+    settings: Settings,
+    *,
+    stream: Any = None,
+    rotation: str | int = ROTATION,
+    retention: int = RETENTION,
+) -> None:
     """Configure loguru once for a process: text on a terminal, JSON lines otherwise."""
+    register_secret(settings.api_key_value())
+    token_file = settings.resolved_token_file()
+    with contextlib.suppress(OSError):  # no token yet: the daemon registers the one it makes
+        register_secret(token_file.read_text(encoding="utf-8").strip())
     out = stream if stream is not None else sys.stderr
     logger.remove()
     fmt = settings.log_format
@@ -35,20 +127,20 @@ def setup_logging(settings: Settings, *, stream: Any = None) -> None:
     logger.add(
         out,
         level=settings.log_level,
-        serialize=as_json,
+        format=_json_format if as_json else _text_format,
         diagnose=False,
         backtrace=False,
-        format="{time:HH:mm:ss.SSS} {level: <7} {message}",
+        colorize=False,
     )
     if settings.log_file is not None:
         logger.add(
             settings.log_file,
             level="DEBUG",
-            serialize=True,
+            format=_json_format,
             diagnose=False,
             backtrace=False,
-            rotation="50 MB",
-            retention=5,
+            rotation=rotation,
+            retention=retention,
             enqueue=True,
         )
     logging.basicConfig(handlers=[_InterceptHandler()], level=logging.INFO, force=True)

@@ -12,6 +12,23 @@ from typing import Annotated
 from pydantic import Field, TypeAdapter
 
 from briefd.messages.base import Command, Event, Message
+from briefd.messages.daemon import (
+    CheckCoordinator,
+    CloseJob,
+    CoordinatorDone,
+    DaemonReloading,
+    DaemonStarted,
+    DaemonStopping,
+    FinishJob,
+    JobAccepted,
+    JobCancelled,
+    JobInfo,
+    JobLoaded,
+    JobRestarted,
+    JobState,
+    LoadJob,
+    SuspendJobs,
+)
 from briefd.messages.errors import ErrorCode, PipelineError
 from briefd.messages.job import (
     JOB_ID_PATTERN,
@@ -74,7 +91,20 @@ AnyMessage = Annotated[
     | TokenReleased
     | ReportRateLimit
     | RateLimitCooldown
-    | SetCapacity,
+    | SetCapacity
+    | JobAccepted
+    | JobCancelled
+    | JobRestarted
+    | DaemonStarted
+    | DaemonReloading
+    | DaemonStopping
+    | LoadJob
+    | JobLoaded
+    | CoordinatorDone
+    | CheckCoordinator
+    | FinishJob
+    | CloseJob
+    | SuspendJobs,
     Field(discriminator="type"),
 ]
 
@@ -93,16 +123,30 @@ __all__ = [
     "AnyMessage",
     "CancelJob",
     "CancelTokenRequest",
+    "CheckCoordinator",
+    "CloseJob",
     "Command",
+    "CoordinatorDone",
+    "DaemonReloading",
+    "DaemonStarted",
+    "DaemonStopping",
     "ErrorCode",
     "Event",
+    "FinishJob",
+    "JobAccepted",
+    "JobCancelled",
     "JobCompleted",
+    "JobInfo",
+    "JobLoaded",
     "JobMetrics",
+    "JobRestarted",
     "JobResult",
     "JobSpec",
     "JobStarted",
+    "JobState",
     "JobStatus",
     "LatencyMeasured",
+    "LoadJob",
     "Message",
     "PipelineError",
     "Progress",
@@ -121,6 +165,7 @@ __all__ = [
     "StageSucceeded",
     "StartStage",
     "SubmitJob",
+    "SuspendJobs",
     "Tick",
     "TokenGranted",
     "TokenReleased",

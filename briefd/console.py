@@ -1,0 +1,284 @@
+"""``briefd console``: a live operations dashboard built only from the event log.
+
+It reads the log that ``briefd serve`` (or any briefd process with
+``BRIEFD_LOG_FILE``) writes, so it can watch a daemon on this machine or a log
+shipped from elsewhere, and needs no access to the daemon itself. The log is
+read once at start (aggregated, rendered once) and then followed: each refresh
+applies only the new lines, across rotation and a half-written last line.
+
+Every string that came from the log is shown as plain text with its control
+characters escaped: it may quote a model, a server or a client, and must not
+drive the terminal or inject rich markup. :func:`render` is shared with
+``briefd report``'s text output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.panel import Panel
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from briefd import rollback
+from briefd.actors.metrics import LatencySummary
+from briefd.eventlog import LogFollower, escape_control
+from briefd.opsview import JobRow, OpsView, Snapshot
+
+EXIT_OK, EXIT_USAGE = 0, 2
+WINDOW_S = 900.0
+
+STAGE_LOOK: dict[str, tuple[str, str]] = {
+    "pending": ("·", "dim"),
+    "running": ("▶ running", "bold green"),
+    "retrying": ("↻ retry", "yellow"),
+    "complete": ("✓ done", "green"),
+    "failed": ("✗ failed", "bold red"),
+    "fellback": ("↩ fallback", "magenta"),
+}
+JOB_LOOK = {
+    "running": "bold green",
+    "queued": "cyan",
+    "succeeded": "green",
+    "partial": "yellow",
+    "failed": "bold red",
+    "cancelled": "dim",
+    "interrupted": "dim",
+}
+
+
+def _t(value: object, style: str = "") -> Text:
+    """Log text as a rich Text: never parsed as markup, control characters escaped."""
+    return Text(escape_control(str(value)), style=style)
+
+
+def _clock(ts: float | None) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+def _pct(rate: float) -> str:
+    return f"{rate * 100:.1f}%"
+
+
+def _header(snap: Snapshot, source: str, title: str) -> Text:
+    text = Text.assemble((title, "bold"), "  ", _t(source), f"  as of {_clock(snap.as_of)}")
+    if snap.daemon is not None:
+        text.append("  daemon ")
+        text.append_text(_t(snap.daemon["state"], "bold"))
+        text.append(f" since {_clock(snap.daemon['since'])}")
+    counts = [f"{len(snap.active) - snap.queued} running", f"{snap.queued} queued"]
+    counts += [f"{n} {status}" for status, n in sorted(snap.jobs_by_status.items())]
+    text.append("\njobs: " + ", ".join(counts))
+    return text
+
+
+def _warnings(snap: Snapshot) -> RenderableType | None:
+    if not snap.warnings:
+        return None
+    lines = [
+        Text.assemble(
+            ("ROLLBACK SIGNAL ", "bold red"),
+            f"{s.name} rate {_pct(s.rate)} ({s.numerator}/{s.denominator}) is up more than "
+            f"{_pct(s.threshold)} over its baseline {_pct(s.baseline)}",
+        )
+        for s in snap.warnings
+    ]
+    lines.append(Text("consider the rollback: BRIEFD_PARALLEL=false", style="red"))
+    return Panel(Group(*lines), border_style="red", title="warning")
+
+
+def _jobs(snap: Snapshot, limit: int) -> Table:
+    rows: list[JobRow] = snap.active[:limit]
+    rows += snap.recent[: max(0, limit - len(rows))]
+    stages: list[str] = []
+    for job in rows:
+        stages += [s for s in job.stages if s not in stages]
+    table = Table(title="jobs", title_justify="left")
+    for name in ("job", "state", "progress", *stages, "time"):
+        table.add_column(_t(name), no_wrap=True)
+    for job in rows:
+        cells = []
+        for stage in stages:
+            glyph, style = STAGE_LOOK.get(job.stages.get(stage, ""), ("", ""))
+            cells.append(Text(glyph, style=style))
+        end = job.ended if job.ended is not None else snap.as_of
+        took = job.total_ms / 1000 if job.total_ms is not None else end - job.since
+        bar = ProgressBar(total=100.0, completed=job.percent, width=12)
+        percent = Table.grid(padding=(0, 1))
+        percent.add_row(bar, f"{job.percent:5.1f}%")
+        table.add_row(
+            _t(job.job_id),
+            _t(job.state, JOB_LOOK.get(job.state, "")),
+            percent,
+            *cells,
+            f"{took:.1f} s",
+        )
+    hidden = len(snap.active) - min(len(snap.active), limit)
+    if hidden:
+        table.caption = f"and {hidden} more active jobs"
+    return table
+
+
+def _capacity(snap: Snapshot) -> Text:
+    tk = snap.tokens
+    text = Text.assemble(
+        ("tokens ", "bold"),
+        f"{tk['in_use']}/{tk['capacity']} (peak {tk['peak']})  ",
+        ("stages in flight ", "bold"),
+        f"{snap.stages_running} (peak {snap.peak_stages_running})  ",
+        ("queued jobs ", "bold"),
+        str(snap.queued),
+    )
+    if tk.get("waiting") is not None:
+        text.append(f", {tk['waiting']} stages waiting for a token")
+    text.append_text(Text.assemble("  ", ("rate-limit cool-downs ", "bold"), str(tk["cooldowns"])))
+    if tk["cooling_down_s"] > 0:
+        text.append(f" (cooling down, {tk['cooling_down_s']:.1f} s left)", style="bold yellow")
+    return text
+
+
+def _latency(snap: Snapshot) -> Table:
+    window = f"last {snap.window_s:.0f} s" if snap.window_s else "whole log"
+    table = Table(title=f"latency ({snap.latency_jobs} jobs, {window})", title_justify="left")
+    for name in ("", "n", "p50 ms", "p95 ms"):
+        table.add_column(name, justify="right" if name else "left")
+
+    def row(label: str, s: LatencySummary, style: str = "") -> None:
+        table.add_row(_t(label, style), str(s.count), f"{s.p50_ms:.0f}", f"{s.p95_ms:.0f}")
+
+    for stage, summary in snap.stage_latency.items():
+        row(stage, summary)
+    row("parallel group", snap.parallel_group, "bold")
+    row("sequential group", snap.sequential_group, "bold")
+    row("total", snap.total, "bold")
+    return table
+
+
+def _signals(snap: Snapshot) -> Table:
+    table = Table(title="rollback signals", title_justify="left")
+    for name in ("signal", "rate", "of", "baseline", "threshold", ""):
+        table.add_column(name)
+    for s in snap.signals:
+        status = Text("WARN", style="bold red") if s.crossed else Text("ok", style="green")
+        table.add_row(
+            s.name,
+            _pct(s.rate),
+            f"{s.numerator}/{s.denominator}",
+            _pct(s.baseline),
+            f"+{_pct(s.threshold)}",
+            status,
+        )
+    return table
+
+
+def _errors(snap: Snapshot) -> Table:
+    table = Table(title="recent errors", title_justify="left", expand=True)
+    for name in ("time", "job", "stage", "code", "message", "hint"):
+        table.add_column(
+            name,
+            overflow="ellipsis",
+            no_wrap=True,
+            ratio=2 if name in ("message", "hint") else None,
+        )
+    for e in snap.errors:
+        code = _t(e.code + ("" if e.final else " (retried)"), "red" if e.final else "yellow")
+        table.add_row(
+            _clock(e.ts), _t(e.job_id), _t(e.stage), code, _t(e.message[:300]), _t(e.hint)
+        )
+    return table
+
+
+def render(
+    snap: Snapshot, *, source: str, job_rows: int = 12, title: str = "briefd console"
+) -> RenderableType:
+    """The whole dashboard for one snapshot (the console's screen, the report's text)."""
+    side = Table.grid(padding=(0, 4))
+    side.add_row(_latency(snap), _signals(snap))
+    speedup = Text.assemble(
+        ("speed-up vs sequential ", "bold"),
+        f"{snap.mean_speedup:.2f}x (mean over parallel jobs of sum of stage times / total)",
+    )
+    parts = [_header(snap, source, title), _warnings(snap), _jobs(snap, job_rows), _capacity(snap)]
+    parts += [side, speedup, _errors(snap)]
+    return Group(*(p for p in parts if p is not None))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="briefd console", description=__doc__.split("\n")[0])
+    parser.add_argument("--log", type=Path, help="the event log (default: BRIEFD_LOG_FILE)")
+    parser.add_argument("--once", action="store_true", help="print one snapshot and exit")
+    parser.add_argument("--interval", type=float, default=0.5, help="refresh period, seconds")
+    parser.add_argument(
+        "--window", type=float, default=WINDOW_S, help="seconds of log the rates cover (0: all)"
+    )
+    parser.add_argument("--jobs", type=int, default=12, help="job rows shown")
+    parser.add_argument("--width", type=int, help="columns (default: the terminal's)")
+    rollback.add_arguments(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the console; 0 when stopped (Ctrl-C, SIGTERM) or after ``--once``."""
+    args = _parser().parse_args(argv)
+    path: Path | None = args.log
+    if path is None:
+        from briefd.config import Settings
+
+        path = Settings.load().log_file
+    if path is None:
+        print("briefd console: no log: pass --log FILE or set BRIEFD_LOG_FILE", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        thresholds = rollback.from_arguments(args)
+    except (OSError, ValueError) as err:
+        print(f"briefd console: --baseline: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    view = OpsView(thresholds, window_s=args.window or None)
+    follower = LogFollower(path)
+    console = Console(width=args.width, highlight=False)
+    try:
+        if args.once:
+            if not path.is_file():
+                print(f"briefd console: {path}: no such file", file=sys.stderr)
+                return EXIT_USAGE
+            view.apply_all(follower.read())
+            console.print(render(view.snapshot(time.time()), source=str(path), job_rows=args.jobs))
+            return EXIT_OK
+        return _live(view, follower, console, args)
+    finally:
+        follower.close()
+
+
+def _live(view: OpsView, follower: LogFollower, console: Console, args: argparse.Namespace) -> int:
+    """Follow the log until stopped: apply what is new, re-render once per interval."""
+    stop = threading.Event()
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    source = str(follower.path)
+    try:
+        with Live(console=console, screen=True, auto_refresh=False) as live:
+            while True:
+                view.apply_all(follower.read())
+                if not follower.path.exists() and not view.newest:
+                    live.update(_t(f"waiting for {source} ..."), refresh=True)
+                else:
+                    snap = view.snapshot(time.time())
+                    live.update(render(snap, source=source, job_rows=args.jobs), refresh=True)
+                if stop.wait(args.interval):
+                    return EXIT_OK
+    except KeyboardInterrupt:
+        return EXIT_OK
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,430 @@
+"""The operations view: what ``briefd console`` and ``briefd report`` show, from log records.
+
+:class:`OpsView` takes records one at a time (:meth:`OpsView.apply`) and keeps
+running state, so a console reads a long log once and then only the lines that
+arrive; :meth:`OpsView.snapshot` freezes the figures for rendering or JSON. It
+never parses records into message models: plain dict look-ups keep 100,000
+lines cheap, and events it does not know (or that a newer briefd adds) are
+skipped.
+
+Rates and latencies cover a window of log time (the last ``window_s`` seconds
+before the newest record) so that a live console's rollback signals say what is
+happening now; ``window_s=None`` covers the whole log, as ``report`` does. The
+signals themselves are :mod:`briefd.rollback`'s.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field, replace
+from statistics import fmean
+from typing import Any
+
+from briefd.actors.metrics import LatencySummary
+from briefd.eventlog import ENVELOPE, Record
+from briefd.rollback import QUALITY_CODES, Signal, Thresholds, signals
+
+_OK, _FAILED, _QUALITY = 0, 1, 2
+
+
+@dataclass
+class JobRow:
+    """One job as shown: state, overall percent and each stage's indicator state.
+
+    The view updates its rows in place; a snapshot holds copies.
+    """
+
+    job_id: str
+    since: float
+    state: str = "queued"
+    stages: dict[str, str] = field(default_factory=dict)
+    percent: float = 0.0
+    parallel: bool = True
+    ended: float | None = None
+    total_ms: int | None = None
+
+    def copy(self) -> JobRow:
+        return replace(self, stages=dict(self.stages))
+
+
+@dataclass(frozen=True)
+class ErrorRow:
+    """A recent error: a retried attempt (``final`` False) or a stage that gave up."""
+
+    ts: float
+    job_id: str
+    stage: str
+    code: str
+    message: str
+    hint: str
+    final: bool
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything the console shows at one moment; :meth:`to_json` is ``report --json``."""
+
+    as_of: float
+    daemon: dict[str, Any] | None
+    jobs_by_status: dict[str, int]
+    active: list[JobRow]
+    recent: list[JobRow]
+    queued: int
+    stages_running: int
+    peak_stages_running: int
+    tokens: dict[str, Any]
+    latency_jobs: int
+    stage_latency: dict[str, LatencySummary]
+    parallel_group: LatencySummary
+    sequential_group: LatencySummary
+    total: LatencySummary
+    mean_speedup: float
+    totals: dict[str, int]
+    signals: list[Signal]
+    errors: list[ErrorRow]
+    window_s: float | None
+
+    @property
+    def warnings(self) -> list[Signal]:
+        """The signals past their threshold."""
+        return [s for s in self.signals if s.crossed]
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON data, with ``rates`` in the shape ``--baseline`` reads back."""
+        data = asdict(self)
+        data["rates"] = {f"{s.name}_rate": s.rate for s in self.signals}
+        data["warnings"] = [s.name for s in self.warnings]
+        return data
+
+
+class _Series:
+    """``(ts, value)`` observations; with a window, those older than it are dropped."""
+
+    def __init__(self, window_s: float | None) -> None:
+        self._window = window_s
+        self._items: deque[tuple[float, Any]] = deque()
+
+    def add(self, ts: float, value: Any = 1) -> None:
+        self._items.append((ts, value))
+
+    def values(self, newest: float) -> list[Any]:
+        if self._window is not None:
+            cut = newest - self._window
+            while self._items and self._items[0][0] < cut:
+                self._items.popleft()
+        return [v for _, v in self._items]
+
+
+def _int(value: Any, default: int = 0) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+def _str(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+class OpsView:
+    """Running aggregates over event-log records (see the module docstring)."""
+
+    def __init__(
+        self,
+        thresholds: Thresholds | None = None,
+        *,
+        window_s: float | None = None,
+        recent_errors: int = 8,
+        recent_jobs: int = 8,
+    ) -> None:
+        self.thresholds = thresholds or Thresholds()
+        self.window_s = window_s
+        self.newest = 0.0
+        self._jobs: dict[str, JobRow] = {}
+        self._finished_jobs: deque[JobRow] = deque(maxlen=recent_jobs)
+        self._running: set[tuple[str, str]] = set()
+        self._peak_running = 0
+        self._status: Counter[str] = Counter()
+        self._totals: Counter[str] = Counter()
+        self._errors: deque[ErrorRow] = deque(maxlen=recent_errors)
+        self._tokens: dict[str, Any] = {"in_use": 0, "capacity": 0, "peak": 0, "waiting": None}
+        self._cooldowns = 0
+        self._cooldown_until = 0.0
+        self._daemon: dict[str, Any] | None = None
+        self._attempts, self._timeouts, self._outcomes = (_Series(window_s) for _ in range(3))
+        self._stage_ms: dict[str, _Series] = {}
+        self._groups = {k: _Series(window_s) for k in ("parallel", "sequential", "total")}
+        self._modes = _Series(window_s)  # (parallel, speedup) per job
+        self._handlers: dict[str, Callable[[Record], None]] = {
+            "JobAccepted": self._accepted,
+            "JobStarted": self._started,
+            "StageStarted": self._stage_started,
+            "StageRetrying": self._stage_retrying,
+            "StageSucceeded": self._stage_succeeded,
+            "StageFailed": self._stage_failed,
+            "StageFellBack": self._stage_fell_back,
+            "ProgressChanged": self._progress,
+            "TokenGranted": self._token,
+            "TokenReleased": self._token,
+            "RateLimitCooldown": self._cooldown,
+            "JobCompleted": self._completed,
+            "JobCancelled": self._cancelled,
+            "JobRestarted": self._restarted,
+            "DaemonStarted": self._daemon_event,
+            "DaemonReloading": self._daemon_event,
+            "DaemonStopping": self._daemon_event,
+            "log": self._log,
+        }
+
+    def apply(self, record: Record) -> None:
+        """Take one record; unknown events are ignored, malformed ones counted and skipped."""
+        handler = self._handlers.get(record.event)
+        if handler is not None:
+            self.newest = max(self.newest, record.ts)
+            try:
+                handler(record)
+            except (TypeError, ValueError, AttributeError, KeyError):
+                self._totals["malformed_records"] += 1
+
+    def apply_all(self, records: Iterable[Record]) -> None:
+        """Take records in log order."""
+        for record in records:
+            self.apply(record)
+
+    # -- jobs and stages ----------------------------------------------------------
+
+    def _job(self, record: Record) -> JobRow | None:
+        if record.job_id is None:
+            return None
+        job = self._jobs.get(record.job_id)
+        if job is None:
+            job = self._jobs[record.job_id] = JobRow(record.job_id, record.ts)
+        return job
+
+    def _set_stage(self, record: Record, state: str) -> None:
+        job = self._job(record)
+        if job is not None and record.stage is not None:
+            job.stages[record.stage] = state
+
+    def _accepted(self, record: Record) -> None:
+        self._job(record)
+
+    def _started(self, record: Record) -> None:
+        job = self._job(record)
+        if job is None:
+            return
+        job.state, job.since = "running", record.ts
+        job.parallel = record.data.get("parallel") is not False
+        stages = record.data.get("stages")
+        if isinstance(stages, list):
+            job.stages = {str(s): job.stages.get(str(s), "pending") for s in stages}
+
+    def _stage_started(self, record: Record) -> None:
+        self._attempts.add(record.ts)
+        self._totals["stage_attempts"] += 1
+        self._set_stage(record, "running")
+
+    def _error(self, record: Record, key: str, *, final: bool) -> str:
+        err = record.data.get(key)
+        err = err if isinstance(err, dict) else {}
+        code = _str(err.get("code"))
+        if code == "TIMEOUT":
+            self._timeouts.add(record.ts)
+            self._totals["timeouts"] += 1
+        self._totals[f"errors_{code or 'unknown'}"] += 1
+        self._errors.append(
+            ErrorRow(
+                record.ts,
+                record.job_id or "-",
+                record.stage or _str(err.get("stage")),
+                code,
+                _str(err.get("message")),
+                _str(err.get("hint")),
+                final,
+            )
+        )
+        return code
+
+    def _stage_retrying(self, record: Record) -> None:
+        self._totals["retries"] += 1
+        self._error(record, "reason", final=False)
+        self._set_stage(record, "retrying")
+
+    def _stage_succeeded(self, record: Record) -> None:
+        self._outcomes.add(record.ts, _OK)
+        self._totals["stages_succeeded"] += 1
+        self._set_stage(record, "complete")
+
+    def _stage_failed(self, record: Record) -> None:
+        code = self._error(record, "error", final=True)
+        self._set_stage(record, "failed")
+        if code == "CANCELLED":
+            return
+        self._totals["stages_failed"] += 1
+        quality = code in QUALITY_CODES
+        self._totals["quality_failures"] += quality
+        self._outcomes.add(record.ts, _QUALITY if quality else _FAILED)
+
+    def _stage_fell_back(self, record: Record) -> None:
+        self._totals["fallbacks"] += 1
+        self._set_stage(record, "fellback")
+
+    def _merge_progress(self, job: JobRow, progress: Any) -> None:
+        if not isinstance(progress, dict):
+            return
+        if isinstance(progress.get("percent"), int | float):
+            job.percent = float(progress["percent"])
+        for stage, state in (progress.get("stages") or {}).items():
+            mine = job.stages.get(stage)
+            # The log's finer states: waiting to retry is still "running", a fallback "failed".
+            if (mine, state) not in (("retrying", "running"), ("fellback", "failed")):
+                job.stages[stage] = _str(state)
+
+    def _progress(self, record: Record) -> None:
+        job = self._job(record)
+        if job is not None:
+            self._merge_progress(job, record.data.get("progress"))
+
+    def _completed(self, record: Record) -> None:
+        job = self._job(record)
+        result = record.data.get("result")
+        if job is None or not isinstance(result, dict):
+            return
+        status = _str(result.get("status")) or "unknown"
+        self._merge_progress(job, result.get("progress"))
+        metrics = result.get("metrics") if isinstance(result.get("metrics"), dict) else {}
+        assert isinstance(metrics, dict)
+        job.total_ms = _int(metrics.get("total_ms"))
+        if status != "cancelled":
+            self._latency(record.ts, job, metrics)
+        self._finish(job, status, record.ts)
+
+    def _latency(self, ts: float, job: JobRow, metrics: dict[str, Any]) -> None:
+        attempts = metrics.get("attempts") or {}
+        for stage, ms in (metrics.get("stages_ms") or {}).items():
+            if _int(attempts.get(stage)) > 0:
+                self._stage_ms.setdefault(stage, _Series(self.window_s)).add(ts, _int(ms))
+        for key in ("parallel", "sequential", "total"):
+            name = "total_ms" if key == "total" else f"{key}_group_ms"
+            self._groups[key].add(ts, _int(metrics.get(name)))
+        speedup = metrics.get("speedup_ratio")
+        speedup = float(speedup) if isinstance(speedup, int | float) else 0.0
+        self._modes.add(ts, (job.parallel, speedup))
+
+    def _finish(self, job: JobRow, state: str, ts: float) -> None:
+        job.state, job.ended = state, ts
+        if state != "interrupted":
+            self._status[state] += 1
+        for stage in job.stages:
+            self._running.discard((job.job_id, stage))
+        self._jobs.pop(job.job_id, None)
+        self._finished_jobs.append(job)
+
+    def _cancelled(self, record: Record) -> None:
+        job = self._job(record)
+        if job is None:
+            return
+        if job.state == "queued" or record.data.get("was") == "queued":
+            self._finish(job, "cancelled", record.ts)
+        else:
+            job.state = "cancelling"  # its JobCompleted follows
+
+    def _restarted(self, record: Record) -> None:
+        job = self._job(record)
+        if job is not None:
+            self._totals["job_restarts"] += 1
+            job.state = "restarting"  # its JobStarted follows
+
+    # -- tokens, daemon, plain log lines ---------------------------------------------
+
+    def _token(self, record: Record) -> None:
+        """Token holders are the calls in flight: the stages running in parallel right now."""
+        tokens = self._tokens
+        tokens["in_use"] = _int(record.data.get("in_use"))
+        tokens["capacity"] = _int(record.data.get("capacity"), tokens["capacity"])
+        tokens["peak"] = max(tokens["peak"], tokens["in_use"])
+        if "waiting" in record.data:  # a rate limiter that reports its queue
+            tokens["waiting"] = _int(record.data.get("waiting"))
+        if record.job_id is not None and record.stage is not None:
+            key = (record.job_id, record.stage)
+            if record.event == "TokenGranted":
+                self._running.add(key)
+                self._peak_running = max(self._peak_running, len(self._running))
+            else:
+                self._running.discard(key)
+
+    def _cooldown(self, record: Record) -> None:
+        self._cooldowns += 1
+        until = record.data.get("until")
+        if isinstance(until, int | float):
+            self._cooldown_until = max(self._cooldown_until, float(until))
+
+    def _daemon_event(self, record: Record) -> None:
+        state = {"DaemonStarted": "running", "DaemonReloading": "reloaded"}.get(
+            record.event, "stopping"
+        )
+        if record.event == "DaemonStarted":  # whatever ran before died with the old process
+            for job in list(self._jobs.values()):
+                self._finish(job, "interrupted", record.ts)
+            self._running.clear()
+            self._tokens["in_use"] = 0
+        scalars = {
+            k: v
+            for k, v in record.data.items()
+            if k not in ENVELOPE and isinstance(v, str | int | float)
+        }
+        self._daemon = {"state": state, "since": record.ts, **scalars}
+
+    def _log(self, record: Record) -> None:
+        if record.level in ("ERROR", "CRITICAL"):
+            self._totals["log_errors"] += 1
+            where = (record.job_id or "-", record.stage or "-")
+            message = _str(record.data.get("msg"))
+            self._errors.append(ErrorRow(record.ts, *where, "LOG", message, "", True))
+
+    # -- the snapshot -------------------------------------------------------------------
+
+    def _signals(self) -> list[Signal]:
+        newest = self.newest
+        outcomes = self._outcomes.values(newest)
+        return signals(
+            self.thresholds,
+            failed=sum(1 for o in outcomes if o != _OK),
+            quality=sum(1 for o in outcomes if o == _QUALITY),
+            finished=len(outcomes),
+            timeouts=len(self._timeouts.values(newest)),
+            attempts=len(self._attempts.values(newest)),
+        )
+
+    def snapshot(self, now: float | None = None) -> Snapshot:
+        """The figures now (``now`` is wall time for cool-downs; default: the newest record)."""
+        newest = self.newest
+        now = newest if now is None else now
+        modes = self._modes.values(newest)
+        speedups = [s for parallel, s in modes if parallel]
+        active = sorted(self._jobs.values(), key=lambda j: (j.state != "running", j.since))
+        return Snapshot(
+            as_of=now,
+            daemon=dict(self._daemon) if self._daemon else None,
+            jobs_by_status=dict(self._status),
+            active=[j.copy() for j in active],
+            recent=[j.copy() for j in reversed(self._finished_jobs)],
+            queued=sum(1 for j in self._jobs.values() if j.state == "queued"),
+            stages_running=len(self._running),
+            peak_stages_running=self._peak_running,
+            tokens={
+                **self._tokens,
+                "cooldowns": self._cooldowns,
+                "cooling_down_s": round(max(0.0, self._cooldown_until - now), 3),
+            },
+            latency_jobs=len(modes),
+            stage_latency={
+                k: LatencySummary.of(s.values(newest)) for k, s in sorted(self._stage_ms.items())
+            },
+            parallel_group=LatencySummary.of(self._groups["parallel"].values(newest)),
+            sequential_group=LatencySummary.of(self._groups["sequential"].values(newest)),
+            total=LatencySummary.of(self._groups["total"].values(newest)),
+            mean_speedup=round(fmean(speedups), 3) if speedups else 0.0,
+            totals=dict(self._totals),
+            signals=self._signals(),
+            errors=list(reversed(self._errors)),
+            window_s=self.window_s,
+        )

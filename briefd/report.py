@@ -1,0 +1,65 @@
+"""``briefd report FILE... [--json]``: the console's summary of a finished log, for cron and CI.
+
+The same aggregation as the console (:class:`briefd.opsview.OpsView`) over the
+whole log (no time window unless ``--window``), printed once: as the
+console's text, or with ``--json`` as data (the shape ``--baseline`` reads
+back). Rotated files are given oldest first, the live file last. ``--check``
+exits 1 when a rollback signal is crossed, so a CI job or a cron mail can act
+on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from rich.console import Console
+
+from briefd import rollback
+from briefd.console import render
+from briefd.eventlog import read_logs
+from briefd.opsview import OpsView
+
+EXIT_OK, EXIT_WARNING, EXIT_USAGE = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="briefd report", description=__doc__.split("\n")[0])
+    parser.add_argument("files", type=Path, nargs="+", metavar="FILE", help="event log files")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a signal is crossed")
+    parser.add_argument("--window", type=float, help="only the last N seconds of the log")
+    parser.add_argument("--width", type=int, default=120, help="columns of the text output")
+    rollback.add_arguments(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the report; exit 0, or 1 with ``--check`` and a crossed signal, 2 on bad input."""
+    args = _parser().parse_args(argv)
+    try:
+        thresholds = rollback.from_arguments(args)
+        records, stats = read_logs(args.files)
+    except (OSError, ValueError) as err:
+        print(f"briefd report: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    view = OpsView(thresholds, window_s=args.window)
+    view.apply_all(records)
+    snap = view.snapshot()
+    if args.json:
+        data = snap.to_json()
+        data["log"] = {"files": [str(f) for f in args.files], **asdict(stats)}
+        json.dump(data, sys.stdout, indent=2, sort_keys=True)
+        sys.stdout.write("\n")
+    else:
+        console = Console(width=args.width, highlight=False, file=sys.stdout)
+        files = ", ".join(str(f) for f in args.files)
+        console.print(render(snap, source=files, title="briefd report"))
+        console.print(
+            f"log: {stats.lines} lines, {stats.records} records, {stats.ignored} ignored, "
+            f"{stats.partial} half-written"
+        )
+    return EXIT_WARNING if args.check and snap.warnings else EXIT_OK
