@@ -26,6 +26,8 @@ from briefd.messages import (
 )
 
 SAMPLES = 2048
+STAGE_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+"""Upper bounds of the stage-latency histogram (seconds), as ``/metrics`` exposes it."""
 
 
 def percentile(values: list[int] | list[float], q: float) -> float:
@@ -52,6 +54,40 @@ class LatencySummary:
 
 
 @dataclass(frozen=True)
+class Histogram:
+    """Cumulative counts since start (Prometheus style): ``counts[i]`` is samples <= ``bounds[i]``.
+
+    Unlike the percentiles, which cover the last :data:`SAMPLES` values, these
+    only ever grow, so a scraper can compute rates.
+    """
+
+    bounds: tuple[float, ...]
+    counts: tuple[int, ...]
+    count: int
+    sum_s: float
+
+
+class _HistogramCounter:
+    """The mutable twin of :class:`Histogram`, owned by the metrics actor."""
+
+    def __init__(self, bounds: tuple[float, ...] = STAGE_BUCKETS_S) -> None:
+        self.bounds = bounds
+        self.counts = [0] * len(bounds)
+        self.count = 0
+        self.sum_s = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.count += 1
+        self.sum_s += seconds
+        for i, bound in enumerate(self.bounds):
+            if seconds <= bound:
+                self.counts[i] += 1
+
+    def freeze(self) -> Histogram:
+        return Histogram(self.bounds, tuple(self.counts), self.count, round(self.sum_s, 6))
+
+
+@dataclass(frozen=True)
 class MetricsSnapshot:
     """Aggregates at one moment."""
 
@@ -67,6 +103,7 @@ class MetricsSnapshot:
     errors_by_code: dict[str, int]
     tokens_in_use: int
     usage_tokens: dict[str, int] = field(default_factory=dict)
+    stage_histograms: dict[str, Histogram] = field(default_factory=dict)
 
 
 class MetricsActor(pykka.ThreadingActor):
@@ -85,11 +122,13 @@ class MetricsActor(pykka.ThreadingActor):
         self._calls = 0
         self._retries = 0
         self._tokens_in_use = 0
+        self._histograms: dict[str, _HistogramCounter] = defaultdict(_HistogramCounter)
 
     def on_receive(self, message: Any) -> Any:
         match message:
             case StageSucceeded(stage=stage, elapsed_ms=ms, attempts=n, usage=u):
                 self._stage_ms[stage].append(ms)
+                self._histograms[stage].observe(ms / 1000)
                 self._calls += n
                 self._usage["prompt_tokens"] += u.prompt_tokens
                 self._usage["completion_tokens"] += u.completion_tokens
@@ -126,4 +165,5 @@ class MetricsActor(pykka.ThreadingActor):
             errors_by_code=dict(self._errors),
             tokens_in_use=self._tokens_in_use,
             usage_tokens=dict(self._usage),
+            stage_histograms={k: v.freeze() for k, v in self._histograms.items()},
         )

@@ -20,12 +20,14 @@ if (_root / "pyproject.toml").is_file() and (_root / "actors" / "__init__.py").i
     __path__.append(str(_root))
 
 from briefd.api import Pipeline, run  # noqa: E402
+from briefd.client import Client  # noqa: E402
 from briefd.config import ConfigError, PipelineSpec, Settings, load_pipeline  # noqa: E402
 from briefd.messages import JobResult, JobSpec, JobStatus, PipelineError  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Client",
     "ConfigError",
     "JobResult",
     "JobSpec",

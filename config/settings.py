@@ -85,6 +85,15 @@ class Settings(BaseSettings):
     grace_s: float = Field(default=30.0, ge=0)
     max_active_jobs: int = Field(default=64, ge=1)
     max_queued_jobs: int = Field(default=10_000, ge=0)
+    max_body_bytes: int = Field(
+        default=1_048_576, ge=1024, description="Largest job body the daemon reads (bytes)."
+    )
+    restart_budget: int = Field(
+        default=3,
+        ge=0,
+        description="Times a job is restarted after its run died (coordinator crash or "
+        "daemon crash) before it is failed.",
+    )
 
     @classmethod
     def settings_customise_sources(

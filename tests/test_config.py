@@ -73,7 +73,7 @@ def test_pipeline_file_syntax_and_fields(tmp_path: Path) -> None:
     bad_key = _stages(("A", [])) + 'colour = "red"\n'
     with pytest.raises(ConfigError, match=r"stages\.0\.colour"):
         load_pipeline(_pipeline_file(tmp_path, bad_key))
-    with pytest.raises(ConfigError, match="not-there.toml"):
+    with pytest.raises(ConfigError, match=r"not-there\.toml"):
         load_pipeline(tmp_path / "not-there.toml")
 
 
@@ -100,7 +100,7 @@ def test_job_file_errors_name_the_file(tmp_path: Path) -> None:
     bad.write_text("{not json")
     with pytest.raises(ConfigError, match=r"job file .*bad\.json: invalid JSON"):
         load_job_file(bad, load_pipeline())
-    with pytest.raises(ConfigError, match="missing.json"):
+    with pytest.raises(ConfigError, match=r"missing\.json"):
         load_job_file(tmp_path / "missing.json", load_pipeline())
 
 

@@ -1,0 +1,407 @@
+"""The root actor of ``briefd serve``: admits jobs, runs their coordinators, restarts the dead.
+
+* Admission. At most ``max_active_jobs`` jobs have a coordinator; the others
+  wait in a FIFO of job ids. A new submission that finds ``max_queued_jobs``
+  already waiting is refused at once (the HTTP layer answers 429): pykka
+  inboxes are unbounded, so the bound is kept here, and a job is never
+  accepted and then dropped. Jobs resumed from the journal always get a place.
+* Durability. :meth:`RootActor.submit` commits the job to the journal before it
+  returns, so the acknowledgement that follows is a promise kept across crashes.
+* Watching. pykka has no supervision: a coordinator reports its result through
+  ``on_done`` (``CoordinatorDone``), and a periodic ``Tick`` notices one that
+  died without reporting. Either way a dead run is loaded again from the
+  journal (completed stages are not called again) until the job has used its
+  ``restart_budget``; then it fails with an error that says so, instead of
+  crashing the daemon in a loop.
+* Shutdown. :meth:`drain` stops admissions and, through the stage actor class
+  made here (:func:`drainable_stage_actor`), stops stages from starting calls;
+  calls already in flight finish. :meth:`suspend` then hands the unfinished
+  runs back to the journal's queue for the next start.
+
+Outside callers (HTTP threads, the daemon's main thread) use the proxy methods
+with a timeout; actors talk to the root by ``tell``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+import threading
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pykka
+from loguru import logger
+
+from briefd.actors.coordinator import CoordinatorActor
+from briefd.actors.stage import StageActor
+from briefd.config import ConfigError, PipelineSpec, Settings
+from briefd.events import Observer, publish
+from briefd.jobs import validate_job
+from briefd.journal import Journal
+from briefd.messages import (
+    CancelJob,
+    CheckCoordinator,
+    CloseJob,
+    CoordinatorDone,
+    ErrorCode,
+    FinishJob,
+    JobAccepted,
+    JobCancelled,
+    JobLoaded,
+    JobRestarted,
+    JobResult,
+    JobSpec,
+    JobState,
+    LoadJob,
+    ReleaseToken,
+    ResumeStage,
+    StartStage,
+    SuspendJobs,
+    Tick,
+    TokenGranted,
+)
+from briefd.timers import Timers
+
+WATCH_PERIOD_S = 0.5
+AnyRef = pykka.ActorRef[Any]
+
+
+def drainable_stage_actor(base: type[StageActor], drain: threading.Event) -> type[StageActor]:
+    """``base`` that starts no call once ``drain`` is set, on a daemon thread.
+
+    While draining, a stage that has not started never starts and a token
+    granted too late goes straight back; a call already in flight finishes and
+    reports. ``Tick`` is answered as a no-op so the daemon can ``ask`` it as a
+    barrier ("everything you had to say is told"). The daemon thread lets the
+    process exit when the grace period ends with a call still in flight.
+    """
+
+    class DrainableStageActor(base):  # type: ignore[valid-type,misc]
+        use_daemon_thread = True
+
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self._drain_limiter: AnyRef = kwargs["limiter"]
+
+        def on_receive(self, message: Any) -> Any:
+            if isinstance(message, Tick):
+                return None
+            if drain.is_set():
+                if isinstance(message, StartStage | ResumeStage):
+                    return None
+                if isinstance(message, TokenGranted):
+                    self._drain_limiter.tell(
+                        ReleaseToken(
+                            job_id=message.job_id, stage=message.stage, lease_id=message.lease_id
+                        )
+                    )
+                    return None
+            return super().on_receive(message)
+
+    return DrainableStageActor
+
+
+@dataclass
+class _Slot:
+    """One admitted job: its current run (``generation``) and coordinator."""
+
+    generation: int
+    ref: AnyRef | None = None  # None while the journal loads the job
+    cancel: str | None = None  # a cancel that arrived while loading
+    reason: str = "the daemon stopped while it ran"  # why this run is a restart
+
+
+@dataclass(frozen=True)
+class Admission:
+    """The answer to a submission. ``refused`` is ``queue_full`` or ``stopping``, else None."""
+
+    job_id: str
+    state: JobState
+    created: bool
+    refused: str | None = None
+    retry_after_s: int = 0
+
+
+@dataclass(frozen=True)
+class RootStats:
+    """Admission figures, for ``/metrics``, ``/healthz`` and the watchdog."""
+
+    active: int
+    queued: int
+    draining: bool
+    restarts: int
+    resumed: int
+    max_active_jobs: int
+    max_queued_jobs: int
+
+
+class RootActor(pykka.ThreadingActor):
+    """One per daemon: the only actor that starts or stops coordinators."""
+
+    def __init__(
+        self,
+        *,
+        journal: Journal,
+        journal_ref: AnyRef,
+        pipeline: PipelineSpec,
+        settings: Settings,
+        base_url: str,
+        limiter: AnyRef,
+        observers: Sequence[Observer] = (),
+        coordinator_cls: type[CoordinatorActor] = CoordinatorActor,
+        stage_actor_cls: type[StageActor] = StageActor,
+    ) -> None:
+        super().__init__()
+        self._journal = journal
+        self._journal_ref = journal_ref
+        self._pipeline = pipeline
+        self._settings = settings
+        self._base_url = base_url
+        self._limiter = limiter
+        self._observers = tuple(observers)
+        self._coordinator_cls = coordinator_cls
+        self.drain_event = threading.Event()
+        self._stage_cls = drainable_stage_actor(stage_actor_cls, self.drain_event)
+        self._queue: deque[str] = deque()
+        self._active: dict[str, _Slot] = {}
+        self._suspended: dict[str, int] = {}  # job -> generation, after suspend()
+        self._generations = itertools.count(1)
+        self._restarts = 0
+        self._resumed = 0
+        self._avg_job_s = 10.0
+        self._timers = Timers()
+
+    # -- pykka hooks -----------------------------------------------------------------
+
+    def on_start(self) -> None:
+        resumed = self._journal.unfinished()
+        self._resumed = len(resumed)
+        self._queue.extend(resumed)
+        self._timers.every(self.actor_ref, WATCH_PERIOD_S, Tick())
+        self._admit()
+
+    def on_stop(self) -> None:
+        self._timers.close()
+
+    def on_receive(self, message: Any) -> Any:
+        match message:
+            case JobLoaded():
+                self._loaded(message)
+            case CoordinatorDone():
+                self._done(message)
+            case Tick():
+                self._watch()
+            case CheckCoordinator(job_id=job_id, generation=gen):
+                slot = self._active.get(job_id)
+                if (
+                    slot is not None
+                    and slot.generation == gen
+                    and slot.ref is not None
+                    and not slot.ref.is_alive()
+                    and not self.drain_event.is_set()
+                ):
+                    self._restart(job_id, "its coordinator died without reporting")
+            case _:
+                logger.warning("root: unexpected {!r}", type(message).__name__)
+        return None
+
+    # -- the proxy API (outside callers, always with a timeout) ----------------------
+
+    def submit(self, job: JobSpec) -> Admission:
+        """Accept ``job`` (committed to the journal on return), or refuse it at once."""
+        existing = self._journal.get(job.job_id)
+        if existing is not None:
+            return Admission(job.job_id, existing.status, created=False)
+        if self.drain_event.is_set():
+            return Admission(job.job_id, JobState.QUEUED, False, "stopping", 5)
+        s = self._settings
+        if len(self._active) >= s.max_active_jobs and len(self._queue) >= s.max_queued_jobs:
+            wait = math.ceil(self._avg_job_s / s.max_active_jobs)
+            return Admission(
+                job.job_id, JobState.QUEUED, False, "queue_full", min(max(wait, 1), 300)
+            )
+        info, created = self._journal.add_job(job)
+        if not created:
+            return Admission(job.job_id, info.status, created=False)
+        self._queue.append(job.job_id)
+        self._admit()
+        state = JobState.RUNNING if job.job_id in self._active else JobState.QUEUED
+        publish(JobAccepted(job_id=job.job_id, status=state, queued=len(self._queue)))
+        return Admission(job.job_id, state, created=True)
+
+    def cancel(self, job_id: str, reason: str = "cancelled") -> JobState | None:
+        """Cancel a job; returns its state after the request (None: unknown job)."""
+        if job_id in self._queue:
+            self._queue.remove(job_id)
+            publish(JobCancelled(job_id=job_id, reason=reason, was=JobState.QUEUED))
+            self._journal.close_job(job_id, JobState.CANCELLED, ErrorCode.CANCELLED, reason)
+            return JobState.CANCELLED
+        slot = self._active.get(job_id)
+        if slot is not None:
+            publish(JobCancelled(job_id=job_id, reason=reason, was=JobState.RUNNING))
+            if slot.ref is None:
+                slot.cancel = reason
+            else:
+                with contextlib.suppress(pykka.ActorDeadError):
+                    slot.ref.tell(CancelJob(job_id=job_id, reason=reason))
+            return JobState.RUNNING
+        info = self._journal.get(job_id)
+        return info.status if info is not None else None
+
+    def stats(self) -> RootStats:
+        """Current admission figures."""
+        return RootStats(
+            active=len(self._active),
+            queued=len(self._queue),
+            draining=self.drain_event.is_set(),
+            restarts=self._restarts,
+            resumed=self._resumed,
+            max_active_jobs=self._settings.max_active_jobs,
+            max_queued_jobs=self._settings.max_queued_jobs,
+        )
+
+    def reload(self, settings: Settings) -> None:
+        """New settings for runs that start from now on (and for admission)."""
+        self._settings = settings
+        self._admit()
+
+    def drain(self) -> None:
+        """Shutdown, step 1: admit nothing more; stages start no new call."""
+        self.drain_event.set()
+
+    def suspend(self) -> list[str]:
+        """Shutdown, step 2: the unfinished runs go back to the journal's queue.
+
+        A run that still completes afterwards (its coordinator had the last
+        stage result in its inbox) is recorded all the same.
+        """
+        ids = list(self._active)
+        self._suspended.update({j: s.generation for j, s in self._active.items()})
+        self._active.clear()
+        self._journal_ref.tell(SuspendJobs(job_ids=ids))
+        return ids
+
+    # -- runs ------------------------------------------------------------------------
+
+    def _admit(self) -> None:
+        while (
+            not self.drain_event.is_set()
+            and self._queue
+            and len(self._active) < self._settings.max_active_jobs
+        ):
+            self._load(self._queue.popleft(), _Slot(next(self._generations)))
+
+    def _load(self, job_id: str, slot: _Slot) -> None:
+        self._active[job_id] = slot
+        self._journal_ref.tell(
+            LoadJob(job_id=job_id, generation=slot.generation, reply_to=self.actor_urn)
+        )
+
+    def _loaded(self, msg: JobLoaded) -> None:
+        slot = self._active.get(msg.job_id)
+        if slot is None or slot.generation != msg.generation:
+            return  # a run already replaced or suspended
+        if msg.job is None:  # terminal or gone
+            self._release(msg.job_id)
+            return
+        if slot.cancel is not None:
+            self._close(msg.job_id, JobState.CANCELLED, ErrorCode.CANCELLED, slot.cancel)
+            return
+        budget = self._settings.restart_budget
+        if msg.runs_died > budget:
+            self._close(
+                msg.job_id,
+                JobState.FAILED,
+                ErrorCode.CRASHED,
+                f"not resumed: {msg.runs_died} runs of this job died "
+                f"(last: {slot.reason}); the restart budget is {budget}",
+                "a job that keeps crashing briefd; see the log, raise BRIEFD_RESTART_BUDGET "
+                "to try again",
+            )
+            return
+        if msg.runs_died:
+            self._restarts += 1
+            publish(JobRestarted(job_id=msg.job_id, runs=msg.runs_died, reason=slot.reason))
+        if self.drain_event.is_set():
+            return  # suspend() puts it back in the queue
+        try:
+            job = validate_job(msg.job, self._pipeline, where=f"job {msg.job_id}")
+        except ConfigError as err:
+            self._close(
+                msg.job_id,
+                JobState.FAILED,
+                ErrorCode.CRASHED,
+                str(err),
+                "the pipeline changed since the job was accepted",
+            )
+            return
+        slot.ref = self._coordinator_cls.start(
+            job=job,
+            pipeline=self._pipeline,
+            settings=self._settings,
+            base_url=self._base_url,
+            limiter=self._limiter,
+            observers=self._observers,
+            on_done=self._on_done(msg.job_id, msg.generation),
+            stage_actor_cls=self._stage_cls,
+            done_stages=msg.done_stages,
+        )
+
+    def _on_done(self, job_id: str, generation: int) -> Any:
+        me = self.actor_ref
+
+        def on_done(result: JobResult) -> None:  # runs in the coordinator's thread
+            me.tell(CoordinatorDone(job_id=job_id, generation=generation, result=result))
+
+        return on_done
+
+    def _done(self, msg: CoordinatorDone) -> None:
+        slot = self._active.get(msg.job_id)
+        if slot is None or slot.generation != msg.generation:
+            if self._suspended.get(msg.job_id) == msg.generation and not _crashed(msg.result):
+                self._journal_ref.tell(FinishJob(result=msg.result))
+            return
+        if _crashed(msg.result):
+            if not self.drain_event.is_set():
+                self._restart(msg.job_id, "its coordinator crashed")
+            return
+        self._journal_ref.tell(FinishJob(result=msg.result))
+        total_s = msg.result.metrics.total_ms / 1000
+        self._avg_job_s = 0.8 * self._avg_job_s + 0.2 * total_s
+        self._release(msg.job_id)
+
+    def _watch(self) -> None:
+        if self.drain_event.is_set():
+            return
+        for job_id, slot in self._active.items():
+            if slot.ref is not None and not slot.ref.is_alive():
+                # Not yet: a CoordinatorDone told before it died may still be queued
+                # behind this Tick. The check is queued after it.
+                self.actor_ref.tell(CheckCoordinator(job_id=job_id, generation=slot.generation))
+
+    def _restart(self, job_id: str, reason: str) -> None:
+        logger.warning("{} run died ({}): loading it again", job_id, reason)
+        old = self._active.get(job_id)
+        cancel = old.cancel if old is not None else None
+        self._load(job_id, _Slot(next(self._generations), cancel=cancel, reason=reason))
+
+    def _close(
+        self, job_id: str, state: JobState, code: ErrorCode, message: str, hint: str = ""
+    ) -> None:
+        self._journal_ref.tell(
+            CloseJob(job_id=job_id, status=state, code=code, message=message, hint=hint)
+        )
+        self._release(job_id)
+
+    def _release(self, job_id: str) -> None:
+        self._active.pop(job_id, None)
+        self._admit()
+
+
+def _crashed(result: JobResult) -> bool:
+    """The coordinator itself failed (its ``on_failure``), not one of the stages."""
+    return any(e.stage == "*" and e.code is ErrorCode.CRASHED for e in result.errors)

@@ -1,0 +1,217 @@
+"""The Python client of ``briefd serve``'s HTTP API.
+
+::
+
+    import briefd
+
+    client = briefd.Client()                  # BRIEFD_LISTEN and the daemon's token file
+    job_id = client.submit("job.json")        # a path, a dict or a JobSpec
+    result = client.result(job_id, timeout=600)
+    print(result.status, result.documents["BRIEFING_MD"])
+
+It reads the same settings as the daemon (``BRIEFD_LISTEN``,
+``BRIEFD_TOKEN_FILE`` / ``BRIEFD_DATA_DIR``, ``--config`` files), so on the
+daemon's machine it needs no arguments. Errors the daemon reports raise
+:class:`DaemonError` with its ``code`` and ``message``; the token never appears
+in one.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import requests
+
+from briefd.config import ConfigError, Settings
+from briefd.messages import JobInfo, JobResult, JobSpec, JobState
+
+MAX_WAIT_PER_REQUEST_S = 30.0
+
+
+class DaemonError(Exception):
+    """The daemon refused a request: ``status`` (HTTP), ``code`` and ``message`` say why."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        field: str | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(f"{code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+        self.retry_after_s = retry_after_s
+
+
+class DaemonUnavailable(DaemonError):
+    """The daemon did not answer (not running, restarting, wrong ``BRIEFD_LISTEN``)."""
+
+
+class Client:
+    """Talks to one daemon over one HTTP session (not shared between threads)."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        *,
+        settings: Settings | None = None,
+        timeout_s: float = 30.0,
+    ) -> None:
+        if url is None or token is None:
+            settings = settings if settings is not None else Settings.load()
+        if url is None:
+            assert settings is not None
+            url = f"http://{settings.listen}"
+        if token is None:
+            assert settings is not None
+            token = _read_token(settings.resolved_token_file())
+        self.url = url.rstrip("/")
+        self._timeout_s = timeout_s
+        self._session = requests.Session()
+        self._session.trust_env = False  # the daemon is on loopback: never via a proxy
+        self._session.headers["Authorization"] = f"Bearer {token}"
+        self._session.headers["User-Agent"] = "briefd-client"
+
+    def close(self) -> None:
+        self._session.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # -- the API ---------------------------------------------------------------------
+
+    def submit(self, job: JobSpec | dict[str, Any] | str | Path) -> str:
+        """Submit a job (a JobSpec, its dict, or a JSON file); returns its ``job_id``.
+
+        Submitting an id the daemon already has returns that job (it never runs twice).
+        Raises :class:`DaemonError` (``queue_full`` has ``retry_after_s``).
+        """
+        if isinstance(job, str | Path):
+            job = _read_job_file(Path(job))
+        body = job.model_dump(mode="json") if isinstance(job, JobSpec) else job
+        data = self._call("POST", "/v1/jobs", json=body)
+        return str(data["job_id"])
+
+    def status(self, job_id: str) -> JobInfo:
+        """Its state, per-stage states and progress."""
+        return JobInfo.model_validate(self._call("GET", f"/v1/jobs/{job_id}"))
+
+    def result(self, job_id: str, wait: bool = True, timeout: float = 600.0) -> JobResult:
+        """The job's result; with ``wait``, blocks up to ``timeout`` seconds for it.
+
+        Raises :class:`TimeoutError` when the job is still running at the end, and
+        :class:`DaemonError` ``not_finished`` when ``wait`` is false and it is not done.
+        While waiting, a daemon that restarts is waited for too.
+        """
+        deadline = time.monotonic() + timeout
+        pause = threading.Event()
+        while True:
+            left = deadline - time.monotonic()
+            wait_s = round(min(max(left, 0.0), MAX_WAIT_PER_REQUEST_S), 3) if wait else 0.0
+            try:
+                data = self._call(
+                    "GET", f"/v1/jobs/{job_id}/result", params={"wait": wait_s}, extra_s=wait_s
+                )
+                return JobResult.model_validate(data)
+            except DaemonUnavailable:
+                if not wait or left <= 0:
+                    raise
+                pause.wait(min(0.5, max(left, 0.0)))
+            except DaemonError as err:
+                if err.code != "not_finished" or not wait:
+                    raise
+                if deadline - time.monotonic() <= 0:
+                    raise TimeoutError(f"job {job_id}: {err.message} after {timeout:g}s") from None
+
+    def cancel(self, job_id: str) -> JobState:
+        """Cancel it: ``cancelled`` if it was waiting, ``running`` while its calls are abandoned."""
+        return JobState(self._call("DELETE", f"/v1/jobs/{job_id}")["status"])
+
+    def jobs(self, status: JobState | str | None = None, limit: int = 100) -> list[JobInfo]:
+        """The newest ``limit`` jobs, optionally only those in ``status``."""
+        params: dict[str, Any] = {"limit": limit}
+        if status is not None:
+            params["status"] = JobState(status).value
+        data = self._call("GET", "/v1/jobs", params=params)
+        return [JobInfo.model_validate(j) for j in data["jobs"]]
+
+    def healthy(self) -> bool:
+        """True when the daemon answers ``/healthz`` with ok."""
+        try:
+            resp = self._session.get(f"{self.url}/healthz", timeout=self._timeout_s)
+        except requests.RequestException:
+            return False
+        return resp.status_code == 200
+
+    # -- plumbing --------------------------------------------------------------------
+
+    def _call(self, method: str, path: str, *, extra_s: float = 0.0, **kwargs: Any) -> Any:
+        try:
+            resp = self._session.request(
+                method, self.url + path, timeout=self._timeout_s + extra_s, **kwargs
+            )
+        except requests.RequestException as err:
+            raise DaemonUnavailable(
+                0,
+                "unavailable",
+                f"cannot reach briefd at {self.url} ({type(err).__name__}): "
+                "is `briefd serve` running, with the same BRIEFD_LISTEN?",
+            ) from None
+        try:
+            data = resp.json()
+        except ValueError:
+            data = None
+        if resp.status_code < 400 and data is not None:
+            return data
+        detail = data.get("error") if isinstance(data, dict) else None
+        if not isinstance(detail, dict):
+            detail = {"code": "http_error", "message": f"HTTP {resp.status_code}"}
+        retry_after = resp.headers.get("Retry-After")
+        raise DaemonError(
+            resp.status_code,
+            str(detail.get("code", "http_error")),
+            str(detail.get("message", "")),
+            field=detail.get("field"),
+            retry_after_s=float(retry_after) if retry_after and retry_after.isdigit() else None,
+        )
+
+
+def _read_token(path: Path) -> str:
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except OSError as err:
+        raise ConfigError(
+            f"token file {path}: {err.strerror or err} (the daemon makes it on first start; "
+            "set BRIEFD_DATA_DIR or BRIEFD_TOKEN_FILE as the daemon has them)"
+        ) from None
+    if not token:
+        raise ConfigError(f"token file {path}: empty")
+    return token
+
+
+def _read_job_file(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise ConfigError(f"job file {path}: {err.strerror or err}") from None
+    except ValueError as err:
+        raise ConfigError(f"job file {path}: invalid JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"job file {path}: must be a JSON object")
+    return data

@@ -1,0 +1,156 @@
+"""``briefd submit | status | result | cancel | jobs``: the daemon's client on the command line.
+
+Each command reads the same settings as the daemon (``--config``, ``BRIEFD_*``)
+to find it and its token. Exit codes follow ``briefd run``: 0 succeeded,
+3 partial, 1 failed, cancelled or not finished (or the daemon is unreachable),
+2 bad input or configuration, with one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from briefd.client import Client, DaemonError, DaemonUnavailable
+from briefd.config import ConfigError, Settings
+from briefd.messages import JobInfo, JobResult, JobState, JobStatus
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # one line, exit 2
+        raise ConfigError(f"{self.prog.removeprefix('briefd ')}: {message}")
+
+
+def _parser(name: str, help_text: str) -> argparse.ArgumentParser:
+    parser = _Parser(prog=f"briefd {name}", description=help_text)
+    parser.add_argument("--config", type=Path, help="settings TOML file (else $BRIEFD_CONFIG)")
+    parser.add_argument("--url", help="the daemon's URL (default: http://$BRIEFD_LISTEN)")
+    return parser
+
+
+def _client(args: argparse.Namespace) -> Client:
+    return Client(url=args.url, settings=Settings.load(args.config))
+
+
+def _exit_for(status: JobStatus | JobState) -> int:
+    return {"succeeded": EXIT_OK, "partial": EXIT_PARTIAL}.get(status.value, EXIT_FAILED)
+
+
+def _fail(err: DaemonError) -> int:
+    print(f"briefd: {err.message}", file=sys.stderr)
+    if isinstance(err, DaemonUnavailable) or err.status in (409, 429, 503) or err.status >= 500:
+        return EXIT_FAILED
+    return EXIT_USAGE
+
+
+def _print_result(result: JobResult) -> None:
+    print(f"{result.job_id}: {result.status} in {result.metrics.total_ms} ms")
+    for e in result.errors:
+        print(f"  error {e.stage} {e.code}: {e.message} (hint: {e.hint})", file=sys.stderr)
+
+
+def _print_info(info: JobInfo) -> None:
+    print(f"{info.job_id}: {info.status} {info.progress:g}% (restarts: {info.restarts})")
+    for stage, state in info.stages.items():
+        print(f"  {stage:<20} {state}")
+    for e in info.errors:
+        print(f"  error {e.stage} {e.code}: {e.message}")
+
+
+def submit_main(argv: list[str]) -> int:
+    """``briefd submit JOB.json [--wait]``: prints the job id (and the outcome with --wait)."""
+    parser = _parser("submit", "Submit a job to the daemon.")
+    parser.add_argument("job", type=Path, help="job JSON file")
+    parser.add_argument("--wait", action="store_true", help="wait for the result")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait")
+    args = parser.parse_args(argv)
+    with _client(args) as client:
+        try:
+            job_id = client.submit(args.job)
+            print(job_id, flush=True)
+            if not args.wait:
+                return EXIT_OK
+            result = client.result(job_id, wait=True, timeout=args.timeout)
+        except DaemonError as err:
+            return _fail(err)
+        except TimeoutError as err:
+            print(f"briefd: {err}", file=sys.stderr)
+            return EXIT_FAILED
+    _print_result(result)
+    return _exit_for(result.status)
+
+
+def status_main(argv: list[str]) -> int:
+    """``briefd status ID [--json]``: state, per-stage states and progress."""
+    parser = _parser("status", "A job's status.")
+    parser.add_argument("job_id")
+    parser.add_argument("--json", action="store_true", help="print the JSON the API returns")
+    args = parser.parse_args(argv)
+    with _client(args) as client:
+        try:
+            info = client.status(args.job_id)
+        except DaemonError as err:
+            return _fail(err)
+    if args.json:
+        print(info.model_dump_json(indent=2))
+    else:
+        _print_info(info)
+    return EXIT_OK
+
+
+def result_main(argv: list[str]) -> int:
+    """``briefd result ID [--wait]``: the result JSON; the exit code says how it ended."""
+    parser = _parser("result", "A finished job's result.")
+    parser.add_argument("job_id")
+    parser.add_argument("--wait", action="store_true", help="wait for the job to finish")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait")
+    args = parser.parse_args(argv)
+    with _client(args) as client:
+        try:
+            result = client.result(args.job_id, wait=args.wait, timeout=args.timeout)
+        except DaemonError as err:
+            return _fail(err)
+        except TimeoutError as err:
+            print(f"briefd: {err}", file=sys.stderr)
+            return EXIT_FAILED
+    print(result.model_dump_json(indent=2))
+    return _exit_for(result.status)
+
+
+def cancel_main(argv: list[str]) -> int:
+    """``briefd cancel ID``: cancel; prints the state it is in afterwards."""
+    parser = _parser("cancel", "Cancel a job.")
+    parser.add_argument("job_id")
+    args = parser.parse_args(argv)
+    with _client(args) as client:
+        try:
+            state = client.cancel(args.job_id)
+        except DaemonError as err:
+            return _fail(err)
+    note = " (cancelling: its calls are abandoned)" if state is JobState.RUNNING else ""
+    print(f"{args.job_id}: {state}{note}")
+    return EXIT_OK
+
+
+def jobs_main(argv: list[str]) -> int:
+    """``briefd jobs [--status S] [--limit N] [--json]``: the newest jobs, one per line."""
+    parser = _parser("jobs", "List the daemon's jobs.")
+    parser.add_argument("--status", choices=[s.value for s in JobState])
+    parser.add_argument("--limit", type=int, default=50)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    with _client(args) as client:
+        try:
+            jobs = client.jobs(args.status, args.limit)
+        except DaemonError as err:
+            return _fail(err)
+    if args.json:
+        print(json.dumps([j.model_dump(mode="json") for j in jobs], indent=2))
+    for j in [] if args.json else jobs:
+        print(f"{j.job_id:<40} {j.status.value:<10} {j.progress:>5g}%")
+    return EXIT_OK

@@ -1,0 +1,445 @@
+"""``briefd serve``: the long-running daemon. It never loses an acknowledged job.
+
+One process holds one rate limiter and one metrics actor (the token cap is
+daemon-wide), a journal (:mod:`briefd.journal`, SQLite in ``BRIEFD_DATA_DIR``),
+a root actor that admits jobs and runs a coordinator per active job
+(:mod:`briefd.actors.root`), and the HTTP API (:mod:`briefd.server`) on a
+loopback socket.
+
+Signals are taken by :func:`signal.set_wakeup_fd` and handled in the main
+thread's loop, never inside a handler (a handler that logs or takes a lock can
+deadlock the thread it interrupted):
+
+* SIGTERM / SIGINT: stop accepting jobs, let calls in flight finish within
+  ``BRIEFD_GRACE_S``, put unfinished runs back in the journal's queue, exit 0.
+  A second one exits at once; the journal makes the rest resumable.
+* SIGHUP: re-read the settings; the token cap, retries, timeouts and admission
+  limits apply live, without dropping a job.
+* SIGUSR1: log every thread's stack.
+
+Under systemd (``Type=notify``) it says ``READY=1`` once it listens, pings
+``WATCHDOG=1`` while the root actor answers, and ``STOPPING=1`` on the way out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import os
+import secrets
+import select
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import IO, Any
+
+import pykka
+from loguru import logger
+
+import briefd
+from briefd.actors import CoordinatorActor, MetricsActor, RateLimiterActor, StageActor
+from briefd.actors.journal import JournalActor, journal_observer
+from briefd.actors.root import Admission, RootActor
+from briefd.config import ConfigError, Settings, load_pipeline
+from briefd.events import publish
+from briefd.extract import check_schema
+from briefd.jobs import validate_job
+from briefd.journal import Journal
+from briefd.logs import register_secret, setup_logging
+from briefd.messages import (
+    DaemonReloading,
+    DaemonStarted,
+    DaemonStopping,
+    JobInfo,
+    JobResult,
+    JobSpec,
+    JobState,
+    SetCapacity,
+    Tick,
+)
+from briefd.provider import Provider, open_provider
+from briefd.server import ApiServer, bind_loopback, render_metrics
+
+ASK_TIMEOUT_S = 10.0
+# fmt: off
+LIVE_SETTINGS = (
+    "max_concurrent", "retry_enabled", "max_retries", "timeout_ms", "connect_timeout_ms",
+    "backoff_initial_s", "backoff_max_s", "retry_after_max_s", "rate_limit_cooldown",
+    "reask_invalid_json", "max_active_jobs", "max_queued_jobs", "restart_budget", "grace_s",
+)
+# fmt: on
+"""Settings SIGHUP applies: to the limiter at once, to runs that start afterwards."""
+
+
+def sd_notify(state: str) -> bool:
+    """Tell systemd ``state`` (``READY=1``...) on ``$NOTIFY_SOCKET``; False when not under it."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):  # an abstract socket
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.settimeout(1.0)  # a reader that stopped reading must not stop the daemon
+            sock.connect(address)
+            sock.sendall(state.encode())
+    except OSError as err:
+        logger.warning("sd_notify {}: {}", state.split("=")[0], err)
+        return False
+    return True
+
+
+def ensure_token(path: Path) -> str:
+    """The bearer token in ``path``, made (mode 0600, never over an existing file) if missing."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        if path.stat().st_mode & 0o077:
+            logger.warning("token file {} can be read by others: chmod 600 it", path)
+        token = path.read_text(encoding="utf-8").strip()
+        if not token:
+            raise ConfigError(f"token file {path}: empty") from None
+        return token
+    token = secrets.token_urlsafe(32)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(token + "\n")
+    logger.info("created the API token file {} (mode 0600)", path)
+    return token
+
+
+def _lock_data_dir(data_dir: Path) -> IO[str]:
+    """One daemon per data dir: two would run the same jobs and pay twice."""
+    f = open(data_dir / "briefd.lock", "a+", encoding="utf-8")  # noqa: SIM115  held for life
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        pid = f.read().strip() or "?"
+        f.close()
+        raise ConfigError(
+            f"BRIEFD_DATA_DIR {data_dir}: in use by another briefd serve (pid {pid})"
+        ) from None
+    f.truncate(0)
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
+
+
+class Daemon:
+    """The daemon's parts and their lifecycle; also the HTTP API's backend."""
+
+    def __init__(self, settings: Settings, config_file: Path | None) -> None:
+        self.settings = settings
+        self._loaded = settings  # as read, before the provider filled in model/format
+        self._config_file = config_file
+        self._stopping = threading.Event()
+        self._provider: Provider | None = None
+        self._lock: IO[str] | None = None
+        self._exit_code = 0
+
+    # -- start -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Build everything, resume unfinished jobs, listen; ConfigError on a bad set-up."""
+        s = self.settings
+        s.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._lock = _lock_data_dir(s.data_dir)
+        token = ensure_token(s.resolved_token_file())
+        register_secret(token)
+        self.pipeline = load_pipeline(s.pipeline)
+        for stage in self.pipeline.stages:
+            check_schema(stage)
+        sock = bind_loopback(s.listen)
+        self._provider = open_provider(s)
+        self.settings = s = s.model_copy(
+            update={
+                "model": self._provider.model,
+                "response_format": self._provider.response_format,
+            }
+        )
+        self.metrics = MetricsActor.start()
+        self.limiter = RateLimiterActor.start(
+            capacity=s.max_concurrent, observers=[self.metrics.tell]
+        )
+        self.server = ApiServer(self, sock, token=token, max_body=s.max_body_bytes)
+        self.journal = Journal(
+            s.data_dir / "briefd.sqlite3",
+            self.pipeline,
+            on_finished=self.server.notify_finished,
+        )
+        self.journal_ref = JournalActor.start(self.journal)
+        self.root = RootActor.start(
+            journal=self.journal,
+            journal_ref=self.journal_ref,
+            pipeline=self.pipeline,
+            settings=s,
+            base_url=self._provider.base_url,
+            limiter=self.limiter,
+            observers=[self.metrics.tell, journal_observer(self.journal_ref)],
+        )
+        self.server.start()
+        stats = self.root.proxy().stats().get(timeout=ASK_TIMEOUT_S)
+        publish(
+            DaemonStarted(
+                url=self.server.url,
+                pid=os.getpid(),
+                version=briefd.__version__,
+                resumed=stats.resumed,
+                max_active_jobs=s.max_active_jobs,
+                max_queued_jobs=s.max_queued_jobs,
+                max_concurrent=s.max_concurrent,
+            )
+        )
+        logger.info("briefd listening on {} (data in {})", self.server.url, s.data_dir)
+        sd_notify(f"READY=1\nSTATUS=listening on {self.server.url}\nMAINPID={os.getpid()}")
+        self._start_watchdog()
+
+    def _start_watchdog(self) -> None:
+        usec, pid = os.environ.get("WATCHDOG_USEC"), os.environ.get("WATCHDOG_PID")
+        if not usec or not usec.isdigit() or (pid and pid != str(os.getpid())):
+            return
+        interval = int(usec) / 1e6 / 2
+
+        def ping() -> None:
+            pause = threading.Event()
+            while not pause.wait(interval):
+                try:  # alive: the root actor answers (a stop in progress is bounded by itself)
+                    if not self._stopping.is_set():
+                        self.root.proxy().stats().get(timeout=interval)
+                except (pykka.Timeout, pykka.ActorDeadError):
+                    logger.error("watchdog: the root actor does not answer; not pinging")
+                    continue
+                sd_notify("WATCHDOG=1")
+
+        threading.Thread(target=ping, name="briefd-watchdog", daemon=True).start()
+
+    # -- the main loop ---------------------------------------------------------------
+
+    def run(self, wakeup: socket.socket) -> int:
+        """Handle signals until a graceful stop completes (0), or a second stop signal."""
+        stopper: threading.Thread | None = None
+        while stopper is None or stopper.is_alive():
+            ready, _, _ = select.select([wakeup], [], [], 0.2)
+            if not ready:
+                continue
+            with contextlib.suppress(BlockingIOError):
+                for signum in wakeup.recv(64):
+                    name = signal.Signals(signum).name
+                    if signum in (signal.SIGTERM, signal.SIGINT):
+                        if stopper is not None:
+                            logger.warning("{} again: stopping now; the journal has the rest", name)
+                            logger.complete()
+                            os._exit(128 + signum)
+                        stopper = threading.Thread(
+                            target=self._shutdown_or_report, args=(name,), name="briefd-shutdown"
+                        )
+                        stopper.start()
+                    elif signum == signal.SIGHUP:
+                        self.reload()
+                    elif signum == signal.SIGUSR1:
+                        dump_threads()
+        return self._exit_code
+
+    def _shutdown_or_report(self, signal_name: str) -> None:
+        try:
+            self.shutdown(signal_name)
+        except Exception as err:  # exit all the same: the journal has every committed step
+            logger.opt(exception=err).error("shutdown failed: {!r}", err)
+            self._exit_code = 1
+
+    # -- SIGHUP ----------------------------------------------------------------------
+
+    def reload(self) -> None:
+        """Apply the live settings of a fresh ``Settings.load``; log the ones needing a restart."""
+        try:
+            fresh = Settings.load(self._config_file)
+        except ConfigError as err:
+            logger.error("reload refused, settings unchanged: {}", err)
+            return
+        sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        old = self.settings
+        changed = {
+            name: f"{getattr(old, name)} -> {getattr(fresh, name)}"
+            for name in LIVE_SETTINGS
+            if getattr(old, name) != getattr(fresh, name)
+        }
+        needs_restart = sorted(
+            name
+            for name in type(fresh).model_fields
+            if name not in LIVE_SETTINGS and getattr(fresh, name) != getattr(self._loaded, name)
+        )
+        publish(DaemonReloading(changed=changed, needs_restart=needs_restart))
+        self.settings = old.model_copy(update={n: getattr(fresh, n) for n in LIVE_SETTINGS})
+        if "max_concurrent" in changed:
+            self.limiter.tell(SetCapacity(capacity=self.settings.max_concurrent))
+        try:
+            self.root.proxy().reload(self.settings).get(timeout=ASK_TIMEOUT_S)
+        except (pykka.Timeout, pykka.ActorDeadError) as err:
+            logger.error("reload: the root actor did not take the settings: {!r}", err)
+        sd_notify("READY=1")
+
+    # -- SIGTERM ---------------------------------------------------------------------
+
+    def shutdown(self, signal_name: str = "SIGTERM") -> None:
+        """Drain, suspend, stop everything in order; each step bounded in time."""
+        sd_notify("STOPPING=1")
+        self._stopping.set()
+        grace = self.settings.grace_s
+        deadline = time.monotonic() + grace
+        stats = self.root.proxy().stats().get(timeout=ASK_TIMEOUT_S)
+        publish(
+            DaemonStopping(
+                signal=signal_name, grace_s=grace, active=stats.active, queued=stats.queued
+            )
+        )
+        self.root.proxy().drain().get(timeout=ASK_TIMEOUT_S)
+        in_flight = self._wait_calls(deadline)
+        if in_flight:
+            logger.warning(
+                "grace period over: {} call(s) abandoned, run again at next start", in_flight
+            )
+        # Every stage has told its coordinator all it had (a no-op ask behind it).
+        _barrier([r.ask(Tick(), block=False) for r in pykka.ActorRegistry.get_by_class(StageActor)])
+        suspended = self.root.proxy().suspend().get(timeout=ASK_TIMEOUT_S)
+        # Each coordinator handles what is in its inbox (publishing to the journal), then stops.
+        coordinators = pykka.ActorRegistry.get_by_class(CoordinatorActor)
+        _barrier([c.stop(block=False) for c in coordinators], 5.0)
+        self.server.stop()
+        _stop(self.root, 5.0)  # its last FinishJob tells go to the journal actor...
+        _stop(self.journal_ref, 30.0)  # ...which writes everything in its inbox first
+        self.journal.close()
+        _stop(self.limiter, 2.0)
+        _stop(self.metrics, 2.0)
+        pykka.ActorRegistry.stop_all(block=False)
+        if self._provider is not None:
+            self._provider.close()
+        logger.info(
+            "briefd stopped: {} unfinished job(s) will resume at next start", len(suspended)
+        )
+
+    def _wait_calls(self, deadline: float) -> int:
+        """Wait until no token is leased (no call in flight) or ``deadline``; calls left."""
+        idle = threading.Event()
+        while True:
+            in_use = int(self.limiter.proxy().stats().get(timeout=ASK_TIMEOUT_S).in_use)
+            if in_use == 0 or time.monotonic() >= deadline:
+                return in_use
+            idle.wait(0.05)
+
+    def abort(self) -> None:
+        """Undo a failed :meth:`start` (no journal writes are pending)."""
+        pykka.ActorRegistry.stop_all(block=True, timeout=5.0)
+        if self._provider is not None:
+            self._provider.close()
+
+    # -- the HTTP API's backend ------------------------------------------------------
+
+    def validate(self, data: Any) -> JobSpec:
+        return validate_job(data, self.pipeline, where="job")
+
+    def submit(self, job: JobSpec) -> Admission:
+        try:
+            admission: Admission = self.root.proxy().submit(job).get(timeout=ASK_TIMEOUT_S)
+        except pykka.ActorDeadError:
+            return Admission(job.job_id, JobState.QUEUED, False, "stopping", 5)
+        return admission
+
+    def cancel(self, job_id: str) -> JobState | None:
+        try:
+            state: JobState | None = self.root.proxy().cancel(job_id).get(timeout=ASK_TIMEOUT_S)
+        except pykka.ActorDeadError:  # stopping: the job is as the journal says
+            info = self.journal.get(job_id)
+            return info.status if info is not None else None
+        return state
+
+    def info(self, job_id: str) -> JobInfo | None:
+        return self.journal.get(job_id)
+
+    def result(self, job_id: str) -> JobResult | None:
+        return self.journal.result(job_id)
+
+    def list_jobs(self, status: JobState | None, limit: int) -> list[JobInfo]:
+        return self.journal.list_jobs(status, limit)
+
+    def metrics_text(self) -> str:
+        return render_metrics(
+            self.journal.counts(),
+            self.root.proxy().stats().get(timeout=ASK_TIMEOUT_S),
+            self.limiter.proxy().stats().get(timeout=ASK_TIMEOUT_S),
+            self.metrics.proxy().snapshot().get(timeout=ASK_TIMEOUT_S),
+        )
+
+    def healthy(self) -> bool:
+        return not self._stopping.is_set()
+
+
+def _stop(ref: pykka.ActorRef[Any], timeout_s: float) -> None:
+    with contextlib.suppress(pykka.Timeout, pykka.ActorDeadError):
+        ref.stop(block=True, timeout=timeout_s)
+
+
+def _barrier(futures: list[pykka.Future[Any]], timeout_s: float = 1.0) -> None:
+    """Wait for each future until a shared deadline; late or dead ones are let go."""
+    deadline = time.monotonic() + timeout_s
+    for future in futures:
+        with contextlib.suppress(pykka.Timeout, pykka.ActorDeadError):
+            future.get(timeout=max(0.01, deadline - time.monotonic()))
+
+
+def dump_threads() -> None:
+    """SIGUSR1: every thread's stack, one log record per thread."""
+    frames = sys._current_frames()
+    threads = threading.enumerate()
+    logger.warning("SIGUSR1: stacks of {} threads follow", len(threads))
+    for thread in threads:
+        frame = frames.get(thread.ident or -1)
+        stack = "".join(traceback.format_stack(frame)) if frame is not None else "(no frame)\n"
+        logger.warning("thread {} (daemon={}):\n{}", thread.name, thread.daemon, stack.rstrip())
+
+
+def _install_signals() -> tuple[socket.socket, socket.socket]:
+    """Route the daemon's signals to a socket the main loop reads (see the module doc).
+
+    Returns (reader, writer); the writer must stay open for the life of the process.
+    """
+    reader, writer = socket.socketpair()
+    reader.setblocking(False)
+    writer.setblocking(False)
+    signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+        signal.signal(sig, lambda signum, frame: None)  # the byte on the socket is the notice
+    return reader, writer
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # one line, exit 2 (through the CLI)
+        raise ConfigError(f"serve: {message}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``briefd serve [--config FILE]``: run until SIGTERM/SIGINT; 2 with one line on bad set-up."""
+    parser = _Parser(prog="briefd serve", description="Run the briefd daemon.")
+    parser.add_argument("--config", type=Path, help="settings TOML file (else $BRIEFD_CONFIG)")
+    args = parser.parse_args(argv)
+    wakeup, _writer = _install_signals()  # a signal during start-up waits for the loop
+    env_config = os.environ.get("BRIEFD_CONFIG")
+    config_file: Path | None = args.config or (Path(env_config) if env_config else None)
+    settings = Settings.load(config_file)
+    setup_logging(settings)
+    daemon = Daemon(settings, config_file)
+    try:
+        daemon.start()
+    except BaseException:
+        daemon.abort()
+        raise
+    code = daemon.run(wakeup)
+    if code != 0:  # threads may be stuck: do not wait for them
+        logger.complete()
+        os._exit(code)
+    return code

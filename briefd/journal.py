@@ -1,0 +1,413 @@
+"""The daemon's journal: every accepted job and every stage result, in SQLite.
+
+A service that acknowledged a job must finish it, even across a crash, and
+must not pay the API twice for a document it already has. So:
+
+* :meth:`Journal.add_job` commits before a submission is acknowledged;
+* each stage's document is committed the moment the stage completes, and a
+  resumed run (:meth:`Journal.start_run`) gets it back instead of calling again;
+* the terminal state is committed once (:meth:`Journal.finish`); later writes
+  for that job change nothing, so every job ends in exactly one terminal state.
+
+Output files in ``<data_dir>/jobs/<job_id>/`` are derived from the rows and
+written atomically (:mod:`briefd.output`); the rows are the truth.
+
+The database is in WAL mode with ``synchronous=FULL``: a commit survives a
+power cut, not only ``kill -9``. One connection, guarded by one lock, serves
+every thread (the HTTP threads, the root and the journal actor).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from briefd.config import PipelineSpec
+from briefd.messages import (
+    ErrorCode,
+    JobInfo,
+    JobMetrics,
+    JobResult,
+    JobSpec,
+    JobState,
+    JobStatus,
+    PipelineError,
+    Progress,
+    StageState,
+)
+from briefd.output import write_atomic, write_document, write_result
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id       TEXT NOT NULL UNIQUE,
+    spec         TEXT NOT NULL,
+    state        TEXT NOT NULL,
+    submitted_at REAL NOT NULL,
+    started_at   REAL,
+    finished_at  REAL,
+    runs         INTEGER NOT NULL DEFAULT 0,  -- runs begun since the last clean end
+    restarts     INTEGER NOT NULL DEFAULT 0,  -- runs that died, over the job's life
+    result       TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, seq);
+CREATE TABLE IF NOT EXISTS stages (
+    job_id     TEXT NOT NULL,
+    stage      TEXT NOT NULL,
+    state      TEXT NOT NULL,
+    attempts   INTEGER NOT NULL DEFAULT 0,
+    document   TEXT,
+    error      TEXT,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (job_id, stage)
+) WITHOUT ROWID;
+"""
+_LIVE = (JobState.QUEUED.value, JobState.RUNNING.value)
+
+
+@dataclass(frozen=True)
+class Run:
+    """What :meth:`Journal.start_run` hands the root: the job and what is already paid for."""
+
+    job: JobSpec | None
+    done_stages: dict[str, Any] = field(default_factory=dict)
+    runs_died: int = 0
+
+
+class Journal:
+    """The durable record of the daemon's jobs (thread-safe)."""
+
+    def __init__(
+        self,
+        path: Path,
+        pipeline: PipelineSpec,
+        *,
+        jobs_dir: Path | None = None,
+        on_finished: Callable[[str], None] | None = None,
+    ) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.jobs_dir = jobs_dir if jobs_dir is not None else path.parent / "jobs"
+        self._pipeline = pipeline
+        self._on_finished = on_finished
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise RuntimeError(f"journal {path}: cannot use WAL mode (got {mode})")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(f"journal {path}: schema {version} is newer than this briefd")
+        with self._tx() as db:  # not executescript: it commits on its own
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        """Checkpoint the WAL and close; later calls raise."""
+        with self._lock:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._db.close()
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # -- submission ------------------------------------------------------------------
+
+    def add_job(self, job: JobSpec) -> tuple[JobInfo, bool]:
+        """Record ``job`` as queued (committed on return); ``False`` if the id already exists."""
+        now = time.time()
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM jobs WHERE job_id=?", (job.job_id,)).fetchone():
+                created = False
+            else:
+                db.execute(
+                    "INSERT INTO jobs (job_id, spec, state, submitted_at) VALUES (?, ?, ?, ?)",
+                    (job.job_id, job.model_dump_json(), JobState.QUEUED.value, now),
+                )
+                db.executemany(
+                    "INSERT INTO stages (job_id, stage, state, updated_at) VALUES (?, ?, ?, ?)",
+                    [(job.job_id, s, StageState.PENDING.value, now) for s in job.prompts],
+                )
+                created = True
+        info = self.get(job.job_id)
+        assert info is not None
+        return info, created
+
+    # -- runs ------------------------------------------------------------------------
+
+    def unfinished(self) -> list[str]:
+        """Jobs to resume at start: those that were running first, then the queue, each FIFO."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT job_id FROM jobs WHERE state IN (?, ?) ORDER BY state = ? DESC, seq",
+                (*_LIVE, JobState.RUNNING.value),
+            ).fetchall()
+        return [r["job_id"] for r in rows]
+
+    def start_run(self, job_id: str) -> Run:
+        """Mark the job running and return it with its completed stages' documents.
+
+        ``runs_died`` counts the runs begun since the job last ended cleanly: each
+        of them died (a daemon crash, a coordinator death). Stages left ``running``
+        by a dead run go back to ``pending``: their calls are made again.
+        """
+        now = time.time()
+        with self._tx() as db:
+            row = db.execute("SELECT * FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+            if row is None or row["state"] not in _LIVE:
+                return Run(job=None)
+            died = int(row["runs"])
+            db.execute(
+                "UPDATE jobs SET state=?, runs=runs+1, restarts=restarts+?, "
+                "started_at=COALESCE(started_at, ?) WHERE job_id=?",
+                (JobState.RUNNING.value, 1 if died else 0, now, job_id),
+            )
+            db.execute(
+                "UPDATE stages SET state=?, updated_at=? WHERE job_id=? AND state=?",
+                (StageState.PENDING.value, now, job_id, StageState.RUNNING.value),
+            )
+            done = db.execute(
+                "SELECT stage, document FROM stages WHERE job_id=? AND state=?",
+                (job_id, StageState.COMPLETE.value),
+            ).fetchall()
+        return Run(
+            job=JobSpec.model_validate_json(row["spec"]),
+            done_stages={r["stage"]: json.loads(r["document"]) for r in done},
+            runs_died=died,
+        )
+
+    def suspend(self, job_ids: list[str]) -> None:
+        """Clean stop: the jobs go back to the queue, their run counted as ended well."""
+        now = time.time()
+        with self._tx() as db:
+            for job_id in job_ids:
+                db.execute(
+                    "UPDATE jobs SET state=?, runs=0 WHERE job_id=? AND state IN (?, ?)",
+                    (JobState.QUEUED.value, job_id, *_LIVE),
+                )
+                db.execute(
+                    "UPDATE stages SET state=?, updated_at=? WHERE job_id=? AND state=?",
+                    (StageState.PENDING.value, now, job_id, StageState.RUNNING.value),
+                )
+
+    # -- stage results ---------------------------------------------------------------
+
+    def stage_started(self, job_id: str, stage: str, attempt: int) -> None:
+        """A call is in flight (for status only: a running stage is called again on resume)."""
+        self._set_stage(job_id, stage, StageState.RUNNING, attempt, None, None)
+
+    def stage_succeeded(self, job_id: str, stage: str, document: Any, attempts: int) -> None:
+        """Commit the document (never called again), then write its output file."""
+        if self._set_stage(job_id, stage, StageState.COMPLETE, attempts, document, None):
+            with contextlib.suppress(KeyError):  # a stage the current pipeline lacks
+                write_document(self.jobs_dir / job_id, self._pipeline, stage, document)
+
+    def stage_failed(self, job_id: str, stage: str, error: PipelineError, attempts: int) -> None:
+        """The stage gave up in this run (a resumed run tries it again)."""
+        self._set_stage(job_id, stage, StageState.FAILED, attempts, None, error)
+
+    def _set_stage(
+        self,
+        job_id: str,
+        stage: str,
+        state: StageState,
+        attempts: int,
+        document: Any,
+        error: PipelineError | None,
+    ) -> bool:
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE stages SET state=?, attempts=MAX(attempts, ?), document=?, error=?, "
+                "updated_at=? WHERE job_id=? AND stage=? AND state!=? AND "
+                "(SELECT state FROM jobs WHERE job_id=?) IN (?, ?)",
+                (
+                    state.value,
+                    attempts,
+                    None if document is None else json.dumps(document),
+                    None if error is None else error.model_dump_json(),
+                    time.time(),
+                    job_id,
+                    stage,
+                    StageState.COMPLETE.value,
+                    job_id,
+                    *_LIVE,
+                ),
+            )
+            return cur.rowcount > 0
+
+    # -- the end ---------------------------------------------------------------------
+
+    def finish(self, result: JobResult) -> bool:
+        """Write the result files, then commit the terminal state; False if already terminal."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT state FROM jobs WHERE job_id=?", (result.job_id,)
+            ).fetchone()
+            if row is None or row["state"] not in _LIVE:
+                return False
+            self._write_files(result)
+            now = time.time()
+            with self._tx() as db:
+                db.execute(
+                    "UPDATE jobs SET state=?, finished_at=?, result=?, runs=0 WHERE job_id=?",
+                    (result.status.value, now, result.model_dump_json(), result.job_id),
+                )
+                for stage, state in result.progress.stages.items():
+                    if state in (StageState.COMPLETE, StageState.FAILED):
+                        db.execute(
+                            "UPDATE stages SET state=?, updated_at=? "
+                            "WHERE job_id=? AND stage=? AND state!=?",
+                            (state.value, now, result.job_id, stage, StageState.COMPLETE.value),
+                        )
+        if self._on_finished is not None:
+            self._on_finished(result.job_id)
+        return True
+
+    def close_job(
+        self, job_id: str, state: JobState, code: ErrorCode, message: str, hint: str = ""
+    ) -> JobResult | None:
+        """End a job that has no coordinator result (cancelled in the queue, budget spent)."""
+        with self._lock:
+            stages = self._stages(job_id)
+            if not stages or not state.terminal:
+                return None
+            documents = {
+                s: (json.loads(r["document"]) if r["document"] else None) for s, r in stages.items()
+            }
+            errors = [
+                PipelineError(stage=s, code=code, message=message, hint=hint)
+                for s, r in stages.items()
+                if r["state"] != StageState.COMPLETE.value
+            ] or [PipelineError(stage="*", code=code, message=message, hint=hint)]
+            final = {
+                s: StageState.COMPLETE
+                if r["state"] == StageState.COMPLETE.value
+                else StageState.FAILED
+                for s, r in stages.items()
+            }
+            result = JobResult(
+                job_id=job_id,
+                status=JobStatus(state.value),
+                documents=documents,
+                errors=errors,
+                fallbacks=[],
+                progress=Progress(stages=final, percent=self._percent(final)),
+                metrics=JobMetrics(
+                    stages_ms=dict.fromkeys(stages, 0),
+                    parallel_group_ms=0,
+                    sequential_group_ms=0,
+                    total_ms=0,
+                    speedup_ratio=0.0,
+                    usage={},
+                    attempts={s: int(r["attempts"]) for s, r in stages.items()},
+                ),
+            )
+            return result if self.finish(result) else None
+
+    def _write_files(self, result: JobResult) -> None:
+        out = self.jobs_dir / result.job_id
+        known = set(self._pipeline.names)
+        if set(result.documents) <= known:
+            write_result(out, self._pipeline, result)
+        else:  # the pipeline changed under the job: keep the result, skip the documents
+            write_atomic(out / "result.json", result.model_dump_json(indent=2) + "\n")
+
+    # -- reading ---------------------------------------------------------------------
+
+    def get(self, job_id: str) -> JobInfo | None:
+        """The job's state, stages and progress; None if unknown."""
+        with self._lock:
+            row = self._db.execute("SELECT * FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+            if row is None:
+                return None
+            return self._info(row, self._stages(job_id))
+
+    def result(self, job_id: str) -> JobResult | None:
+        """The final result once the job is terminal, else None."""
+        with self._lock:
+            row = self._db.execute("SELECT result FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+        if row is None or row["result"] is None:
+            return None
+        return JobResult.model_validate_json(row["result"])
+
+    def list_jobs(self, state: JobState | None = None, limit: int = 100) -> list[JobInfo]:
+        """The newest ``limit`` jobs, optionally only those in ``state``."""
+        with self._lock:
+            if state is None:
+                rows = self._db.execute(
+                    "SELECT * FROM jobs ORDER BY seq DESC LIMIT ?", (limit,)
+                ).fetchall()
+            else:
+                rows = self._db.execute(
+                    "SELECT * FROM jobs WHERE state=? ORDER BY seq DESC LIMIT ?",
+                    (state.value, limit),
+                ).fetchall()
+            return [self._info(r, self._stages(r["job_id"])) for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        """Number of jobs in each state (every state present, zeros included)."""
+        with self._lock:
+            rows = self._db.execute("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
+            found = {r["state"]: int(r["n"]) for r in rows}
+        return {s.value: found.get(s.value, 0) for s in JobState}
+
+    def _stages(self, job_id: str) -> dict[str, sqlite3.Row]:
+        rows = self._db.execute("SELECT * FROM stages WHERE job_id=?", (job_id,)).fetchall()
+        order = {name: i for i, name in enumerate(self._pipeline.names)}
+        rows.sort(key=lambda r: (order.get(r["stage"], len(order)), r["stage"]))
+        return {r["stage"]: r for r in rows}
+
+    def _percent(self, states: dict[str, StageState]) -> float:
+        by_name = self._pipeline.by_name
+        weights = {s: (by_name[s].weight if s in by_name else 1.0) for s in states}
+        total = sum(weights.values()) or 1.0
+        done = sum(
+            w * (1.0 if states[s] is StageState.COMPLETE else 0.5)
+            for s, w in weights.items()
+            if states[s] in (StageState.COMPLETE, StageState.RUNNING)
+        )
+        return round(100.0 * done / total, 1)
+
+    def _info(self, row: sqlite3.Row, stages: dict[str, sqlite3.Row]) -> JobInfo:
+        states = {s: StageState(r["state"]) for s, r in stages.items()}
+        if row["result"] is not None:
+            errors = JobResult.model_validate_json(row["result"]).errors
+        else:
+            errors = [
+                PipelineError.model_validate_json(r["error"])
+                for r in stages.values()
+                if r["error"] is not None and r["state"] == StageState.FAILED.value
+            ]
+        return JobInfo(
+            job_id=row["job_id"],
+            status=JobState(row["state"]),
+            stages=states,
+            progress=self._percent(states),
+            submitted_at=row["submitted_at"],
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
+            restarts=int(row["restarts"]),
+            errors=errors,
+        )
