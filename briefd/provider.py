@@ -41,8 +41,16 @@ def open_provider(settings: Settings) -> Provider:
             model=settings.model,
             response_format=settings.response_format or "json_schema",
         )
-    from briefd.local import LocalModelError, LocalModelServer, ensure_model
+    from briefd.local import (
+        INSTALL_HINT,
+        LocalModelError,
+        LocalModelServer,
+        ensure_model,
+        llama_server_available,
+    )
 
+    if not llama_server_available():  # say so before fetching a model it could not run
+        raise ConfigError(f"local model: {INSTALL_HINT}")
     try:
         path = ensure_model(settings.model_path, settings.model_dir, progress=_progress)
         server = LocalModelServer(path).start()

@@ -95,3 +95,28 @@ def test_local_model_port_already_taken(tmp_path: Path, briefd_cmd: Any, child_e
         )
     assert proc.returncode == 2, proc.stderr
     assert str(port) in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_missing_local_extra_is_one_line_saying_what_to_install(
+    tmp_path: Path, briefd_cmd: Any, child_env: Any, repo: Path
+) -> None:
+    """Without llama-cpp-python's server (here: a llama_cpp package with no server on the
+    path first), `briefd run` with no base URL exits 2 with one line naming the extra."""
+    import subprocess
+
+    shadow = tmp_path / "shadow" / "llama_cpp"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("")
+    proc = subprocess.run(
+        briefd_cmd("run", str(repo / "examples" / "northwind-briefing.json"), "--out", "o"),
+        env=child_env(PYTHONPATH=str(tmp_path / "shadow")),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert "pip install 'briefd[local]'" in lines[-1], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "o").exists()
