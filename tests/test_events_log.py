@@ -7,9 +7,11 @@ import io
 import json
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import pykka
 import pytest
 from loguru import logger
 
@@ -262,3 +264,26 @@ def test_docs_are_generated_from_the_models() -> None:
     assert current == render_docs(), "stale: python -m briefd.eventdocs --write docs/events.md"
     for name in event_classes():
         assert f"### {name}" in current
+
+
+class _Doomed(pykka.ThreadingActor):
+    """An actor whose tell handler raises: pykka reports that through stdlib logging."""
+
+    def on_receive(self, message: object) -> object:
+        raise RuntimeError("doomed actor")
+
+
+def test_pykka_actor_deaths_reach_the_log(tmp_path: Path, restore_logging: None) -> None:
+    """pykka logs an actor's death with stdlib logging; setup_logging routes it into loguru,
+    so the operations log shows it (as a `log` line with the traceback)."""
+    buffer = configure(tmp_path)
+    ref = _Doomed.start()
+    ref.tell("anything")
+    gone = threading.Event()
+    deadline = time.monotonic() + 5
+    while ref.is_alive() and time.monotonic() < deadline:
+        gone.wait(0.01)
+    assert not ref.is_alive()
+    lines = [json.loads(line) for line in buffer.getvalue().splitlines()]
+    deaths = [r for r in lines if r["event"] == "log" and "doomed actor" in r.get("exception", "")]
+    assert deaths and deaths[0]["level"] == "ERROR"
