@@ -104,6 +104,7 @@ class _Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     server: _SimHTTPServer
     _status: int | None = None
+    _rec: LiveRequest | None = None
 
     def log_message(self, format: str, *args: Any) -> None:
         """Silence the per-request access log: it would drown test and demo output."""
@@ -186,7 +187,7 @@ class _Handler(BaseHTTPRequestHandler):
         ledger = self.server.ledger
         stage = self.headers.get("X-Briefd-Stage") or "UNKNOWN"
         job_id = self.headers.get("X-Briefd-Job") or "-"
-        rec: LiveRequest = ledger.begin(stage, job_id, self.headers.get("Authorization"))
+        self._rec = ledger.begin(stage, job_id, self.headers.get("Authorization"))
         self._status = None
         completed = False
         try:
@@ -194,13 +195,25 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:  # client went away mid-answer (BrokenPipe, ConnectionReset, ...)
             self.close_connection = True
         finally:
-            ledger.finish(rec, self._status, completed)
+            self._settle(self._status, completed)
+
+    def _settle(self, status: int | None, completed: bool) -> None:
+        """Record the request's end once, *before* its last bytes go out.
+
+        Otherwise a client could read its whole answer and send its next request
+        while the ledger still counts the first as in flight: a client that keeps
+        to a cap of N would be seen with N+1.
+        """
+        if self._rec is not None:
+            rec, self._rec = self._rec, None
+            self.server.ledger.finish(rec, status, completed)
 
     def _serve_chat(self, raw: bytes, stage: str, job_id: str) -> bool:
         """Answer one chat request; True when a 200 body was written in full."""
         ledger, stop = self.server.ledger, self.server.stop_event
         body, problem = parse_chat(raw)
         if problem is not None:
+            self._settle(400, False)
             self._send_json(400, error_body(400, problem))
             return False
         fault = ledger.take_fault(stage, job_id)
@@ -221,12 +234,14 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is not None and fault.status is not None:
             headers = {"Retry-After": fault.retry_after} if fault.retry_after else None
             message = f"simulated {fault.status} for stage {stage} (job {job_id})"
+            self._settle(fault.status, False)
             self._send_json(fault.status, error_body(fault.status, message), headers)
             return False
         data = json.dumps(
             completion_body(stage, body, fault, next(self.server.request_ids))
         ).encode("utf-8")
         if fault is None or fault.drip_s is None:
+            self._settle(200, True)
             self._send_head(200, len(data))
             self.wfile.write(data)
             return True
@@ -236,6 +251,8 @@ class _Handler(BaseHTTPRequestHandler):
             if stop.wait(fault.drip_s):
                 self._abandon()
                 return False
+            if i == len(data) - 1:
+                self._settle(200, True)
             self.wfile.write(data[i : i + 1])
         return True
 

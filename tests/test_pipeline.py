@@ -83,7 +83,8 @@ def test_result_metrics_and_progress(sim: SimServer, make_settings: Any, make_jo
     assert set(m.stages_ms) == set(STAGES)
     assert all(ms >= 40 for ms in m.stages_ms.values())
     assert m.parallel_group_ms >= max(m.stages_ms["BRIEFING_MD"], m.stages_ms["PLAYS_MD"]) - 5
-    assert m.sequential_group_ms >= m.stages_ms["PROCUREMENT_JSON"] + m.stages_ms["ANNEX_JSON"]
+    # Each figure is rounded to the millisecond on its own: allow the rounding.
+    assert m.sequential_group_ms >= m.stages_ms["PROCUREMENT_JSON"] + m.stages_ms["ANNEX_JSON"] - 2
     assert m.speedup_ratio == round(sum(m.stages_ms.values()) / m.total_ms, 3)
     assert all(u.prompt_tokens > 0 and u.completion_tokens > 0 for u in m.usage.values())
     assert m.attempts == dict.fromkeys(STAGES, 1)
