@@ -65,13 +65,15 @@ def test_failing_plays_is_isolated(sim: SimServer, make_settings: Any, make_job:
 def test_default_pipeline_finishes_in_the_critical_path(
     sim: SimServer, make_settings: Any, make_job: Any
 ) -> None:
-    """Total ~= 7+5+6 units (the critical path), not 25; sequential ~= 25 units."""
+    """Total ~= 7+5+6 units (the critical path), not 25; sequential ~= 25 units (as ratios:
+    the absolute figures are the benchmark's)."""
     unit_ms = 1000 * 0.02
     sim.set_scale(0.02)
     par = briefd.run(make_job("par"), make_settings())
     seq = briefd.run(make_job("seq"), make_settings(parallel=False))
-    assert 18 * unit_ms <= par.metrics.total_ms < 18 * unit_ms + 150, par.metrics
-    assert 25 * unit_ms <= seq.metrics.total_ms < 25 * unit_ms + 200, seq.metrics
+    assert par.metrics.total_ms >= 18 * unit_ms and seq.metrics.total_ms >= 25 * unit_ms
+    # 18/25 = 0.72 with no barrier; a barrier or a serialised stage would push it past 0.85.
+    assert par.metrics.total_ms / seq.metrics.total_ms < 0.85, (par.metrics, seq.metrics)
     assert par.metrics.speedup_ratio > 1.3
     assert 0.9 < seq.metrics.speedup_ratio <= 1.05
 
