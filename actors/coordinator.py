@@ -20,6 +20,7 @@ from typing import Any
 import pykka
 from loguru import logger
 
+from briefd.abort import CallAbort
 from briefd.actors.stage import StageActor
 from briefd.config import PipelineSpec, Settings
 from briefd.events import Observer, publish
@@ -83,6 +84,7 @@ class CoordinatorActor(pykka.ThreadingActor):
         self._errors: list[PipelineError] = []
         self._fallbacks: list[str] = []
         self._stages: dict[str, AnyRef] = {}
+        self._aborts = {name: CallAbort() for name in pipeline.names}
         self._told: set[str] = set()
         self._timers = Timers()
         self._started = time.monotonic()
@@ -202,6 +204,7 @@ class CoordinatorActor(pykka.ThreadingActor):
             limiter=self._limiter,
             coordinator=self.actor_ref,
             priority=self._pipeline.remaining_path[name],
+            abort=self._aborts[name],
         )
 
     def _end(
@@ -249,6 +252,7 @@ class CoordinatorActor(pykka.ThreadingActor):
         for name, rec in self._records.items():
             if rec.state in _TERMINAL:
                 continue
+            self._aborts[name].abort()  # cut its call short: the token comes back now
             rec.state = StageState.FAILED
             if rec.started_at is not None:
                 rec.ended_at = time.monotonic()

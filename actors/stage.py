@@ -21,8 +21,9 @@ from typing import Any
 import pykka
 from loguru import logger
 
+from briefd.abort import CallAbort
 from briefd.config import Settings, StageSpec
-from briefd.errors import CallError, InvalidOutputError, StatusError
+from briefd.errors import CallCancelled, CallError, InvalidOutputError, StatusError
 from briefd.extract import extract_document
 from briefd.llm import ChatClient, Completion, build_request
 from briefd.messages import (
@@ -63,6 +64,7 @@ class StageActor(pykka.ThreadingActor):
         limiter: AnyRef,
         coordinator: AnyRef,
         priority: int = 0,
+        abort: CallAbort | None = None,
     ) -> None:
         super().__init__()
         self.job_id = job_id
@@ -73,6 +75,7 @@ class StageActor(pykka.ThreadingActor):
         self._limiter = limiter
         self._coordinator = coordinator
         self._priority = priority
+        self._abort = abort  # set by the coordinator when the job is cancelled
         self._client: ChatClient | None = None
         self._driver: RetryDriver | None = None  # made in the actor's own thread
         self._timers = Timers()
@@ -86,7 +89,7 @@ class StageActor(pykka.ThreadingActor):
     # -- pykka hooks ---------------------------------------------------------
 
     def on_start(self) -> None:
-        self._client = ChatClient(self._settings, self._base_url)
+        self._client = ChatClient(self._settings, self._base_url, self._abort)
 
     def on_receive(self, message: Any) -> Any:
         try:
@@ -147,7 +150,7 @@ class StageActor(pykka.ThreadingActor):
     # -- the steps -----------------------------------------------------------
 
     def _request_token(self) -> None:
-        if self._finished:
+        if self._finished or (self._abort is not None and self._abort.aborted):
             return
         self._limiter.tell(
             RequestToken(
@@ -200,11 +203,14 @@ class StageActor(pykka.ThreadingActor):
     def _call(self) -> Completion:
         """The HTTP call (a seam for tests that need a stage to crash)."""
         if self._client is None:
-            self._client = ChatClient(self._settings, self._base_url)
+            self._client = ChatClient(self._settings, self._base_url, self._abort)
         body = build_request(self.spec, self._prompt, self._settings, self._extra_messages)
         return self._client.complete(body, job_id=self.job_id, stage=self.spec.name)
 
     def _after_failure(self, err: CallError) -> None:
+        if isinstance(err, CallCancelled):  # nobody wants the answer: no retry
+            self._fail(err.to_pipeline_error(self.spec.name))
+            return
         attempt = self._attempt
         try:
             assert self._driver is not None

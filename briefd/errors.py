@@ -7,7 +7,8 @@
     ├── StatusError           an HTTP error status                        -> 429/5xx retried
     ├── TruncatedError        finish_reason == "length"                   -> not retried
     ├── BadResponseError      200 but not a chat completion              -> not retried
-    └── InvalidOutputError    the document is not valid JSON / schema    -> not retried
+    ├── InvalidOutputError    the document is not valid JSON / schema    -> not retried
+    └── CallCancelled         the job was cancelled; the call was cut     -> not retried
 
 Messages never contain the API key: they are built from status codes, URLs
 without credentials and the server's own error text, cut short.
@@ -88,3 +89,12 @@ class InvalidOutputError(CallError):
 
     code = ErrorCode.INVALID_JSON
     hint = "the model did not follow the JSON format; try a larger model or enable the re-ask"
+
+
+class CallCancelled(CallError):
+    """The job was cancelled: the call was not made, or was cut off mid-flight."""
+
+    code = ErrorCode.CANCELLED
+
+    def __init__(self) -> None:
+        super().__init__("the call was abandoned: the job was cancelled", hint="")

@@ -17,8 +17,16 @@ from typing import Any
 
 import requests
 
+from briefd.abort import AbortableAdapter, CallAbort, bound
 from briefd.config import Settings, StageSpec
-from briefd.errors import BadResponseError, CallError, StatusError, TransportError, TruncatedError
+from briefd.errors import (
+    BadResponseError,
+    CallCancelled,
+    CallError,
+    StatusError,
+    TransportError,
+    TruncatedError,
+)
 from briefd.messages import ErrorCode, Usage
 
 _MAX_BODY = 16 * 1024 * 1024
@@ -99,10 +107,14 @@ class ChatClient:
     One client per stage actor: a Session is not shared between threads.
     """
 
-    def __init__(self, settings: Settings, base_url: str) -> None:
+    def __init__(self, settings: Settings, base_url: str, abort: CallAbort | None = None) -> None:
         self._settings = settings
         self._url = base_url.rstrip("/") + "/chat/completions"
+        self._abort = abort
         self._session = requests.Session()
+        adapter = AbortableAdapter()
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
         self._session.headers["User-Agent"] = "briefd"
         key = settings.api_key_value()
         if key:
@@ -112,7 +124,21 @@ class ChatClient:
         self._session.close()
 
     def complete(self, body: dict[str, Any], *, job_id: str, stage: str) -> Completion:
-        """One call; raises a :class:`~briefd.errors.CallError` subclass on any failure."""
+        """One call; raises a :class:`~briefd.errors.CallError` subclass on any failure.
+
+        An ``abort`` (the job was cancelled) ends the call at once with CANCELLED.
+        """
+        if self._abort is not None and self._abort.aborted:
+            raise CallCancelled()
+        with bound(self._abort):
+            try:
+                return self._complete(body, job_id=job_id, stage=stage)
+            except CallError:
+                if self._abort is not None and self._abort.aborted:
+                    raise CallCancelled() from None
+                raise
+
+    def _complete(self, body: dict[str, Any], *, job_id: str, stage: str) -> Completion:
         timeout_s = self._settings.timeout_ms / 1000
         deadline = time.monotonic() + timeout_s
         connect_s = min(self._settings.connect_timeout_ms / 1000, timeout_s)
