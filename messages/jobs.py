@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import Field
+
 from briefd.messages.base import Command, Event
 from briefd.messages.job import JobMetrics, JobResult, JobSpec, Progress
 
@@ -20,7 +22,7 @@ class CancelJob(Command):
 
     type: Literal["CancelJob"] = "CancelJob"
     job_id: str
-    reason: str = "cancelled"
+    reason: str = Field(default="cancelled", description="Recorded in each stage's error.")
 
 
 class Tick(Command):
@@ -34,9 +36,9 @@ class JobStarted(Event):
 
     type: Literal["JobStarted"] = "JobStarted"
     job_id: str
-    stages: list[str]
-    parallel: bool
-    max_concurrent: int
+    stages: list[str] = Field(description="The pipeline's stages, in declaration order.")
+    parallel: bool = Field(description="false: one stage at a time (BRIEFD_PARALLEL=false).")
+    max_concurrent: int = Field(description="Execution tokens of the limiter it runs under.")
 
 
 class ProgressChanged(Event):
@@ -44,8 +46,8 @@ class ProgressChanged(Event):
 
     type: Literal["ProgressChanged"] = "ProgressChanged"
     job_id: str
-    stage: str
-    progress: Progress
+    stage: str = Field(description="The stage whose state changed.")
+    progress: Progress = Field(description="Every stage's state and the weighted percent.")
 
 
 class LatencyMeasured(Event):
@@ -53,7 +55,7 @@ class LatencyMeasured(Event):
 
     type: Literal["LatencyMeasured"] = "LatencyMeasured"
     job_id: str
-    metrics: JobMetrics
+    metrics: JobMetrics = Field(description="Per-stage and group times, total, speed-up.")
 
 
 class JobCompleted(Event):
@@ -61,4 +63,4 @@ class JobCompleted(Event):
 
     type: Literal["JobCompleted"] = "JobCompleted"
     job_id: str
-    result: JobResult
+    result: JobResult = Field(description="The final result (documents logged as digests).")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from pydantic import Field
+
 from briefd.messages.base import Command, Event
 from briefd.messages.errors import PipelineError
 from briefd.messages.job import Usage
@@ -32,7 +34,7 @@ class StageStarted(Event):
     type: Literal["StageStarted"] = "StageStarted"
     job_id: str
     stage: str
-    attempt: int
+    attempt: int = Field(description="1 for the first call, 2 for the first retry, ...")
 
 
 class StageRetrying(Event):
@@ -41,9 +43,9 @@ class StageRetrying(Event):
     type: Literal["StageRetrying"] = "StageRetrying"
     job_id: str
     stage: str
-    attempt: int
-    wait_s: float
-    reason: PipelineError
+    attempt: int = Field(description="The attempt that failed.")
+    wait_s: float = Field(description="Seconds until the next attempt (Retry-After or backoff).")
+    reason: PipelineError = Field(description="Why the attempt failed.")
 
 
 class StageSucceeded(Event):
@@ -52,10 +54,10 @@ class StageSucceeded(Event):
     type: Literal["StageSucceeded"] = "StageSucceeded"
     job_id: str
     stage: str
-    document: Any
-    elapsed_ms: int
-    attempts: int
-    usage: Usage = Usage()
+    document: Any = Field(description="Markdown text, or the parsed JSON value.")
+    elapsed_ms: int = Field(description="From the stage's start to its document, retries included.")
+    attempts: int = Field(description="Calls made, this one included.")
+    usage: Usage = Field(default=Usage(), description="Tokens the API reported, all attempts.")
 
 
 class StageFailed(Event):
@@ -64,10 +66,10 @@ class StageFailed(Event):
     type: Literal["StageFailed"] = "StageFailed"
     job_id: str
     stage: str
-    error: PipelineError
-    elapsed_ms: int = 0
-    attempts: int = 0
-    usage: Usage = Usage()
+    error: PipelineError = Field(description="The last attempt's error.")
+    elapsed_ms: int = Field(default=0, description="From the stage's start to giving up.")
+    attempts: int = Field(default=0, description="Calls made.")
+    usage: Usage = Field(default=Usage(), description="Tokens the API reported, all attempts.")
 
 
 class StageFellBack(Event):
@@ -76,4 +78,4 @@ class StageFellBack(Event):
     type: Literal["StageFellBack"] = "StageFellBack"
     job_id: str
     stage: str
-    source: str
+    source: str = Field(description="The job field whose value became the document.")

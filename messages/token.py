@@ -24,8 +24,8 @@ class RequestToken(Command):
     type: Literal["RequestToken"] = "RequestToken"
     job_id: str
     stage: str
-    requester: str
-    priority: int = 0
+    requester: str = Field(description="The requesting actor's URN; the grant is told to it.")
+    priority: int = Field(default=0, description="Stages left on its longest DAG path.")
 
 
 class TokenGranted(Event):
@@ -34,9 +34,9 @@ class TokenGranted(Event):
     type: Literal["TokenGranted"] = "TokenGranted"
     job_id: str
     stage: str
-    lease_id: int
-    in_use: int
-    capacity: int
+    lease_id: int = Field(description="Names the lease in its ReleaseToken.")
+    in_use: int = Field(description="Tokens leased after this grant.")
+    capacity: int = Field(description="Tokens in all (BRIEFD_MAX_CONCURRENT).")
     waiting: int = Field(default=0, description="Requests still queued after this grant.")
     waited_ms: int = Field(default=0, description="How long this request queued.")
 
@@ -65,9 +65,9 @@ class TokenReleased(Event):
     type: Literal["TokenReleased"] = "TokenReleased"
     job_id: str
     stage: str
-    lease_id: int
-    in_use: int
-    capacity: int
+    lease_id: int = Field(description="The lease that ended.")
+    in_use: int = Field(description="Tokens leased after this release.")
+    capacity: int = Field(description="Tokens in all.")
     waiting: int = Field(default=0, description="Requests queued when the lease ended.")
     reclaimed: bool = Field(default=False, description="The holder died without releasing.")
 
@@ -87,8 +87,8 @@ class RateLimitCooldown(Event):
     type: Literal["RateLimitCooldown"] = "RateLimitCooldown"
     job_id: str
     stage: str
-    retry_after_s: float
-    until: float
+    retry_after_s: float = Field(description="The server's Retry-After, clamped.")
+    until: float = Field(description="Unix time grants resume.")
 
 
 class SetCapacity(Command):
