@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class ErrorCode(StrEnum):
@@ -27,7 +27,7 @@ class PipelineError(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    stage: str
-    code: ErrorCode
-    message: str
-    hint: str = ""
+    stage: str = Field(description="The stage that failed ('*' for the job itself).")
+    code: ErrorCode = Field(description="What kind of failure.")
+    message: str = Field(description="What happened, in one line.")
+    hint: str = Field(default="", description="What to try.")

@@ -51,15 +51,15 @@ class JobStatus(StrEnum):
 class Progress(Frozen):
     """Per-stage states and the weighted overall percent (running counts half)."""
 
-    stages: dict[str, StageState]
-    percent: float
+    stages: dict[str, StageState] = Field(description="Each stage's state.")
+    percent: float = Field(description="Weighted percent: complete counts whole, running half.")
 
 
 class Usage(Frozen):
     """Token counts the API reported for one stage (summed over its attempts)."""
 
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
+    prompt_tokens: int = Field(default=0, description="As the API reported them.")
+    completion_tokens: int = Field(default=0, description="As the API reported them.")
 
 
 class JobMetrics(Frozen):
@@ -71,23 +71,23 @@ class JobMetrics(Frozen):
     against what the job took.
     """
 
-    stages_ms: dict[str, int]
-    parallel_group_ms: int
-    sequential_group_ms: int
-    total_ms: int
-    speedup_ratio: float
-    usage: dict[str, Usage]
-    attempts: dict[str, int]
+    stages_ms: dict[str, int] = Field(description="Each stage, from its start to its end.")
+    parallel_group_ms: int = Field(description="First start to last end of the root stages.")
+    sequential_group_ms: int = Field(description="First start to last end of the other stages.")
+    total_ms: int = Field(description="The whole job.")
+    speedup_ratio: float = Field(description="Sum of stage times / total.")
+    usage: dict[str, Usage] = Field(description="Tokens per stage.")
+    attempts: dict[str, int] = Field(description="Calls per stage.")
 
 
 class JobResult(Frozen):
     """Everything a finished job produced."""
 
     job_id: str
-    status: JobStatus
-    documents: dict[str, Any]
-    errors: list[PipelineError]
-    fallbacks: list[str]
-    progress: Progress
-    metrics: JobMetrics
-    parallel: bool = True
+    status: JobStatus = Field(description="succeeded, partial, failed or cancelled.")
+    documents: dict[str, Any] = Field(description="Stage -> text or JSON; null when failed.")
+    errors: list[PipelineError] = Field(description="One per failed stage.")
+    fallbacks: list[str] = Field(description="Stages whose document is their fallback.")
+    progress: Progress = Field(description="The final stage states and percent.")
+    metrics: JobMetrics = Field(description="Latency, usage and attempts.")
+    parallel: bool = Field(default=True, description="Whether stages ran in parallel.")
