@@ -25,16 +25,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import os
-import secrets
 import select
 import signal
 import socket
-import sys
 import threading
 import time
-import traceback
 from pathlib import Path
 from typing import IO, Any
 
@@ -64,6 +60,7 @@ from briefd.messages import (
 )
 from briefd.provider import Provider, open_provider
 from briefd.server import ApiServer, bind_loopback, render_metrics
+from briefd.service import dump_threads, ensure_token, install_signals, lock_data_dir, sd_notify
 
 ASK_TIMEOUT_S = 10.0
 # fmt: off
@@ -74,61 +71,6 @@ LIVE_SETTINGS = (
 )
 # fmt: on
 """Settings SIGHUP applies: to the limiter at once, to runs that start afterwards."""
-
-
-def sd_notify(state: str) -> bool:
-    """Tell systemd ``state`` (``READY=1``...) on ``$NOTIFY_SOCKET``; False when not under it."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return False
-    if address.startswith("@"):  # an abstract socket
-        address = "\0" + address[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-            sock.settimeout(1.0)  # a reader that stopped reading must not stop the daemon
-            sock.connect(address)
-            sock.sendall(state.encode())
-    except OSError as err:
-        logger.warning("sd_notify {}: {}", state.split("=")[0], err)
-        return False
-    return True
-
-
-def ensure_token(path: Path) -> str:
-    """The bearer token in ``path``, made (mode 0600, never over an existing file) if missing."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        if path.stat().st_mode & 0o077:
-            logger.warning("token file {} can be read by others: chmod 600 it", path)
-        token = path.read_text(encoding="utf-8").strip()
-        if not token:
-            raise ConfigError(f"token file {path}: empty") from None
-        return token
-    token = secrets.token_urlsafe(32)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(token + "\n")
-    logger.info("created the API token file {} (mode 0600)", path)
-    return token
-
-
-def _lock_data_dir(data_dir: Path) -> IO[str]:
-    """One daemon per data dir: two would run the same jobs and pay twice."""
-    f = open(data_dir / "briefd.lock", "a+", encoding="utf-8")  # noqa: SIM115  held for life
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.seek(0)
-        pid = f.read().strip() or "?"
-        f.close()
-        raise ConfigError(
-            f"BRIEFD_DATA_DIR {data_dir}: in use by another briefd serve (pid {pid})"
-        ) from None
-    f.truncate(0)
-    f.write(f"{os.getpid()}\n")
-    f.flush()
-    return f
 
 
 class Daemon:
@@ -149,7 +91,7 @@ class Daemon:
         """Build everything, resume unfinished jobs, listen; ConfigError on a bad set-up."""
         s = self.settings
         s.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._lock = _lock_data_dir(s.data_dir)
+        self._lock = lock_data_dir(s.data_dir)
         token = ensure_token(s.resolved_token_file())
         register_secret(token)
         self.pipeline = load_pipeline(s.pipeline)
@@ -392,31 +334,6 @@ def _barrier(futures: list[pykka.Future[Any]], timeout_s: float = 1.0) -> None:
             future.get(timeout=max(0.01, deadline - time.monotonic()))
 
 
-def dump_threads() -> None:
-    """SIGUSR1: every thread's stack, one log record per thread."""
-    frames = sys._current_frames()
-    threads = threading.enumerate()
-    logger.warning("SIGUSR1: stacks of {} threads follow", len(threads))
-    for thread in threads:
-        frame = frames.get(thread.ident or -1)
-        stack = "".join(traceback.format_stack(frame)) if frame is not None else "(no frame)\n"
-        logger.warning("thread {} (daemon={}):\n{}", thread.name, thread.daemon, stack.rstrip())
-
-
-def _install_signals() -> tuple[socket.socket, socket.socket]:
-    """Route the daemon's signals to a socket the main loop reads (see the module doc).
-
-    Returns (reader, writer); the writer must stay open for the life of the process.
-    """
-    reader, writer = socket.socketpair()
-    reader.setblocking(False)
-    writer.setblocking(False)
-    signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
-        signal.signal(sig, lambda signum, frame: None)  # the byte on the socket is the notice
-    return reader, writer
-
-
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:  # one line, exit 2 (through the CLI)
         raise ConfigError(f"serve: {message}")
@@ -427,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = _Parser(prog="briefd serve", description="Run the briefd daemon.")
     parser.add_argument("--config", type=Path, help="settings TOML file (else $BRIEFD_CONFIG)")
     args = parser.parse_args(argv)
-    wakeup, _writer = _install_signals()  # a signal during start-up waits for the loop
+    wakeup, _writer = install_signals()  # a signal during start-up waits for the loop
     env_config = os.environ.get("BRIEFD_CONFIG")
     config_file: Path | None = args.config or (Path(env_config) if env_config else None)
     settings = Settings.load(config_file)
