@@ -26,8 +26,8 @@ from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
+from briefd.sim_content import MODEL_ID, completion_body, error_body, parse_chat, render_content
 from briefd.sim_faults import (
-    MODEL_ID,
     Fault,
     LiveRequest,
     ProfileError,
@@ -35,11 +35,7 @@ from briefd.sim_faults import (
     SimLedger,
     SimProfile,
     SimStats,
-    completion_body,
-    error_body,
     load_profile,
-    parse_chat,
-    render_content,
 )
 
 __all__ = [
