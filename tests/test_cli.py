@@ -14,18 +14,22 @@ def _run(cmd: list[str], env: dict[str, str], cwd: Path) -> subprocess.Completed
     return subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=120)
 
 
+def _run_job(
+    job: dict[str, Any], sim: SimServer, tmp_path: Path, briefd_cmd: Any, child_env: Any
+) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """`briefd run` on ``job`` against the sim; the process and its output directory."""
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps(job))
+    out = tmp_path / "out"
+    cmd = briefd_cmd("run", str(path), "--out", str(out))
+    return _run(cmd, child_env(BRIEFD_BASE_URL=sim.base_url), tmp_path), out
+
+
 def test_run_writes_four_documents_and_the_result(
     sim: SimServer, tmp_path: Path, make_job: Any, briefd_cmd: Any, child_env: Any
 ) -> None:
     """Exit 0; briefing.md, plays.md, procurement.json, annex.json and result.json written."""
-    job = tmp_path / "job.json"
-    job.write_text(json.dumps(make_job()))
-    out = tmp_path / "out"
-    proc = _run(
-        briefd_cmd("run", str(job), "--out", str(out)),
-        child_env(BRIEFD_BASE_URL=sim.base_url),
-        tmp_path,
-    )
+    proc, out = _run_job(make_job(), sim, tmp_path, briefd_cmd, child_env)
     assert proc.returncode == 0, proc.stderr
     names = sorted(p.name for p in out.iterdir())
     assert names == ["annex.json", "briefing.md", "plays.md", "procurement.json", "result.json"]
@@ -41,14 +45,7 @@ def test_partial_run_exits_3_and_skips_the_failed_document(
 ) -> None:
     """A failed PLAYS_MD: exit 3, no plays.md, the error on stderr with its hint."""
     sim.inject(Fault(stage="PLAYS_MD", status=400, times=None))
-    job = tmp_path / "job.json"
-    job.write_text(json.dumps(make_job()))
-    out = tmp_path / "out"
-    proc = _run(
-        briefd_cmd("run", str(job), "--out", str(out)),
-        child_env(BRIEFD_BASE_URL=sim.base_url),
-        tmp_path,
-    )
+    proc, out = _run_job(make_job(), sim, tmp_path, briefd_cmd, child_env)
     assert proc.returncode == 3, proc.stderr
     assert not (out / "plays.md").exists()
     assert "error PLAYS_MD HTTP_ERROR" in proc.stderr
