@@ -20,10 +20,9 @@ from typing import Any
 import pykka
 from loguru import logger
 
-from briefd.abort import CallAbort
 from briefd.actors.stage import StageActor
 from briefd.config import PipelineSpec, Settings
-from briefd.events import Observer, publish
+from briefd.llm.abort import CallAbort
 from briefd.messages import (
     CancelJob,
     ErrorCode,
@@ -45,6 +44,7 @@ from briefd.messages import (
     StartStage,
     Tick,
 )
+from briefd.ops.events import Observer, publish
 from briefd.progress import StageRecord, job_metrics, job_status, progress
 from briefd.timers import Timers
 

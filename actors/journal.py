@@ -2,7 +2,7 @@
 
 Coordinators publish stage events from their own threads and must not wait
 for a disk: they ``tell`` this actor (:func:`journal_observer`), which commits
-each one to the :class:`~briefd.journal.Journal`. Because one inbox carries
+each one to the :class:`~briefd.store.base.Store`. Because one inbox carries
 both the stage results and the root's ``LoadJob``, a restarted run always
 sees every document its dead predecessor reported, and never pays for one
 twice.
@@ -19,8 +19,6 @@ from typing import Any
 import pykka
 from loguru import logger
 
-from briefd.events import Observer
-from briefd.journal import Journal
 from briefd.messages import (
     CloseJob,
     Event,
@@ -32,6 +30,8 @@ from briefd.messages import (
     StageSucceeded,
     SuspendJobs,
 )
+from briefd.ops.events import Observer
+from briefd.store.base import Store
 
 _JOURNALED = (StageStarted, StageSucceeded, StageFailed)
 
@@ -49,7 +49,7 @@ def journal_observer(ref: pykka.ActorRef[Any]) -> Observer:
 class JournalActor(pykka.ThreadingActor):
     """Owns the writes of running jobs to the journal."""
 
-    def __init__(self, journal: Journal) -> None:
+    def __init__(self, journal: Store) -> None:
         super().__init__()
         self._journal = journal
 

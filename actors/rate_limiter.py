@@ -22,7 +22,6 @@ from dataclasses import dataclass
 import pykka
 from loguru import logger
 
-from briefd.events import Observer, publish
 from briefd.messages import (
     CancelTokenRequest,
     RateLimitCooldown,
@@ -34,6 +33,7 @@ from briefd.messages import (
     TokenReleased,
 )
 from briefd.messages.jobs import Tick
+from briefd.ops.events import Observer, publish
 from briefd.timers import Timers
 
 REAP_PERIOD_S = 0.5

@@ -37,11 +37,10 @@ import pykka
 from loguru import logger
 
 from briefd.actors.coordinator import CoordinatorActor
+from briefd.actors.drain import drainable_stage_actor
 from briefd.actors.stage import StageActor
 from briefd.config import ConfigError, PipelineSpec, Settings
-from briefd.events import Observer, publish
 from briefd.jobs import validate_job
-from briefd.journal import Journal
 from briefd.messages import (
     CancelJob,
     CheckCoordinator,
@@ -57,52 +56,15 @@ from briefd.messages import (
     JobSpec,
     JobState,
     LoadJob,
-    ReleaseToken,
-    ResumeStage,
-    StartStage,
     SuspendJobs,
     Tick,
-    TokenGranted,
 )
+from briefd.ops.events import Observer, publish
+from briefd.store.base import Store
 from briefd.timers import Timers
 
 WATCH_PERIOD_S = 0.5
 AnyRef = pykka.ActorRef[Any]
-
-
-def drainable_stage_actor(base: type[StageActor], drain: threading.Event) -> type[StageActor]:
-    """``base`` that starts no call once ``drain`` is set, on a daemon thread.
-
-    While draining, a stage that has not started never starts and a token
-    granted too late goes straight back; a call already in flight finishes and
-    reports. ``Tick`` is answered as a no-op so the daemon can ``ask`` it as a
-    barrier ("everything you had to say is told"). The daemon thread lets the
-    process exit when the grace period ends with a call still in flight.
-    """
-
-    class DrainableStageActor(base):  # type: ignore[valid-type,misc]
-        use_daemon_thread = True
-
-        def __init__(self, **kwargs: Any) -> None:
-            super().__init__(**kwargs)
-            self._drain_limiter: AnyRef = kwargs["limiter"]
-
-        def on_receive(self, message: Any) -> Any:
-            if isinstance(message, Tick):
-                return None
-            if drain.is_set():
-                if isinstance(message, StartStage | ResumeStage):
-                    return None
-                if isinstance(message, TokenGranted):
-                    self._drain_limiter.tell(
-                        ReleaseToken(
-                            job_id=message.job_id, stage=message.stage, lease_id=message.lease_id
-                        )
-                    )
-                    return None
-            return super().on_receive(message)
-
-    return DrainableStageActor
 
 
 @dataclass
@@ -145,7 +107,7 @@ class RootActor(pykka.ThreadingActor):
     def __init__(
         self,
         *,
-        journal: Journal,
+        journal: Store,
         journal_ref: AnyRef,
         pipeline: PipelineSpec,
         settings: Settings,

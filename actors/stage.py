@@ -21,11 +21,12 @@ from typing import Any
 import pykka
 from loguru import logger
 
-from briefd.abort import CallAbort
 from briefd.config import Settings, StageSpec
-from briefd.errors import CallCancelled, CallError, InvalidOutputError, StatusError
-from briefd.extract import extract_document
-from briefd.llm import ChatClient, Completion, build_request
+from briefd.llm.abort import CallAbort
+from briefd.llm.call import ChatClient, Completion, build_request
+from briefd.llm.errors import CallCancelled, CallError, InvalidOutputError, StatusError
+from briefd.llm.extract import extract_document
+from briefd.llm.retry import RetryDriver, make_retrying
 from briefd.messages import (
     CancelTokenRequest,
     ErrorCode,
@@ -44,7 +45,6 @@ from briefd.messages import (
     TokenGranted,
     Usage,
 )
-from briefd.retry import RetryDriver, make_retrying
 from briefd.timers import Timers
 
 AnyRef = pykka.ActorRef[Any]

@@ -23,9 +23,6 @@ from typing import TextIO
 
 from rich.console import Console
 
-from briefd.console import render
-from briefd.eventlog import LogFollower, dumps_line, event_payload, level_for, line_of
-from briefd.events import describe
 from briefd.messages import (
     ErrorCode,
     Event,
@@ -45,7 +42,10 @@ from briefd.messages import (
     TokenGranted,
     TokenReleased,
 )
-from briefd.opsview import OpsView
+from briefd.ops.console import render
+from briefd.ops.eventlog import LogFollower, dumps_line, event_payload, level_for, line_of
+from briefd.ops.events import describe
+from briefd.ops.view import OpsView
 
 STAGES = ("BRIEFING_MD", "PLAYS_MD", "PROCUREMENT_JSON", "ANNEX_JSON")
 

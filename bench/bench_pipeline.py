@@ -22,7 +22,7 @@ from typing import Any
 from loguru import logger
 
 import briefd
-from briefd.sim import SimProfile, SimServer
+from briefd.sim.server import SimProfile, SimServer
 
 STAGES = ("BRIEFING_MD", "PLAYS_MD", "PROCUREMENT_JSON", "ANNEX_JSON")
 

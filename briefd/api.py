@@ -24,11 +24,11 @@ from briefd.actors import (
 )
 from briefd.actors.rate_limiter import LimiterStats
 from briefd.config import ConfigError, PipelineSpec, Settings, load_pipeline
-from briefd.events import Observer
-from briefd.extract import check_schema
 from briefd.jobs import validate_job
+from briefd.llm.extract import check_schema
+from briefd.local.provider import Provider, open_provider
 from briefd.messages import CancelJob, Event, JobResult, JobSpec, StageFellBack, StageSucceeded
-from briefd.provider import Provider, open_provider
+from briefd.ops.events import Observer
 
 ASK_TIMEOUT_S = 10.0
 DocumentCallback = Callable[[str, Any], None]

@@ -20,16 +20,16 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 # Commands that live in their own modules: name -> (module, function, help).
 # Each function takes the arguments after the command name and returns an exit code.
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "sim": ("briefd.sim", "main", "run the simulated OpenAI-compatible server"),
-    "local-model": ("briefd.local", "main", "run the embedded local model server"),
-    "serve": ("briefd.daemon", "main", "run the long-running daemon"),
-    "submit": ("briefd.client_cli", "submit_main", "submit a job to the daemon"),
-    "status": ("briefd.client_cli", "status_main", "a job's status from the daemon"),
-    "result": ("briefd.client_cli", "result_main", "a job's result from the daemon"),
-    "cancel": ("briefd.client_cli", "cancel_main", "cancel a job in the daemon"),
-    "jobs": ("briefd.client_cli", "jobs_main", "list the daemon's jobs"),
-    "console": ("briefd.console", "main", "live operations console from the event log"),
-    "report": ("briefd.report", "main", "summary of a finished event log"),
+    "sim": ("briefd.sim.cli", "main", "run the simulated OpenAI-compatible server"),
+    "local-model": ("briefd.local.server", "main", "run the embedded local model server"),
+    "serve": ("briefd.daemon.main", "main", "run the long-running daemon"),
+    "submit": ("briefd.daemon.client_cli", "submit_main", "submit a job to the daemon"),
+    "status": ("briefd.daemon.client_cli", "status_main", "a job's status from the daemon"),
+    "result": ("briefd.daemon.client_cli", "result_main", "a job's result from the daemon"),
+    "cancel": ("briefd.daemon.client_cli", "cancel_main", "cancel a job in the daemon"),
+    "jobs": ("briefd.daemon.client_cli", "jobs_main", "list the daemon's jobs"),
+    "console": ("briefd.ops.console", "main", "live operations console from the event log"),
+    "report": ("briefd.ops.report", "main", "summary of a finished event log"),
 }
 
 
@@ -75,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     from briefd.api import Pipeline
     from briefd.jobs import load_job_file
-    from briefd.logs import setup_logging
     from briefd.messages import JobStatus
+    from briefd.ops.logs import setup_logging
     from briefd.output import write_document, write_result
 
     settings = Settings.load(args.config)

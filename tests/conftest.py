@@ -14,7 +14,7 @@ import pytest
 from loguru import logger
 
 from briefd.config import Settings
-from briefd.sim import SimProfile, SimServer
+from briefd.sim.server import SimProfile, SimServer
 
 # Scale the seed's 7/7/5/6 s profile down to 70/70/50/60 ms.
 SCALE = 0.01

@@ -23,7 +23,7 @@ from typing import Any
 
 import requests
 
-from briefd.client import Client
+from briefd.daemon.client import Client
 
 STAGES = ("BRIEFING_MD", "PLAYS_MD", "PROCUREMENT_JSON", "ANNEX_JSON")
 HTTP = requests.Session()

@@ -9,7 +9,7 @@ from typing import Any
 
 import briefd
 from briefd.messages import ErrorCode, JobStatus
-from briefd.sim import Fault, SimServer
+from briefd.sim.server import Fault, SimServer
 
 
 def _eventually(check: Callable[[], bool], timeout: float = 5.0) -> bool:

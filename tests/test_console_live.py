@@ -28,8 +28,8 @@ import pytest
 
 from briefd.actors.metrics import LatencySummary
 from briefd.cli import main as cli_main
-from briefd.client import Client
-from briefd.sim import SimProfile, SimServer
+from briefd.daemon.client import Client
+from briefd.sim.server import SimProfile, SimServer
 
 HERE = Path(__file__).resolve().parent
 RUNNER = HERE / "data" / "live_jobs.py"

@@ -21,8 +21,8 @@ import pytest
 
 from briefd.actors.metrics import LatencySummary
 from briefd.cli import main as cli_main
-from briefd.eventlog import parse_line, to_message
 from briefd.messages import ErrorCode, JobResult
+from briefd.ops.eventlog import parse_line, to_message
 
 HERE = Path(__file__).resolve().parent
 RUNNER = HERE / "data" / "live_jobs.py"

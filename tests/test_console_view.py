@@ -6,8 +6,6 @@ import io
 
 from rich.console import Console
 
-from briefd.console import render
-from briefd.eventlog import Record, dumps_line, event_payload, level_for, line_of, parse_line
 from briefd.messages import (
     DaemonStarted,
     DaemonStopping,
@@ -30,8 +28,10 @@ from briefd.messages import (
     TokenGranted,
     TokenReleased,
 )
-from briefd.opsview import OpsView
-from briefd.rollback import Thresholds
+from briefd.ops.console import render
+from briefd.ops.eventlog import Record, dumps_line, event_payload, level_for, line_of, parse_line
+from briefd.ops.rollback import Thresholds
+from briefd.ops.view import OpsView
 
 T0 = 1_800_000_000.0
 

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import pytest
 from daemon_helpers import HTTP, STAGES, Daemon, make_job, wait_for
+from prometheus_client.parser import text_string_to_metric_families
 
-from briefd.client import DaemonError
+from briefd.daemon.client import DaemonError
 from briefd.messages import JobState, JobStatus, StageState
-from briefd.sim import Fault, SimProfile, SimServer
+from briefd.sim.server import Fault, SimProfile, SimServer
 
 MAX_BODY = 65_536
 
@@ -254,17 +255,21 @@ def test_metrics_are_prometheus_text(daemon: Daemon) -> None:
         client.result("metrics-1", timeout=30)
     resp = HTTP.get(f"{daemon.url}/metrics", headers=daemon.headers(), timeout=5)
     assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/plain")
-    values: dict[str, float] = {}
-    for line in resp.text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            values[name] = float(value)
-    assert values['briefd_jobs{state="succeeded"}'] >= 1
-    assert values["briefd_queue_depth"] == 0
-    assert values["briefd_tokens_capacity"] == 2
-    assert "briefd_tokens_in_use" in values and "briefd_stage_retries_total" in values
-    inf = values['briefd_stage_duration_seconds_bucket{stage="ANNEX_JSON",le="+Inf"}']
-    assert inf == values['briefd_stage_duration_seconds_count{stage="ANNEX_JSON"}'] >= 1
+    families = {f.name: f for f in text_string_to_metric_families(resp.text)}
+    assert families["briefd_stage_retries"].type == "counter"
+    assert families["briefd_stage_duration_seconds"].type == "histogram"
+    values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in families.values()
+        for s in f.samples
+    }
+    assert values[("briefd_jobs", (("state", "succeeded"),))] >= 1
+    assert values[("briefd_queue_depth", ())] == 0
+    assert values[("briefd_tokens_capacity", ())] == 2
+    assert ("briefd_tokens_in_use", ()) in values and ("briefd_stage_retries_total", ()) in values
+    bucket = ("briefd_stage_duration_seconds_bucket", (("le", "+Inf"), ("stage", "ANNEX_JSON")))
+    inf = values[bucket]
+    assert inf == values[("briefd_stage_duration_seconds_count", (("stage", "ANNEX_JSON"),))] >= 1
 
 
 def test_systemd_hears_ready_and_watchdog(daemon: Daemon, notify: Notifications) -> None:

@@ -17,7 +17,7 @@ import pytest
 from daemon_helpers import HTTP, STAGES, Daemon, complete_stages, make_job, wait_for
 
 from briefd.messages import JobState, JobStatus, StageState
-from briefd.sim import Fault, SimProfile, SimServer
+from briefd.sim.server import Fault, SimProfile, SimServer
 
 
 @pytest.fixture

@@ -21,7 +21,6 @@ from briefd.actors import CoordinatorActor, RateLimiterActor
 from briefd.actors.journal import JournalActor, journal_observer
 from briefd.actors.root import RootActor
 from briefd.config import PipelineSpec, Settings, load_pipeline
-from briefd.journal import Journal
 from briefd.messages import (
     ErrorCode,
     JobSpec,
@@ -31,7 +30,8 @@ from briefd.messages import (
     StageState,
     StageSucceeded,
 )
-from briefd.sim import SimServer
+from briefd.sim.server import SimServer
+from briefd.store.sqlite import Journal
 
 
 @pytest.fixture

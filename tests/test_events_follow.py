@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from briefd.eventlog import LogFollower, Record, parse_line, read_logs
+from briefd.ops.eventlog import LogFollower, Record, parse_line, read_logs
 
 
 def line(n: int, event: str = "StageStarted", v: int = 1) -> str:

@@ -16,17 +16,6 @@ import pytest
 from loguru import logger
 
 from briefd.config import Settings
-from briefd.eventdocs import render_docs
-from briefd.eventlog import (
-    RESERVED,
-    LogFollower,
-    event_classes,
-    event_payload,
-    parse_line,
-    to_message,
-)
-from briefd.events import publish
-from briefd.logs import setup_logging
 from briefd.messages import (
     ErrorCode,
     JobCompleted,
@@ -39,6 +28,17 @@ from briefd.messages import (
     StageStarted,
     StageSucceeded,
 )
+from briefd.ops.eventdocs import render_docs
+from briefd.ops.eventlog import (
+    RESERVED,
+    LogFollower,
+    event_classes,
+    event_payload,
+    parse_line,
+    to_message,
+)
+from briefd.ops.events import publish
+from briefd.ops.logs import setup_logging
 
 ROOT = Path(__file__).resolve().parent.parent
 API_KEY = "key-for-tests-7f3a9c2e"
@@ -259,9 +259,9 @@ def test_payload_refuses_a_field_that_would_clobber_the_envelope() -> None:
 
 
 def test_docs_are_generated_from_the_models() -> None:
-    """docs/events.md is what the generator makes now: python -m briefd.eventdocs --write it."""
+    """docs/events.md is what the generator makes now: python -m briefd.ops.eventdocs --write it."""
     current = (ROOT / "docs" / "events.md").read_text(encoding="utf-8")
-    assert current == render_docs(), "stale: python -m briefd.eventdocs --write docs/events.md"
+    assert current == render_docs(), "stale: python -m briefd.ops.eventdocs --write docs/events.md"
     for name in event_classes():
         assert f"### {name}" in current
 

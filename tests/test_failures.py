@@ -10,9 +10,9 @@ import pykka
 
 import briefd
 from briefd.actors import StageActor
-from briefd.llm import Completion
+from briefd.llm.call import Completion
 from briefd.messages import ErrorCode, Event, JobStatus, StageRetrying, TokenReleased
-from briefd.sim import Fault, SimServer
+from briefd.sim.server import Fault, SimServer
 
 
 def test_503_is_retried_and_400_is_not(sim: SimServer, make_settings: Any, make_job: Any) -> None:

@@ -10,7 +10,7 @@ import pykka
 import briefd
 from briefd.actors import RateLimiterActor
 from briefd.messages import ReleaseToken, RequestToken, TokenGranted
-from briefd.sim import SimServer
+from briefd.sim.server import SimServer
 
 
 class _Inbox(pykka.ThreadingActor):

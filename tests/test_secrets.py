@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import briefd
-from briefd.sim import Fault, SimServer
+from briefd.sim.server import Fault, SimServer
 
 KEY = "sk-live-DO-NOT-LEAK-4242"
 

@@ -14,7 +14,8 @@ import pytest
 import requests
 from pydantic import ValidationError
 
-from briefd.sim import Fault, SimProfile, SimServer, main
+from briefd.sim.cli import main
+from briefd.sim.server import Fault, SimProfile, SimServer
 
 FENCE = re.compile(r"```(\w+)\n(.*?)\n```", re.DOTALL)
 

@@ -30,9 +30,9 @@ from loguru import logger
 
 from briefd.api import Pipeline
 from briefd.config import Settings
-from briefd.logs import setup_logging
 from briefd.messages import JobResult
-from briefd.sim import Fault, SimProfile, SimServer
+from briefd.ops.logs import setup_logging
+from briefd.sim.server import Fault, SimProfile, SimServer
 
 API_KEY = "live-jobs-secret-0123456789"
 STAGES = ("BRIEFING_MD", "PLAYS_MD", "PROCUREMENT_JSON", "ANNEX_JSON")

@@ -14,7 +14,7 @@ sequence and non-ASCII character in a value is a JSON escape, so no value can
 break a line, forge another one, or drive a terminal. Readers ignore lines
 whose ``v`` they do not know and events they do not know, so the schema can
 grow. ``docs/events.md`` is generated from the message models
-(``python -m briefd.eventdocs``), and :func:`to_message` parses a line
+(``python -m briefd.ops.eventdocs``), and :func:`to_message` parses a line
 back through them, so the log, the docs and the models cannot drift apart.
 """
 

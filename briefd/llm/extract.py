@@ -16,7 +16,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
 from briefd.config import ConfigError, StageSpec
-from briefd.errors import InvalidOutputError
+from briefd.llm.errors import InvalidOutputError
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_-]*)[ \t]*\r?\n(.*?)\r?\n[ \t]*```", re.DOTALL)
 _ALIASES = {"markdown": ("markdown", "md"), "json": ("json",)}

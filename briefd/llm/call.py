@@ -17,9 +17,9 @@ from typing import Any
 
 import requests
 
-from briefd.abort import AbortableAdapter, CallAbort, bound
 from briefd.config import Settings, StageSpec
-from briefd.errors import (
+from briefd.llm.abort import AbortableAdapter, CallAbort, bound
+from briefd.llm.errors import (
     BadResponseError,
     CallCancelled,
     CallError,
@@ -124,7 +124,7 @@ class ChatClient:
         self._session.close()
 
     def complete(self, body: dict[str, Any], *, job_id: str, stage: str) -> Completion:
-        """One call; raises a :class:`~briefd.errors.CallError` subclass on any failure.
+        """One call; raises a :class:`~briefd.llm.errors.CallError` subclass on any failure.
 
         An ``abort`` (the job was cancelled) ends the call at once with CANCELLED.
         """

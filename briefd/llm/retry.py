@@ -15,7 +15,7 @@ import tenacity
 from tenacity import RetryCallState
 
 from briefd.config import Settings
-from briefd.errors import CallError, StatusError
+from briefd.llm.errors import CallError, StatusError
 
 
 def is_transient(exc: BaseException) -> bool:

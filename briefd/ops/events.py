@@ -1,7 +1,7 @@
 """Publishing events: every event goes to the log and to the actor's observers.
 
 The log is the operations record (the console reads it; its schema is
-:mod:`briefd.eventlog`); observers are how other parts of the program (metrics,
+:mod:`briefd.ops.eventlog`); observers are how other parts of the program (metrics,
 the in-process API, the daemon's journal) hear about a job without the actors
 knowing who listens.
 """
@@ -12,7 +12,6 @@ from collections.abc import Callable, Sequence
 
 from loguru import logger
 
-from briefd.eventlog import event_payload, level_for
 from briefd.messages import (
     DaemonReloading,
     DaemonStarted,
@@ -34,6 +33,7 @@ from briefd.messages import (
     TokenGranted,
     TokenReleased,
 )
+from briefd.ops.eventlog import event_payload, level_for
 
 Observer = Callable[[Event], None]
 
@@ -97,7 +97,7 @@ def latency_table(stages_ms: dict[str, int], m: object) -> str:
 def publish(event: Event, observers: Sequence[Observer] = ()) -> None:
     """Log ``event`` and hand it to each observer; a failing observer is logged, not raised.
 
-    The log gets the v1 payload (:func:`briefd.eventlog.event_payload`: documents as
+    The log gets the v1 payload (:func:`briefd.ops.eventlog.event_payload`: documents as
     digests); observers get the event itself, documents and all.
     """
     logger.bind(event=event.type, payload=event_payload(event)).log(

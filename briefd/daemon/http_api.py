@@ -35,14 +35,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from briefd.actors.metrics import MetricsSnapshot
-from briefd.actors.rate_limiter import LimiterStats
-from briefd.actors.root import Admission, RootStats
+from briefd.actors.root import Admission
 from briefd.config import ConfigError
+from briefd.daemon.prometheus import CONTENT_TYPE_LATEST
 from briefd.messages import JOB_ID_PATTERN, JobInfo, JobResult, JobSpec, JobState
 
 MAX_WAIT_S = 60.0
@@ -59,7 +58,7 @@ class Backend(Protocol):
     def info(self, job_id: str) -> JobInfo | None: ...
     def result(self, job_id: str) -> JobResult | None: ...
     def list_jobs(self, status: JobState | None, limit: int) -> list[JobInfo]: ...
-    def metrics_text(self) -> str: ...
+    def metrics_body(self) -> bytes: ...
     def healthy(self) -> bool: ...
 
 
@@ -270,8 +269,8 @@ def build_app(backend: Backend, *, token: str, max_body_bytes: int, waiters: _Wa
         return JSONResponse({"job_id": job_id, "status": state.value})
 
     async def metrics(request: Request) -> Response:
-        text = await run_in_threadpool(backend.metrics_text)
-        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+        body = await run_in_threadpool(backend.metrics_body)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -362,42 +361,3 @@ class ApiServer:
         self._waiters.notify_all()
         self._server.should_exit = True
         self._thread.join(timeout_s)
-
-
-def render_metrics(
-    jobs: dict[str, int], root: RootStats, limiter: LimiterStats, snap: MetricsSnapshot
-) -> str:
-    """``GET /metrics`` in the Prometheus text format (version 0.0.4)."""
-
-    def labelled(label: str, values: dict[str, int]) -> list[tuple[str, float]]:
-        return [(f'{{{label}="{k}"}}', v) for k, v in sorted(values.items())]
-
-    families: list[tuple[str, str, str, list[tuple[str, float]]]] = [
-        ("jobs", "gauge", "Jobs in the journal by state.", labelled("state", jobs)),
-        ("queue_depth", "gauge", "Jobs waiting for a slot.", [("", root.queued)]),
-        ("active_jobs", "gauge", "Jobs with a coordinator.", [("", root.active)]),
-        ("active_jobs_max", "gauge", "max_active_jobs.", [("", root.max_active_jobs)]),
-        ("job_restarts_total", "counter", "Runs resumed after dying.", [("", root.restarts)]),
-        ("tokens_in_use", "gauge", "Tokens leased (calls in flight).", [("", limiter.in_use)]),
-        ("tokens_capacity", "gauge", "Tokens (max_concurrent).", [("", limiter.capacity)]),
-        ("token_waiting", "gauge", "Stages waiting for a token.", [("", limiter.waiting)]),
-        ("stage_calls_total", "counter", "API calls by stages.", [("", snap.stage_calls)]),
-        ("stage_retries_total", "counter", "Stage retries.", [("", snap.retries)]),
-        ("stage_errors_total", "counter", "Stage errors by code.",
-         labelled("code", snap.errors_by_code)),
-        ("jobs_completed_total", "counter", "Runs ended since start, by status.",
-         labelled("status", snap.jobs_by_status)),
-    ]  # fmt: skip
-    out: list[str] = []
-    for name, kind, help_text, samples in families:
-        out += [f"# HELP briefd_{name} {help_text}", f"# TYPE briefd_{name} {kind}"]
-        out += [f"briefd_{name}{labels} {value:g}" for labels, value in samples]
-    name = "briefd_stage_duration_seconds"
-    out += [f"# HELP {name} Stage start to document.", f"# TYPE {name} histogram"]
-    for stage, h in sorted(snap.stage_histograms.items()):
-        for bound, count in [*zip(h.bounds, h.counts, strict=True), (float("inf"), h.count)]:
-            le = "+Inf" if bound == float("inf") else f"{bound:g}"
-            out.append(f'{name}_bucket{{stage="{stage}",le="{le}"}} {count}')
-        out.append(f'{name}_sum{{stage="{stage}"}} {h.sum_s:g}')
-        out.append(f'{name}_count{{stage="{stage}"}} {h.count}')
-    return "\n".join(out) + "\n"

@@ -14,7 +14,7 @@ import json
 import time
 from typing import Any
 
-from briefd.sim_faults import Fault
+from briefd.sim.faults import Fault
 
 
 def example_for_schema(schema: Any, words: list[str], path: str = "$") -> Any:

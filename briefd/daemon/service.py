@@ -1,6 +1,6 @@
 """Process plumbing for running briefd as a service: systemd, signals, the token file.
 
-Kept apart from :mod:`briefd.daemon` (the daemon's life: actors, journal, API)
+Kept apart from :mod:`briefd.daemon.main` (the daemon's life: actors, journal, API)
 because none of it knows about jobs: it is how a Unix service talks to its
 supervisor, takes signals safely, keeps its secret, and shows its threads.
 """

@@ -1,9 +1,9 @@
 """``briefd serve``: the long-running daemon. It never loses an acknowledged job.
 
 One process holds one rate limiter and one metrics actor (the token cap is
-daemon-wide), a journal (:mod:`briefd.journal`, SQLite in ``BRIEFD_DATA_DIR``),
+daemon-wide), a journal (:mod:`briefd.store.sqlite`, SQLite in ``BRIEFD_DATA_DIR``),
 a root actor that admits jobs and runs a coordinator per active job
-(:mod:`briefd.actors.root`), and the HTTP API (:mod:`briefd.server`) on a
+(:mod:`briefd.actors.root`), and the HTTP API (:mod:`briefd.daemon.http_api`) on a
 loopback socket.
 
 Signals are taken by :func:`signal.set_wakeup_fd` and handled in the main
@@ -42,11 +42,18 @@ from briefd.actors import CoordinatorActor, MetricsActor, RateLimiterActor, Stag
 from briefd.actors.journal import JournalActor, journal_observer
 from briefd.actors.root import Admission, RootActor
 from briefd.config import ConfigError, Settings, load_pipeline
-from briefd.events import publish
-from briefd.extract import check_schema
+from briefd.daemon.http_api import ApiServer, bind_loopback
+from briefd.daemon.prometheus import DaemonFigures, MetricsExporter
+from briefd.daemon.service import (
+    dump_threads,
+    ensure_token,
+    install_signals,
+    lock_data_dir,
+    sd_notify,
+)
 from briefd.jobs import validate_job
-from briefd.journal import Journal
-from briefd.logs import register_secret, setup_logging
+from briefd.llm.extract import check_schema
+from briefd.local.provider import Provider, open_provider
 from briefd.messages import (
     DaemonReloading,
     DaemonStarted,
@@ -58,9 +65,9 @@ from briefd.messages import (
     SetCapacity,
     Tick,
 )
-from briefd.provider import Provider, open_provider
-from briefd.server import ApiServer, bind_loopback, render_metrics
-from briefd.service import dump_threads, ensure_token, install_signals, lock_data_dir, sd_notify
+from briefd.ops.events import publish
+from briefd.ops.logs import register_secret, setup_logging
+from briefd.store.sqlite import Journal
 
 ASK_TIMEOUT_S = 10.0
 # fmt: off
@@ -84,6 +91,7 @@ class Daemon:
         self._provider: Provider | None = None
         self._lock: IO[str] | None = None
         self._exit_code = 0
+        self._exporter = MetricsExporter(self.figures)
 
     # -- start -----------------------------------------------------------------------
 
@@ -309,13 +317,16 @@ class Daemon:
     def list_jobs(self, status: JobState | None, limit: int) -> list[JobInfo]:
         return self.journal.list_jobs(status, limit)
 
-    def metrics_text(self) -> str:
-        return render_metrics(
-            self.journal.counts(),
-            self.root.proxy().stats().get(timeout=ASK_TIMEOUT_S),
-            self.limiter.proxy().stats().get(timeout=ASK_TIMEOUT_S),
-            self.metrics.proxy().snapshot().get(timeout=ASK_TIMEOUT_S),
+    def figures(self) -> DaemonFigures:
+        return DaemonFigures(
+            jobs=self.journal.counts(),
+            root=self.root.proxy().stats().get(timeout=ASK_TIMEOUT_S),
+            limiter=self.limiter.proxy().stats().get(timeout=ASK_TIMEOUT_S),
+            snap=self.metrics.proxy().snapshot().get(timeout=ASK_TIMEOUT_S),
         )
+
+    def metrics_body(self) -> bytes:
+        return self._exporter.render()
 
     def healthy(self) -> bool:
         return not self._stopping.is_set()

@@ -41,7 +41,7 @@ def open_provider(settings: Settings) -> Provider:
             model=settings.model,
             response_format=settings.response_format or "json_schema",
         )
-    from briefd.local import (
+    from briefd.local.server import (
         INSTALL_HINT,
         LocalModelError,
         LocalModelServer,

@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from briefd.client import Client, DaemonError, DaemonUnavailable
 from briefd.config import ConfigError, Settings
+from briefd.daemon.client import Client, DaemonError, DaemonUnavailable
 from briefd.messages import JobInfo, JobResult, JobState, JobStatus
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3

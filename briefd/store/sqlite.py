@@ -1,16 +1,6 @@
-"""The daemon's journal: every accepted job and every stage result, in SQLite.
+"""The SQLite backend of the journal: the embedded default, nothing to install.
 
-A service that acknowledged a job must finish it, even across a crash, and
-must not pay the API twice for a document it already has. So:
-
-* :meth:`Journal.add_job` commits before a submission is acknowledged;
-* each stage's document is committed the moment the stage completes, and a
-  resumed run (:meth:`Journal.start_run`) gets it back instead of calling again;
-* the terminal state is committed once (:meth:`Journal.finish`); later writes
-  for that job change nothing, so every job ends in exactly one terminal state.
-
-Output files in ``<data_dir>/jobs/<job_id>/`` are derived from the rows and
-written atomically (:mod:`briefd.output`); the rows are the truth.
+The promises every backend keeps are in :mod:`briefd.store.base`.
 
 The database is in WAL mode with ``synchronous=FULL``: a commit survives a
 power cut, not only ``kill -9``. One connection, guarded by one lock, serves
@@ -25,7 +15,6 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,16 +22,14 @@ from briefd.config import PipelineSpec
 from briefd.messages import (
     ErrorCode,
     JobInfo,
-    JobMetrics,
     JobResult,
     JobSpec,
     JobState,
-    JobStatus,
     PipelineError,
-    Progress,
     StageState,
 )
 from briefd.output import write_atomic, write_document, write_result
+from briefd.store.base import Run, StageRow, closing_result, stage_percent
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -71,15 +58,6 @@ CREATE TABLE IF NOT EXISTS stages (
 ) WITHOUT ROWID;
 """
 _LIVE = (JobState.QUEUED.value, JobState.RUNNING.value)
-
-
-@dataclass(frozen=True)
-class Run:
-    """What :meth:`Journal.start_run` hands the root: the job and what is already paid for."""
-
-    job: JobSpec | None
-    done_stages: dict[str, Any] = field(default_factory=dict)
-    runs_died: int = 0
 
 
 class Journal:
@@ -293,37 +271,15 @@ class Journal:
             stages = self._stages(job_id)
             if not stages or not state.terminal:
                 return None
-            documents = {
-                s: (json.loads(r["document"]) if r["document"] else None) for s, r in stages.items()
-            }
-            errors = [
-                PipelineError(stage=s, code=code, message=message, hint=hint)
-                for s, r in stages.items()
-                if r["state"] != StageState.COMPLETE.value
-            ] or [PipelineError(stage="*", code=code, message=message, hint=hint)]
-            final = {
-                s: StageState.COMPLETE
-                if r["state"] == StageState.COMPLETE.value
-                else StageState.FAILED
+            rows = {
+                s: StageRow(
+                    state=StageState(r["state"]),
+                    attempts=int(r["attempts"]),
+                    document=json.loads(r["document"]) if r["document"] else None,
+                )
                 for s, r in stages.items()
             }
-            result = JobResult(
-                job_id=job_id,
-                status=JobStatus(state.value),
-                documents=documents,
-                errors=errors,
-                fallbacks=[],
-                progress=Progress(stages=final, percent=self._percent(final)),
-                metrics=JobMetrics(
-                    stages_ms=dict.fromkeys(stages, 0),
-                    parallel_group_ms=0,
-                    sequential_group_ms=0,
-                    total_ms=0,
-                    speedup_ratio=0.0,
-                    usage={},
-                    attempts={s: int(r["attempts"]) for s, r in stages.items()},
-                ),
-            )
+            result = closing_result(self._pipeline, job_id, rows, state, (code, message, hint))
             return result if self.finish(result) else None
 
     def _write_files(self, result: JobResult) -> None:
@@ -379,17 +335,6 @@ class Journal:
         rows.sort(key=lambda r: (order.get(r["stage"], len(order)), r["stage"]))
         return {r["stage"]: r for r in rows}
 
-    def _percent(self, states: dict[str, StageState]) -> float:
-        by_name = self._pipeline.by_name
-        weights = {s: (by_name[s].weight if s in by_name else 1.0) for s in states}
-        total = sum(weights.values()) or 1.0
-        done = sum(
-            w * (1.0 if states[s] is StageState.COMPLETE else 0.5)
-            for s, w in weights.items()
-            if states[s] in (StageState.COMPLETE, StageState.RUNNING)
-        )
-        return round(100.0 * done / total, 1)
-
     def _info(self, row: sqlite3.Row, stages: dict[str, sqlite3.Row]) -> JobInfo:
         states = {s: StageState(r["state"]) for s, r in stages.items()}
         if row["result"] is not None:
@@ -404,7 +349,7 @@ class Journal:
             job_id=row["job_id"],
             status=JobState(row["state"]),
             stages=states,
-            progress=self._percent(states),
+            progress=stage_percent(self._pipeline, states),
             submitted_at=row["submitted_at"],
             started_at=row["started_at"],
             finished_at=row["finished_at"],

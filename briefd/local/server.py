@@ -2,7 +2,7 @@
 
 When no ``BRIEFD_BASE_URL`` is set, briefd runs llama-cpp-python's OpenAI-compatible server
 (``python -m llama_cpp.server``) as a child process on 127.0.0.1 with a small real model
-(SmolLM2-135M-Instruct, see :mod:`briefd.model_cache`), and talks to it like to any other
+(SmolLM2-135M-Instruct, see :mod:`briefd.local.model_cache`), and talks to it like to any other
 ``POST {base_url}/chat/completions`` endpoint.
 
 Request shapes (checked against llama-cpp-python 0.3.x with SmolLM2-135M-Instruct):
@@ -53,7 +53,7 @@ from types import FrameType, TracebackType
 import requests
 from loguru import logger
 
-from briefd.model_cache import (
+from briefd.local.model_cache import (
     GGUF_MAGIC,
     SMOLLM2,
     LocalModelError,

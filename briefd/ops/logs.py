@@ -1,6 +1,6 @@
 """Logging: loguru for everything, pykka's stdlib logging included.
 
-Two formats. JSON is the event log, schema v1 (:mod:`briefd.eventlog`): one
+Two formats. JSON is the event log, schema v1 (:mod:`briefd.ops.eventlog`): one
 object per line, the same on stderr and in the file sink (``BRIEFD_LOG_FILE``,
 rotated at :data:`ROTATION`, always DEBUG so the console sees every token).
 Text is for a person at a terminal: time, level, one line of message with its
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from loguru import logger
 
 from briefd.config import Settings
-from briefd.eventlog import LOG_EVENT, SCHEMA_VERSION, dumps_line, escape_control, line_of
+from briefd.ops.eventlog import LOG_EVENT, SCHEMA_VERSION, dumps_line, escape_control, line_of
 
 if TYPE_CHECKING:
     from loguru import Record

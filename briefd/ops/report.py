@@ -1,6 +1,6 @@
 """``briefd report FILE... [--json]``: the console's summary of a finished log, for cron and CI.
 
-The same aggregation as the console (:class:`briefd.opsview.OpsView`) over the
+The same aggregation as the console (:class:`briefd.ops.view.OpsView`) over the
 whole log (no time window unless ``--window``), printed once: as the
 console's text, or with ``--json`` as data (the shape ``--baseline`` reads
 back). Rotated files are given oldest first, the live file last. ``--check``
@@ -18,10 +18,10 @@ from pathlib import Path
 
 from rich.console import Console
 
-from briefd import rollback
-from briefd.console import render
-from briefd.eventlog import read_logs
-from briefd.opsview import OpsView
+from briefd.ops import rollback
+from briefd.ops.console import render
+from briefd.ops.eventlog import read_logs
+from briefd.ops.view import OpsView
 
 EXIT_OK, EXIT_WARNING, EXIT_USAGE = 0, 1, 2
 

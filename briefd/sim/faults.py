@@ -1,4 +1,4 @@
-"""What the simulated chat server (:mod:`briefd.sim`) answers, and its bookkeeping.
+"""What the simulated chat server (:mod:`briefd.sim.server`) answers, and its bookkeeping.
 
 Kept apart from the HTTP plumbing so the rules that decide *what* a request gets (which
 fault applies, how long it waits, the deterministic content) can be read and unit-tested

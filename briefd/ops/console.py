@@ -29,10 +29,11 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from briefd import rollback
 from briefd.actors.metrics import LatencySummary
-from briefd.eventlog import LogFollower, escape_control
-from briefd.opsview import JobRow, OpsView, Snapshot
+from briefd.ops import rollback
+from briefd.ops.eventlog import LogFollower, escape_control
+from briefd.ops.snapshot import JobRow, Snapshot
+from briefd.ops.view import OpsView
 
 EXIT_OK, EXIT_USAGE = 0, 2
 WINDOW_S = 900.0

@@ -1,0 +1,109 @@
+"""``GET /metrics``: the daemon's figures in the Prometheus text format, by ``prometheus_client``.
+
+The figures live in actors (the root's admission, the limiter's tokens, the
+metrics actor's aggregates) and in the journal, not in process-global
+counters, so each scrape asks them once and a custom collector turns the
+answers into metric families. ``prometheus_client`` writes the exposition:
+types, help text, label escaping, ``_total`` suffixes and the content type are
+right by construction. Each daemon has its own registry (no global state), so
+two daemons in one test process never share a metric.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.core import (
+    CollectorRegistry,
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from briefd.actors.metrics import MetricsSnapshot
+from briefd.actors.rate_limiter import LimiterStats
+from briefd.actors.root import RootStats
+
+__all__ = ["CONTENT_TYPE_LATEST", "DaemonFigures", "MetricsExporter"]
+
+
+@dataclass(frozen=True)
+class DaemonFigures:
+    """Everything one scrape shows, read once from the journal and the actors."""
+
+    jobs: dict[str, int]
+    root: RootStats
+    limiter: LimiterStats
+    snap: MetricsSnapshot
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(f"briefd_{name}", doc, value=value)
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(f"briefd_{name}", doc, value=value)
+
+
+def _by_label(family: GaugeMetricFamily | CounterMetricFamily, values: dict[str, int]) -> Metric:
+    for key, value in sorted(values.items()):
+        family.add_metric([key], value)
+    return family
+
+
+class _FiguresCollector(Collector):
+    """A collector over a callable that reads the daemon's figures at scrape time."""
+
+    def __init__(self, read: Callable[[], DaemonFigures]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        f = self._read()
+        root, limiter, snap = f.root, f.limiter, f.snap
+        yield _by_label(
+            GaugeMetricFamily("briefd_jobs", "Jobs in the journal by state.", labels=["state"]),
+            f.jobs,
+        )
+        yield _gauge("queue_depth", "Jobs waiting for a slot.", root.queued)
+        yield _gauge("active_jobs", "Jobs with a coordinator.", root.active)
+        yield _gauge("active_jobs_max", "max_active_jobs.", root.max_active_jobs)
+        yield _counter("job_restarts", "Runs resumed after dying.", root.restarts)
+        yield _gauge("tokens_in_use", "Tokens leased (calls in flight).", limiter.in_use)
+        yield _gauge("tokens_capacity", "Tokens (max_concurrent).", limiter.capacity)
+        yield _gauge("token_waiting", "Stages waiting for a token.", limiter.waiting)
+        yield _counter("stage_calls", "API calls by stages.", snap.stage_calls)
+        yield _counter("stage_retries", "Stage retries.", snap.retries)
+        yield _by_label(
+            CounterMetricFamily("briefd_stage_errors", "Stage errors by code.", labels=["code"]),
+            snap.errors_by_code,
+        )
+        yield _by_label(
+            CounterMetricFamily(
+                "briefd_jobs_completed", "Runs ended since start, by status.", labels=["status"]
+            ),
+            snap.jobs_by_status,
+        )
+        hist = HistogramMetricFamily(
+            "briefd_stage_duration_seconds", "Stage start to document.", labels=["stage"]
+        )
+        for stage, h in sorted(snap.stage_histograms.items()):
+            buckets = [(f"{b:g}", float(c)) for b, c in zip(h.bounds, h.counts, strict=True)]
+            hist.add_metric([stage], [*buckets, ("+Inf", float(h.count))], sum_value=h.sum_s)
+        yield hist
+
+
+class MetricsExporter:
+    """One daemon's registry: ``render()`` is the body of ``GET /metrics``."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self, read: Callable[[], DaemonFigures]) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_FiguresCollector(read))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

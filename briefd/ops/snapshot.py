@@ -1,0 +1,83 @@
+"""What the operations view hands out: a frozen :class:`Snapshot` of rows and figures.
+
+Kept apart from :mod:`briefd.ops.view` (which folds records into running
+state) so the console, the report and their tests can read the shapes alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from briefd.actors.metrics import LatencySummary
+from briefd.ops.rollback import Signal
+
+
+@dataclass
+class JobRow:
+    """One job as shown: state, overall percent and each stage's indicator state.
+
+    The view updates its rows in place; a snapshot holds copies.
+    """
+
+    job_id: str
+    since: float
+    state: str = "queued"
+    stages: dict[str, str] = field(default_factory=dict)
+    percent: float = 0.0
+    parallel: bool = True
+    ended: float | None = None
+    total_ms: int | None = None
+
+    def copy(self) -> JobRow:
+        return replace(self, stages=dict(self.stages))
+
+
+@dataclass(frozen=True)
+class ErrorRow:
+    """A recent error: a retried attempt (``final`` False) or a stage that gave up."""
+
+    ts: float
+    job_id: str
+    stage: str
+    code: str
+    message: str
+    hint: str
+    final: bool
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything the console shows at one moment; :meth:`to_json` is ``report --json``."""
+
+    as_of: float
+    daemon: dict[str, Any] | None
+    jobs_by_status: dict[str, int]
+    active: list[JobRow]
+    recent: list[JobRow]
+    queued: int
+    stages_running: int
+    peak_stages_running: int
+    tokens: dict[str, Any]
+    latency_jobs: int
+    stage_latency: dict[str, LatencySummary]
+    parallel_group: LatencySummary
+    sequential_group: LatencySummary
+    total: LatencySummary
+    mean_speedup: float
+    totals: dict[str, int]
+    signals: list[Signal]
+    errors: list[ErrorRow]
+    window_s: float | None
+
+    @property
+    def warnings(self) -> list[Signal]:
+        """The signals past their threshold."""
+        return [s for s in self.signals if s.crossed]
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON data, with ``rates`` in the shape ``--baseline`` reads back."""
+        data = asdict(self)
+        data["rates"] = {f"{s.name}_rate": s.rate for s in self.signals}
+        data["warnings"] = [s.name for s in self.warnings]
+        return data

@@ -1,0 +1,1 @@
+"""The simulated OpenAI-compatible server (tests, demos, benchmarks): HTTP, faults and answers."""

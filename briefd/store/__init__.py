@@ -1,0 +1,1 @@
+"""The daemon's journal: the :class:`~briefd.store.base.Store` interface and its SQLite backend."""

@@ -1,0 +1,127 @@
+"""The journal's interface, and what every backend shares: the run handed back, percent, closing.
+
+A service that acknowledged a job must finish it, even across a crash, and
+must not pay the API twice for a document it already has. Every backend keeps
+the same four promises:
+
+* :meth:`Store.add_job` commits before a submission is acknowledged;
+* each stage's document is committed the moment the stage completes, and a
+  resumed run (:meth:`Store.start_run`) gets it back instead of calling again;
+* the terminal state is committed once (:meth:`Store.finish`); later writes
+  for that job change nothing, so every job ends in exactly one terminal state;
+* output files in ``<data_dir>/jobs/<job_id>/`` are derived from the rows
+  (:mod:`briefd.output`); the rows are the truth.
+
+SQLite (:mod:`briefd.store.sqlite`) is the embedded default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from briefd.config import PipelineSpec
+from briefd.messages import (
+    ErrorCode,
+    JobInfo,
+    JobMetrics,
+    JobResult,
+    JobSpec,
+    JobState,
+    JobStatus,
+    PipelineError,
+    Progress,
+    StageState,
+)
+
+
+@dataclass(frozen=True)
+class Run:
+    """What :meth:`Store.start_run` hands the root: the job and what is already paid for."""
+
+    job: JobSpec | None
+    done_stages: dict[str, Any] = field(default_factory=dict)
+    runs_died: int = 0
+
+
+@dataclass(frozen=True)
+class StageRow:
+    """One stage as a backend stored it, for closing a job without a coordinator."""
+
+    state: StageState
+    attempts: int
+    document: Any = None
+
+
+class Store(Protocol):
+    """The durable record of the daemon's jobs. Implementations are thread-safe."""
+
+    def add_job(self, job: JobSpec) -> tuple[JobInfo, bool]: ...
+    def unfinished(self) -> list[str]: ...
+    def start_run(self, job_id: str) -> Run: ...
+    def suspend(self, job_ids: list[str]) -> None: ...
+    def stage_started(self, job_id: str, stage: str, attempt: int) -> None: ...
+    def stage_succeeded(self, job_id: str, stage: str, document: Any, attempts: int) -> None: ...
+    def stage_failed(
+        self, job_id: str, stage: str, error: PipelineError, attempts: int
+    ) -> None: ...
+    def finish(self, result: JobResult) -> bool: ...
+    def close_job(
+        self, job_id: str, state: JobState, code: ErrorCode, message: str, hint: str = ""
+    ) -> JobResult | None: ...
+    def get(self, job_id: str) -> JobInfo | None: ...
+    def result(self, job_id: str) -> JobResult | None: ...
+    def list_jobs(self, state: JobState | None = None, limit: int = 100) -> list[JobInfo]: ...
+    def counts(self) -> dict[str, int]: ...
+    def close(self) -> None: ...
+
+
+def stage_percent(pipeline: PipelineSpec, states: dict[str, StageState]) -> float:
+    """The job's weighted percent from its stages' states (a running stage counts half)."""
+    by_name = pipeline.by_name
+    weights = {s: (by_name[s].weight if s in by_name else 1.0) for s in states}
+    total = sum(weights.values()) or 1.0
+    done = sum(
+        w * (1.0 if states[s] is StageState.COMPLETE else 0.5)
+        for s, w in weights.items()
+        if states[s] in (StageState.COMPLETE, StageState.RUNNING)
+    )
+    return round(100.0 * done / total, 1)
+
+
+def closing_result(
+    pipeline: PipelineSpec,
+    job_id: str,
+    stages: dict[str, StageRow],
+    state: JobState,
+    error: tuple[ErrorCode, str, str],
+) -> JobResult:
+    """The result of a job ended from outside its run (cancelled in the queue, budget spent).
+
+    Completed stages keep their documents; every other stage fails with ``error``.
+    """
+    code, message, hint = error
+    complete = StageState.COMPLETE
+    errors = [
+        PipelineError(stage=s, code=code, message=message, hint=hint)
+        for s, r in stages.items()
+        if r.state is not complete
+    ] or [PipelineError(stage="*", code=code, message=message, hint=hint)]
+    final = {s: complete if r.state is complete else StageState.FAILED for s, r in stages.items()}
+    return JobResult(
+        job_id=job_id,
+        status=JobStatus(state.value),
+        documents={s: r.document for s, r in stages.items()},
+        errors=errors,
+        fallbacks=[],
+        progress=Progress(stages=final, percent=stage_percent(pipeline, final)),
+        metrics=JobMetrics(
+            stages_ms=dict.fromkeys(stages, 0),
+            parallel_group_ms=0,
+            sequential_group_ms=0,
+            total_ms=0,
+            speedup_ratio=0.0,
+            usage={},
+            attempts={s: r.attempts for s, r in stages.items()},
+        ),
+    )
