@@ -2,16 +2,25 @@
 
 The environment names are a public contract (see the README's table). Secrets
 are ``SecretStr`` so that they never print, not even in a ``repr``.
+
+Settings forgive what a person would expect to work and refuse the rest in
+their own words: log level names in any case; errors that name the
+environment variable (``BRIEFD_MAX_CONCURRENT``), not the Python field; and a
+``BRIEFD_*`` variable briefd does not know is reported
+(:func:`unknown_environment`), because a misspelt one would otherwise be
+silently ignored.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError
+import platformdirs
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -19,9 +28,28 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from briefd.config.errors import ConfigError, describe_validation
+from briefd.config.errors import ConfigError
 
 _CONFIG_FILE: ContextVar[Path | None] = ContextVar("briefd_config_file", default=None)
+ENV_PREFIX = "BRIEFD_"
+LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
+# Variables briefd reads that are not settings fields.
+OTHER_ENV = frozenset({"BRIEFD_CONFIG", "BRIEFD_MODEL_WHEEL", "BRIEFD_SKIP_LOCAL"})
+
+
+def default_data_dir() -> Path:
+    """The per-user state directory: ``$XDG_STATE_HOME/briefd``, else ``~/.local/state/briefd``.
+
+    The same wherever the daemon or a client is started, so ``briefd submit``
+    in any shell finds the daemon's token. The systemd unit sets
+    ``BRIEFD_DATA_DIR=/var/lib/briefd``.
+    """
+    return Path(platformdirs.user_state_dir("briefd", appauthor=False))
+
+
+def env_name(field: str) -> str:
+    """A settings field's variable: ``max_concurrent`` -> ``BRIEFD_MAX_CONCURRENT``."""
+    return ENV_PREFIX + field.upper()
 
 
 class Settings(BaseSettings):
@@ -33,7 +61,7 @@ class Settings(BaseSettings):
     """
 
     model_config = SettingsConfigDict(
-        env_prefix="BRIEFD_", extra="forbid", frozen=True, validate_default=True
+        env_prefix=ENV_PREFIX, extra="forbid", frozen=True, validate_default=True
     )
 
     # The API
@@ -76,10 +104,10 @@ class Settings(BaseSettings):
     # Logging
     log_format: Literal["auto", "json", "text"] = "auto"
     log_file: Path | None = None
-    log_level: str = "INFO"
+    log_level: str = Field(default="INFO", description="TRACE, DEBUG, INFO, WARNING, ERROR...")
 
     # Daemon
-    data_dir: Path = Path("./var/briefd")
+    data_dir: Path = Field(default_factory=default_data_dir)
     listen: str = "127.0.0.1:8765"
     token_file: Path | None = None
     grace_s: float = Field(default=30.0, ge=0)
@@ -94,6 +122,16 @@ class Settings(BaseSettings):
         description="Times a job is restarted after its run died (coordinator crash or "
         "daemon crash) before it is failed.",
     )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_in_any_case(cls, value: object) -> object:
+        if isinstance(value, str):
+            upper = value.strip().upper()
+            if upper not in LOG_LEVELS:
+                raise ValueError(f"{value!r} is not a log level (one of {', '.join(LOG_LEVELS)})")
+            return upper
+        return value
 
     @classmethod
     def settings_customise_sources(
@@ -124,8 +162,7 @@ class Settings(BaseSettings):
         try:
             return cls(**overrides)  # type: ignore[arg-type]
         except ValidationError as err:
-            where = f"config file {path} or environment" if path else "environment"
-            raise ConfigError(describe_validation(err, where=where)) from None
+            raise ConfigError(_describe(err, path)) from None
         except ValueError as err:  # TOML syntax errors
             raise ConfigError(f"config file {path}: {err}") from None
         finally:
@@ -138,3 +175,32 @@ class Settings(BaseSettings):
     def api_key_value(self) -> str | None:
         """The API key in clear, for the Authorization header only."""
         return self.api_key.get_secret_value() if self.api_key else None
+
+
+def _describe(err: ValidationError, path: Path | None) -> str:
+    """One line per problem, each naming the variable (and the config key when a file is used)."""
+    parts = []
+    for e in err.errors(include_url=False, include_input=False):
+        field = str(e["loc"][0]) if e["loc"] else ""
+        if field in Settings.model_fields:
+            name = env_name(field) + (f" (or {field} in {path})" if path else "")
+        else:
+            name = f"{field} in {path}" if path else field or "(settings)"
+        parts.append(f"{name}: {e['msg'].removeprefix('Value error, ')}")
+    return "settings: " + "; ".join(parts)
+
+
+def unknown_environment(environ: dict[str, str] | None = None) -> list[str]:
+    """``BRIEFD_*`` variables that briefd does not read, each with a suggestion if one is close.
+
+    >>> unknown_environment({"BRIEFD_MAX_CONCURENT": "4"})
+    ['BRIEFD_MAX_CONCURENT (did you mean BRIEFD_MAX_CONCURRENT?)']
+    """
+    env = os.environ if environ is None else environ
+    known = {env_name(f) for f in Settings.model_fields} | OTHER_ENV
+    found = []
+    for name in sorted(env):
+        if name.startswith(ENV_PREFIX) and name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.8)
+            found.append(f"{name} (did you mean {close[0]}?)" if close else name)
+    return found

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from briefd.config import ConfigError, Settings, load_pipeline
+from briefd.config.settings import unknown_environment
 from briefd.jobs import load_job_file, validate_job
 
 
@@ -122,7 +123,7 @@ def test_settings_from_environment_and_file(tmp_path: Path, monkeypatch: Any) ->
 def test_bad_settings_name_the_variable(tmp_path: Path, monkeypatch: Any) -> None:
     """A bad value or an unknown key in the file is one line naming it."""
     monkeypatch.setenv("BRIEFD_MAX_CONCURRENT", "zero")
-    with pytest.raises(ConfigError, match="max_concurrent"):
+    with pytest.raises(ConfigError, match=r"^settings: BRIEFD_MAX_CONCURRENT: "):
         Settings.load()
     monkeypatch.delenv("BRIEFD_MAX_CONCURRENT")
     conf = tmp_path / "briefd.toml"
@@ -132,3 +133,48 @@ def test_bad_settings_name_the_variable(tmp_path: Path, monkeypatch: Any) -> Non
     assert "\n" not in str(err.value)
     with pytest.raises(ConfigError, match="not found"):
         Settings.load(tmp_path / "nope.toml")
+
+
+def test_log_level_in_any_case(monkeypatch: Any) -> None:
+    """``debug`` works as ``DEBUG``; a level that does not exist names BRIEFD_LOG_LEVEL."""
+    monkeypatch.setenv("BRIEFD_LOG_LEVEL", "debug")
+    assert Settings.load().log_level == "DEBUG"
+    monkeypatch.setenv("BRIEFD_LOG_LEVEL", "loud")
+    with pytest.raises(ConfigError) as err:
+        Settings.load()
+    assert str(err.value).startswith("settings: BRIEFD_LOG_LEVEL: 'loud' is not a log level")
+    assert "log_level" not in str(err.value).split(":")[1]
+
+
+def test_file_errors_name_the_variable_and_the_key(tmp_path: Path) -> None:
+    """A bad value from the config file names both the variable and the file's key."""
+    conf = tmp_path / "briefd.toml"
+    conf.write_text("max_concurrent = 0\n")
+    with pytest.raises(ConfigError) as err:
+        Settings.load(conf)
+    assert f"BRIEFD_MAX_CONCURRENT (or max_concurrent in {conf})" in str(err.value)
+
+
+def test_unknown_variables_are_named_with_a_suggestion() -> None:
+    """A misspelt BRIEFD_* variable is not silently ignored: it is named, with the closest one."""
+    env = {
+        "BRIEFD_MAX_CONCURENT": "4",
+        "BRIEFD_BASE_URL": "http://127.0.0.1:1/v1",
+        "BRIEFD_CONFIG": "x.toml",
+        "BRIEFD_COLOUR": "red",
+        "HOME": "/root",
+    }
+    assert unknown_environment(env) == [
+        "BRIEFD_COLOUR",
+        "BRIEFD_MAX_CONCURENT (did you mean BRIEFD_MAX_CONCURRENT?)",
+    ]
+
+
+def test_default_data_dir_is_per_user_state(tmp_path: Path, monkeypatch: Any) -> None:
+    """The daemon's data lives in $XDG_STATE_HOME/briefd, not relative to the working folder."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.chdir(tmp_path)
+    assert Settings().data_dir == tmp_path / "state" / "briefd"
+    monkeypatch.delenv("XDG_STATE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert Settings().data_dir == tmp_path / "home" / ".local" / "state" / "briefd"
