@@ -251,3 +251,28 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path)
     assert cli_main(["report", str(bad), "--baseline", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "absent.log" in err and "not a `briefd report --json`" in err
+
+
+def test_report_names_why_a_file_cannot_be_read(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A missing file and a folder each get one line with the reason, exit 2."""
+    assert cli_main(["report", str(tmp_path / "absent.log")]) == 2
+    assert cli_main(["report", str(tmp_path)]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        f"briefd report: {tmp_path / 'absent.log'}: cannot read: no such file",
+        f"briefd report: {tmp_path}: cannot read: not a regular file",
+    ]
+
+
+def test_check_on_a_log_without_events_fails(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """``--check`` on a file that holds no briefd event exits non-zero: nothing was checked."""
+    log = tmp_path / "other.log"
+    log.write_text("GET / 200\nnot json either\n", encoding="utf-8")
+    assert cli_main(["report", str(log), "--check"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"briefd report: {log}: no briefd events in 2 lines; nothing to check"
+    assert cli_main(["report", str(log)]) == 0  # without --check it is only an empty report

@@ -20,6 +20,7 @@ back through them, so the log, the docs and the models cannot drift apart.
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import json
@@ -314,8 +315,10 @@ def read_logs(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[Record], Re
     total = ReadStats()
     for path in paths:
         follower = LogFollower(path)
+        if not follower.path.exists():
+            raise FileNotFoundError(errno.ENOENT, "no such file", str(path))
         if not follower.path.is_file():
-            raise FileNotFoundError(path)
+            raise IsADirectoryError(errno.EISDIR, "not a regular file", str(path))
         try:
             records.extend(follower.finish())
         finally:

@@ -43,8 +43,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         thresholds = rollback.from_arguments(args)
         records, stats = read_logs(args.files)
-    except (OSError, ValueError) as err:
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        print(f"briefd report: {err.filename or err}: cannot read: {reason}", file=sys.stderr)
+        return EXIT_USAGE
+    except ValueError as err:
         print(f"briefd report: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.check and not stats.records:
+        files = ", ".join(str(f) for f in args.files)
+        print(
+            f"briefd report: {files}: no briefd events in {stats.lines} lines; nothing to check",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     view = OpsView(thresholds, window_s=args.window)
     view.apply_all(records)
