@@ -3,13 +3,28 @@
 ``requests`` timeouts bound the connect and each read, but a server that
 drips one byte a second never trips a read timeout. So the body is read with
 ``read1`` under a watchdog that shuts the socket down when the call's total
-deadline (``BRIEFD_TIMEOUT_MS``) passes.
+deadline (``BRIEFD_TIMEOUT_MS``) passes, and decoded here too
+(:mod:`briefd.llm.encoding`: gzip and deflate, capped after decoding).
+
+This is where upstream text enters briefd, so it is made safe here
+(:mod:`briefd.llm.text`): the completion's text is made encodable (lone
+surrogates become U+FFFD, surrogate pairs are kept) so nothing downstream
+can fail to write a document that was paid for; every message quoting the
+server is redacted and kept to one line. The client registers its key as a
+secret (:mod:`briefd.redaction`) so it is redacted wherever it turns up.
+
+A malformed ``usage`` (not an object, counts that are not non-negative
+integers) counts as zero tokens and the document is kept: the tokens were
+spent either way, and a bookkeeping field is no reason to buy the document
+again. A 429 that says ``insufficient_quota`` is QUOTA_EXCEEDED, not retried.
+An untrusted certificate is TLS_ERROR, not retried; verification stays on.
 """
 
 from __future__ import annotations
 
 import email.utils
 import json
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -19,18 +34,24 @@ import requests
 
 from briefd.config import Settings, StageSpec
 from briefd.llm.abort import AbortableAdapter, CallAbort, bound
+from briefd.llm.encoding import ACCEPT_ENCODING, BodyDecoder
 from briefd.llm.errors import (
+    QUOTA_CODES,
     BadResponseError,
     CallCancelled,
     CallError,
     StatusError,
+    TLSError,
     TransportError,
     TruncatedError,
 )
+from briefd.llm.text import encodable, one_line
 from briefd.messages import ErrorCode, Usage
+from briefd.redaction import register_secret
 
 _MAX_BODY = 16 * 1024 * 1024
 _DETAIL_CHARS = 300
+_MAX_TOKENS_COUNT = 2**53  # larger "token counts" are nonsense, and not exact as JSON numbers
 
 
 @dataclass(frozen=True)
@@ -110,14 +131,17 @@ class ChatClient:
     def __init__(self, settings: Settings, base_url: str, abort: CallAbort | None = None) -> None:
         self._settings = settings
         self._url = base_url.rstrip("/") + "/chat/completions"
+        self._shown_url = _without_userinfo(self._url)
         self._abort = abort
         self._session = requests.Session()
         adapter = AbortableAdapter()
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
         self._session.headers["User-Agent"] = "briefd"
+        self._session.headers["Accept-Encoding"] = ACCEPT_ENCODING
         key = settings.api_key_value()
         if key:
+            register_secret(key)
             self._session.headers["Authorization"] = f"Bearer {key}"
 
     def close(self) -> None:
@@ -149,22 +173,32 @@ class ChatClient:
             )
         except requests.Timeout:
             raise self._timeout(timeout_s) from None
+        except requests.exceptions.SSLError as err:
+            raise _tls_error(self._shown_url, err) from None
         except requests.RequestException as err:
             raise TransportError(
-                f"cannot reach the API at {self._url}: {type(err).__name__}",
+                f"cannot reach the API at {self._shown_url}: {type(err).__name__}",
                 code=ErrorCode.CONNECTION,
                 hint="is the server up? check BRIEFD_BASE_URL",
             ) from None
         with resp:
-            raw = self._read_body(resp, deadline, timeout_s)
+            try:
+                raw = self._read_body(resp, deadline, timeout_s)
+            except BadResponseError:
+                if resp.status_code < 400:
+                    raise
+                raw = b""  # an error status whose body cannot be read: the status says enough
         if resp.status_code >= 400:
             retry_after = parse_retry_after(
                 resp.headers.get("Retry-After"), maximum=self._settings.retry_after_max_s
             )
-            raise StatusError(resp.status_code, _error_detail(raw), retry_after=retry_after)
+            detail, code = _error_detail(raw)
+            raise StatusError(resp.status_code, detail, retry_after=retry_after, upstream_code=code)
         return _parse_completion(raw)
 
     def _read_body(self, resp: requests.Response, deadline: float, timeout_s: float) -> bytes:
+        """The body, decoded, within the deadline and the size cap (before and after decoding)."""
+        decoder = BodyDecoder(resp.headers.get("Content-Encoding"), _MAX_BODY)
         remaining = deadline - time.monotonic()
         watchdog = threading.Timer(max(remaining, 0.0), resp.raw.shutdown)
         watchdog.daemon = True
@@ -181,7 +215,8 @@ class ChatClient:
                 size += len(chunk)
                 if size > _MAX_BODY:
                     raise BadResponseError(f"response larger than {_MAX_BODY} bytes")
-                chunks.append(chunk)
+                chunks.append(decoder.feed(chunk))
+            chunks.append(decoder.finish())
         except CallError:
             raise
         except Exception as err:  # OSError, and urllib3 protocol errors that are not OSErrors
@@ -207,37 +242,99 @@ class ChatClient:
         )
 
 
-def _error_detail(raw: bytes) -> str:
-    """The server's own error message, if it gave one, cut short."""
+def _without_userinfo(url: str) -> str:
+    """``url`` as it may be shown: without ``user:password@``."""
+    scheme, sep, rest = url.partition("://")
+    host, slash, path = rest.partition("/")
+    return f"{scheme}{sep}{host.rpartition('@')[2]}{slash}{path}"
+
+
+def _tls_error(url: str, err: requests.exceptions.SSLError) -> TLSError:
+    """TLS_ERROR with the reason ``ssl`` gave, found down the exception chain."""
+    stack: list[object] = [err]
+    seen: set[int] = set()
+    while stack:
+        exc = stack.pop()
+        if not isinstance(exc, BaseException) or id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            reason = exc.verify_message or "certificate verify failed"
+            return TLSError(f"TLS: the certificate of {url} is not trusted: {reason}")
+        if isinstance(exc, ssl.SSLError):
+            return TLSError(
+                f"TLS handshake with {url} failed: {exc.reason or type(exc).__name__}",
+                hint="check BRIEFD_BASE_URL's scheme (https to a plain-http server fails so); "
+                "for a certificate problem, point REQUESTS_CA_BUNDLE at the server's CA",
+            )
+        stack += [*exc.args, getattr(exc, "reason", None), exc.__cause__, exc.__context__]
+    return TLSError(f"TLS handshake with {url} failed")
+
+
+def _loads(raw: bytes) -> Any:
+    """JSON from the wire; bytes that are not UTF-8 are replaced rather than refused."""
     try:
-        data = json.loads(raw)
-        err = data.get("error") if isinstance(data, dict) else None
-        if isinstance(err, dict) and isinstance(err.get("message"), str):
-            return str(err["message"])[:_DETAIL_CHARS]
-        if isinstance(err, str):
-            return err[:_DETAIL_CHARS]
-    except ValueError:
-        pass
-    return raw.decode("utf-8", "replace").strip()[:_DETAIL_CHARS]
+        return json.loads(raw)
+    except UnicodeDecodeError:
+        return json.loads(raw.decode("utf-8", "replace"))
+
+
+def _error_detail(raw: bytes) -> tuple[str, str | None]:
+    """The server's own error message (redacted, one line, cut short), and its error code.
+
+    The code is OpenAI's ``error.code`` or ``error.type``, preferring one that says the
+    quota is exhausted.
+    """
+    try:
+        data = _loads(raw)
+    except (ValueError, RecursionError):
+        data = None
+    err = data.get("error") if isinstance(data, dict) else None
+    if isinstance(err, dict):
+        codes = [c for c in (err.get("code"), err.get("type")) if isinstance(c, str)]
+        code = next((c for c in codes if c in QUOTA_CODES), codes[0] if codes else None)
+        message = err.get("message")
+        if isinstance(message, str):
+            return one_line(message.strip(), _DETAIL_CHARS), code
+        return one_line(raw.decode("utf-8", "replace").strip(), _DETAIL_CHARS), code
+    if isinstance(err, str):
+        return one_line(err.strip(), _DETAIL_CHARS), None
+    return one_line(raw.decode("utf-8", "replace").strip(), _DETAIL_CHARS), None
+
+
+def _token_count(value: Any) -> int:
+    """A usage count, or 0 when it is not a non-negative integer (floats like 12.0 pass)."""
+    if isinstance(value, bool):
+        return 0
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return value if isinstance(value, int) and 0 <= value <= _MAX_TOKENS_COUNT else 0
+
+
+def _usage(value: Any) -> Usage:
+    """What the call cost, as far as the server said; malformed parts count zero."""
+    if not isinstance(value, dict):
+        return Usage()
+    return Usage(
+        prompt_tokens=_token_count(value.get("prompt_tokens")),
+        completion_tokens=_token_count(value.get("completion_tokens")),
+    )
 
 
 def _parse_completion(raw: bytes) -> Completion:
     try:
-        data = json.loads(raw)
+        data = _loads(raw)
         choice = data["choices"][0]
         text = choice["message"]["content"]
         finish = choice.get("finish_reason")
-    except (ValueError, KeyError, IndexError, TypeError):
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError, RecursionError):
         raise BadResponseError("the answer is not a chat completion") from None
     if not isinstance(text, str):
         raise BadResponseError("the answer has no text content")
-    usage_raw = data.get("usage") or {}
-    usage = Usage(
-        prompt_tokens=int(usage_raw.get("prompt_tokens") or 0),
-        completion_tokens=int(usage_raw.get("completion_tokens") or 0),
-    )
+    usage = _usage(data.get("usage"))
     if finish == "length":
         raise TruncatedError(
             f"the model stopped at its token limit after {usage.completion_tokens} tokens"
         )
-    return Completion(text=text, finish_reason=finish, usage=usage)
+    finish_reason = encodable(finish) if isinstance(finish, str) else None
+    return Completion(text=encodable(text), finish_reason=finish_reason, usage=usage)

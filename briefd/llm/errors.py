@@ -4,19 +4,29 @@
 
     CallError                 (code, message, hint, retryable)
     ├── TransportError        timeouts, refused or dropped connections   -> retried
-    ├── StatusError           an HTTP error status                        -> 429/5xx retried
+    ├── TLSError              the TLS handshake failed (an untrusted certificate, say)
+    │                                                                     -> not retried
+    ├── StatusError           an HTTP error status                        -> 429/5xx retried,
+    │                         but not a 429 ``insufficient_quota`` (QUOTA_EXCEEDED)
     ├── TruncatedError        finish_reason == "length"                   -> not retried
     ├── BadResponseError      200 but not a chat completion              -> not retried
     ├── InvalidOutputError    the document is not valid JSON / schema    -> not retried
     └── CallCancelled         the job was cancelled; the call was cut     -> not retried
 
 Messages never contain the API key: they are built from status codes, URLs
-without credentials and the server's own error text, cut short.
+without credentials and the server's own error text, and every message is passed
+through :func:`~briefd.llm.text.one_line` as the error is made (redacted, control
+characters escaped, lone surrogates replaced), so a server that echoes the
+``Authorization`` header cannot put the key into a result, the journal or stderr.
 """
 
 from __future__ import annotations
 
+from briefd.llm.text import one_line
 from briefd.messages import ErrorCode, PipelineError
+
+QUOTA_CODES = frozenset({"insufficient_quota"})
+"""Upstream error codes (OpenAI's ``error.code`` / ``error.type``) for an exhausted quota."""
 
 
 class CallError(Exception):
@@ -27,10 +37,11 @@ class CallError(Exception):
     hint: str = ""
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
+        message = one_line(message)
         super().__init__(message)
         self.message = message
         if hint is not None:
-            self.hint = hint
+            self.hint = one_line(hint)
 
     def to_pipeline_error(self, stage: str) -> PipelineError:
         return PipelineError(stage=stage, code=self.code, message=self.message, hint=self.hint)
@@ -46,13 +57,44 @@ class TransportError(CallError):
         self.code = code
 
 
-class StatusError(CallError):
-    """The server answered with an error status."""
+class TLSError(CallError):
+    """The TLS handshake failed: waiting does not make a certificate trusted."""
 
-    def __init__(self, status: int, detail: str, *, retry_after: float | None = None) -> None:
+    code = ErrorCode.TLS_ERROR
+    hint = (
+        "the server's TLS certificate is not trusted (self-signed, an internal CA, or the "
+        "wrong host name): put its CA certificate in a PEM file and point REQUESTS_CA_BUNDLE "
+        "at it; briefd never turns verification off"
+    )
+
+
+class StatusError(CallError):
+    """The server answered with an error status.
+
+    ``upstream_code`` is the body's ``error.code`` (or ``error.type``) when it has one:
+    a 429 that says ``insufficient_quota`` is an exhausted quota or unpaid bill, which
+    no amount of waiting fixes, so it is QUOTA_EXCEEDED and not retried (and, not being
+    RATE_LIMITED, it does not pause the other stages' grants either).
+    """
+
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        *,
+        retry_after: float | None = None,
+        upstream_code: str | None = None,
+    ) -> None:
         self.status = status
         self.retry_after = retry_after
-        if status == 429:
+        self.upstream_code = upstream_code
+        if upstream_code in QUOTA_CODES:
+            self.code, self.retryable = ErrorCode.QUOTA_EXCEEDED, False
+            hint = (
+                "the API account's quota is used up or its billing needs attention: "
+                "retrying will not help; check the plan and billing with the provider"
+            )
+        elif status == 429:
             self.code, self.retryable = ErrorCode.RATE_LIMITED, True
             hint = "the API's rate limit: lower BRIEFD_MAX_CONCURRENT or raise your quota"
         elif status in (500, 502, 503, 504):

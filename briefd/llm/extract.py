@@ -4,6 +4,10 @@ The seed takes the first ```markdown (or ```json) fenced block and falls back
 to the whole text for markdown. JSON must parse and, when the stage has a
 schema, validate; servers that honour ``response_format`` answer with bare
 JSON, so that is accepted too.
+
+The model's JSON may spell lone surrogates (``"\\ud800"``) that only appear once
+it is parsed: the parsed document is scrubbed (:func:`briefd.llm.text.scrub`,
+U+FFFD for each) so that it can always be written.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from jsonschema.exceptions import SchemaError
 
 from briefd.config import ConfigError, StageSpec
 from briefd.llm.errors import InvalidOutputError
+from briefd.llm.text import scrub
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_-]*)[ \t]*\r?\n(.*?)\r?\n[ \t]*```", re.DOTALL)
 _ALIASES = {"markdown": ("markdown", "md"), "json": ("json",)}
@@ -47,8 +52,8 @@ def extract_document(stage: StageSpec, text: str) -> Any:
     body = first_fenced(text, "json")
     candidate = body if body is not None else text.strip()
     try:
-        doc = json.loads(candidate, strict=False)  # raw newlines inside strings are common
-    except ValueError as err:
+        doc = scrub(json.loads(candidate, strict=False))  # raw newlines in strings are common
+    except (ValueError, RecursionError) as err:
         raise InvalidOutputError(f"not valid JSON: {err}") from None
     if stage.schema_ is not None:
         errors = sorted(

@@ -6,19 +6,21 @@ rotated at :data:`ROTATION`, always DEBUG so the console sees every token).
 Text is for a person at a terminal: time, level, one line of message with its
 control characters escaped, so a server's error text cannot forge a line.
 
-Every line of either format is redacted on its way out: the configured API key,
-secrets registered with :func:`register_secret` (the daemon's bearer token),
-and anything shaped like ``Bearer <token>`` or ``sk-...``. Tracebacks are
-printed without local variables (``diagnose=False``): locals can hold keys.
+Every line of either format is redacted on its way out (:mod:`briefd.redaction`):
+the configured API key, secrets registered with :func:`register_secret` (the
+daemon's bearer token), and anything shaped like ``Bearer <token>``, ``sk-...``
+or an ``Authorization`` / ``api-key`` / ``x-api-key`` value. Tracebacks are
+printed without local variables (``diagnose=False``): locals can hold keys. The
+log file is created 0600 whatever the umask: it holds job ids, stage errors and
+upstream text that are nobody else's business, redacted or not.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import re
+import os
 import sys
-import threading
 import traceback
 from typing import TYPE_CHECKING, Any
 
@@ -26,36 +28,22 @@ from loguru import logger
 
 from briefd.config import Settings
 from briefd.ops.eventlog import LOG_EVENT, SCHEMA_VERSION, dumps_line, escape_control, line_of
+from briefd.redaction import REDACTED, redact, register_secret
 
 if TYPE_CHECKING:
     from loguru import Record
 
 ROTATION = "50 MB"
 RETENTION = 5
-REDACTED = "[REDACTED]"
-
-_BEARER = re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]{4,}")
-_OPENAI_KEY = re.compile(r"\bsk-[A-Za-z0-9_-]{8,}")
-_secrets: tuple[str, ...] = ()  # replaced whole, so redact() never sees it change
-_secrets_lock = threading.Lock()
+LOG_FILE_MODE = 0o600
+# The redaction helpers moved to briefd.redaction; they are still importable from here.
+__all__ = ["REDACTED", "RETENTION", "ROTATION", "redact", "register_secret", "setup_logging"]
 
 
-def register_secret(value: str | None) -> None:
-    """Never write ``value`` to any log sink (short values are ignored: they would over-match)."""
-    global _secrets
-    if value and len(value) >= 6:
-        escaped = dumps_line({"s": value})[6:-2]  # the form it takes inside a JSON line
-        with _secrets_lock:
-            _secrets = tuple({*_secrets, value, escaped})
-
-
-def redact(text: str) -> str:
-    """``text`` without secrets: registered values, bearer tokens, ``sk-`` keys."""
-    for secret in _secrets:
-        if secret in text:
-            text = text.replace(secret, REDACTED)
-    text = _BEARER.sub(lambda m: m.group(1) + REDACTED, text)
-    return _OPENAI_KEY.sub("sk-" + REDACTED, text)
+def _private_opener(path: str, flags: int) -> int:
+    """``open()``'s opener for the log file: a new file is created 0600 (the umask can only
+    remove bits); an existing one keeps the mode its operator gave it."""
+    return os.open(path, flags, LOG_FILE_MODE)
 
 
 def _exception_text(record: Record) -> str:
@@ -142,6 +130,7 @@ def setup_logging(
             rotation=rotation,
             retention=retention,
             enqueue=True,
+            opener=_private_opener,  # loguru passes unknown keywords on to open()
         )
     logging.basicConfig(handlers=[_InterceptHandler()], level=logging.INFO, force=True)
     logging.getLogger("pykka").setLevel(logging.DEBUG)

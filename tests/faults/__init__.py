@@ -1,0 +1,1 @@
+"""Fault suites of briefd's own: upstreams that misbehave the way real servers and proxies do."""
