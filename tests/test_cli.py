@@ -70,7 +70,7 @@ def test_bad_input_exits_2_with_one_line(
         (
             briefd_cmd("run", str(bad_job), "--out", "o"),
             {**env, "BRIEFD_TIMEOUT_MS": "x"},
-            "timeout_ms",
+            "BRIEFD_TIMEOUT_MS",
         ),
         (briefd_cmd("run"), env, "required"),
     ]
