@@ -7,13 +7,19 @@ both the stage results and the root's ``LoadJob``, a restarted run always
 sees every document its dead predecessor reported, and never pays for one
 twice.
 
-A failing write (disk full, I/O error) is logged and the actor goes on: the
-job then resumes from the last committed state at the next start.
+A write the disk refuses (disk full, I/O error: :class:`StoreUnavailable`)
+is not dropped: it waits in a backlog, with everything told after it, in
+order, and the actor tries again every ``retry_s`` until the store takes it.
+So a full disk holds jobs where they are (``/healthz`` says why) instead of
+leaving them ``running`` forever, and when space returns they go on; a
+``LoadJob`` waits too, so a resumed run still sees every document. Any other
+failure (a bug) is logged and that one message dropped, so the other jobs go on.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections import deque
 from typing import Any
 
 import pykka
@@ -29,9 +35,14 @@ from briefd.messages import (
     StageStarted,
     StageSucceeded,
     SuspendJobs,
+    Tick,
 )
 from briefd.ops.events import Observer
-from briefd.store.base import Store
+from briefd.store.base import Store, StoreUnavailable
+from briefd.timers import Timers
+
+RETRY_S = 0.5
+"""How often writes the store refused are tried again."""
 
 _JOURNALED = (StageStarted, StageSucceeded, StageFailed)
 
@@ -49,20 +60,48 @@ def journal_observer(ref: pykka.ActorRef[Any]) -> Observer:
 class JournalActor(pykka.ThreadingActor):
     """Owns the writes of running jobs to the journal."""
 
-    def __init__(self, journal: Store) -> None:
+    def __init__(self, journal: Store, retry_s: float = RETRY_S) -> None:
         super().__init__()
         self._journal = journal
+        self._retry_s = retry_s
+        self._backlog: deque[Any] = deque()  # in order; the head is the one that failed
+        self._timers = Timers()
+
+    def on_start(self) -> None:
+        self._timers.every(self.actor_ref, self._retry_s, Tick())
+
+    def on_stop(self) -> None:
+        self._timers.close()
+        self._drain()
+        if self._backlog:
+            logger.error(
+                "journal: stopping with {} write(s) the store refused; the jobs resume from "
+                "their last committed state at the next start",
+                len(self._backlog),
+            )
 
     def on_receive(self, message: Any) -> Any:
-        try:
-            self._apply(message)
-        except Exception as err:  # keep journaling the other jobs
-            logger.opt(exception=err).error(
-                "journal: cannot record {}: {}", type(message).__name__, repr(err)
-            )
-            if isinstance(message, LoadJob):
-                self._reply(message, JobLoaded(**_empty(message)))
+        if not isinstance(message, Tick):
+            self._backlog.append(message)
+        self._drain()
         return None
+
+    def _drain(self) -> None:
+        """Apply the backlog in order; stop at the first write the store refuses."""
+        while self._backlog:
+            message = self._backlog[0]
+            try:
+                self._apply(message)
+            except StoreUnavailable as err:
+                logger.debug("journal: {} waits: {}", type(message).__name__, err)
+                return
+            except Exception as err:  # keep journaling the other jobs
+                logger.opt(exception=err).error(
+                    "journal: cannot record {}: {}", type(message).__name__, repr(err)
+                )
+                if isinstance(message, LoadJob):
+                    self._reply(message, JobLoaded(**_empty(message)))
+            self._backlog.popleft()
 
     def _apply(self, message: Any) -> None:
         j = self._journal

@@ -1,36 +1,79 @@
 """The ``briefd`` command line.
 
-Exit codes: 0 succeeded, 3 partial, 1 failed (or cancelled), 2 bad input or
-configuration (one line on stderr, never a traceback).
+Exit codes: 0 succeeded, 3 partial, 1 failed (or cancelled, or an output file
+could not be written), 2 bad input or configuration (one line on stderr, never
+a traceback). ``--out`` is checked before any call is paid for. Text that came
+from the API or the model is printed with its control characters escaped, so
+it can neither drive the terminal nor forge a log line.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 from pathlib import Path
 from typing import Any
 
+from briefd import __version__
 from briefd.config import ConfigError, Settings
+from briefd.messages import JobResult, JobStatus
+from briefd.ops.eventlog import escape_control
+from briefd.output import RESULT_FILE, OutputDir, OutputError, Written
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 
 
 # Commands that live in their own modules: name -> (module, function, help).
-# Each function takes the arguments after the command name and returns an exit code.
+# Each function takes the arguments after the command name and returns an exit code;
+# each has a parser of its own, so ``briefd NAME --help`` is that parser's help.
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "sim": ("briefd.sim.cli", "main", "run the simulated OpenAI-compatible server"),
-    "local-model": ("briefd.local.server", "main", "run the embedded local model server"),
-    "serve": ("briefd.daemon.main", "main", "run the long-running daemon"),
+    "serve": ("briefd.daemon.main", "main", "run the daemon: an HTTP API for many jobs at once"),
     "submit": ("briefd.daemon.client_cli", "submit_main", "submit a job to the daemon"),
-    "status": ("briefd.daemon.client_cli", "status_main", "a job's status from the daemon"),
-    "result": ("briefd.daemon.client_cli", "result_main", "a job's result from the daemon"),
+    "status": ("briefd.daemon.client_cli", "status_main", "a job's state and progress"),
+    "result": ("briefd.daemon.client_cli", "result_main", "a finished job's result (JSON)"),
     "cancel": ("briefd.daemon.client_cli", "cancel_main", "cancel a job in the daemon"),
     "jobs": ("briefd.daemon.client_cli", "jobs_main", "list the daemon's jobs"),
     "console": ("briefd.ops.console", "main", "live operations console from the event log"),
     "report": ("briefd.ops.report", "main", "summary of a finished event log"),
+    "sim": ("briefd.sim.cli", "main", "run the simulated OpenAI-compatible server"),
+    "local-model": ("briefd.local.server", "main", "run the embedded local model's server"),
 }
+
+DESCRIPTION = """\
+Multi-stage LLM document pipelines against any OpenAI-compatible chat API.
+With no BRIEFD_BASE_URL, jobs run on a small model embedded on this machine."""
+
+EPILOG = """\
+`briefd COMMAND --help` describes a command. Start with:
+  briefd run examples/northwind-briefing.json --out out/"""
+
+RUN_DESCRIPTION = """\
+Run one job (a JSON file of prompts, one per stage) to the end and write one
+document per stage, plus result.json, into --out. --out must be a directory
+briefd can write in; it is checked before any call is made."""
+
+RUN_EPILOG = """\
+exit codes:
+  0  succeeded: every stage's call succeeded
+  3  partial: some stages failed (each error is on stderr, with a hint)
+  1  failed or cancelled, or an output file could not be written
+  2  bad input or configuration (one line on stderr naming the field or file)
+
+environment (or the same names, lower-case and without BRIEFD_, in --config's TOML):
+  BRIEFD_BASE_URL        OpenAI-compatible base URL (unset: the embedded local model)
+  BRIEFD_API_KEY         sent as "Authorization: Bearer ..."; never logged
+  BRIEFD_MODEL           model name sent to the API (default: the server's)
+  BRIEFD_MAX_CONCURRENT  API calls in flight at once (default 2)
+  BRIEFD_PARALLEL        false: one stage at a time, in dependency order (default true)
+  BRIEFD_TIMEOUT_MS      total deadline of one call (default 60000)
+  BRIEFD_MAX_RETRIES     retries after the first attempt (default 2)
+  BRIEFD_LOG_LEVEL       TRACE, DEBUG, INFO, WARNING, ERROR, in any case (default INFO)
+  BRIEFD_LOG_FORMAT      auto (text on a terminal, JSON lines otherwise), text or json
+  BRIEFD_LOG_FILE        also write the event log (JSON lines) to this file
+  BRIEFD_CONFIG          a settings TOML file (what --config gives)
+A BRIEFD_* variable briefd does not know is warned about. All settings: README.md."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,12 +82,26 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="briefd", description="Multi-stage LLM document pipelines.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    run = sub.add_parser("run", help="run one job and write its documents")
+    parser = _Parser(
+        prog="briefd",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"briefd {__version__}")
+    sub = parser.add_subparsers(
+        dest="command", required=True, parser_class=_Parser, title="commands", metavar="COMMAND"
+    )
+    run = sub.add_parser(
+        "run",
+        help="run one job and write its documents",
+        description=RUN_DESCRIPTION,
+        epilog=RUN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     run.add_argument("job", type=Path, help="job JSON file")
-    run.add_argument("--out", type=Path, required=True, help="output directory")
-    run.add_argument("--config", type=Path, help="settings TOML file")
+    run.add_argument("--out", type=Path, required=True, help="output directory (made if missing)")
+    run.add_argument("--config", type=Path, help="settings TOML file (else $BRIEFD_CONFIG)")
     for name, (_, _, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
     return parser
@@ -53,7 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args_in = sys.argv[1:] if argv is None else argv
     try:
-        if args_in and args_in[0] in COMMANDS:
+        if not args_in:  # a first look: what the commands are, on stderr, exit 2
+            build_parser().print_help(sys.stderr)
+            return EXIT_USAGE
+        if args_in[0] in COMMANDS:
             module_name, func_name, _ = COMMANDS[args_in[0]]
             try:
                 module = importlib.import_module(module_name)
@@ -65,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(args_in)
         return _run(args)
     except ConfigError as err:
-        print(f"briefd: {err}", file=sys.stderr)
+        print(f"briefd: {escape_control(str(err))}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("briefd: interrupted", file=sys.stderr)
@@ -75,31 +135,70 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     from briefd.api import Pipeline
     from briefd.jobs import load_job_file
-    from briefd.messages import JobStatus
     from briefd.ops.logs import setup_logging
-    from briefd.output import write_document, write_result
 
     settings = Settings.load(args.config)
     setup_logging(settings)
-    out: Path = args.out
-    with Pipeline(settings) as pipeline:
-        job = load_job_file(args.job, pipeline.pipeline)
+    pipeline = Pipeline(settings)  # reads the pipeline; nothing starts before ``with``
+    job = load_job_file(args.job, pipeline.pipeline)
+    streamed: dict[str, Any] = {}  # stage -> document already in its file
+    with _open_out(args.out) as out:
+        with pipeline:
 
-        def stream(stage: str, document: Any) -> None:
-            write_document(out, pipeline.pipeline, stage, document)
+            def stream(stage: str, document: Any) -> None:  # tried again at the end
+                with contextlib.suppress(OutputError):
+                    out.write_document(pipeline.pipeline, stage, document)
+                    streamed[stage] = document
 
-        future = pipeline.submit(job, on_document=None if settings.buffer_results else stream)
-        result = future.get(timeout=pipeline.job_timeout_s())
-    paths = write_result(out, pipeline.pipeline, result)
-    print(
-        f"{result.job_id}: {result.status} in {result.metrics.total_ms} ms "
-        f"(speed-up {result.metrics.speedup_ratio:.2f}x)"
-    )
-    for p in paths:
-        print(f"  {p}")
-    print(f"  {out / 'result.json'}")
+            future = pipeline.submit(job, on_document=None if settings.buffer_results else stream)
+            result = future.get(timeout=pipeline.job_timeout_s())
+        written = out.write_result(pipeline.pipeline, result, already=streamed)
+    return _report(result, written)
+
+
+def _open_out(path: Path) -> OutputDir:
+    """``--out`` as a folder a file can be written in, checked before any call is paid for."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--out {path}: exists and is not a directory")
+    try:
+        out = OutputDir.open(path)
+    except OutputError as err:
+        raise ConfigError(f"--out {path}: cannot make the directory: {err.reason}") from None
+    try:
+        out.probe()
+    except OutputError as err:
+        out.close()
+        raise ConfigError(f"--out {path}: cannot write there: {err.reason}") from None
+    return out
+
+
+def _report(result: JobResult, written: Written) -> int:
+    """The summary (stdout), the errors and unwritten files (stderr, escaped); the exit code.
+
+    Files that could not be written make the run fail (exit 1) but lose nothing:
+    when ``result.json`` itself is one of them, the result is printed whole.
+    """
+    ok = result.status is JobStatus.SUCCEEDED and not written.failed
+    speed = f" (speed-up {result.metrics.speedup_ratio:.2f}x)" if ok else ""
+    took = f"{result.status} in {result.metrics.total_ms} ms"
+    print(f"{escape_control(result.job_id)}: {took}{speed}")
+    for path in written.paths:
+        print(f"  {path}")
     for e in result.errors:
-        print(f"  error {e.stage} {e.code}: {e.message} (hint: {e.hint})", file=sys.stderr)
+        print(
+            f"  error {escape_control(e.stage)} {e.code}: {escape_control(e.message)} "
+            f"(hint: {escape_control(e.hint)})",
+            file=sys.stderr,
+        )
+    for err in written.failed:
+        note = " (the result is printed on stdout)" if err.path.name == RESULT_FILE else ""
+        print(
+            f"briefd: {err.path}: not written: {escape_control(err.reason)}{note}", file=sys.stderr
+        )
+    if any(err.path.name == RESULT_FILE for err in written.failed):
+        print(result.model_dump_json(indent=2))
+    if written.failed:
+        return EXIT_FAILED
     return {
         JobStatus.SUCCEEDED: EXIT_OK,
         JobStatus.PARTIAL: EXIT_PARTIAL,

@@ -3,7 +3,10 @@
 Each command reads the same settings as the daemon (``--config``, ``BRIEFD_*``)
 to find it and its token. Exit codes follow ``briefd run``: 0 succeeded,
 3 partial, 1 failed, cancelled or not finished (or the daemon is unreachable),
-2 bad input or configuration, with one line on stderr.
+2 bad input or configuration, with one line on stderr. Text that came from the
+daemon, the API or the model is printed with its control characters escaped
+(:func:`~briefd.ops.eventlog.escape_control`): it can neither drive the
+terminal nor forge a line of output.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from typing import Any
 
 from briefd.config import ConfigError, Settings
 from briefd.daemon.client import Client, DaemonError, DaemonUnavailable
-from briefd.messages import JobInfo, JobResult, JobState, JobStatus
+from briefd.messages import JobInfo, JobResult, JobState, JobStatus, PipelineError
+from briefd.ops.eventlog import escape_control as esc
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 
@@ -42,24 +46,29 @@ def _exit_for(status: JobStatus | JobState) -> int:
 
 
 def _fail(err: DaemonError) -> int:
-    print(f"briefd: {err.message}", file=sys.stderr)
+    print(f"briefd: {esc(err.message)}", file=sys.stderr)
     if isinstance(err, DaemonUnavailable) or err.status in (409, 429, 503) or err.status >= 500:
         return EXIT_FAILED
     return EXIT_USAGE
 
 
+def _error_line(e: PipelineError, hint: bool = True) -> str:
+    text = f"  error {esc(e.stage)} {e.code}: {esc(e.message)}"
+    return f"{text} (hint: {esc(e.hint)})" if hint else text
+
+
 def _print_result(result: JobResult) -> None:
-    print(f"{result.job_id}: {result.status} in {result.metrics.total_ms} ms")
+    print(f"{esc(result.job_id)}: {result.status} in {result.metrics.total_ms} ms")
     for e in result.errors:
-        print(f"  error {e.stage} {e.code}: {e.message} (hint: {e.hint})", file=sys.stderr)
+        print(_error_line(e), file=sys.stderr)
 
 
 def _print_info(info: JobInfo) -> None:
-    print(f"{info.job_id}: {info.status} {info.progress:g}% (restarts: {info.restarts})")
+    print(f"{esc(info.job_id)}: {info.status} {info.progress:g}% (restarts: {info.restarts})")
     for stage, state in info.stages.items():
-        print(f"  {stage:<20} {state}")
+        print(f"  {esc(stage):<20} {state}")
     for e in info.errors:
-        print(f"  error {e.stage} {e.code}: {e.message}")
+        print(_error_line(e, hint=False))
 
 
 def submit_main(argv: list[str]) -> int:
@@ -72,14 +81,14 @@ def submit_main(argv: list[str]) -> int:
     with _client(args) as client:
         try:
             job_id = client.submit(args.job)
-            print(job_id, flush=True)
+            print(esc(job_id), flush=True)
             if not args.wait:
                 return EXIT_OK
             result = client.result(job_id, wait=True, timeout=args.timeout)
         except DaemonError as err:
             return _fail(err)
         except TimeoutError as err:
-            print(f"briefd: {err}", file=sys.stderr)
+            print(f"briefd: {esc(str(err))}", file=sys.stderr)
             return EXIT_FAILED
     _print_result(result)
     return _exit_for(result.status)
@@ -116,7 +125,7 @@ def result_main(argv: list[str]) -> int:
         except DaemonError as err:
             return _fail(err)
         except TimeoutError as err:
-            print(f"briefd: {err}", file=sys.stderr)
+            print(f"briefd: {esc(str(err))}", file=sys.stderr)
             return EXIT_FAILED
     print(result.model_dump_json(indent=2))
     return _exit_for(result.status)
@@ -133,7 +142,7 @@ def cancel_main(argv: list[str]) -> int:
         except DaemonError as err:
             return _fail(err)
     note = " (cancelling: its calls are abandoned)" if state is JobState.RUNNING else ""
-    print(f"{args.job_id}: {state}{note}")
+    print(f"{esc(args.job_id)}: {state}{note}")
     return EXIT_OK
 
 
@@ -152,5 +161,5 @@ def jobs_main(argv: list[str]) -> int:
     if args.json:
         print(json.dumps([j.model_dump(mode="json") for j in jobs], indent=2))
     for j in [] if args.json else jobs:
-        print(f"{j.job_id:<40} {j.status.value:<10} {j.progress:>5g}%")
+        print(f"{esc(j.job_id):<40} {j.status.value:<10} {j.progress:>5g}%")
     return EXIT_OK

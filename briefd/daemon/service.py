@@ -21,6 +21,7 @@ from typing import IO
 from loguru import logger
 
 from briefd.config import ConfigError
+from briefd.private import create_private_file, open_private_file, private_dir
 
 
 def sd_notify(state: str) -> bool:
@@ -42,17 +43,23 @@ def sd_notify(state: str) -> bool:
 
 
 def ensure_token(path: Path) -> str:
-    """The bearer token in ``path``, made (mode 0600, never over an existing file) if missing."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    """The bearer token in ``path``, made (mode 0600 whatever the umask, never over an existing
+    file, never through a link) if missing."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        private_dir(path.parent)
+        fd = create_private_file(path)
     except FileExistsError:
         if path.stat().st_mode & 0o077:
             logger.warning("token file {} can be read by others: chmod 600 it", path)
-        token = path.read_text(encoding="utf-8").strip()
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except OSError as err:
+            raise ConfigError(f"token file {path}: {err.strerror or err}") from None
         if not token:
             raise ConfigError(f"token file {path}: empty") from None
         return token
+    except OSError as err:
+        raise ConfigError(f"token file {path}: cannot create it: {err.strerror or err}") from None
     token = secrets.token_urlsafe(32)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(token + "\n")
@@ -61,8 +68,14 @@ def ensure_token(path: Path) -> str:
 
 
 def lock_data_dir(data_dir: Path) -> IO[str]:
-    """One daemon per data dir: two would run the same jobs and pay twice."""
-    f = open(data_dir / "briefd.lock", "a+", encoding="utf-8")  # noqa: SIM115  held for life
+    """One daemon per data dir: two would run the same jobs and pay twice. The lock file is
+    0600 whatever the umask."""
+    path = data_dir / "briefd.lock"
+    try:
+        fd = open_private_file(path)
+    except OSError as err:
+        raise ConfigError(f"lock file {path}: {err.strerror or err}") from None
+    f = os.fdopen(fd, "r+", encoding="utf-8")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -72,6 +85,7 @@ def lock_data_dir(data_dir: Path) -> IO[str]:
         raise ConfigError(
             f"BRIEFD_DATA_DIR {data_dir}: in use by another briefd serve (pid {pid})"
         ) from None
+    f.seek(0)
     f.truncate(0)
     f.write(f"{os.getpid()}\n")
     f.flush()

@@ -10,7 +10,13 @@ the same four promises:
 * the terminal state is committed once (:meth:`Store.finish`); later writes
   for that job change nothing, so every job ends in exactly one terminal state;
 * output files in ``<data_dir>/jobs/<job_id>/`` are derived from the rows
-  (:mod:`briefd.output`); the rows are the truth.
+  (:mod:`briefd.output`); the rows are the truth. A job whose files cannot be
+  written still ends, with an ``OUTPUT_ERROR`` naming the path.
+
+A write the store cannot make (disk full, I/O error) raises
+:class:`StoreUnavailable`: nothing was committed, and the same call may be made
+again later. :meth:`Store.write_problem` says, for ``/healthz``, what cannot be
+written right now.
 
 SQLite (:mod:`briefd.store.sqlite`) is the embedded default.
 """
@@ -33,6 +39,10 @@ from briefd.messages import (
     Progress,
     StageState,
 )
+
+
+class StoreUnavailable(Exception):
+    """The store cannot write now (disk full, I/O error); nothing was committed: try again."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +83,7 @@ class Store(Protocol):
     def result(self, job_id: str) -> JobResult | None: ...
     def list_jobs(self, state: JobState | None = None, limit: int = 100) -> list[JobInfo]: ...
     def counts(self) -> dict[str, int]: ...
+    def write_problem(self) -> str | None: ...
     def close(self) -> None: ...
 
 

@@ -4,7 +4,13 @@ The promises every backend keeps are in :mod:`briefd.store.base`.
 
 The database is in WAL mode with ``synchronous=FULL``: a commit survives a
 power cut, not only ``kill -9``. One connection, guarded by one lock, serves
-every thread (the HTTP threads, the root and the journal actor).
+every thread (the HTTP threads, the root and the journal actor). Opening it
+checks it and moves a damaged one aside (:mod:`briefd.store.sqlite_open`).
+
+A write the disk refuses (full, I/O error) is rolled back and raised as
+:class:`~briefd.store.base.StoreUnavailable`, to be made again; output files
+that cannot be written end the job with an ``OUTPUT_ERROR`` instead. Both are
+recorded for ``/healthz`` (:class:`~briefd.store.health.WriteHealth`).
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from briefd.config import PipelineSpec
+from briefd.config import ConfigError, PipelineSpec
 from briefd.messages import (
     ErrorCode,
     JobInfo,
@@ -28,8 +34,10 @@ from briefd.messages import (
     PipelineError,
     StageState,
 )
-from briefd.output import write_atomic, write_document, write_result
-from briefd.store.base import Run, StageRow, closing_result, stage_percent
+from briefd.store.base import Run, StageRow, StoreUnavailable, closing_result, stage_percent
+from briefd.store.files import FILES, JobFiles
+from briefd.store.health import WriteHealth
+from briefd.store.sqlite_open import open_journal_db, unavailable
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -58,6 +66,8 @@ CREATE TABLE IF NOT EXISTS stages (
 ) WITHOUT ROWID;
 """
 _LIVE = (JobState.QUEUED.value, JobState.RUNNING.value)
+JOURNAL = "journal"
+"""The area journal write failures are reported under (:class:`WriteHealth`)."""
 
 
 class Journal:
@@ -71,27 +81,36 @@ class Journal:
         jobs_dir: Path | None = None,
         on_finished: Callable[[str], None] | None = None,
     ) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.jobs_dir = jobs_dir if jobs_dir is not None else path.parent / "jobs"
         self._pipeline = pipeline
         self._on_finished = on_finished
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._health = WriteHealth()
+        self.files = JobFiles(self.jobs_dir, pipeline, self._health)
+        self._db = open_journal_db(path)
+        try:
+            self._prepare()
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _prepare(self) -> None:
+        """Settings and schema; ConfigError (one line, exit 2) if the journal cannot be used."""
         self._db.row_factory = sqlite3.Row
-        mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise RuntimeError(f"journal {path}: cannot use WAL mode (got {mode})")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=5000")
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
-            raise RuntimeError(f"journal {path}: schema {version} is newer than this briefd")
-        with self._tx() as db:  # not executescript: it commits on its own
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    db.execute(statement)
-            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            raise ConfigError(f"journal {self.path}: schema {version} is newer than this briefd")
+        try:
+            with self._tx() as db:  # not executescript: it commits on its own
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except StoreUnavailable as err:
+            raise ConfigError(f"{err} (free space, or check the disk)") from None
 
     def close(self) -> None:
         """Checkpoint the WAL and close; later calls raise."""
@@ -102,14 +121,37 @@ class Journal:
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: committed, or rolled back and raised (StoreUnavailable when
+        the disk refused it)."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    if self._db.in_transaction:
+                        with contextlib.suppress(sqlite3.Error):
+                            self._db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as err:
+                if not unavailable(err):
+                    raise
+                self._health.failed(JOURNAL, f"{self.path}: {err}")
+                raise StoreUnavailable(f"journal {self.path}: {err}") from err
+            self._health.ok(JOURNAL)
+
+    # -- health ----------------------------------------------------------------------
+
+    def write_problem(self) -> str | None:
+        """What cannot be written now (None: all can). An area that failed is tried again
+        (at most once a second), so freed space clears it without waiting for a job."""
+        if self._health.probe_due(JOURNAL):
+            with contextlib.suppress(StoreUnavailable), self._tx() as db:
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")  # a real write, 1 page
+        if self._health.probe_due(FILES):
+            self.files.probe()
+        return self._health.problem()
 
     # -- submission ------------------------------------------------------------------
 
@@ -197,10 +239,13 @@ class Journal:
         self._set_stage(job_id, stage, StageState.RUNNING, attempt, None, None)
 
     def stage_succeeded(self, job_id: str, stage: str, document: Any, attempts: int) -> None:
-        """Commit the document (never called again), then write its output file."""
+        """Commit the document (never called again), then write its output file.
+
+        A file that cannot be written is only recorded: the job's end writes every
+        file again and reports what still fails (OUTPUT_ERROR).
+        """
         if self._set_stage(job_id, stage, StageState.COMPLETE, attempts, document, None):
-            with contextlib.suppress(KeyError):  # a stage the current pipeline lacks
-                write_document(self.jobs_dir / job_id, self._pipeline, stage, document)
+            self.files.write_document(job_id, stage, document)
 
     def stage_failed(self, job_id: str, stage: str, error: PipelineError, attempts: int) -> None:
         """The stage gave up in this run (a resumed run tries it again)."""
@@ -238,14 +283,21 @@ class Journal:
     # -- the end ---------------------------------------------------------------------
 
     def finish(self, result: JobResult) -> bool:
-        """Write the result files, then commit the terminal state; False if already terminal."""
+        """Write the result files, then commit the terminal state; False if already terminal.
+
+        Files that cannot be written do not keep the job from ending: the result
+        committed (served by the API, documents included) then carries an
+        ``OUTPUT_ERROR`` naming the path. StoreUnavailable: nothing committed, call again.
+        """
         with self._lock:
             row = self._db.execute(
                 "SELECT state FROM jobs WHERE job_id=?", (result.job_id,)
             ).fetchone()
             if row is None or row["state"] not in _LIVE:
                 return False
-            self._write_files(result)
+            problem = self.files.write_result(result)
+            if problem is not None:
+                result = result.model_copy(update={"errors": [*result.errors, problem]})
             now = time.time()
             with self._tx() as db:
                 db.execute(
@@ -281,14 +333,6 @@ class Journal:
             }
             result = closing_result(self._pipeline, job_id, rows, state, (code, message, hint))
             return result if self.finish(result) else None
-
-    def _write_files(self, result: JobResult) -> None:
-        out = self.jobs_dir / result.job_id
-        known = set(self._pipeline.names)
-        if set(result.documents) <= known:
-            write_result(out, self._pipeline, result)
-        else:  # the pipeline changed under the job: keep the result, skip the documents
-            write_atomic(out / "result.json", result.model_dump_json(indent=2) + "\n")
 
     # -- reading ---------------------------------------------------------------------
 
