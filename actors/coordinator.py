@@ -20,6 +20,7 @@ from typing import Any
 import pykka
 from loguru import logger
 
+from briefd.actors.rate_limiter import LimiterRef
 from briefd.actors.stage import StageActor
 from briefd.config import PipelineSpec, Settings
 from briefd.llm.abort import CallAbort
@@ -64,7 +65,7 @@ class CoordinatorActor(pykka.ThreadingActor):
         pipeline: PipelineSpec,
         settings: Settings,
         base_url: str,
-        limiter: AnyRef,
+        limiter: LimiterRef,
         observers: Sequence[Observer] = (),
         on_done: Callable[[JobResult], None] | None = None,
         stage_actor_cls: type[StageActor] = StageActor,
@@ -86,6 +87,7 @@ class CoordinatorActor(pykka.ThreadingActor):
         self._stages: dict[str, AnyRef] = {}
         self._aborts = {name: CallAbort() for name in pipeline.names}
         self._told: set[str] = set()
+        self._seen_dead: set[str] = set()
         self._timers = Timers()
         self._started = time.monotonic()
         self._finished = False
@@ -99,6 +101,15 @@ class CoordinatorActor(pykka.ThreadingActor):
     # -- pykka hooks ---------------------------------------------------------
 
     def on_start(self) -> None:
+        # An exception out of on_start kills the actor without on_failure or on_stop:
+        # the job would never end. Catch it here and end the job as a crashed run.
+        try:
+            self._begin()
+        except Exception as err:
+            logger.opt(exception=err).error("{} coordinator failed to start", self.job.job_id)
+            self._crash(f"coordinator failed to start: {type(err).__name__}: {err}")
+
+    def _begin(self) -> None:
         self._publish(
             JobStarted(
                 job_id=self.job.job_id,
@@ -112,25 +123,40 @@ class CoordinatorActor(pykka.ThreadingActor):
         # stage later is a single tell, not a thread start on the critical path.
         for name in self._pipeline.names:
             if name not in self._told:
-                self._stages[name] = self._spawn(name)
+                try:
+                    self._stages[name] = self._spawn(name)
+                except Exception as err:  # that stage cannot run; the others can
+                    logger.opt(exception=err).error("{} {}: no stage actor", self.job.job_id, name)
+                    self._told.add(name)
+                    self._crashed_stage(name, f"stage actor did not start: {err!r}")
         self._advance()
 
     def on_stop(self) -> None:
+        self._cleanup()
+
+    def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
+        name = exception_type.__name__ if exception_type else "?"
+        self._crash(f"coordinator crashed: {name}")
+        self._cleanup()  # pykka calls on_failure instead of on_stop
+
+    def _cleanup(self) -> None:
         self._timers.close()
         for ref in self._stages.values():
             ref.stop(block=False)
 
-    def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
-        if not self._finished:
-            self._errors.append(
-                PipelineError(
-                    stage="*",
-                    code=ErrorCode.CRASHED,
-                    message=f"coordinator crashed: {exception_type.__name__}",
-                    hint="a bug in briefd; see the log for the traceback",
-                )
+    def _crash(self, message: str) -> None:
+        """End the job as a crashed run (stage ``*``): the daemon resumes it, Pipeline fails it."""
+        if self._finished:
+            return
+        self._errors.append(
+            PipelineError(
+                stage="*",
+                code=ErrorCode.CRASHED,
+                message=message,
+                hint="a bug in briefd; see the log for the traceback",
             )
-            self._finish(JobStatus.FAILED)
+        )
+        self._finish(JobStatus.FAILED)
 
     def on_receive(self, message: Any) -> Any:
         match message:
@@ -192,7 +218,10 @@ class CoordinatorActor(pykka.ThreadingActor):
     def _start_stage(self, name: str) -> None:
         self._told.add(name)
         self._records[name].started_at = time.monotonic()
-        self._stages[name].tell(StartStage(job_id=self.job.job_id, stage=name))
+        try:
+            self._stages[name].tell(StartStage(job_id=self.job.job_id, stage=name))
+        except pykka.ActorDeadError:  # it died before its turn (say, in its on_start)
+            self._crashed_stage(name, "stage actor died before it started")
 
     def _spawn(self, name: str) -> AnyRef:
         return self._stage_cls.start(
@@ -230,21 +259,32 @@ class CoordinatorActor(pykka.ThreadingActor):
         self._progress(stage)
 
     def _check_health(self) -> None:
-        for name, ref in list(self._stages.items()):
-            if name in self._told and self._active(name) and not ref.is_alive():
-                self._stage_failed(
-                    StageFailed(
-                        job_id=self.job.job_id,
-                        stage=name,
-                        error=PipelineError(
-                            stage=name,
-                            code=ErrorCode.CRASHED,
-                            message="stage actor died without reporting",
-                            hint="a bug in briefd; see the log for the traceback",
-                        ),
-                    )
-                )
+        # A stage seen dead is failed at the next Tick, not this one: what it told us
+        # before it died (its own StageFailed, say) may be queued behind this Tick.
+        dead = {
+            name
+            for name, ref in self._stages.items()
+            if name in self._told and self._active(name) and not ref.is_alive()
+        }
+        for name in sorted(dead & self._seen_dead):
+            if self._active(name):
+                self._crashed_stage(name, "stage actor died without reporting")
+        self._seen_dead = dead
         self._advance()
+
+    def _crashed_stage(self, name: str, message: str) -> None:
+        self._stage_failed(
+            StageFailed(
+                job_id=self.job.job_id,
+                stage=name,
+                error=PipelineError(
+                    stage=name,
+                    code=ErrorCode.CRASHED,
+                    message=message,
+                    hint="a bug in briefd; see the log for the traceback",
+                ),
+            )
+        )
 
     def _cancel(self, reason: str) -> None:
         if self._finished:

@@ -38,6 +38,7 @@ from loguru import logger
 
 from briefd.actors.coordinator import CoordinatorActor
 from briefd.actors.drain import drainable_stage_actor
+from briefd.actors.rate_limiter import LimiterRef
 from briefd.actors.stage import StageActor
 from briefd.config import ConfigError, PipelineSpec, Settings
 from briefd.jobs import validate_job
@@ -60,7 +61,7 @@ from briefd.messages import (
     Tick,
 )
 from briefd.ops.events import Observer, publish
-from briefd.store.base import Store
+from briefd.store.base import Store, StoreUnavailable
 from briefd.timers import Timers
 
 WATCH_PERIOD_S = 0.5
@@ -112,7 +113,7 @@ class RootActor(pykka.ThreadingActor):
         pipeline: PipelineSpec,
         settings: Settings,
         base_url: str,
-        limiter: AnyRef,
+        limiter: LimiterRef,
         observers: Sequence[Observer] = (),
         coordinator_cls: type[CoordinatorActor] = CoordinatorActor,
         stage_actor_cls: type[StageActor] = StageActor,
@@ -200,7 +201,10 @@ class RootActor(pykka.ThreadingActor):
         if job_id in self._queue:
             self._queue.remove(job_id)
             publish(JobCancelled(job_id=job_id, reason=reason, was=JobState.QUEUED))
-            self._journal.close_job(job_id, JobState.CANCELLED, ErrorCode.CANCELLED, reason)
+            try:
+                self._journal.close_job(job_id, JobState.CANCELLED, ErrorCode.CANCELLED, reason)
+            except StoreUnavailable:  # the journal actor holds it until the store takes it
+                self._close(job_id, JobState.CANCELLED, ErrorCode.CANCELLED, reason)
             return JobState.CANCELLED
         slot = self._active.get(job_id)
         if slot is not None:

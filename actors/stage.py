@@ -9,18 +9,22 @@ Its life, all by message, never blocking on another actor::
 
 The token is held only while the HTTP call is in flight, never during a
 backoff. Any unexpected exception becomes ``StageFailed`` with code
-``CRASHED``: a stage's failure stays in the stage.
+``CRASHED``: a stage's failure stays in the stage. A ``SystemExit`` or
+``KeyboardInterrupt`` is not a stage's failure but the process going down: it
+is passed on (through :meth:`StageActor.on_fatal`) to whoever owns the process.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pykka
 from loguru import logger
 
+from briefd.actors.rate_limiter import LimiterRef
 from briefd.config import Settings, StageSpec
 from briefd.llm.abort import CallAbort
 from briefd.llm.call import ChatClient, Completion, build_request
@@ -61,7 +65,7 @@ class StageActor(pykka.ThreadingActor):
         prompt: str,
         settings: Settings,
         base_url: str,
-        limiter: AnyRef,
+        limiter: LimiterRef,
         coordinator: AnyRef,
         priority: int = 0,
         abort: CallAbort | None = None,
@@ -89,7 +93,13 @@ class StageActor(pykka.ThreadingActor):
     # -- pykka hooks ---------------------------------------------------------
 
     def on_start(self) -> None:
-        self._client = ChatClient(self._settings, self._base_url, self._abort)
+        # A failing on_start would kill the actor before it could report anything (pykka
+        # calls neither on_failure nor on_stop); the client is made again in _call, where
+        # a failure becomes this stage's CRASHED error.
+        try:
+            self._client = ChatClient(self._settings, self._base_url, self._abort)
+        except Exception as err:
+            logger.opt(exception=err).error("{} {}: no client yet", self.job_id, self.spec.name)
 
     def on_receive(self, message: Any) -> Any:
         try:
@@ -117,7 +127,22 @@ class StageActor(pykka.ThreadingActor):
                 )
             )
             logger.opt(exception=err).error("{} {} crashed", self.job_id, self.spec.name)
+        except BaseException as err:  # SystemExit, KeyboardInterrupt: the process is going
+            logger.critical("{} {}: {!r}: going down", self.job_id, self.spec.name, err)
+            self._release()
+            self.on_fatal(err)
+            raise  # pykka then stops every actor; no StageFailed: the run died, not the stage
         return None
+
+    def on_fatal(self, error: BaseException) -> None:
+        """Hook: a ``BaseException`` that is not an ``Exception`` escaped a handler.
+
+        Called in the stage's thread just before the exception goes on to pykka
+        (which stops every actor). The stage does not report a failure: the job
+        did not fail, its run died, and whoever owns the process decides what
+        that means (the daemon exits so that the journal resumes the job). The
+        default does nothing; :func:`with_fatal_hook` makes a class that calls back.
+        """
 
     def on_failure(
         self,
@@ -125,7 +150,9 @@ class StageActor(pykka.ThreadingActor):
         exception_value: BaseException | None,
         traceback: Any,
     ) -> None:
-        self._release()
+        # pykka calls on_failure instead of on_stop: clean up as on_stop would, so the
+        # token goes back now (not at the next reap) and no timer fires into the dead actor.
+        self._cleanup()
         self._fail(
             PipelineError(
                 stage=self.spec.name,
@@ -136,6 +163,9 @@ class StageActor(pykka.ThreadingActor):
         )
 
     def on_stop(self) -> None:
+        self._cleanup()
+
+    def _cleanup(self) -> None:
         self._timers.close()
         self._release()
         with contextlib.suppress(pykka.ActorDeadError):
@@ -145,7 +175,8 @@ class StageActor(pykka.ThreadingActor):
                 )
             )
         if self._client is not None:
-            self._client.close()
+            client, self._client = self._client, None
+            client.close()
 
     # -- the steps -----------------------------------------------------------
 
@@ -219,7 +250,7 @@ class StageActor(pykka.ThreadingActor):
             self._fail(err.to_pipeline_error(self.spec.name))
             return
         cooldown = self._settings.rate_limit_cooldown
-        if isinstance(err, StatusError) and err.status == 429 and cooldown:
+        if isinstance(err, StatusError) and err.code is ErrorCode.RATE_LIMITED and cooldown:
             self._limiter.tell(
                 ReportRateLimit(job_id=self.job_id, stage=self.spec.name, retry_after_s=wait_s)
             )
@@ -305,3 +336,15 @@ class StageActor(pykka.ThreadingActor):
         if self._started_at is None:
             return 0
         return int((time.monotonic() - self._started_at) * 1000)
+
+
+def with_fatal_hook(
+    base: type[StageActor], hook: Callable[[BaseException], None]
+) -> type[StageActor]:
+    """``base`` whose :meth:`StageActor.on_fatal` calls ``hook(error)`` (the daemon's exit)."""
+
+    class FatalHookStageActor(base):  # type: ignore[valid-type,misc]
+        def on_fatal(self, error: BaseException) -> None:
+            hook(error)
+
+    return FatalHookStageActor

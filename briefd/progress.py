@@ -39,10 +39,17 @@ def progress(pipeline: PipelineSpec, records: dict[str, StageRecord]) -> Progres
 
 
 def job_status(documents: dict[str, object], failed: list[str], fallbacks: list[str]) -> JobStatus:
-    """succeeded: every stage succeeded; partial: some document exists; failed: none does."""
+    """succeeded: every stage succeeded; partial: at least one stage's model call produced its
+    document; failed: none did.
+
+    A fallback (the job's own ``procurement_metrics`` standing in for a failed stage) is a
+    document but not the model's work: a job whose every call failed is ``failed`` (exit 1)
+    even when a fallback filled one slot, or a caller would take an empty run for a usable one.
+    """
     if not failed and not fallbacks:
         return JobStatus.SUCCEEDED
-    if any(doc is not None for doc in documents.values()):
+    fell_back = set(fallbacks)
+    if any(doc is not None for name, doc in documents.items() if name not in fell_back):
         return JobStatus.PARTIAL
     return JobStatus.FAILED
 

@@ -187,12 +187,12 @@ def _raw_request(daemon: Daemon, head: str, body_chunks: Iterator[bytes]) -> str
 
 def test_oversized_body_is_refused_before_it_is_read(daemon: Daemon) -> None:
     """A body over the limit gets 413 from its Content-Length alone, or mid-stream if chunked."""
-    auth = f"Authorization: Bearer {daemon.token}\r\n"
-    head = f"POST /v1/jobs HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 50000000\r\n\r\n"
+    auth = f"Host: 127.0.0.1:{daemon.port}\r\nAuthorization: Bearer {daemon.token}\r\n"
+    head = f"POST /v1/jobs HTTP/1.1\r\n{auth}Content-Length: 50000000\r\n\r\n"
     answer = _raw_request(daemon, head, iter([b'{"job_id": ']))  # 11 of 50,000,000 bytes
     assert answer.startswith("HTTP/1.1 413"), answer
     assert '"code":"too_large"' in answer and "max_body_bytes" in answer
-    head = f"POST /v1/jobs HTTP/1.1\r\nHost: x\r\n{auth}Transfer-Encoding: chunked\r\n\r\n"
+    head = f"POST /v1/jobs HTTP/1.1\r\n{auth}Transfer-Encoding: chunked\r\n\r\n"
     chunk = b"4000\r\n" + b" " * 0x4000 + b"\r\n"
     answer = _raw_request(daemon, head, iter([chunk] * (4 * MAX_BODY // 0x4000)))
     assert answer.startswith("HTTP/1.1 413"), answer

@@ -1,10 +1,16 @@
 """The daemon's HTTP API: Starlette routes served by uvicorn on a loopback socket.
 
 HTTP parsing is left to uvicorn (h11) and routing to Starlette, both well
-kept; this module adds the rules of the API:
+kept; :mod:`briefd.daemon.http_conn` adds deadlines for slow clients, and this
+module the rules of the API, in this order, before any body is read:
 
+* the ``Host`` header must name the listening socket (its address or
+  ``localhost``, with the port), else 421: a web page that got its own name to
+  resolve to 127.0.0.1 (DNS rebinding) is refused even before the token stops
+  it; and a request with an ``Origin`` header is refused with 403: browsers
+  send it, briefd's clients (``briefd.Client``, curl, Prometheus) never do;
 * every endpoint but ``/healthz`` needs ``Authorization: Bearer <token>``,
-  compared in constant time, checked before the body is read;
+  compared in constant time;
 * a body over ``max_body_bytes`` is refused from its ``Content-Length`` before
   a byte of it is read, and a chunked one as soon as it passes the limit;
 * every error is ``{"error": {"code", "message"}}`` (plus ``field`` when one
@@ -21,12 +27,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import ipaddress
 import json
 import re
 import socket
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any, Protocol
 
 import uvicorn
@@ -41,6 +46,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from briefd.actors.root import Admission
 from briefd.config import ConfigError
+from briefd.daemon.http_conn import (
+    KEEP_ALIVE_S,
+    READ_TIMEOUT_S,
+    allowed_hosts,
+    deadline_protocol,
+)
+from briefd.daemon.http_conn import bind_loopback as bind_loopback
 from briefd.daemon.prometheus import CONTENT_TYPE_LATEST
 from briefd.messages import JOB_ID_PATTERN, JobInfo, JobResult, JobSpec, JobState
 
@@ -60,6 +72,7 @@ class Backend(Protocol):
     def list_jobs(self, status: JobState | None, limit: int) -> list[JobInfo]: ...
     def metrics_body(self) -> bytes: ...
     def healthy(self) -> bool: ...
+    def health(self) -> tuple[str, str]: ...  # (ok|stopping|unhealthy, reason)
 
 
 def error(http_status: int, code: str, message: str, **extra: Any) -> JSONResponse:
@@ -71,49 +84,23 @@ def error(http_status: int, code: str, message: str, **extra: Any) -> JSONRespon
     return JSONResponse({"error": body}, status_code=http_status, headers=headers)
 
 
-def bind_loopback(listen: str) -> socket.socket:
-    """A listening socket on ``host:port`` (``BRIEFD_LISTEN``); loopback addresses only."""
-    host, sep, port_text = listen.rpartition(":")
-    host = host.strip("[]") or "127.0.0.1"
-    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ConfigError(f"BRIEFD_LISTEN: {listen!r} is not host:port (e.g. 127.0.0.1:8765)")
-    if host == "localhost":
-        host = "127.0.0.1"
-    try:
-        addr = ipaddress.ip_address(host)
-    except ValueError:
-        raise ConfigError(f"BRIEFD_LISTEN: {host!r} is not an IP address") from None
-    if not addr.is_loopback:
-        raise ConfigError(
-            f"BRIEFD_LISTEN: {host} is not a loopback address; the API listens on "
-            "127.0.0.1 only (put a reverse proxy with TLS in front to expose it)"
-        )
-    family = socket.AF_INET6 if addr.version == 6 else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, int(port_text)))
-    except OSError as err:
-        sock.close()
-        raise ConfigError(f"BRIEFD_LISTEN: cannot listen on {listen}: {err.strerror}") from None
-    sock.listen(128)
-    sock.setblocking(False)
-    return sock
-
-
 class _Guard:
-    """ASGI middleware: the bearer token, then the body size, before any endpoint runs."""
+    """ASGI middleware: Host and Origin, the bearer token, the body size, before any endpoint."""
 
-    def __init__(self, app: ASGIApp, token: str, max_body: int) -> None:
+    def __init__(self, app: ASGIApp, token: str, max_body: int, hosts: Collection[str]) -> None:
         self.app = app
         self.token = token.encode()
         self.max_body = max_body
+        self.hosts = frozenset(h.lower() for h in hosts)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
+        if scope["type"] != "http":  # no websockets (uvicorn runs with ws="none")
             return
         headers = Headers(scope=scope)
+        refusal = self._refuse_host_or_origin(headers)
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
         if scope["path"] != "/healthz":
             scheme, _, given = headers.get("authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(
@@ -143,6 +130,18 @@ class _Guard:
             return message
 
         await self.app(scope, limited, send)
+
+    def _refuse_host_or_origin(self, headers: Headers) -> JSONResponse | None:
+        hosts = headers.getlist("host")
+        if len(hosts) != 1 or hosts[0].strip().lower() not in self.hosts:
+            given = "missing" if not hosts else repr(", ".join(hosts)[:100])
+            names = " or ".join(sorted(self.hosts))
+            msg = f"Host: {given} is not this daemon's address ({names})"
+            return error(421, "misdirected", msg, field="Host")
+        if "origin" in headers:
+            msg = "Origin: requests from web pages are refused; use briefd's client or curl"
+            return error(403, "origin_refused", msg, field="Origin")
+        return None
 
 
 class _Waiters:
@@ -188,12 +187,23 @@ def _resolve(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-def build_app(backend: Backend, *, token: str, max_body_bytes: int, waiters: _Waiters) -> ASGIApp:
-    """The Starlette application (also usable in-process with any ASGI test client)."""
+def build_app(
+    backend: Backend,
+    *,
+    token: str,
+    max_body_bytes: int,
+    waiters: _Waiters,
+    hosts: Collection[str],
+) -> ASGIApp:
+    """The Starlette application (also usable in-process with any ASGI test client).
+
+    ``hosts``: the ``Host`` values accepted (:func:`~briefd.daemon.http_conn.allowed_hosts`).
+    """
 
     async def healthz(request: Request) -> Response:
-        ok = await run_in_threadpool(backend.healthy)
-        return JSONResponse({"status": "ok" if ok else "stopping"}, status_code=200 if ok else 503)
+        status, reason = await run_in_threadpool(backend.health)
+        body = {"status": status, **({"reason": reason} if reason else {})}
+        return JSONResponse(body, status_code=200 if status == "ok" else 503)
 
     async def submit(request: Request) -> Response:
         raw = await request.body()
@@ -294,7 +304,7 @@ def build_app(backend: Backend, *, token: str, max_body_bytes: int, waiters: _Wa
         ],
         exception_handlers={HTTPException: on_http_error, Exception: on_crash},
     )
-    return _Guard(app, token, max_body_bytes)
+    return _Guard(app, token, max_body_bytes, hosts)
 
 
 def _job_id(request: Request) -> str:
@@ -309,15 +319,36 @@ def _not_found(job_id: str) -> JSONResponse:
 
 
 class ApiServer:
-    """uvicorn on an already bound socket, in a thread of its own."""
+    """uvicorn on an already bound socket, in a thread of its own.
 
-    def __init__(self, backend: Backend, sock: socket.socket, *, token: str, max_body: int) -> None:
+    ``read_timeout_s`` bounds how long a client may take to send a request (head and
+    body) and ``keep_alive_s`` how long an idle connection stays open
+    (:func:`~briefd.daemon.http_conn.deadline_protocol`).
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        sock: socket.socket,
+        *,
+        token: str,
+        max_body: int,
+        read_timeout_s: float = READ_TIMEOUT_S,
+        keep_alive_s: float = KEEP_ALIVE_S,
+    ) -> None:
         self._sock = sock
         self._waiters = _Waiters()
-        app = build_app(backend, token=token, max_body_bytes=max_body, waiters=self._waiters)
+        app = build_app(
+            backend,
+            token=token,
+            max_body_bytes=max_body,
+            waiters=self._waiters,
+            hosts=allowed_hosts(sock),
+        )
         config = uvicorn.Config(
             app,
-            http="h11",
+            http=deadline_protocol(read_timeout_s, keep_alive_s),
+            ws="none",
             loop="asyncio",
             lifespan="off",
             log_config=None,

@@ -17,6 +17,10 @@ deadlock the thread it interrupted):
   limits apply live, without dropping a job.
 * SIGUSR1: log every thread's stack.
 
+The same loop watches the actors (pykka has no supervision): a dead rate limiter
+is restarted with its leases; a SystemExit in a stage or a dead root, journal
+or metrics actor ends the process with :data:`EXIT_FATAL`, the journal flushed.
+
 Under systemd (``Type=notify``) it says ``READY=1`` once it listens, pings
 ``WATCHDOG=1`` while the root actor answers, and ``STOPPING=1`` on the way out.
 """
@@ -38,9 +42,11 @@ import pykka
 from loguru import logger
 
 import briefd
-from briefd.actors import CoordinatorActor, MetricsActor, RateLimiterActor, StageActor
+from briefd.actors import CoordinatorActor, MetricsActor, StageActor
 from briefd.actors.journal import JournalActor, journal_observer
+from briefd.actors.rate_limiter import LimiterSupervisor
 from briefd.actors.root import Admission, RootActor
+from briefd.actors.stage import with_fatal_hook
 from briefd.config import ConfigError, Settings, load_pipeline
 from briefd.daemon.http_api import ApiServer, bind_loopback
 from briefd.daemon.prometheus import DaemonFigures, MetricsExporter
@@ -67,9 +73,14 @@ from briefd.messages import (
 )
 from briefd.ops.events import publish
 from briefd.ops.logs import register_secret, setup_logging
+from briefd.private import private_dir
+from briefd.store.base import StoreUnavailable
 from briefd.store.sqlite import Journal
 
 ASK_TIMEOUT_S = 10.0
+EXIT_FATAL = 70
+"""Exit code when part of the actor system died under the daemon (EX_SOFTWARE): systemd's
+``Restart=on-failure`` starts it again and the journal resumes the unfinished jobs."""
 # fmt: off
 LIVE_SETTINGS = (
     "max_concurrent", "retry_enabled", "max_retries", "timeout_ms", "connect_timeout_ms",
@@ -91,6 +102,7 @@ class Daemon:
         self._provider: Provider | None = None
         self._lock: IO[str] | None = None
         self._exit_code = 0
+        self._fatal: BaseException | None = None  # set from a stage's thread
         self._exporter = MetricsExporter(self.figures)
 
     # -- start -----------------------------------------------------------------------
@@ -98,13 +110,22 @@ class Daemon:
     def start(self) -> None:
         """Build everything, resume unfinished jobs, listen; ConfigError on a bad set-up."""
         s = self.settings
-        s.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            private_dir(s.data_dir)
+        except OSError as err:
+            raise ConfigError(f"BRIEFD_DATA_DIR {s.data_dir}: {err.strerror or err}") from None
         self._lock = lock_data_dir(s.data_dir)
         token = ensure_token(s.resolved_token_file())
         register_secret(token)
         self.pipeline = load_pipeline(s.pipeline)
         for stage in self.pipeline.stages:
             check_schema(stage)
+        # First, before paying for anything: a damaged journal stops the start (exit 2).
+        self.journal = Journal(
+            s.data_dir / "briefd.sqlite3", self.pipeline, on_finished=self._notify_finished
+        )
+        self.journal.files.sweep()  # temporary files a crash left between write and rename
+        self.journal.files.probe()  # an unwritable jobs/ shows on /healthz from the start
         sock = bind_loopback(s.listen)
         self._provider = open_provider(s)
         self.settings = s = s.model_copy(
@@ -114,15 +135,8 @@ class Daemon:
             }
         )
         self.metrics = MetricsActor.start()
-        self.limiter = RateLimiterActor.start(
-            capacity=s.max_concurrent, observers=[self.metrics.tell]
-        )
+        self.limiter = LimiterSupervisor(capacity=s.max_concurrent, observers=[self.metrics.tell])
         self.server = ApiServer(self, sock, token=token, max_body=s.max_body_bytes)
-        self.journal = Journal(
-            s.data_dir / "briefd.sqlite3",
-            self.pipeline,
-            on_finished=self.server.notify_finished,
-        )
         self.journal_ref = JournalActor.start(self.journal)
         self.root = RootActor.start(
             journal=self.journal,
@@ -132,6 +146,7 @@ class Daemon:
             base_url=self._provider.base_url,
             limiter=self.limiter,
             observers=[self.metrics.tell, journal_observer(self.journal_ref)],
+            stage_actor_cls=with_fatal_hook(StageActor, self._on_fatal),
         )
         self.server.start()
         stats = self.root.proxy().stats().get(timeout=ASK_TIMEOUT_S)
@@ -149,6 +164,10 @@ class Daemon:
         logger.info("briefd listening on {} (data in {})", self.server.url, s.data_dir)
         sd_notify(f"READY=1\nSTATUS=listening on {self.server.url}\nMAINPID={os.getpid()}")
         self._start_watchdog()
+
+    def _notify_finished(self, job_id: str) -> None:
+        """A job's terminal state is committed: wake the API's result waiters."""
+        self.server.notify_finished(job_id)
 
     def _start_watchdog(self) -> None:
         usec, pid = os.environ.get("WATCHDOG_USEC"), os.environ.get("WATCHDOG_PID")
@@ -176,6 +195,8 @@ class Daemon:
         stopper: threading.Thread | None = None
         while stopper is None or stopper.is_alive():
             ready, _, _ = select.select([wakeup], [], [], 0.2)
+            if stopper is None and (dead := self._watch()) is not None:
+                return self._die(dead)
             if not ready:
                 continue
             with contextlib.suppress(BlockingIOError):
@@ -195,6 +216,35 @@ class Daemon:
                     elif signum == signal.SIGUSR1:
                         dump_threads()
         return self._exit_code
+
+    def _on_fatal(self, error: BaseException) -> None:
+        """A stage's thread saw SystemExit/KeyboardInterrupt: the main loop exits (no blocking)."""
+        self._fatal = error
+
+    def _watch(self) -> str | None:
+        """What died, if the daemon cannot go on (a SystemExit makes pykka stop every actor,
+        leaving the API up over a dead system); a dead limiter is restarted instead."""
+        if self._fatal is not None:
+            return f"{self._fatal!r} in a stage"
+        core: dict[str, pykka.ActorRef[Any]] = {
+            "root": self.root,
+            "journal": self.journal_ref,
+            "metrics": self.metrics,
+        }
+        if dead := [name for name, ref in core.items() if not ref.is_alive()]:
+            return f"the {dead[0]} actor died"
+        self.limiter.check()
+        return None
+
+    def _die(self, what: str) -> int:
+        """Exit now, :data:`EXIT_FATAL`: what the journal actor holds is written first."""
+        logger.critical("{}: briefd exits; the journal resumes unfinished jobs at next start", what)
+        self._stopping.set()
+        sd_notify(f"STOPPING=1\nSTATUS=exiting: {what}")
+        with contextlib.suppress(Exception):
+            self.server.stop(2.0)
+        _stop(self.journal_ref, 10.0)  # documents just paid for are in its inbox
+        return EXIT_FATAL
 
     def _shutdown_or_report(self, signal_name: str) -> None:
         try:
@@ -264,7 +314,7 @@ class Daemon:
         _stop(self.root, 5.0)  # its last FinishJob tells go to the journal actor...
         _stop(self.journal_ref, 30.0)  # ...which writes everything in its inbox first
         self.journal.close()
-        _stop(self.limiter, 2.0)
+        self.limiter.stop(2.0)
         _stop(self.metrics, 2.0)
         pykka.ActorRegistry.stop_all(block=False)
         if self._provider is not None:
@@ -298,6 +348,8 @@ class Daemon:
             admission: Admission = self.root.proxy().submit(job).get(timeout=ASK_TIMEOUT_S)
         except pykka.ActorDeadError:
             return Admission(job.job_id, JobState.QUEUED, False, "stopping", 5)
+        except StoreUnavailable:  # not written, so not acknowledged: /healthz says why
+            return Admission(job.job_id, JobState.QUEUED, False, "unavailable", 5)
         return admission
 
     def cancel(self, job_id: str) -> JobState | None:
@@ -328,8 +380,18 @@ class Daemon:
     def metrics_body(self) -> bytes:
         return self._exporter.render()
 
+    def health(self) -> tuple[str, str]:
+        """``("ok", "")``, ``("stopping", why)``, or ``("unhealthy", why)`` while the journal or
+        the output files cannot be written (each failing area is probed again on the way)."""
+        if self._stopping.is_set():
+            return "stopping", "the daemon is stopping"
+        problem = self.journal.write_problem()
+        if problem is not None:
+            return "unhealthy", f"cannot write the {problem}"
+        return "ok", ""
+
     def healthy(self) -> bool:
-        return not self._stopping.is_set()
+        return self.health()[0] == "ok"
 
 
 def _stop(ref: pykka.ActorRef[Any], timeout_s: float) -> None:
