@@ -23,6 +23,7 @@ from loguru import logger
 from briefd.actors.rate_limiter import LimiterRef
 from briefd.actors.stage import StageActor
 from briefd.config import PipelineSpec, Settings
+from briefd.jobs import schema_sources, stage_contract
 from briefd.llm.abort import CallAbort
 from briefd.messages import (
     CancelJob,
@@ -226,7 +227,7 @@ class CoordinatorActor(pykka.ThreadingActor):
     def _spawn(self, name: str) -> AnyRef:
         return self._stage_cls.start(
             job_id=self.job.job_id,
-            spec=self._pipeline.by_name[name],
+            spec=stage_contract(self._pipeline.by_name[name], self.job)[0],
             prompt=self.job.prompts[name],
             settings=self._settings,
             base_url=self._base_url,
@@ -313,6 +314,7 @@ class CoordinatorActor(pykka.ThreadingActor):
             progress=progress(self._pipeline, self._records),
             metrics=metrics,
             parallel=self._settings.parallel,
+            checked_against=schema_sources(self._pipeline, self.job),
         )
         self._publish(LatencyMeasured(job_id=self.job.job_id, metrics=metrics))
         self._publish(JobCompleted(job_id=self.job.job_id, result=result))

@@ -10,11 +10,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
 from pydantic import ValidationError
 
-from briefd.config import ConfigError, PipelineSpec
+from briefd.config import ConfigError, PipelineSpec, StageSpec
 from briefd.config.errors import describe_validation
-from briefd.messages import JobSpec
+from briefd.messages import JobSpec, SchemaSource
 
 
 def validate_job(data: Any, pipeline: PipelineSpec, *, where: str = "job") -> JobSpec:
@@ -40,7 +42,41 @@ def validate_job(data: Any, pipeline: PipelineSpec, *, where: str = "job") -> Jo
             f"{where}: prompts.{unknown[0]}: no such stage in pipeline {pipeline.name} "
             f"(stages: {', '.join(pipeline.names)})"
         )
+    for name, schema in job.schemas.items():
+        stage = pipeline.by_name.get(name)
+        if stage is None or stage.kind != "json":
+            json_stages = ", ".join(s.name for s in pipeline.stages if s.kind == "json")
+            raise ConfigError(
+                f"{where}: schemas.{name}: not a JSON stage of pipeline {pipeline.name} "
+                f"(JSON stages: {json_stages or 'none'})"
+            )
+        try:
+            Draft202012Validator.check_schema(schema)
+        except SchemaError as err:
+            reason = f"invalid JSON schema: {err.message}"
+            raise ConfigError(f"{where}: schemas.{name}: {reason}") from None
     return job
+
+
+def stage_contract(stage: StageSpec, job: JobSpec) -> tuple[StageSpec, SchemaSource]:
+    """The stage as this job runs it, with the schema that binds its output, and whose it is.
+
+    The output contract belongs to whoever writes the prompt: the job's schema
+    wins, then the pipeline's; a JSON stage with neither accepts any JSON value
+    that parses (and asks the server for a JSON object).
+    """
+    if stage.kind != "json":
+        return stage, SchemaSource.NONE
+    if stage.name in job.schemas:
+        return stage.model_copy(update={"schema_": job.schemas[stage.name]}), SchemaSource.JOB
+    if stage.schema_ is not None:
+        return stage, SchemaSource.PIPELINE
+    return stage, SchemaSource.NONE
+
+
+def schema_sources(pipeline: PipelineSpec, job: JobSpec) -> dict[str, SchemaSource]:
+    """Per JSON stage, the source of the schema its document is checked against."""
+    return {s.name: stage_contract(s, job)[1] for s in pipeline.stages if s.kind == "json"}
 
 
 def load_job_file(path: Path | str, pipeline: PipelineSpec) -> JobSpec:

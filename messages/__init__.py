@@ -37,6 +37,7 @@ from briefd.messages.job import (
     JobSpec,
     JobStatus,
     Progress,
+    SchemaSource,
     StageState,
     Usage,
 )
@@ -156,6 +157,7 @@ __all__ = [
     "ReportRateLimit",
     "RequestToken",
     "ResumeStage",
+    "SchemaSource",
     "SetCapacity",
     "StageFailed",
     "StageFellBack",

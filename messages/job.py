@@ -28,6 +28,19 @@ class JobSpec(Frozen):
     job_id: str = Field(pattern=JOB_ID_PATTERN)
     prompts: dict[str, str]
     procurement_metrics: dict[str, Any] | list[Any] | None = None
+    schemas: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Per JSON stage, the JSON Schema its document must match: asked of the "
+        "server (response_format) and validated. Overrides the pipeline's schema for the stage.",
+    )
+
+
+class SchemaSource(StrEnum):
+    """Which output contract a JSON document was checked against."""
+
+    NONE = "none"  # any JSON value that parses
+    JOB = "job"  # the job's ``schemas``
+    PIPELINE = "pipeline"  # the pipeline file's ``schema``/``schema_file``
 
 
 class StageState(StrEnum):
@@ -91,3 +104,8 @@ class JobResult(Frozen):
     progress: Progress = Field(description="The final stage states and percent.")
     metrics: JobMetrics = Field(description="Latency, usage and attempts.")
     parallel: bool = Field(default=True, description="Whether stages ran in parallel.")
+    checked_against: dict[str, SchemaSource] = Field(
+        default_factory=dict,
+        description="Per JSON stage, the schema its document was checked against: "
+        "job, pipeline or none.",
+    )

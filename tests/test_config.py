@@ -9,7 +9,8 @@ import pytest
 
 from briefd.config import ConfigError, Settings, load_pipeline
 from briefd.config.settings import unknown_environment
-from briefd.jobs import load_job_file, validate_job
+from briefd.jobs import load_job_file, schema_sources, stage_contract, validate_job
+from briefd.messages import SchemaSource
 
 
 def _pipeline_file(tmp_path: Path, body: str) -> Path:
@@ -38,7 +39,7 @@ def test_default_pipeline_is_the_seed() -> None:
     assert p.roots == ("BRIEFING_MD", "PLAYS_MD")
     assert [s.weight for s in p.stages] == [30, 30, 20, 20]
     assert p.by_name["PROCUREMENT_JSON"].fallback == "procurement_metrics"
-    assert p.by_name["ANNEX_JSON"].schema_ is not None
+    assert all(s.schema_ is None for s in p.stages)  # the job owns its output contract
     assert p.remaining_path == {
         "BRIEFING_MD": 3,
         "PLAYS_MD": 3,
@@ -178,3 +179,34 @@ def test_default_data_dir_is_per_user_state(tmp_path: Path, monkeypatch: Any) ->
     monkeypatch.delenv("XDG_STATE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert Settings().data_dir == tmp_path / "home" / ".local" / "state" / "briefd"
+
+
+def test_job_schemas_are_checked_and_named(make_job: Any) -> None:
+    """A job's schema must be for a JSON stage and be a valid JSON Schema; errors name it."""
+    pipeline = load_pipeline()
+    with pytest.raises(ConfigError, match=r"schemas\.BRIEFING_MD: not a JSON stage"):
+        validate_job(make_job(schemas={"BRIEFING_MD": {"type": "object"}}), pipeline)
+    with pytest.raises(ConfigError, match=r"schemas\.NOPE: not a JSON stage"):
+        validate_job(make_job(schemas={"NOPE": {"type": "object"}}), pipeline)
+    with pytest.raises(ConfigError, match=r"schemas\.ANNEX_JSON: invalid JSON schema"):
+        validate_job(make_job(schemas={"ANNEX_JSON": {"type": "no-such-type"}}), pipeline)
+
+
+def test_the_output_contract_belongs_to_the_job(tmp_path: Path, make_job: Any) -> None:
+    """The job's schema wins, then the pipeline's; with neither a JSON stage takes any JSON."""
+    mine = {"type": "object", "required": ["total"]}
+    job = validate_job(make_job(schemas={"PROCUREMENT_JSON": mine}), load_pipeline())
+    assert schema_sources(load_pipeline(), job) == {
+        "PROCUREMENT_JSON": SchemaSource.JOB,
+        "ANNEX_JSON": SchemaSource.NONE,
+    }
+    stage, source = stage_contract(load_pipeline().by_name["PROCUREMENT_JSON"], job)
+    assert stage.schema_ == mine and source is SchemaSource.JOB
+    (tmp_path / "annex.schema.json").write_text('{"type": "object"}')
+    team = tmp_path / "pipeline.toml"
+    team.write_text(
+        _stages(("A_JSON", [])).replace('kind = "markdown"', 'kind = "json"')
+        + 'schema_file = "annex.schema.json"\n'
+    )
+    team_job = validate_job({"job_id": "t", "prompts": {"A_JSON": "x"}}, load_pipeline(team))
+    assert schema_sources(load_pipeline(team), team_job) == {"A_JSON": SchemaSource.PIPELINE}
