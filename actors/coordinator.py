@@ -71,6 +71,7 @@ class CoordinatorActor(pykka.ThreadingActor):
         on_done: Callable[[JobResult], None] | None = None,
         stage_actor_cls: type[StageActor] = StageActor,
         done_stages: dict[str, Any] | None = None,
+        failed_stages: dict[str, PipelineError] | None = None,
     ) -> None:
         super().__init__()
         self.job = job
@@ -92,11 +93,19 @@ class CoordinatorActor(pykka.ThreadingActor):
         self._timers = Timers()
         self._started = time.monotonic()
         self._finished = False
-        # Stages a journal already holds (daemon resume): not called again.
+        # Stages whose outcome a journal already holds (daemon resume) are final: a
+        # document is not bought twice, and a stage that failed after its retries is
+        # not called again (a crash must change neither the bill nor the outcome).
         for name, document in (done_stages or {}).items():
             if name in self._records:
                 self._records[name].state = StageState.COMPLETE
                 self._documents[name] = document
+                self._told.add(name)
+        for name, error in (failed_stages or {}).items():
+            if name in self._records and name not in self._told:
+                self._records[name].state = StageState.FAILED
+                self._errors.append(error)
+                self._fallback(name)
                 self._told.add(name)
 
     # -- pykka hooks ---------------------------------------------------------
@@ -251,13 +260,20 @@ class CoordinatorActor(pykka.ThreadingActor):
         self._end(stage, StageState.FAILED, failed.attempts, failed)
         self._errors.append(failed.error)
         self._publish(failed)
+        source = self._fallback(stage)
+        if source is not None:
+            self._publish(StageFellBack(job_id=self.job.job_id, stage=stage, source=source))
+        self._progress(stage)
+
+    def _fallback(self, stage: str) -> str | None:
+        """Fill a failed stage's document from the job's fallback field; the field's name."""
         spec = self._pipeline.by_name[stage]
         fallback = getattr(self.job, spec.fallback, None) if spec.fallback else None
-        if spec.fallback and fallback is not None:
-            self._documents[stage] = fallback
-            self._fallbacks.append(stage)
-            self._publish(StageFellBack(job_id=self.job.job_id, stage=stage, source=spec.fallback))
-        self._progress(stage)
+        if not spec.fallback or fallback is None:
+            return None
+        self._documents[stage] = fallback
+        self._fallbacks.append(stage)
+        return spec.fallback
 
     def _check_health(self) -> None:
         # A stage seen dead is failed at the next Tick, not this one: what it told us

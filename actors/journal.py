@@ -121,6 +121,7 @@ class JournalActor(pykka.ThreadingActor):
                         generation=message.generation,
                         job=run.job,
                         done_stages=run.done_stages,
+                        failed_stages=run.failed_stages,
                         runs_died=run.runs_died,
                     ),
                 )

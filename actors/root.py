@@ -315,6 +315,7 @@ class RootActor(pykka.ThreadingActor):
             on_done=self._on_done(msg.job_id, msg.generation),
             stage_actor_cls=self._stage_cls,
             done_stages=msg.done_stages,
+            failed_stages=msg.failed_stages,
         )
 
     def _on_done(self, job_id: str, generation: int) -> Any:

@@ -137,6 +137,10 @@ class JobLoaded(Command):
     generation: int
     job: JobSpec | None = Field(description="None when the job is gone or already terminal.")
     done_stages: dict[str, Any] = Field(description="Stage -> document, never called again.")
+    failed_stages: dict[str, PipelineError] = Field(
+        default_factory=dict,
+        description="Stage -> the error it ended with after its retries; never called again.",
+    )
     runs_died: int = Field(description="Earlier runs of this job that ended without a result.")
 
 

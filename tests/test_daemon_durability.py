@@ -122,6 +122,34 @@ def test_kill_9_mid_stage_then_restart_repeats_no_completed_stage(
     assert d.events("JobRestarted")
 
 
+def test_a_resume_changes_nothing_a_stage_that_failed_stays_failed(
+    slow_sim: SimServer, tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    """PLAYS_MD fails for good (HTTP 400, not retried); kill -9 while PROCUREMENT_JSON is in
+    flight; after a restart PLAYS_MD is not called again and the job ends as an uninterrupted
+    run would: partial, with the same error for PLAYS_MD and no other."""
+    slow_sim.inject(Fault(job_id="exact-1", stage="PLAYS_MD", status=400))
+    slow_sim.inject(Fault(job_id="exact-1", stage="PROCUREMENT_JSON", hang=True))
+    d = Daemon(tmp_path, slow_sim.base_url)
+    daemons.append(d.start())
+    with d.client() as client:
+        client.submit(make_job("exact-1"))
+        assert wait_for(
+            lambda: client.status("exact-1").stages["PROCUREMENT_JSON"] is StageState.RUNNING, 15
+        )
+        assert client.status("exact-1").stages["PLAYS_MD"] is StageState.FAILED
+    d.kill()
+    d.start()
+    with d.client() as client:
+        result = client.result("exact-1", timeout=60)
+    counts = slow_sim.stats().by_job_stage["exact-1"]
+    assert counts["PLAYS_MD"] == 1, "a stage that had failed for good was called again"
+    assert counts["BRIEFING_MD"] == 1 and counts["PROCUREMENT_JSON"] == 2
+    assert result.status is JobStatus.PARTIAL
+    assert [(e.stage, e.code) for e in result.errors] == [("PLAYS_MD", "HTTP_ERROR")]
+    assert "HTTP 400" in result.errors[0].message
+
+
 def test_a_job_that_keeps_killing_the_daemon_fails_after_its_restart_budget(
     slow_sim: SimServer, tmp_path: Path, daemons: list[Daemon]
 ) -> None:

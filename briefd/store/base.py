@@ -51,6 +51,7 @@ class Run:
 
     job: JobSpec | None
     done_stages: dict[str, Any] = field(default_factory=dict)
+    failed_stages: dict[str, PipelineError] = field(default_factory=dict)
     runs_died: int = 0
 
 

@@ -187,11 +187,12 @@ class Journal:
         return [r["job_id"] for r in rows]
 
     def start_run(self, job_id: str) -> Run:
-        """Mark the job running and return it with its completed stages' documents.
+        """Mark the job running and return it with its ended stages' documents and errors.
 
         ``runs_died`` counts the runs begun since the job last ended cleanly: each
         of them died (a daemon crash, a coordinator death). Stages left ``running``
-        by a dead run go back to ``pending``: their calls are made again.
+        by a dead run go back to ``pending``: their calls are made again. A stage
+        that ended, in success or failure, is final.
         """
         now = time.time()
         with self._tx() as db:
@@ -208,13 +209,22 @@ class Journal:
                 "UPDATE stages SET state=?, updated_at=? WHERE job_id=? AND state=?",
                 (StageState.PENDING.value, now, job_id, StageState.RUNNING.value),
             )
-            done = db.execute(
-                "SELECT stage, document FROM stages WHERE job_id=? AND state=?",
-                (job_id, StageState.COMPLETE.value),
+            ended = db.execute(
+                "SELECT stage, state, document, error FROM stages "
+                "WHERE job_id=? AND state IN (?, ?)",
+                (job_id, StageState.COMPLETE.value, StageState.FAILED.value),
             ).fetchall()
+        complete = StageState.COMPLETE.value
         return Run(
             job=JobSpec.model_validate_json(row["spec"]),
-            done_stages={r["stage"]: json.loads(r["document"]) for r in done},
+            done_stages={
+                r["stage"]: json.loads(r["document"]) for r in ended if r["state"] == complete
+            },
+            failed_stages={
+                r["stage"]: PipelineError.model_validate_json(r["error"])
+                for r in ended
+                if r["state"] != complete and r["error"] is not None
+            },
             runs_died=died,
         )
 
@@ -248,7 +258,7 @@ class Journal:
             self.files.write_document(job_id, stage, document)
 
     def stage_failed(self, job_id: str, stage: str, error: PipelineError, attempts: int) -> None:
-        """The stage gave up in this run (a resumed run tries it again)."""
+        """The stage gave up after its retries: final, a resumed run does not call it again."""
         self._set_stage(job_id, stage, StageState.FAILED, attempts, None, error)
 
     def _set_stage(
@@ -263,7 +273,7 @@ class Journal:
         with self._tx() as db:
             cur = db.execute(
                 "UPDATE stages SET state=?, attempts=MAX(attempts, ?), document=?, error=?, "
-                "updated_at=? WHERE job_id=? AND stage=? AND state!=? AND "
+                "updated_at=? WHERE job_id=? AND stage=? AND state NOT IN (?, ?) AND "
                 "(SELECT state FROM jobs WHERE job_id=?) IN (?, ?)",
                 (
                     state.value,
@@ -274,6 +284,7 @@ class Journal:
                     job_id,
                     stage,
                     StageState.COMPLETE.value,
+                    StageState.FAILED.value,
                     job_id,
                     *_LIVE,
                 ),
