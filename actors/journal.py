@@ -29,6 +29,7 @@ from briefd.messages import (
     CloseJob,
     Event,
     FinishJob,
+    JobCompleted,
     JobLoaded,
     LoadJob,
     StageFailed,
@@ -37,7 +38,7 @@ from briefd.messages import (
     SuspendJobs,
     Tick,
 )
-from briefd.ops.events import Observer
+from briefd.ops.events import Observer, publish
 from briefd.store.base import Store, StoreUnavailable
 from briefd.timers import Timers
 
@@ -128,9 +129,11 @@ class JournalActor(pykka.ThreadingActor):
             case FinishJob(result=result):
                 j.finish(result)
             case CloseJob():
-                j.close_job(
+                closed = j.close_job(
                     message.job_id, message.status, message.code, message.message, message.hint
                 )
+                if closed is not None:  # one terminal event, as a run's end would publish
+                    publish(JobCompleted(job_id=closed.job_id, result=closed))
             case SuspendJobs(job_ids=ids):
                 j.suspend(ids)
             case _:

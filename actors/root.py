@@ -51,6 +51,7 @@ from briefd.messages import (
     FinishJob,
     JobAccepted,
     JobCancelled,
+    JobCompleted,
     JobLoaded,
     JobRestarted,
     JobResult,
@@ -202,7 +203,11 @@ class RootActor(pykka.ThreadingActor):
             self._queue.remove(job_id)
             publish(JobCancelled(job_id=job_id, reason=reason, was=JobState.QUEUED))
             try:
-                self._journal.close_job(job_id, JobState.CANCELLED, ErrorCode.CANCELLED, reason)
+                closed = self._journal.close_job(
+                    job_id, JobState.CANCELLED, ErrorCode.CANCELLED, reason
+                )
+                if closed is not None:
+                    publish(JobCompleted(job_id=job_id, result=closed))
             except StoreUnavailable:  # the journal actor holds it until the store takes it
                 self._close(job_id, JobState.CANCELLED, ErrorCode.CANCELLED, reason)
             return JobState.CANCELLED

@@ -206,9 +206,15 @@ def test_a_coordinator_that_dies_silently_is_noticed_and_restarted(
 
 
 def test_a_job_whose_coordinator_always_crashes_fails_after_the_budget(
-    sim: SimServer, make_settings: Any, make_job: Any, pipeline: PipelineSpec, tmp_path: Path
+    sim: SimServer,
+    make_settings: Any,
+    make_job: Any,
+    pipeline: PipelineSpec,
+    tmp_path: Path,
+    log_lines: list[str],
 ) -> None:
-    """restart_budget=2: three runs die, then the job fails with an error that says why."""
+    """restart_budget=2: three runs die, then the job fails with an error that says why, and
+    the event log gets exactly one terminal event for it (the console sees it end)."""
     starts: list[int] = []
 
     class AlwaysCrash(CoordinatorActor):
@@ -225,3 +231,5 @@ def test_a_job_whose_coordinator_always_crashes_fails_after_the_budget(
     assert result.status is JobStatus.FAILED
     assert all(e.code is ErrorCode.CRASHED for e in result.errors)
     assert "restart budget is 2" in result.errors[0].message
+    ended = [ln for ln in log_lines if "'event': 'JobCompleted'" in ln and "doomed" in ln]
+    assert len(ended) == 1 and "failed" in ended[0], ended

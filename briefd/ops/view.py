@@ -223,7 +223,7 @@ class OpsView:
         metrics = result.get("metrics") if isinstance(result.get("metrics"), dict) else {}
         assert isinstance(metrics, dict)
         job.total_ms = _int(metrics.get("total_ms"))
-        if status != "cancelled":
+        if status != "cancelled" and _int(metrics.get("total_ms")) > 0:  # 0: never ran
             self._latency(record.ts, job, metrics)
         self._finish(job, status, record.ts)
 
