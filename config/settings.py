@@ -18,6 +18,7 @@ import os
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 import platformdirs
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -122,6 +123,25 @@ class Settings(BaseSettings):
         description="Times a job is restarted after its run died (coordinator crash or "
         "daemon crash) before it is failed.",
     )
+    database_url: str | None = Field(
+        default=None,
+        repr=False,
+        description="The journal in PostgreSQL, postgresql://user:password@host/db (needs the "
+        "[postgres] extra; holds a password: never printed whole). Unset: SQLite in data_dir.",
+    )
+
+    @field_validator("database_url", mode="before")
+    @classmethod
+    def _postgres_url(cls, value: object) -> object:
+        if isinstance(value, str):
+            if not value.strip():
+                return None  # BRIEFD_DATABASE_URL= (empty) means unset
+            scheme = urlsplit(value.strip()).scheme.lower()
+            if scheme not in ("postgresql", "postgres"):
+                # The value is not echoed: it may hold a password.
+                got = f"{scheme}://..." if scheme else "no scheme"
+                raise ValueError(f"must be a postgresql:// URL (got {got})")
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod

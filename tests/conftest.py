@@ -12,6 +12,7 @@ from typing import Any
 import pykka
 import pytest
 from loguru import logger
+from pg import pg_server, pg_url  # noqa: F401  (fixtures: the throwaway PostgreSQL)
 
 from briefd.config import Settings
 from briefd.sim.server import SimProfile, SimServer
@@ -74,8 +75,12 @@ def make_job() -> Any:
 
 @pytest.fixture
 def log_lines() -> Iterator[list[str]]:
-    """Every log line (DEBUG and up, text with bound extras) written during the test."""
+    """Every log line (DEBUG and up, text with bound extras) written during the test.
+
+    briefd is a quiet library (disabled at import); the fixture enables it, as an
+    application's ``setup_logging`` does, and disables it again afterwards."""
     lines: list[str] = []
+    logger.enable("briefd")
     sink_id = logger.add(
         lambda m: lines.append(str(m) + repr(m.record["extra"])),
         level="DEBUG",
@@ -85,6 +90,7 @@ def log_lines() -> Iterator[list[str]]:
     )
     yield lines
     logger.remove(sink_id)
+    logger.disable("briefd")
 
 
 @pytest.fixture

@@ -74,8 +74,8 @@ from briefd.messages import (
 from briefd.ops.events import publish
 from briefd.ops.logs import register_secret, setup_logging
 from briefd.private import private_dir
+from briefd.store import open_store
 from briefd.store.base import StoreUnavailable
-from briefd.store.sqlite import Journal
 
 ASK_TIMEOUT_S = 10.0
 EXIT_FATAL = 70
@@ -121,9 +121,7 @@ class Daemon:
         for stage in self.pipeline.stages:
             check_schema(stage)
         # First, before paying for anything: a damaged journal stops the start (exit 2).
-        self.journal = Journal(
-            s.data_dir / "briefd.sqlite3", self.pipeline, on_finished=self._notify_finished
-        )
+        self.journal = open_store(s, self.pipeline, on_finished=self._notify_finished)
         self.journal.files.sweep()  # temporary files a crash left between write and rename
         self.journal.files.probe()  # an unwritable jobs/ shows on /healthz from the start
         sock = bind_loopback(s.listen)
@@ -414,7 +412,13 @@ class _Parser(argparse.ArgumentParser):
 
 def main(argv: list[str] | None = None) -> int:
     """``briefd serve [--config FILE]``: run until SIGTERM/SIGINT; 2 with one line on bad set-up."""
-    parser = _Parser(prog="briefd serve", description="Run the briefd daemon.")
+    parser = _Parser(
+        prog="briefd serve",
+        description="Run the briefd daemon: an HTTP API on BRIEFD_LISTEN (127.0.0.1:8765) for "
+        "many jobs at once under one token cap, journalled in BRIEFD_DATA_DIR. Runs until "
+        "SIGTERM or SIGINT; SIGHUP reads --config again (the token cap, retries and timeouts "
+        "apply live). See docs/daemon.md.",
+    )
     parser.add_argument("--config", type=Path, help="settings TOML file (else $BRIEFD_CONFIG)")
     args = parser.parse_args(argv)
     wakeup, _writer = install_signals()  # a signal during start-up waits for the loop

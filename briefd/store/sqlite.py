@@ -237,9 +237,17 @@ class Journal:
                     "UPDATE jobs SET state=?, runs=0 WHERE job_id=? AND state IN (?, ?)",
                     (JobState.QUEUED.value, job_id, *_LIVE),
                 )
-                db.execute(
-                    "UPDATE stages SET state=?, updated_at=? WHERE job_id=? AND state=?",
-                    (StageState.PENDING.value, now, job_id, StageState.RUNNING.value),
+                db.execute(  # only a job now queued: a terminal job never changes
+                    "UPDATE stages SET state=?, updated_at=? WHERE job_id=? AND state=? "
+                    "AND (SELECT state FROM jobs WHERE job_id=?)=?",
+                    (
+                        StageState.PENDING.value,
+                        now,
+                        job_id,
+                        StageState.RUNNING.value,
+                        job_id,
+                        JobState.QUEUED.value,
+                    ),
                 )
 
     # -- stage results ---------------------------------------------------------------

@@ -1,0 +1,194 @@
+"""Reaching the PostgreSQL journal: its URL (never printed whole), the pool, the schema.
+
+The schema is made, or upgraded, by whichever daemon starts first, inside one
+transaction that holds an advisory lock: several daemons starting together
+against an empty database make it exactly once, and a half-made schema never
+exists (PostgreSQL's DDL is transactional). ``briefd_schema`` holds one row per
+version applied; a daemon that finds a newer version than it knows refuses to
+start, in one line, instead of writing rows a newer briefd reads differently.
+"""
+
+from __future__ import annotations
+
+from typing import Any, LiteralString
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+import briefd
+from briefd.config import ConfigError
+from briefd.redaction import redact, register_secret
+
+SCHEMES = ("postgresql", "postgres")
+SCHEMA_VERSION = 1
+SCHEMA_LOCK = 0x62726965_66640001
+"""The advisory lock (one bigint) held while the schema is checked and made: 'briefd' + 1."""
+LOCK_TIMEOUT_MS = 10_000
+"""A row lock waited for longer than this fails the write (StoreUnavailable, made again)."""
+IDLE_IN_TX_TIMEOUT_MS = 60_000
+"""A daemon stopped mid-transaction (SIGSTOP, a hung disk) loses its locks after this."""
+
+# Each version's statements, applied in order inside one transaction. Payloads are
+# JSON *text* (as Python's json writes it, NaN included, which PostgreSQL's json
+# type refuses), so a row reads back exactly as the SQLite journal's would.
+MIGRATIONS: dict[int, tuple[LiteralString, ...]] = {
+    1: (
+        """CREATE TABLE briefd_schema (
+            version    integer PRIMARY KEY,
+            applied_at timestamptz NOT NULL DEFAULT now(),
+            applied_by text NOT NULL
+        )""",
+        """CREATE TABLE briefd_jobs (
+            seq          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            job_id       text NOT NULL UNIQUE,
+            spec         text NOT NULL,
+            state        text NOT NULL,
+            submitted_at timestamptz NOT NULL DEFAULT now(),
+            started_at   timestamptz,
+            finished_at  timestamptz,
+            runs         integer NOT NULL DEFAULT 0,
+            restarts     integer NOT NULL DEFAULT 0,
+            result       text,
+            claimed_by   text,
+            lease_until  timestamptz,
+            fence        bigint NOT NULL DEFAULT 0
+        )""",
+        "COMMENT ON COLUMN briefd_jobs.runs IS 'runs begun since the last clean end'",
+        "COMMENT ON COLUMN briefd_jobs.restarts IS 'runs that died, over the job''s life'",
+        "COMMENT ON COLUMN briefd_jobs.claimed_by IS 'reserved: the daemon running the job'",
+        "COMMENT ON COLUMN briefd_jobs.lease_until IS 'reserved: when that claim lapses'",
+        "COMMENT ON COLUMN briefd_jobs.fence IS 'reserved: the claim''s fencing token'",
+        "CREATE INDEX briefd_jobs_by_state ON briefd_jobs (state, seq)",
+        "CREATE SEQUENCE briefd_fence AS bigint",
+        """CREATE TABLE briefd_stages (
+            job_id     text NOT NULL REFERENCES briefd_jobs (job_id) ON DELETE CASCADE,
+            stage      text NOT NULL,
+            state      text NOT NULL,
+            attempts   integer NOT NULL DEFAULT 0,
+            document   text,
+            error      text,
+            updated_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (job_id, stage)
+        )""",
+    ),
+}
+
+
+def is_postgres_url(url: str) -> bool:
+    """Whether ``url`` names a PostgreSQL database (``postgresql://`` or ``postgres://``)."""
+    return urlsplit(url.strip()).scheme.lower() in SCHEMES
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (in the authority or a ``password=`` parameter) as ``***``."""
+    parts = urlsplit(url)
+    netloc, query = parts.netloc, parts.query
+    if parts.password is not None:
+        userinfo, _, hostport = netloc.rpartition("@")
+        netloc = f"{userinfo.partition(':')[0]}:***@{hostport}"
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if any(k.lower() == "password" for k, _ in pairs):
+        query = urlencode(
+            [(k, "***" if k.lower() == "password" else v) for k, v in pairs], safe="/*"
+        )
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url
+    rest = (f"?{query}" if query else "") + (f"#{parts.fragment}" if parts.fragment else "")
+    return f"{parts.scheme}://{netloc}{parts.path}{rest}"
+
+
+def _passwords(url: str) -> list[str]:
+    """The secrets in ``url``, for the log redaction registry."""
+    parts = urlsplit(url)
+    found = [] if parts.password is None else [parts.password, unquote(parts.password)]
+    found += [v for k, v in parse_qsl(parts.query) if k.lower() == "password"]
+    return found
+
+
+def unavailable(err: psycopg.Error) -> bool:
+    """A failure of the server or the link to it (made again later), not of briefd's SQL."""
+    return isinstance(err, psycopg.OperationalError | psycopg.errors.ReadOnlySqlTransaction)
+
+
+def one_line(err: BaseException) -> str:
+    """A driver message on one line (libpq's span several), any password in it redacted."""
+    return redact(" ".join(str(err).split()))
+
+
+def open_pool(url: str, *, max_size: int, timeout_s: float) -> ConnectionPool:
+    """An open pool to ``url`` (a first connection made); ConfigError, one line, if it cannot.
+
+    Connections wait at most :data:`LOCK_TIMEOUT_MS` for a row lock and are cut by
+    the server after :data:`IDLE_IN_TX_TIMEOUT_MS` idle inside a transaction, so
+    a daemon that hangs cannot hold another's writes forever.
+    """
+    for secret in _passwords(url):
+        register_secret(secret)
+    where = redact_url(url)
+    defaults: dict[str, Any] = {"application_name": "briefd", "connect_timeout": 10}
+    try:
+        given = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.Error as err:
+        raise ConfigError(f"BRIEFD_DATABASE_URL {where}: {one_line(err)}") from None
+    kwargs = {k: v for k, v in defaults.items() if k not in given}
+
+    def configure(conn: psycopg.Connection[Any]) -> None:
+        conn.execute(
+            "SELECT set_config('lock_timeout', %s, false), "
+            "set_config('idle_in_transaction_session_timeout', %s, false)",
+            (str(LOCK_TIMEOUT_MS), str(IDLE_IN_TX_TIMEOUT_MS)),
+        )
+        conn.commit()
+
+    try:  # once by hand, to fail at once and with libpq's reason (the pool would retry)
+        psycopg.connect(url, **{"connect_timeout": max(1, round(timeout_s)), **kwargs}).close()
+    except psycopg.Error as err:
+        raise ConfigError(f"BRIEFD_DATABASE_URL {where}: cannot connect: {one_line(err)}") from None
+    pool = ConnectionPool(
+        url,
+        kwargs=kwargs,
+        min_size=1,
+        max_size=max_size,
+        open=False,
+        configure=configure,
+        check=ConnectionPool.check_connection,
+        timeout=timeout_s,
+        name="briefd-journal",
+    )
+    try:
+        pool.open(wait=True, timeout=timeout_s)
+    except psycopg.Error as err:
+        pool.close()
+        raise ConfigError(
+            f"BRIEFD_DATABASE_URL {where}: cannot connect within {timeout_s:g}s ({one_line(err)})"
+        ) from None
+    return pool
+
+
+def ensure_schema(conn: psycopg.Connection[Any], where: str) -> int:
+    """Make or upgrade the schema to :data:`SCHEMA_VERSION`, once whoever races; the version
+    found. ConfigError if the database holds a newer one or refuses the DDL."""
+    try:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+            row = conn.execute("SELECT to_regclass('briefd_schema') IS NOT NULL").fetchone()
+            found = 0
+            if row is not None and row[0]:
+                top = conn.execute("SELECT max(version) FROM briefd_schema").fetchone()
+                found = int(top[0]) if top is not None and top[0] is not None else 0
+            if found > SCHEMA_VERSION:
+                raise ConfigError(
+                    f"database {where}: schema version {found} is newer than this briefd's "
+                    f"({SCHEMA_VERSION}): run a briefd at least as new as the one that wrote it"
+                )
+            for version in range(found + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[version]:
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO briefd_schema (version, applied_by) VALUES (%s, %s)",
+                    (version, f"briefd {briefd.__version__}"),
+                )
+    except psycopg.Error as err:
+        raise ConfigError(f"database {where}: cannot prepare the schema: {one_line(err)}") from None
+    return found
