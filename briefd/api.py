@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -28,7 +29,7 @@ from loguru import logger
 from briefd.actors import CoordinatorActor, MetricsActor, MetricsSnapshot, StageActor
 from briefd.actors.rate_limiter import LimiterStats, LimiterSupervisor
 from briefd.config import ConfigError, PipelineSpec, Settings, load_pipeline
-from briefd.jobs import validate_job
+from briefd.jobs import load_job_file, validate_job
 from briefd.llm.extract import check_schema
 from briefd.local.provider import Provider, open_provider
 from briefd.messages import (
@@ -338,14 +339,24 @@ class Pipeline:
 
 
 def run(
-    job: JobSpec | dict[str, Any],
+    job: JobSpec | dict[str, Any] | str | Path,
     settings: Settings | None = None,
     *,
     on_document: DocumentCallback | None = None,
 ) -> JobResult:
-    """Run one job to the end and return its result (blocking)."""
-    with Pipeline(settings) as pipeline:
-        future = pipeline.submit(job, on_document=on_document)
+    """Run one job to the end and return its result (blocking).
+
+    ``job`` is a :class:`JobSpec`, its dict, or a job JSON file's path, as
+    :meth:`briefd.Client.submit` takes. Bad input raises :class:`ConfigError`
+    naming the field or the file, before the provider or any actor starts.
+    """
+    pipeline = Pipeline(settings)  # reads the pipeline; nothing starts before ``with``
+    if isinstance(job, str | Path):
+        spec = load_job_file(job, pipeline.pipeline)
+    else:
+        spec = validate_job(job, pipeline.pipeline)
+    with pipeline:
+        future = pipeline.submit(spec, on_document=on_document)
         try:
             return future.get(timeout=pipeline.job_timeout_s())
         except pykka.Timeout:

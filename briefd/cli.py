@@ -5,6 +5,10 @@ could not be written), 2 bad input or configuration (one line on stderr, never
 a traceback). ``--out`` is checked before any call is paid for. Text that came
 from the API or the model is printed with its control characters escaped, so
 it can neither drive the terminal nor forge a log line.
+
+``briefd`` alone lists the commands (stderr, exit 2), ``briefd --version`` prints
+the installed version, and each command's ``--help`` says what it does: the
+first look at a tool is its help.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import importlib
 import sys
 from pathlib import Path
 from typing import Any
+
+from loguru import logger
 
 from briefd import __version__
 from briefd.config import ConfigError, Settings
@@ -109,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args_in = sys.argv[1:] if argv is None else argv
+    # The command line is an application: briefd's messages are wanted (the library is
+    # quiet until then). ``run`` and ``serve`` go on to set up their own sinks.
+    logger.enable("briefd")
     try:
         if not args_in:  # a first look: what the commands are, on stderr, exit 2
             build_parser().print_help(sys.stderr)

@@ -6,6 +6,7 @@
 
     client = briefd.Client()                  # BRIEFD_LISTEN and the daemon's token file
     job_id = client.submit("job.json")        # a path, a dict or a JobSpec
+    sub = client.submit_job("job.json")       # the same, and whether it was new
     result = client.result(job_id, timeout=600)
     print(result.status, result.documents["BRIEFING_MD"])
 
@@ -23,7 +24,7 @@ import threading
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 import requests
 
@@ -31,6 +32,18 @@ from briefd.config import ConfigError, Settings
 from briefd.messages import JobInfo, JobResult, JobSpec, JobState
 
 MAX_WAIT_PER_REQUEST_S = 30.0
+
+
+class Submitted(NamedTuple):
+    """What the daemon said to a submission: the job, its state, and whether it is new.
+
+    ``created`` is false when the daemon already had a job with this id: that job
+    is the one reported (its state may be terminal), and nothing runs twice.
+    """
+
+    job_id: str
+    state: JobState
+    created: bool
 
 
 class DaemonError(Exception):
@@ -99,14 +112,21 @@ class Client:
     def submit(self, job: JobSpec | dict[str, Any] | str | Path) -> str:
         """Submit a job (a JobSpec, its dict, or a JSON file); returns its ``job_id``.
 
-        Submitting an id the daemon already has returns that job (it never runs twice).
+        Submitting an id the daemon already has returns that job (it never runs twice);
+        :meth:`submit_job` also says whether it was new.
         Raises :class:`DaemonError` (``queue_full`` has ``retry_after_s``).
         """
+        return self.submit_job(job).job_id
+
+    def submit_job(self, job: JobSpec | dict[str, Any] | str | Path) -> Submitted:
+        """:meth:`submit`, answering with the job's state and whether this call created it."""
         if isinstance(job, str | Path):
             job = _read_job_file(Path(job))
         body = job.model_dump(mode="json") if isinstance(job, JobSpec) else job
         data = self._call("POST", "/v1/jobs", json=body)
-        return str(data["job_id"])
+        # 202 and created=true for a new job, 200 and false for one the daemon already had.
+        created = bool(data.get("created", True))
+        return Submitted(str(data["job_id"]), JobState(data["status"]), created)
 
     def status(self, job_id: str) -> JobInfo:
         """Its state, per-stage states and progress."""

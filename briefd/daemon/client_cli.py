@@ -7,22 +7,33 @@ to find it and its token. Exit codes follow ``briefd run``: 0 succeeded,
 daemon, the API or the model is printed with its control characters escaped
 (:func:`~briefd.ops.eventlog.escape_control`): it can neither drive the
 terminal nor forge a line of output.
+
+``submit --wait`` shows a progress bar (rich) when stderr is a terminal and
+nothing extra on a pipe, so scripts read the same lines as before.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
 from briefd.config import ConfigError, Settings
 from briefd.daemon.client import Client, DaemonError, DaemonUnavailable
-from briefd.messages import JobInfo, JobResult, JobState, JobStatus, PipelineError
+from briefd.messages import JobInfo, JobResult, JobState, JobStatus, PipelineError, StageState
 from briefd.ops.eventlog import escape_control as esc
+from briefd.ops.logs import unknown_environment_warnings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
+POLL_S = 0.5  # the progress bar's refresh: each turn is one status call and one short result wait
+EXIT_HELP = "exit codes: 0 succeeded, 3 partial, 1 failed, cancelled or unreachable, 2 bad input"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,15 +41,18 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(f"{self.prog.removeprefix('briefd ')}: {message}")
 
 
-def _parser(name: str, help_text: str) -> argparse.ArgumentParser:
-    parser = _Parser(prog=f"briefd {name}", description=help_text)
+def _parser(name: str, help_text: str, epilog: str | None = None) -> argparse.ArgumentParser:
+    parser = _Parser(prog=f"briefd {name}", description=help_text, epilog=epilog)
     parser.add_argument("--config", type=Path, help="settings TOML file (else $BRIEFD_CONFIG)")
     parser.add_argument("--url", help="the daemon's URL (default: http://$BRIEFD_LISTEN)")
     return parser
 
 
 def _client(args: argparse.Namespace) -> Client:
-    return Client(url=args.url, settings=Settings.load(args.config))
+    settings = Settings.load(args.config)
+    for line in unknown_environment_warnings():  # a misspelt BRIEFD_LISTEN, say
+        print(f"briefd: warning: {line}", file=sys.stderr)
+    return Client(url=args.url, settings=settings)
 
 
 def _exit_for(status: JobStatus | JobState) -> int:
@@ -73,18 +87,36 @@ def _print_info(info: JobInfo) -> None:
 
 def submit_main(argv: list[str]) -> int:
     """``briefd submit JOB.json [--wait]``: prints the job id (and the outcome with --wait)."""
-    parser = _parser("submit", "Submit a job to the daemon.")
+    parser = _parser(
+        "submit",
+        "Submit a job (a JSON file) to the daemon and print its id. A job id the daemon "
+        "already has is not run again: that job is the one reported.",
+        EXIT_HELP + " (with --wait; without it, 0 once the job is accepted)",
+    )
     parser.add_argument("job", type=Path, help="job JSON file")
-    parser.add_argument("--wait", action="store_true", help="wait for the result")
+    parser.add_argument(
+        "--wait", action="store_true", help="wait for the result (a progress bar on a terminal)"
+    )
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait")
     args = parser.parse_args(argv)
     with _client(args) as client:
         try:
-            job_id = client.submit(args.job)
-            print(esc(job_id), flush=True)
+            sub = client.submit_job(args.job)
+            print(esc(sub.job_id), flush=True)
+            if not sub.created:
+                print(
+                    f"briefd: job {esc(sub.job_id)} already exists (state {sub.state}); "
+                    "not submitted again",
+                    file=sys.stderr,
+                    flush=True,
+                )
             if not args.wait:
                 return EXIT_OK
-            result = client.result(job_id, wait=True, timeout=args.timeout)
+            console = Console(stderr=True)
+            if sys.stderr.isatty() and console.is_terminal and not console.is_dumb_terminal:
+                result = _wait_with_bar(client, sub.job_id, args.timeout, console)
+            else:
+                result = client.result(sub.job_id, wait=True, timeout=args.timeout)
         except DaemonError as err:
             return _fail(err)
         except TimeoutError as err:
@@ -94,10 +126,55 @@ def submit_main(argv: list[str]) -> int:
     return _exit_for(result.status)
 
 
+def _wait_with_bar(client: Client, job_id: str, timeout: float, console: Console) -> JobResult:
+    """Wait for the result while a bar shows the job's weighted progress and its stages.
+
+    Each turn asks for the status, then waits up to :data:`POLL_S` for the result
+    itself (the daemon's long poll is the pause, so the result is seen the moment
+    it exists). A daemon that restarts meanwhile is waited for, as without the bar.
+    """
+    deadline = time.monotonic() + timeout
+    columns = (
+        TextColumn("{task.description}", markup=False),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task(esc(job_id), total=100.0)
+        while True:
+            with contextlib.suppress(DaemonUnavailable):
+                info = client.status(job_id)
+                ended = sum(
+                    s in (StageState.COMPLETE, StageState.FAILED) for s in info.stages.values()
+                )
+                label = f"{esc(job_id)} {info.status} {ended}/{len(info.stages)} stages"
+                bar.update(task, completed=info.progress, description=label)
+            left = deadline - time.monotonic()
+            try:
+                result = client.result(job_id, wait=True, timeout=min(POLL_S, max(left, 0.0)))
+            except TimeoutError:
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"job {job_id}: not finished after {timeout:g}s") from None
+                continue
+            except DaemonUnavailable:
+                if time.monotonic() >= deadline:
+                    raise
+                continue
+            bar.update(task, completed=100.0, description=f"{esc(job_id)} {result.status}")
+            bar.refresh()
+            return result
+
+
 def status_main(argv: list[str]) -> int:
     """``briefd status ID [--json]``: state, per-stage states and progress."""
-    parser = _parser("status", "A job's status.")
-    parser.add_argument("job_id")
+    parser = _parser(
+        "status",
+        "A job's state (queued, running or how it ended), each stage's state, its weighted "
+        "progress and how many times it was restarted.",
+        "exit codes: 0 the job was found, 1 the daemon is unreachable, 2 no such job",
+    )
+    parser.add_argument("job_id", help="the job's id (what submit printed)")
     parser.add_argument("--json", action="store_true", help="print the JSON the API returns")
     args = parser.parse_args(argv)
     with _client(args) as client:
@@ -114,8 +191,12 @@ def status_main(argv: list[str]) -> int:
 
 def result_main(argv: list[str]) -> int:
     """``briefd result ID [--wait]``: the result JSON; the exit code says how it ended."""
-    parser = _parser("result", "A finished job's result.")
-    parser.add_argument("job_id")
+    parser = _parser(
+        "result",
+        "A finished job's result as JSON: status, documents, errors, fallbacks, metrics.",
+        EXIT_HELP + "; without --wait, 1 also while it is not finished",
+    )
+    parser.add_argument("job_id", help="the job's id (what submit printed)")
     parser.add_argument("--wait", action="store_true", help="wait for the job to finish")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait")
     args = parser.parse_args(argv)
@@ -133,8 +214,13 @@ def result_main(argv: list[str]) -> int:
 
 def cancel_main(argv: list[str]) -> int:
     """``briefd cancel ID``: cancel; prints the state it is in afterwards."""
-    parser = _parser("cancel", "Cancel a job.")
-    parser.add_argument("job_id")
+    parser = _parser(
+        "cancel",
+        "Cancel a job: a queued job ends cancelled at once; a running one once its calls "
+        "in flight are abandoned. Prints the state it is in afterwards.",
+        "exit codes: 0 cancelled or cancelling, 1 the daemon is unreachable, 2 no such job",
+    )
+    parser.add_argument("job_id", help="the job's id (what submit printed)")
     args = parser.parse_args(argv)
     with _client(args) as client:
         try:
@@ -148,10 +234,12 @@ def cancel_main(argv: list[str]) -> int:
 
 def jobs_main(argv: list[str]) -> int:
     """``briefd jobs [--status S] [--limit N] [--json]``: the newest jobs, one per line."""
-    parser = _parser("jobs", "List the daemon's jobs.")
-    parser.add_argument("--status", choices=[s.value for s in JobState])
-    parser.add_argument("--limit", type=int, default=50)
-    parser.add_argument("--json", action="store_true")
+    parser = _parser("jobs", "List the daemon's newest jobs: id, state and progress, one a line.")
+    parser.add_argument(
+        "--status", choices=[s.value for s in JobState], help="only the jobs in this state"
+    )
+    parser.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    parser.add_argument("--json", action="store_true", help="print the JSON the API returns")
     args = parser.parse_args(argv)
     with _client(args) as client:
         try:

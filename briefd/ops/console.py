@@ -214,7 +214,12 @@ def render(
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="briefd console", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="briefd console",
+        description="A live operations dashboard built only from the event log "
+        "(BRIEFD_LOG_FILE): jobs, parallel stages, tokens, p50/p95 latency, speed-up and "
+        "rollback signals. Ctrl-C to leave.",
+    )
     parser.add_argument("--log", type=Path, help="the event log (default: BRIEFD_LOG_FILE)")
     parser.add_argument("--once", action="store_true", help="print one snapshot and exit")
     parser.add_argument("--interval", type=float, default=0.5, help="refresh period, seconds")

@@ -13,6 +13,11 @@ or an ``Authorization`` / ``api-key`` / ``x-api-key`` value. Tracebacks are
 printed without local variables (``diagnose=False``): locals can hold keys. The
 log file is created 0600 whatever the umask: it holds job ids, stage errors and
 upstream text that are nobody else's business, redacted or not.
+
+briefd is quiet as a library (``briefd/__init__`` disables its loguru messages);
+:func:`setup_logging` is the application saying it wants them, so it enables
+them, and then warns about each ``BRIEFD_*`` variable briefd does not read: a
+misspelt setting would otherwise be ignored without a word.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from loguru import logger
 
 from briefd.config import Settings
+from briefd.config.settings import unknown_environment
 from briefd.ops.eventlog import LOG_EVENT, SCHEMA_VERSION, dumps_line, escape_control, line_of
 from briefd.redaction import REDACTED, redact, register_secret
 
@@ -38,6 +44,8 @@ RETENTION = 5
 LOG_FILE_MODE = 0o600
 # The redaction helpers moved to briefd.redaction; they are still importable from here.
 __all__ = ["REDACTED", "RETENTION", "ROTATION", "redact", "register_secret", "setup_logging"]
+# Unknown variables already warned about: once per process, however often logging is set up.
+_warned: set[str] = set()
 
 
 def _private_opener(path: str, flags: int) -> int:
@@ -135,3 +143,23 @@ def setup_logging(
     logging.basicConfig(handlers=[_InterceptHandler()], level=logging.INFO, force=True)
     logging.getLogger("pykka").setLevel(logging.DEBUG)
     logging.getLogger("urllib3").setLevel(logging.WARNING)
+    logger.enable("briefd")
+    warn_unknown_environment()
+
+
+def unknown_environment_warnings(environ: dict[str, str] | None = None) -> list[str]:
+    """One line per ``BRIEFD_*`` variable briefd does not read, not yet warned about in this
+    process (each names the variable and the one it probably meant)."""
+    lines = []
+    for text in unknown_environment(environ):
+        name = text.split(" ", 1)[0]
+        if name not in _warned:
+            _warned.add(name)
+            lines.append(f"unknown variable {text}: ignored")
+    return lines
+
+
+def warn_unknown_environment(environ: dict[str, str] | None = None) -> None:
+    """Log :func:`unknown_environment_warnings` as warnings."""
+    for line in unknown_environment_warnings(environ):
+        logger.warning("{}", line)

@@ -27,7 +27,12 @@ EXIT_OK, EXIT_WARNING, EXIT_USAGE = 0, 1, 2
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="briefd report", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="briefd report",
+        description="The console's figures for a finished event log, printed once (text, or "
+        "--json) for cron and CI. Give rotated files oldest first. Exit 0; with --check, 1 when "
+        "a rollback signal is crossed; 2 on bad input.",
+    )
     parser.add_argument("files", type=Path, nargs="+", metavar="FILE", help="event log files")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--check", action="store_true", help="exit 1 if a signal is crossed")

@@ -36,7 +36,12 @@ _non_negative.__name__ = "non-negative number"  # argparse names the type in its
 
 def main(argv: list[str] | None = None) -> int:
     """``briefd sim``: serve until SIGINT/SIGTERM; exit 2 with one line on bad input."""
-    parser = _Parser(prog="briefd sim", description="Simulated OpenAI-compatible server.")
+    parser = _Parser(
+        prog="briefd sim",
+        description="A simulated OpenAI-compatible server for demos and tests: the seed's "
+        "7/7/5/6 s stage latencies times --scale, optional faults. Prints its URL; runs until "
+        "SIGINT or SIGTERM.",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
     parser.add_argument("--port", type=int, default=0, help="port to bind (0: pick a free one)")
     parser.add_argument("--scale", type=_non_negative, default=None, help="latency multiplier")
