@@ -35,7 +35,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 # Each function takes the arguments after the command name and returns an exit code;
 # each has a parser of its own, so ``briefd NAME --help`` is that parser's help.
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "serve": ("briefd.daemon.main", "main", "run the daemon: an HTTP API for many jobs at once"),
+    "serve": ("briefd.daemon.serve", "main", "run the daemon: an HTTP API for many jobs at once"),
     "submit": ("briefd.daemon.client_cli", "submit_main", "submit a job to the daemon"),
     "status": ("briefd.daemon.client_cli", "status_main", "a job's state and progress"),
     "result": ("briefd.daemon.client_cli", "result_main", "a finished job's result (JSON)"),

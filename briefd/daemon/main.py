@@ -27,7 +27,6 @@ Under systemd (``Type=notify``) it says ``READY=1`` once it listens, pings
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import select
@@ -53,7 +52,6 @@ from briefd.daemon.prometheus import DaemonFigures, MetricsExporter
 from briefd.daemon.service import (
     dump_threads,
     ensure_token,
-    install_signals,
     lock_data_dir,
     sd_notify,
 )
@@ -72,7 +70,7 @@ from briefd.messages import (
     Tick,
 )
 from briefd.ops.events import publish
-from briefd.ops.logs import register_secret, setup_logging
+from briefd.ops.logs import register_secret
 from briefd.private import private_dir
 from briefd.store import open_store
 from briefd.store.base import StoreUnavailable
@@ -403,37 +401,3 @@ def _barrier(futures: list[pykka.Future[Any]], timeout_s: float = 1.0) -> None:
     for future in futures:
         with contextlib.suppress(pykka.Timeout, pykka.ActorDeadError):
             future.get(timeout=max(0.01, deadline - time.monotonic()))
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # one line, exit 2 (through the CLI)
-        raise ConfigError(f"serve: {message}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``briefd serve [--config FILE]``: run until SIGTERM/SIGINT; 2 with one line on bad set-up."""
-    parser = _Parser(
-        prog="briefd serve",
-        description="Run the briefd daemon: an HTTP API on BRIEFD_LISTEN (127.0.0.1:8765) for "
-        "many jobs at once under one token cap, journalled in BRIEFD_DATA_DIR. Runs until "
-        "SIGTERM or SIGINT; SIGHUP reads --config again (the token cap, retries and timeouts "
-        "apply live). See docs/daemon.md.",
-    )
-    parser.add_argument("--config", type=Path, help="settings TOML file (else $BRIEFD_CONFIG)")
-    args = parser.parse_args(argv)
-    wakeup, _writer = install_signals()  # a signal during start-up waits for the loop
-    env_config = os.environ.get("BRIEFD_CONFIG")
-    config_file: Path | None = args.config or (Path(env_config) if env_config else None)
-    settings = Settings.load(config_file)
-    setup_logging(settings)
-    daemon = Daemon(settings, config_file)
-    try:
-        daemon.start()
-    except BaseException:
-        daemon.abort()
-        raise
-    code = daemon.run(wakeup)
-    if code != 0:  # threads may be stuck: do not wait for them
-        logger.complete()
-        os._exit(code)
-    return code
