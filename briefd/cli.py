@@ -151,16 +151,24 @@ def _run(args: argparse.Namespace) -> int:
     pipeline = Pipeline(settings)  # reads the pipeline; nothing starts before ``with``
     job = load_job_file(args.job, pipeline.pipeline)
     streamed: dict[str, Any] = {}  # stage -> document already in its file
+    made = not args.out.exists()
     with _open_out(args.out) as out:
-        with pipeline:
+        try:
+            with pipeline:
 
-            def stream(stage: str, document: Any) -> None:  # tried again at the end
-                with contextlib.suppress(OutputError):
-                    out.write_document(pipeline.pipeline, stage, document)
-                    streamed[stage] = document
+                def stream(stage: str, document: Any) -> None:  # tried again at the end
+                    with contextlib.suppress(OutputError):
+                        out.write_document(pipeline.pipeline, stage, document)
+                        streamed[stage] = document
 
-            future = pipeline.submit(job, on_document=None if settings.buffer_results else stream)
-            result = future.get(timeout=pipeline.job_timeout_s())
+                on_document = None if settings.buffer_results else stream
+                future = pipeline.submit(job, on_document=on_document)
+                result = future.get(timeout=pipeline.job_timeout_s())
+        except BaseException:
+            if made:  # a run that never got going leaves no empty folder behind
+                with contextlib.suppress(OSError):
+                    args.out.rmdir()
+            raise
         written = out.write_result(pipeline.pipeline, result, already=streamed)
     return _report(result, written)
 
