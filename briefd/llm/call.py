@@ -22,6 +22,7 @@ An untrusted certificate is TLS_ERROR, not retried; verification stays on.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import json
 import ssl
@@ -33,7 +34,7 @@ from typing import Any
 import requests
 
 from briefd.config import Settings, StageSpec
-from briefd.llm.abort import AbortableAdapter, CallAbort, bound
+from briefd.llm.abort import CallAbort, bound, shared_adapter
 from briefd.llm.encoding import ACCEPT_ENCODING, BodyDecoder
 from briefd.llm.errors import (
     QUOTA_CODES,
@@ -125,7 +126,11 @@ def parse_retry_after(
 class ChatClient:
     """Calls ``POST {base_url}/chat/completions`` on one ``requests.Session``.
 
-    One client per stage actor: a Session is not shared between threads.
+    One client per stage actor: a Session (its cookies, its headers) is not
+    shared between threads. Its connections are: the Session is mounted on the
+    process's pool for the endpoint (:func:`~briefd.llm.abort.shared_adapter`,
+    thread-safe below the Session), so stages and jobs reuse kept-alive
+    connections instead of connecting (and for https, handshaking) per call.
     """
 
     def __init__(self, settings: Settings, base_url: str, abort: CallAbort | None = None) -> None:
@@ -134,7 +139,7 @@ class ChatClient:
         self._shown_url = _without_userinfo(self._url)
         self._abort = abort
         self._session = requests.Session()
-        adapter = AbortableAdapter()
+        adapter = shared_adapter(self._url, settings.max_concurrent)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
         self._session.headers["User-Agent"] = "briefd"
@@ -145,7 +150,12 @@ class ChatClient:
             self._session.headers["Authorization"] = f"Bearer {key}"
 
     def close(self) -> None:
-        self._session.close()
+        """Forget the session; the shared pool (and its kept-alive connections) stays.
+
+        ``Session.close`` would close the adapters it is mounted on, i.e. every
+        other stage's connections, so it is not called.
+        """
+        self._session.adapters.clear()
 
     def complete(self, body: dict[str, Any], *, job_id: str, stage: str) -> Completion:
         """One call; raises a :class:`~briefd.llm.errors.CallError` subclass on any failure.
@@ -200,7 +210,7 @@ class ChatClient:
         """The body, decoded, within the deadline and the size cap (before and after decoding)."""
         decoder = BodyDecoder(resp.headers.get("Content-Encoding"), _MAX_BODY)
         remaining = deadline - time.monotonic()
-        watchdog = threading.Timer(max(remaining, 0.0), resp.raw.shutdown)
+        watchdog = threading.Timer(max(remaining, 0.0), _cut, (resp,))
         watchdog.daemon = True
         watchdog.start()
         chunks: list[bytes] = []
@@ -240,6 +250,13 @@ class ChatClient:
             code=ErrorCode.TIMEOUT,
             hint="raise BRIEFD_TIMEOUT_MS or check the server's load",
         )
+
+
+def _cut(resp: requests.Response) -> None:
+    """The watchdog: shut the response's socket (once its connection is back in the pool,
+    urllib3 refuses, and the read it would have cut is over anyway)."""
+    with contextlib.suppress(OSError, RuntimeError, ValueError):
+        resp.raw.shutdown()
 
 
 def _without_userinfo(url: str) -> str:
