@@ -105,15 +105,26 @@ class Daemon:
     def start(self, *args: str, ready_s: float = 20.0) -> Daemon:
         """Start and wait until ``/healthz`` answers (fails with the log if it exits)."""
         self.args = list(args)
+        self.proc = self.spawn(self.command(*args))
+        self.wait_ready(ready_s)
+        return self
+
+    def command(self, *args: str) -> list[str]:
+        """The child's command line (a test may launch the daemon another way)."""
+        return [sys.executable, "-m", "briefd", "serve", *args]
+
+    def spawn(self, cmd: list[str]) -> subprocess.Popen[bytes]:
+        """Start ``cmd`` with its output appended to the log file."""
         log = open(self.log_path, "ab")  # noqa: SIM115  closed by the child's exit
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "briefd", "serve", *args],
-            cwd=self.tmp,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
+        try:
+            return subprocess.Popen(
+                cmd, cwd=self.tmp, env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
+        finally:
+            log.close()
+
+    def wait_ready(self, ready_s: float) -> None:
+        """Until ``/healthz`` answers 200; fails with the log if the child exits first."""
 
         def ready() -> bool:
             assert self.proc is not None
@@ -125,7 +136,6 @@ class Daemon:
                 return False
 
         assert wait_for(ready, ready_s), f"daemon not ready in {ready_s}s:\n{self.log()}"
-        return self
 
     @property
     def token(self) -> str:

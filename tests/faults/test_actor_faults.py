@@ -13,7 +13,6 @@ import ast
 import json
 import os
 import queue
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ from typing import Any
 
 import pykka
 import pytest
-from daemon_helpers import HTTP, STAGES, Daemon, complete_stages, make_job, wait_for
+from daemon_helpers import STAGES, Daemon, complete_stages, make_job, wait_for
 
 import briefd
 from briefd.actors import CoordinatorActor, RateLimiterActor, StageActor
@@ -308,29 +307,8 @@ class _LaunchedDaemon(Daemon):
         super().__init__(tmp, base_url, **settings)
         self.doomed = doomed
 
-    def start(self, *args: str, ready_s: float = 20.0) -> Daemon:
-        self.args = list(args)
-        log = open(self.log_path, "ab")  # noqa: SIM115  closed by the child's exit
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", _LAUNCHER, self.doomed, *args],
-            cwd=self.tmp,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
-
-        def ready() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.log()}")
-            try:
-                return HTTP.get(f"{self.url}/healthz", timeout=1).status_code == 200
-            except OSError:
-                return False
-
-        assert wait_for(ready, ready_s), f"daemon not ready in {ready_s}s:\n{self.log()}"
-        return self
+    def command(self, *args: str) -> list[str]:
+        return [sys.executable, "-c", _LAUNCHER, self.doomed, *args]
 
 
 @pytest.fixture
