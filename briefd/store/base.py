@@ -24,7 +24,7 @@ SQLite (:mod:`briefd.store.sqlite`) is the embedded default.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from briefd.config import PipelineSpec
 from briefd.messages import (
@@ -43,6 +43,10 @@ from briefd.messages import (
 
 class StoreUnavailable(Exception):
     """The store cannot write now (disk full, I/O error); nothing was committed: try again."""
+
+
+if TYPE_CHECKING:
+    from briefd.store.files import JobFiles
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,43 @@ class Store(Protocol):
     def counts(self) -> dict[str, int]: ...
     def write_problem(self) -> str | None: ...
     def close(self) -> None: ...
+
+
+class StageWrites:
+    """The three stage writes, the same on every backend over its own ``_set_stage``.
+
+    A stage ends once: a document is committed before its file is written, and
+    neither a complete nor a failed stage is written again (a resumed run does
+    not call it). A file that cannot be written is only recorded here; the job's
+    end writes every file again and reports what still fails (``OUTPUT_ERROR``).
+    """
+
+    files: JobFiles
+
+    def _set_stage(
+        self,
+        job_id: str,
+        stage: str,
+        state: StageState,
+        attempts: int,
+        document: Any,
+        error: PipelineError | None,
+    ) -> bool:
+        """Write one stage unless it has ended or its job is not live; whether it was."""
+        raise NotImplementedError
+
+    def stage_started(self, job_id: str, stage: str, attempt: int) -> None:
+        """A call is in flight (for status only: a running stage is called again on resume)."""
+        self._set_stage(job_id, stage, StageState.RUNNING, attempt, None, None)
+
+    def stage_succeeded(self, job_id: str, stage: str, document: Any, attempts: int) -> None:
+        """Commit the document (never called again), then write its output file."""
+        if self._set_stage(job_id, stage, StageState.COMPLETE, attempts, document, None):
+            self.files.write_document(job_id, stage, document)
+
+    def stage_failed(self, job_id: str, stage: str, error: PipelineError, attempts: int) -> None:
+        """The stage gave up after its retries: final, a resumed run does not call it again."""
+        self._set_stage(job_id, stage, StageState.FAILED, attempts, None, error)
 
 
 def stage_percent(pipeline: PipelineSpec, states: dict[str, StageState]) -> float:

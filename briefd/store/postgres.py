@@ -46,7 +46,14 @@ from briefd.messages import (
     PipelineError,
     StageState,
 )
-from briefd.store.base import Run, StageRow, StoreUnavailable, closing_result, stage_percent
+from briefd.store.base import (
+    Run,
+    StageRow,
+    StageWrites,
+    StoreUnavailable,
+    closing_result,
+    stage_percent,
+)
 from briefd.store.files import FILES, JobFiles
 from briefd.store.health import WriteHealth
 from briefd.store.pg_setup import ensure_schema, one_line, open_pool, redact_url, unavailable
@@ -66,7 +73,7 @@ _INFO = (
 Cursor = psycopg.Cursor[DictRow]
 
 
-class PostgresStore:
+class PostgresStore(StageWrites):
     """The durable record of the daemon's jobs in PostgreSQL (thread-safe: a pool)."""
 
     def __init__(
@@ -240,19 +247,6 @@ class PostgresStore:
         )
 
     # -- stage results ---------------------------------------------------------------
-
-    def stage_started(self, job_id: str, stage: str, attempt: int) -> None:
-        """A call is in flight (for status only: a running stage is called again on resume)."""
-        self._set_stage(job_id, stage, StageState.RUNNING, attempt, None, None)
-
-    def stage_succeeded(self, job_id: str, stage: str, document: Any, attempts: int) -> None:
-        """Commit the document (never called again), then write its output file."""
-        if self._set_stage(job_id, stage, StageState.COMPLETE, attempts, document, None):
-            self.files.write_document(job_id, stage, document)
-
-    def stage_failed(self, job_id: str, stage: str, error: PipelineError, attempts: int) -> None:
-        """The stage gave up after its retries: final, a resumed run does not call it again."""
-        self._set_stage(job_id, stage, StageState.FAILED, attempts, None, error)
 
     def _set_stage(
         self,

@@ -34,7 +34,14 @@ from briefd.messages import (
     PipelineError,
     StageState,
 )
-from briefd.store.base import Run, StageRow, StoreUnavailable, closing_result, stage_percent
+from briefd.store.base import (
+    Run,
+    StageRow,
+    StageWrites,
+    StoreUnavailable,
+    closing_result,
+    stage_percent,
+)
 from briefd.store.files import FILES, JobFiles
 from briefd.store.health import WriteHealth
 from briefd.store.sqlite_open import open_journal_db, unavailable
@@ -70,7 +77,7 @@ JOURNAL = "journal"
 """The area journal write failures are reported under (:class:`WriteHealth`)."""
 
 
-class Journal:
+class Journal(StageWrites):
     """The durable record of the daemon's jobs (thread-safe)."""
 
     def __init__(
@@ -251,23 +258,6 @@ class Journal:
                 )
 
     # -- stage results ---------------------------------------------------------------
-
-    def stage_started(self, job_id: str, stage: str, attempt: int) -> None:
-        """A call is in flight (for status only: a running stage is called again on resume)."""
-        self._set_stage(job_id, stage, StageState.RUNNING, attempt, None, None)
-
-    def stage_succeeded(self, job_id: str, stage: str, document: Any, attempts: int) -> None:
-        """Commit the document (never called again), then write its output file.
-
-        A file that cannot be written is only recorded: the job's end writes every
-        file again and reports what still fails (OUTPUT_ERROR).
-        """
-        if self._set_stage(job_id, stage, StageState.COMPLETE, attempts, document, None):
-            self.files.write_document(job_id, stage, document)
-
-    def stage_failed(self, job_id: str, stage: str, error: PipelineError, attempts: int) -> None:
-        """The stage gave up after its retries: final, a resumed run does not call it again."""
-        self._set_stage(job_id, stage, StageState.FAILED, attempts, None, error)
 
     def _set_stage(
         self,
