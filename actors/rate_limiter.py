@@ -1,14 +1,24 @@
-"""The rate limiter: a sack of execution tokens, handed out by message, and its supervisor.
+"""The rate limiter: a sack of execution tokens, handed out by message.
 
 It never blocks. ``RequestToken`` joins a queue; ``TokenGranted`` is told to
-the requester when a token is free. Waiting requests are served longest
-remaining DAG path first (so the critical path is never held up by a stage
-nothing waits for), then in arrival order.
+the requester when every gate is open, checked in this order:
+
+* **pause**: a 429 (``ReportRateLimit``) pauses all grants until the server's
+  ``Retry-After`` (the limit is the server's, not one stage's); a server that
+  says a budget's ``remaining`` is 0 pauses them until its reset;
+* **window**: at most W calls in flight, W adapted between 1 and the ceiling
+  (``BRIEFD_MAX_CONCURRENT``) from each call's outcome (:mod:`briefd.limits.window`);
+* **budgets**: ``BRIEFD_RPM``/``BRIEFD_TPM`` as GCRA (:mod:`briefd.limits.gcra`);
+  when one says "not yet" a timer wakes the limiter then (it never sleeps).
+
+Which waiting request goes first: the oldest admitted job (after its priority,
+which ages), then the stage with the longest latency-weighted path to its
+job's end (:mod:`briefd.limits.order`). The request picked waits for a budget
+rather than letting a cheaper one pass it, so a large prompt is not starved.
 
 A token is a lease: if its holder dies without ``ReleaseToken``, a periodic
-check reclaims it. A 429 from the API (``ReportRateLimit``) pauses all grants
-until the server's ``Retry-After`` has passed: the limit is the server's, not
-one stage's.
+check reclaims it. ``ReleaseToken`` says how the call ended (``outcome``), what
+it cost (``used_tokens``) and what the server's headers said (``limits``).
 
 Surviving its own death. One limiter serves every job of a process, so if it
 died every stage waiting for a token would wait forever. Two walls:
@@ -17,8 +27,9 @@ died every stage waiting for a token would wait forever. Two walls:
   raises (a bug, a bad message): logged, the message dropped, the limiter
   goes on. A bad message cannot kill it.
 * A real death (stopped by mistake, or a ``BaseException``) is noticed by its
-  owner through :class:`LimiterSupervisor`, which the owner (``Pipeline``, the
-  daemon) holds in place of a bare ``ActorRef``: every ``tell`` to a dead
+  owner through a ``LimiterSupervisor`` (:mod:`briefd.actors.limiter_supervisor`),
+  which the owner (``Pipeline``, the daemon) holds in place of a bare
+  ``ActorRef``: every ``tell`` to a dead
   limiter starts a successor first, and the owner's watch loop calls
   :meth:`LimiterSupervisor.check` so a death is noticed even when nobody tells.
 
@@ -39,12 +50,9 @@ until its job is cancelled. Its window is a few instructions wide.
 
 from __future__ import annotations
 
-import contextlib
-import heapq
 import itertools
 import threading
 import time
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -52,6 +60,8 @@ from typing import Any, Protocol
 import pykka
 from loguru import logger
 
+from briefd.limits.order import Waiting, pick
+from briefd.limits.pacing import Pacer
 from briefd.messages import (
     CancelTokenRequest,
     RateLimitCooldown,
@@ -92,6 +102,8 @@ class Lease:
     stage: str
     requester: str
     granted_at: float
+    epoch: int = 0  # the window's epoch when the call started
+    est_tokens: int = 0  # charged to the token budget at the grant
 
 
 @dataclass(frozen=True)
@@ -105,6 +117,13 @@ class LimiterStats:
     reclaimed_total: int
     cooling_down_for_s: float
     restarts: int = 0
+    window: float = 0.0  # W (calls allowed in flight is W rounded down, at least 1)
+    in_flight: int = 0
+    rpm_lag_s: float = 0.0  # how far each budget's GCRA clock runs ahead of now
+    tpm_lag_s: float = 0.0
+    paused_for_s: float = 0.0  # a server's remaining=0 until its reset
+    pauses_total: int = 0
+    rate_limited_total: int = 0
 
 
 @dataclass
@@ -115,33 +134,45 @@ class LimiterState:
     """
 
     capacity: int
+    adaptive: bool = True
+    rpm: float | None = None
+    tpm: float | None = None
     leases: dict[int, Lease] = field(default_factory=dict)
-    waiting: list[tuple[int, int, RequestToken, float]] = field(default_factory=list)
+    waiting: list[Waiting] = field(default_factory=list)
     seq: itertools.count[int] = field(default_factory=itertools.count)
     lease_ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     cooldown_until: float = 0.0
     granted_total: int = 0
     reclaimed_total: int = 0
     restarts: int = 0
+    wake_at: float = 0.0  # a timer will Tick the limiter then
+    pacer: Pacer = field(init=False)  # the window, the budgets, the server's pause
     unread: list[Any] = field(default_factory=list)  # envelopes a dead limiter never read
     retired: bool = False  # its owner stopped it on purpose: nothing to hand over
     vacated: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
         self.vacated.set()  # nobody holds a fresh state
+        self.pacer = Pacer.new(self.capacity, adaptive=self.adaptive, rpm=self.rpm, tpm=self.tpm)
 
 
 class RateLimiterActor(pykka.ThreadingActor):
-    """Hands out ``capacity`` execution tokens (default 2)."""
+    """Hands out up to ``capacity`` execution tokens (default 2): the window's ceiling."""
 
     def __init__(
         self,
         capacity: int = 2,
         observers: Sequence[Observer] = (),
         state: LimiterState | None = None,
+        *,
+        adaptive: bool = True,
+        rpm: float | None = None,
+        tpm: float | None = None,
     ) -> None:
         super().__init__()
-        self._s = state if state is not None else LimiterState(capacity=capacity)
+        if state is None:
+            state = LimiterState(capacity=capacity, adaptive=adaptive, rpm=rpm, tpm=tpm)
+        self._s = state
         self._observers = tuple(observers)
         self._timers = Timers()
 
@@ -150,6 +181,7 @@ class RateLimiterActor(pykka.ThreadingActor):
         if not s.vacated.wait(TAKEOVER_WAIT_S):
             logger.error("rate limiter: the previous limiter did not leave its state; taking it")
         s.vacated = threading.Event()
+        s.wake_at = 0.0  # the predecessor's timers died with it
         try:
             unread, s.unread = s.unread, []
             for envelope in unread:  # in the order they were sent to the dead one
@@ -191,16 +223,14 @@ class RateLimiterActor(pykka.ThreadingActor):
         s = self._s
         match message:
             case RequestToken():
-                heapq.heappush(
-                    s.waiting, (-message.priority, next(s.seq), message, time.monotonic())
-                )
+                s.waiting.append(Waiting(next(s.seq), message, time.monotonic()))
             case ReleaseToken(lease_id=lease_id):
                 lease = s.leases.pop(lease_id, None)
                 if lease is not None:
+                    self._settle(lease, message)
                     self._released(lease, reclaimed=False)
             case CancelTokenRequest(requester=urn):
-                s.waiting = [w for w in s.waiting if w[2].requester != urn]
-                heapq.heapify(s.waiting)
+                s.waiting = [w for w in s.waiting if w.request.requester != urn]
                 for lease in [x for x in s.leases.values() if x.requester == urn]:
                     del s.leases[lease.lease_id]
                     self._released(lease, reclaimed=False)
@@ -209,6 +239,7 @@ class RateLimiterActor(pykka.ThreadingActor):
             case SetCapacity(capacity=c):
                 logger.info("token capacity {} -> {}", s.capacity, c)
                 s.capacity = c
+                s.pacer.window.set_ceiling(c)
             case Tick():
                 self._reap()
             case _:
@@ -217,27 +248,54 @@ class RateLimiterActor(pykka.ThreadingActor):
     def stats(self) -> LimiterStats:
         """Current figures (call through ``proxy()`` from outside, with a timeout)."""
         s = self._s
+        now = time.monotonic()
+        window = s.pacer.window
+        rpm_lag, tpm_lag = s.pacer.lags()
         return LimiterStats(
             capacity=s.capacity,
             in_use=len(s.leases),
             waiting=len(s.waiting),
             granted_total=s.granted_total,
             reclaimed_total=s.reclaimed_total,
-            cooling_down_for_s=max(0.0, s.cooldown_until - time.monotonic()),
+            cooling_down_for_s=max(0.0, s.cooldown_until - now),
             restarts=s.restarts,
+            window=window.w if window.adaptive else float(window.ceiling),
+            in_flight=len(s.leases),
+            rpm_lag_s=rpm_lag,
+            tpm_lag_s=tpm_lag,
+            paused_for_s=max(0.0, s.pacer.pause_until - now),
+            pauses_total=s.pacer.pauses,
+            rate_limited_total=s.pacer.rate_limited,
         )
 
     def _grant(self) -> None:
         s = self._s
-        if time.monotonic() < s.cooldown_until:
-            return
-        while s.waiting and len(s.leases) < s.capacity:
-            _, _, req, queued_at = heapq.heappop(s.waiting)
+        now = time.monotonic()
+        if now < s.cooldown_until:
+            return  # the cool-down's own timer wakes the limiter
+        while s.waiting and len(s.leases) < s.pacer.window.limit:
+            i = pick(s.waiting, now, s.pacer.latencies)
+            req, queued_at = s.waiting[i].request, s.waiting[i].queued_at
             ref = pykka.ActorRegistry.get_by_urn(req.requester)
             if ref is None:
-                continue  # the requester died while waiting
-            lease = Lease(next(s.lease_ids), req.job_id, req.stage, req.requester, time.monotonic())
+                del s.waiting[i]  # the requester died while waiting
+                continue
+            delay = s.pacer.delay(req.est_tokens)
+            if delay > 0:
+                self._wake(delay)  # the head waits; nobody passes it
+                return
+            del s.waiting[i]
+            lease = Lease(
+                next(s.lease_ids),
+                req.job_id,
+                req.stage,
+                req.requester,
+                time.monotonic(),
+                epoch=s.pacer.window.epoch,
+                est_tokens=req.est_tokens,
+            )
             s.leases[lease.lease_id] = lease
+            s.pacer.spend(lease.est_tokens)
             s.granted_total += 1
             granted = TokenGranted(
                 job_id=req.job_id,
@@ -247,13 +305,38 @@ class RateLimiterActor(pykka.ThreadingActor):
                 capacity=s.capacity,
                 waiting=len(s.waiting),
                 waited_ms=int((lease.granted_at - queued_at) * 1000),
+                window=s.pacer.window.limit,
             )
             try:
                 ref.tell(granted)
             except pykka.ActorDeadError:
                 del s.leases[lease.lease_id]
+                s.pacer.refund(lease.est_tokens)
                 continue
             publish(granted, self._observers)
+
+    def _wake(self, delay_s: float) -> None:
+        """Tick the limiter in ``delay_s`` unless a timer already will by then."""
+        s = self._s
+        now = time.monotonic()
+        due = now + delay_s
+        if s.wake_at > now and s.wake_at <= due + 0.001:
+            return
+        s.wake_at = due
+        self._timers.tell_later(self.actor_ref, delay_s, Tick())
+
+    def _settle(self, lease: Lease, msg: ReleaseToken) -> None:
+        """Learn from how the call ended (the window, the stage's latency, budgets, headers)."""
+        self._s.pacer.ended(
+            stage=lease.stage,
+            outcome=msg.outcome,
+            epoch=lease.epoch,
+            in_flight=len(self._s.leases) + 1,
+            elapsed_s=time.monotonic() - lease.granted_at,
+            est_tokens=lease.est_tokens,
+            used_tokens=msg.used_tokens,
+            limits=msg.limits,
+        )
 
     def _released(self, lease: Lease, *, reclaimed: bool) -> None:
         s = self._s
@@ -268,6 +351,7 @@ class RateLimiterActor(pykka.ThreadingActor):
                 capacity=s.capacity,
                 waiting=len(s.waiting),
                 reclaimed=reclaimed,
+                window=s.pacer.window.limit,
             ),
             self._observers,
         )
@@ -283,6 +367,7 @@ class RateLimiterActor(pykka.ThreadingActor):
         if until <= self._s.cooldown_until:
             return
         self._s.cooldown_until = until
+        self._s.pacer.pauses += 1
         publish(
             RateLimitCooldown(
                 job_id=msg.job_id,
@@ -293,82 +378,3 @@ class RateLimiterActor(pykka.ThreadingActor):
             self._observers,
         )
         self._timers.tell_later(self.actor_ref, msg.retry_after_s, Tick())
-
-
-class LimiterSupervisor:
-    """The owner's handle on its limiter: restarts a dead one, with its state, on first need.
-
-    pykka has no supervision, so this is it. Thread-safe: stages ``tell`` from
-    their threads, the owner calls :meth:`check` from its watch loop and
-    :meth:`proxy` for figures. After :meth:`stop` nothing is restarted.
-    """
-
-    def __init__(self, capacity: int, observers: Sequence[Observer] = ()) -> None:
-        self._observers = tuple(observers)
-        self._state = LimiterState(capacity=capacity)
-        self._lock = threading.Lock()
-        self._recent: deque[float] = deque()
-        self._stopped = False
-        self._ref: pykka.ActorRef[RateLimiterActor] = RateLimiterActor.start(
-            observers=self._observers, state=self._state
-        )
-
-    @property
-    def ref(self) -> pykka.ActorRef[RateLimiterActor]:
-        """The current limiter (may be dead until the next :meth:`check` or ``tell``)."""
-        return self._ref
-
-    def tell(self, message: Any) -> None:
-        """Tell the limiter, starting a successor first if it died (ActorDeadError if stopped)."""
-        ref = self._ref
-        try:
-            ref.tell(message)
-        except pykka.ActorDeadError:
-            self._revive(ref).tell(message)
-
-    def proxy(self) -> pykka.ActorProxy[RateLimiterActor]:
-        """The live limiter's proxy, for ``stats()`` with a timeout."""
-        ref = self._ref
-        if not ref.is_alive():
-            ref = self._revive(ref)
-        return ref.proxy()
-
-    def check(self) -> bool:
-        """The owner's watch: restart a dead limiter. True if it is alive afterwards."""
-        ref = self._ref
-        if ref.is_alive():
-            return True
-        with contextlib.suppress(pykka.ActorDeadError):
-            return self._revive(ref).is_alive()
-        return False
-
-    def stop(self, timeout_s: float = 5.0) -> None:
-        """Stop for good (no successor), waiting up to ``timeout_s``."""
-        with self._lock:
-            self._stopped = True
-            self._state.retired = True
-            ref = self._ref
-        with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
-            ref.stop(block=True, timeout=timeout_s)
-
-    def _revive(self, dead: pykka.ActorRef[RateLimiterActor]) -> pykka.ActorRef[RateLimiterActor]:
-        with self._lock:
-            if self._ref is not dead:  # another thread got there first
-                return self._ref
-            if self._stopped:
-                raise pykka.ActorDeadError("the rate limiter was stopped")
-            now = time.monotonic()
-            while self._recent and now - self._recent[0] > 60.0:
-                self._recent.popleft()
-            if len(self._recent) >= RESTARTS_PER_MINUTE:
-                raise pykka.ActorDeadError("the rate limiter keeps dying; not restarted")
-            self._recent.append(now)
-            self._state.restarts += 1
-            s = self._state
-            logger.error(
-                "rate limiter died; restarting it with its {} lease(s) and {} waiting request(s)",
-                len(s.leases),
-                len(s.waiting),
-            )
-            self._ref = RateLimiterActor.start(observers=self._observers, state=self._state)
-            return self._ref

@@ -26,11 +26,12 @@ from loguru import logger
 
 from briefd.actors.rate_limiter import LimiterRef
 from briefd.config import Settings, StageSpec
+from briefd.limits.gcra import estimate_tokens
 from briefd.llm.abort import CallAbort
 from briefd.llm.call import ChatClient, Completion, build_request
 from briefd.llm.errors import CallCancelled, CallError, InvalidOutputError, StatusError
 from briefd.llm.extract import extract_document
-from briefd.llm.retry import RetryDriver, make_retrying
+from briefd.llm.retry import RetryDriver, make_retrying, outcome_of
 from briefd.messages import (
     CancelTokenRequest,
     ErrorCode,
@@ -49,6 +50,7 @@ from briefd.messages import (
     TokenGranted,
     Usage,
 )
+from briefd.messages.token import Outcome, RateLimits
 from briefd.timers import Timers
 
 AnyRef = pykka.ActorRef[Any]
@@ -69,6 +71,9 @@ class StageActor(pykka.ThreadingActor):
         coordinator: AnyRef,
         priority: int = 0,
         abort: CallAbort | None = None,
+        admitted_at: float = 0.0,
+        job_priority: int = 0,
+        downstream: dict[str, list[str]] | None = None,
     ) -> None:
         super().__init__()
         self.job_id = job_id
@@ -79,6 +84,9 @@ class StageActor(pykka.ThreadingActor):
         self._limiter = limiter
         self._coordinator = coordinator
         self._priority = priority
+        self._admitted_at = admitted_at  # with job_priority and downstream: the limiter's order
+        self._job_priority = job_priority
+        self._downstream = downstream or {}
         self._abort = abort  # set by the coordinator when the job is cancelled
         self._client: ChatClient | None = None
         self._driver: RetryDriver | None = None  # made in the actor's own thread
@@ -189,6 +197,15 @@ class StageActor(pykka.ThreadingActor):
                 stage=self.spec.name,
                 requester=self.actor_urn,
                 priority=self._priority,
+                admitted_at=self._admitted_at,
+                job_priority=self._job_priority,
+                downstream=self._downstream,
+                est_tokens=estimate_tokens(
+                    len(self._prompt)
+                    + len(self.spec.system or "")
+                    + sum(len(m["content"]) for m in self._extra_messages),
+                    self.spec.max_tokens,
+                ),
             )
         )
 
@@ -207,9 +224,10 @@ class StageActor(pykka.ThreadingActor):
             # Decide (and report a 429's cool-down) before the token goes back, so the
             # limiter pauses grants before it could hand this token to another stage.
             self._after_failure(err)
-            self._release()
+            self._release(outcome_of(err), limits=getattr(err, "limits", None))
             return
-        self._release()
+        used = completion.usage.prompt_tokens + completion.usage.completion_tokens
+        self._release("success", used_tokens=used or None, limits=completion.limits)
         self._add_usage(completion)
         try:
             document = extract_document(self.spec, completion.text)
@@ -313,13 +331,27 @@ class StageActor(pykka.ThreadingActor):
         with contextlib.suppress(pykka.ActorDeadError):
             self._coordinator.tell(event)
 
-    def _release(self) -> None:
+    def _release(
+        self,
+        outcome: Outcome = "unknown",
+        *,
+        used_tokens: int | None = None,
+        limits: RateLimits | None = None,
+    ) -> None:
+        """Give the token back, telling the limiter how the call ended (it adapts to it)."""
         if self._lease is None:
             return
         lease, self._lease = self._lease, None
         with contextlib.suppress(pykka.ActorDeadError):
             self._limiter.tell(
-                ReleaseToken(job_id=self.job_id, stage=self.spec.name, lease_id=lease)
+                ReleaseToken(
+                    job_id=self.job_id,
+                    stage=self.spec.name,
+                    lease_id=lease,
+                    outcome=outcome,
+                    used_tokens=used_tokens,
+                    limits=limits,
+                )
             )
 
     def _add_usage(self, completion: Completion) -> None:

@@ -11,6 +11,25 @@ from typing import Literal
 from pydantic import Field
 
 from briefd.messages.base import Command, Event
+from briefd.messages.job import Frozen
+
+Outcome = Literal["unknown", "success", "rate_limited", "overloaded", "other"]
+"""How a call ended, for the limiter's window: ``rate_limited`` is 429/503, ``overloaded`` a
+timeout or another 5xx, ``other`` any other failure (it says nothing about the server's load)."""
+
+
+class RateLimits(Frozen):
+    """What a server said about its budgets, in seconds from when the answer arrived.
+
+    Parsed from ``x-ratelimit-*``, ``retry-after(-ms)`` and ``anthropic-ratelimit-*``
+    headers (:mod:`briefd.limits.headers`); ``None`` where the server said nothing.
+    """
+
+    remaining_requests: int | None = Field(default=None, description="Requests left.")
+    remaining_tokens: int | None = Field(default=None, description="Tokens left.")
+    reset_requests_s: float | None = Field(default=None, description="Until requests refill.")
+    reset_tokens_s: float | None = Field(default=None, description="Until tokens refill.")
+    retry_after_s: float | None = Field(default=None, description="The server's Retry-After.")
 
 
 class RequestToken(Command):
@@ -26,6 +45,16 @@ class RequestToken(Command):
     stage: str
     requester: str = Field(description="The requesting actor's URN; the grant is told to it.")
     priority: int = Field(default=0, description="Stages left on its longest DAG path.")
+    admitted_at: float = Field(
+        default=0.0, description="When its job was admitted (monotonic s): older jobs first."
+    )
+    job_priority: int = Field(default=0, description="The job's priority: higher first.")
+    downstream: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="This stage and every stage after it, each with its direct dependents: "
+        "the limiter weighs the remaining path by learned stage latencies.",
+    )
+    est_tokens: int = Field(default=0, ge=0, description="Estimated tokens (for BRIEFD_TPM).")
 
 
 class TokenGranted(Event):
@@ -39,15 +68,21 @@ class TokenGranted(Event):
     capacity: int = Field(description="Tokens in all (BRIEFD_MAX_CONCURRENT).")
     waiting: int = Field(default=0, description="Requests still queued after this grant.")
     waited_ms: int = Field(default=0, description="How long this request queued.")
+    window: int | None = Field(default=None, description="Calls allowed in flight now (W).")
 
 
 class ReleaseToken(Command):
-    """Give a leased token back."""
+    """Give a leased token back, saying how the call ended (the limiter adapts to it)."""
 
     type: Literal["ReleaseToken"] = "ReleaseToken"
     job_id: str
     stage: str
     lease_id: int
+    outcome: Outcome = Field(default="unknown", description="How the call ended.")
+    used_tokens: int | None = Field(
+        default=None, ge=0, description="Tokens the server reported (settles BRIEFD_TPM)."
+    )
+    limits: RateLimits | None = Field(default=None, description="The server's rate headers.")
 
 
 class CancelTokenRequest(Command):
@@ -70,6 +105,7 @@ class TokenReleased(Event):
     capacity: int = Field(description="Tokens in all.")
     waiting: int = Field(default=0, description="Requests queued when the lease ended.")
     reclaimed: bool = Field(default=False, description="The holder died without releasing.")
+    window: int | None = Field(default=None, description="Calls allowed in flight now (W).")
 
 
 class ReportRateLimit(Command):

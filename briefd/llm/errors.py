@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from briefd.llm.text import one_line
 from briefd.messages import ErrorCode, PipelineError
+from briefd.messages.token import RateLimits
 
 QUOTA_CODES = frozenset({"insufficient_quota"})
 """Upstream error codes (OpenAI's ``error.code`` / ``error.type``) for an exhausted quota."""
@@ -84,10 +85,12 @@ class StatusError(CallError):
         *,
         retry_after: float | None = None,
         upstream_code: str | None = None,
+        limits: RateLimits | None = None,
     ) -> None:
         self.status = status
         self.retry_after = retry_after
         self.upstream_code = upstream_code
+        self.limits = limits  # the server's rate-limit headers, for the limiter
         if upstream_code in QUOTA_CODES:
             self.code, self.retryable = ErrorCode.QUOTA_EXCEEDED, False
             hint = (

@@ -5,6 +5,12 @@ must not: it must give its token back and stay responsive during a backoff.
 So the stage drives ``Retrying.iter`` itself: after each attempt it records
 the outcome and asks tenacity for the next step (``DoSleep`` -> schedule a
 timer; a result -> done; an exception -> give up).
+
+A 429 does not spend the stage's retry budget (``BRIEFD_MAX_RETRIES``): it says
+the server is busy, not that this call is bad, and the limiter already slows
+everyone down for it. So 429s are counted apart, against a larger bound
+(:data:`MAX_RATE_LIMITED_RETRIES`), so that a server that answers 429 forever
+still ends the stage (RATE_LIMITED) instead of holding its job for ever.
 """
 
 from __future__ import annotations
@@ -15,7 +21,13 @@ import tenacity
 from tenacity import RetryCallState
 
 from briefd.config import Settings
-from briefd.llm.errors import CallError, StatusError
+from briefd.llm.errors import CallError, StatusError, TransportError
+from briefd.messages import ErrorCode
+from briefd.messages.token import Outcome
+
+MAX_RATE_LIMITED_RETRIES = 20
+"""429s a stage takes before it gives up, apart from BRIEFD_MAX_RETRIES (with the limiter's
+cool-down honouring each Retry-After, up to BRIEFD_RETRY_AFTER_MAX_S apiece)."""
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -39,12 +51,41 @@ class _WaitRetryAfterOrBackoff(tenacity.wait.wait_base):
         return float(self._backoff(retry_state))
 
 
+def is_rate_limited(exc: BaseException | None) -> bool:
+    """A 429 (the server's rate limit, not a quota that waiting never refills)."""
+    return isinstance(exc, StatusError) and exc.code is ErrorCode.RATE_LIMITED
+
+
+class _StopAfter(tenacity.stop.stop_base):
+    """Stop after ``attempts`` calls that were not 429s, or ``rate_limited`` 429s.
+
+    tenacity asks once per failed attempt; each attempt is counted once (by its number).
+    """
+
+    def __init__(self, attempts: int, rate_limited: int) -> None:
+        self._attempts = attempts
+        self._rate_limited = rate_limited
+        self._seen: dict[int, bool] = {}  # attempt number -> was it a 429
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        outcome = retry_state.outcome
+        exc = outcome.exception() if outcome is not None and outcome.failed else None
+        self._seen[retry_state.attempt_number] = is_rate_limited(exc)
+        limited = sum(self._seen.values())
+        return len(self._seen) - limited >= self._attempts or limited > self._rate_limited
+
+
 def make_retrying(settings: Settings) -> tenacity.Retrying:
     """The retry policy for one stage, from settings (``BRIEFD_RETRY_ENABLED``, ...)."""
-    attempts = settings.max_retries + 1 if settings.retry_enabled else 1
+    if settings.retry_enabled:
+        stop: tenacity.stop.stop_base = _StopAfter(
+            settings.max_retries + 1, MAX_RATE_LIMITED_RETRIES
+        )
+    else:
+        stop = tenacity.stop_after_attempt(1)
     return tenacity.Retrying(
         retry=tenacity.retry_if_exception(is_transient),
-        stop=tenacity.stop_after_attempt(attempts),
+        stop=stop,
         wait=_WaitRetryAfterOrBackoff(settings),
         reraise=True,
     )
@@ -77,3 +118,16 @@ class RetryDriver:
             self._state.prepare_for_next_attempt()
             return float(action)
         raise exc  # not reached: iter re-raises (reraise=True)
+
+
+def outcome_of(exc: BaseException) -> Outcome:
+    """How a failed call ended, for the limiter's window (see :mod:`briefd.limits.window`)."""
+    if isinstance(exc, StatusError) and exc.status == 503:
+        return "rate_limited"  # "overloaded, come back later": a refusal like 429
+    if isinstance(exc, StatusError) and exc.status == 429:
+        return "rate_limited" if exc.code is ErrorCode.RATE_LIMITED else "other"  # not a quota
+    if isinstance(exc, StatusError) and exc.status >= 500:
+        return "overloaded"
+    if isinstance(exc, TransportError) and exc.code is ErrorCode.TIMEOUT:
+        return "overloaded"
+    return "other"
