@@ -10,6 +10,11 @@ coordinator that died without reporting (an exception in its ``on_start``, an
 actor system stopped by a ``SystemExit``) ends its job ``failed``, with the
 documents its stages had already delivered. Every submitted job's future
 resolves exactly once.
+
+Admission is the daemon's: at most ``max_active_jobs`` jobs have a coordinator
+(about five threads each); the rest wait as data (the spec and its future) in a
+FIFO and start as running jobs end. Without it, 1,000 submitted jobs made 6,000
+threads that only waited for the two tokens, and ``close()`` took 37 s.
 """
 
 from __future__ import annotations
@@ -17,8 +22,8 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -27,104 +32,27 @@ import pykka
 from loguru import logger
 
 from briefd.actors import CoordinatorActor, MetricsActor, MetricsSnapshot, StageActor
-from briefd.actors.rate_limiter import LimiterStats, LimiterSupervisor
+from briefd.actors.limiter_supervisor import LimiterSupervisor
+from briefd.actors.rate_limiter import LimiterStats
 from briefd.config import ConfigError, PipelineSpec, Settings, load_pipeline
 from briefd.jobs import load_job_file, validate_job
 from briefd.llm.extract import check_schema
 from briefd.local.provider import Provider, open_provider
 from briefd.messages import (
     CancelJob,
-    ErrorCode,
     Event,
     JobCompleted,
     JobResult,
     JobSpec,
-    JobStatus,
-    PipelineError,
-    StageFailed,
     StageFellBack,
-    StageStarted,
-    StageState,
     StageSucceeded,
 )
 from briefd.ops.events import Observer, publish
-from briefd.progress import StageRecord, job_metrics, progress
+from briefd.runs import JobRun
 
 ASK_TIMEOUT_S = 10.0
 WATCH_PERIOD_S = 0.25
 DocumentCallback = Callable[[str, Any], None]
-
-
-@dataclass
-class _Run:
-    """One submitted job as the pipeline sees it: enough to end it if its coordinator dies."""
-
-    job: JobSpec
-    ref: pykka.ActorRef[Any] | None = None
-    started: float = field(default_factory=time.monotonic)
-    records: dict[str, StageRecord] = field(default_factory=dict)
-    documents: dict[str, Any] = field(default_factory=dict)
-    errors: list[PipelineError] = field(default_factory=list)
-    fallbacks: list[str] = field(default_factory=list)
-    observers: tuple[Observer, ...] = ()
-    deliver: Callable[[JobResult], None] = lambda result: None  # once settled
-    seen_dead: bool = False
-    settled: bool = False
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def observe(self, event: Event) -> None:
-        """Keep what the coordinator published (it runs in the coordinator's thread)."""
-        match event:
-            case StageStarted(stage=stage):
-                rec = self.records.setdefault(stage, StageRecord())
-                rec.state = StageState.RUNNING
-                rec.started_at = rec.started_at or time.monotonic()
-            case StageSucceeded(stage=stage, document=doc):
-                self._end(stage, StageState.COMPLETE)
-                self.documents[stage] = doc
-            case StageFailed(stage=stage, error=error):
-                self._end(stage, StageState.FAILED)
-                self.errors.append(error)
-            case StageFellBack(stage=stage, source=source):
-                self.fallbacks.append(stage)
-                self.documents[stage] = getattr(self.job, source, None)
-
-    def _end(self, stage: str, state: StageState) -> None:
-        rec = self.records.setdefault(stage, StageRecord())
-        rec.state = state
-        rec.ended_at = time.monotonic()
-
-    def settle(self) -> bool:
-        """True the first time only: a job ends in exactly one result."""
-        with self.lock:
-            first, self.settled = not self.settled, True
-        return first
-
-    def died(self, pipeline: PipelineSpec, parallel: bool) -> JobResult:
-        """The result of a job whose coordinator died without reporting: ``failed``, as a
-        coordinator that crashes reports itself, with the documents already delivered."""
-        records = {n: self.records.get(n, StageRecord()) for n in pipeline.names}
-        for rec in records.values():
-            if rec.state is StageState.RUNNING:
-                rec.state = StageState.FAILED
-        return JobResult(
-            job_id=self.job.job_id,
-            status=JobStatus.FAILED,
-            documents={n: self.documents.get(n) for n in pipeline.names},
-            errors=[
-                *self.errors,
-                PipelineError(
-                    stage="*",
-                    code=ErrorCode.CRASHED,
-                    message="the job's coordinator died without reporting",
-                    hint="a bug in briefd; see the log for the traceback",
-                ),
-            ],
-            fallbacks=self.fallbacks,
-            progress=progress(pipeline, records),
-            metrics=job_metrics(pipeline, records, self.started, time.monotonic()),
-            parallel=parallel,
-        )
 
 
 class Pipeline:
@@ -151,7 +79,9 @@ class Pipeline:
         self._provider: Provider | None = None
         self._limiter: LimiterSupervisor | None = None
         self._metrics: pykka.ActorRef[Any] | None = None
-        self._runs: dict[str, _Run] = {}
+        self._runs: dict[str, JobRun] = {}  # every job not yet settled: queued and running
+        self._active: dict[str, JobRun] = {}  # the ones with a coordinator
+        self._queue: deque[JobRun] = deque()  # FIFO; a run settled while queued is skipped
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self._watcher: threading.Thread | None = None
@@ -181,6 +111,9 @@ class Pipeline:
         self._limiter = LimiterSupervisor(
             capacity=self.settings.max_concurrent,
             observers=[self._metrics.tell, *self._extra_observers],
+            adaptive=self.settings.adaptive,
+            rpm=self.settings.rpm,
+            tpm=self.settings.tpm,
         )
         self._closing.clear()
         self._watcher = threading.Thread(target=self._watch, name="briefd-watch", daemon=True)
@@ -188,21 +121,27 @@ class Pipeline:
         return self
 
     def close(self, timeout_s: float = ASK_TIMEOUT_S) -> None:
-        """Cancel unfinished jobs, stop the actors and the provider."""
-        self._closing.set()
+        """Cancel unfinished jobs (queued ones never start), stop the actors and the provider."""
+        with self._lock:  # under the lock: no submit or admission slips in after this
+            self._closing.set()
+            queued = [run for run in self._queue if run.settle()]  # the ones not cancelled
+            self._queue.clear()
+            runs = list(self._active.values())
         if self._watcher is not None:
             self._watcher.join(timeout_s)
             self._watcher = None
-        with self._lock:
-            runs = list(self._runs.values())
+        for run in queued:
+            self._never_ran(run, "pipeline closed")
         for run in runs:
             if run.ref is not None:
                 with contextlib.suppress(pykka.ActorDeadError):
                     run.ref.tell(CancelJob(job_id="*", reason="pipeline closed"))
-        for run in runs:
+        deadline = time.monotonic() + timeout_s
+        for run in runs:  # they wind down together: the whole wait is the slowest one's
             if run.ref is not None:
+                left = max(deadline - time.monotonic(), 0.0)
                 with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
-                    run.ref.stop(block=True, timeout=timeout_s)
+                    run.ref.stop(block=True, timeout=left)
         for run in runs:  # a coordinator that was already dead: its future still resolves
             self._died(run)
         if self._limiter is not None:
@@ -223,7 +162,7 @@ class Pipeline:
                 if self._limiter is not None:
                     self._limiter.check()
                 with self._lock:
-                    runs = list(self._runs.values())
+                    runs = list(self._active.values())
                 for run in runs:
                     if run.ref is None or run.ref.is_alive():
                         continue
@@ -233,13 +172,42 @@ class Pipeline:
             except Exception as err:  # the watch must outlive whatever it watches
                 logger.opt(exception=err).error("pipeline watch: {!r}", err)
 
-    def _died(self, run: _Run) -> None:
+    def _died(self, run: JobRun) -> None:
         if run.settled or not run.settle():
             return
         logger.error("{}: its coordinator died without reporting; the job failed", run.job.job_id)
         result = run.died(self.pipeline, self.settings.parallel)
         publish(JobCompleted(job_id=result.job_id, result=result), run.observers)
         run.deliver(result)
+
+    def _never_ran(self, run: JobRun, reason: str) -> None:
+        """End a queued job, already settled by the caller, as cancelled: no call was made."""
+        result = run.never_ran(self.pipeline, reason)
+        publish(JobCompleted(job_id=result.job_id, result=result), run.observers)
+        run.deliver(result)
+
+    def _admit(self) -> None:
+        """Start queued jobs, oldest first, while the active window has room."""
+        failed: list[tuple[JobRun, Exception]] = []
+        with self._lock:
+            while (
+                self._queue
+                and len(self._active) < self.settings.max_active_jobs
+                and not self._closing.is_set()
+            ):
+                run = self._queue.popleft()
+                if run.settled:  # cancelled while it waited
+                    continue
+                run.admitted = True
+                run.started = time.monotonic()
+                self._active[run.job.job_id] = run
+                try:
+                    run.ref = run.start()
+                except Exception as err:  # no thread to be had, say: the job fails, not submit
+                    failed.append((run, err))
+        for lost, why in failed:
+            logger.opt(exception=why).error("{}: its coordinator did not start", lost.job.job_id)
+            self._died(lost)
 
     # -- jobs ----------------------------------------------------------------
 
@@ -250,7 +218,9 @@ class Pipeline:
         on_document: DocumentCallback | None = None,
         observers: Sequence[Observer] = (),
     ) -> pykka.Future[JobResult]:
-        """Start a job; the future resolves to its :class:`JobResult`.
+        """Queue a job and return at once; the future resolves to its :class:`JobResult`.
+
+        The job starts when fewer than ``max_active_jobs`` jobs of this pipeline run.
 
         ``on_document(stage, document)`` is called as each stage's document is
         ready when ``buffer_results`` is false (else once per stage at the end).
@@ -261,7 +231,7 @@ class Pipeline:
         spec = validate_job(job, self.pipeline)
         future: pykka.Future[JobResult] = pykka.ThreadingFuture()
         streaming = on_document is not None and not self.settings.buffer_results
-        run = _Run(job=spec)
+        run = JobRun(job=spec)
 
         def on_event(event: Event) -> None:
             run.observe(event)
@@ -275,6 +245,9 @@ class Pipeline:
             with self._lock:
                 if self._runs.get(spec.job_id) is run:
                     del self._runs[spec.job_id]
+                if self._active.get(spec.job_id) is run:
+                    del self._active[spec.job_id]
+            self._admit()  # the window has room again: the next queued job starts
             if on_document is not None and not streaming:
                 for stage, doc in result.documents.items():
                     if doc is not None:
@@ -287,27 +260,41 @@ class Pipeline:
 
         run.deliver = deliver
         run.observers = (self._metrics.tell, *self._extra_observers, *observers)
+        base_url, limiter = self._provider.base_url, self._limiter
+        run.start = lambda: CoordinatorActor.start(
+            job=spec,
+            pipeline=self.pipeline,
+            settings=self.settings,
+            base_url=base_url,
+            limiter=limiter,
+            observers=[*run.observers, on_event],
+            on_done=on_done,
+            stage_actor_cls=self._stage_cls,
+        )
         with self._lock:
+            if self._closing.is_set():
+                raise RuntimeError("Pipeline is closing: no new jobs")
             if spec.job_id in self._runs:
                 raise ConfigError(f"job {spec.job_id}: already running in this pipeline")
             self._runs[spec.job_id] = run
-            run.ref = CoordinatorActor.start(
-                job=spec,
-                pipeline=self.pipeline,
-                settings=self.settings,
-                base_url=self._provider.base_url,
-                limiter=self._limiter,
-                observers=[*run.observers, on_event],
-                on_done=on_done,
-                stage_actor_cls=self._stage_cls,
-            )
+            self._queue.append(run)
+        self._admit()
         return future
 
     def cancel(self, job_id: str, reason: str = "cancelled") -> bool:
-        """Cancel a running job; False if it is not running here."""
-        with self._lock:
+        """Cancel a queued or running job; False if it is neither here.
+
+        A queued job never starts: its future resolves ``cancelled`` now.
+        """
+        with self._lock:  # settled under the lock, so that _admit cannot start it meanwhile
             run = self._runs.get(job_id)
-        if run is None or run.ref is None:
+            if run is None:
+                return False
+            queued = not run.admitted and run.settle()
+        if queued:
+            self._never_ran(run, reason)
+            return True
+        if run.ref is None:
             return False
         try:
             run.ref.tell(CancelJob(job_id=job_id, reason=reason))

@@ -4,11 +4,18 @@ The log is the operations record (the console reads it; its schema is
 :mod:`briefd.ops.eventlog`); observers are how other parts of the program (metrics,
 the in-process API, the daemon's journal) hear about a job without the actors
 knowing who listens.
+
+Publication is on every actor's hot path (each token grant and release is an
+event), so an event no sink would take costs nothing but a level check: its
+one-line summary and its v1 payload are computed only when some handler's level
+admits it and briefd's logging is enabled. Profiled at 100 jobs K=16, building
+them for records nobody kept was most of the time spent publishing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from loguru import logger
 
@@ -36,6 +43,22 @@ from briefd.messages import (
 from briefd.ops.eventlog import event_payload, level_for
 
 Observer = Callable[[Event], None]
+_LEVEL_NO = {"DEBUG": 10, "INFO": 20, "WARNING": 30}  # loguru's standard levels
+
+
+def _logged(level: str) -> bool:
+    """Would loguru keep a record at ``level`` from this module? (True when unsure.)
+
+    Reads loguru's own fast-path state (the lowest level of any handler, and the
+    per-module enabled cache that ``logger.enable``/``disable`` clear), the same
+    checks ``logger.log`` makes, but before any work is done for the record.
+    """
+    core: Any = getattr(logger, "_core", None)
+    if core is None:
+        return True
+    if _LEVEL_NO.get(level, 0) < getattr(core, "min_level", 0):
+        return False
+    return getattr(core, "enabled", {}).get(__name__) is not False
 
 
 def describe(event: Event) -> str:
@@ -100,9 +123,9 @@ def publish(event: Event, observers: Sequence[Observer] = ()) -> None:
     The log gets the v1 payload (:func:`briefd.ops.eventlog.event_payload`: documents as
     digests); observers get the event itself, documents and all.
     """
-    logger.bind(event=event.type, payload=event_payload(event)).log(
-        level_for(event.type), describe(event)
-    )
+    level = level_for(event.type)
+    if _logged(level):
+        logger.bind(event=event.type, payload=event_payload(event)).log(level, describe(event))
     for observer in observers:
         try:
             observer(event)

@@ -1,0 +1,120 @@
+"""Where briefd's own CPU goes at 100 jobs K=16, logging configured as the CLI does.
+
+Every thread is profiled (cProfile with thread CPU time, one profiler per
+thread, merged); the simulator runs in a child process so its threads are not
+in the figures. Prints the top entries by own time and the share of profiled
+CPU inside event publication and inside loguru:
+
+    python bench/profile_hot_path.py [--jobs 100] [--tokens 16] [--scale 0.01] [--log-file F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import os
+import pstats
+import re
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import briefd
+from briefd.ops import events
+from briefd.ops.logs import setup_logging
+
+STAGES = ("BRIEFING_MD", "PLAYS_MD", "PROCUREMENT_JSON", "ANNEX_JSON")
+
+
+def _job(job_id: str) -> dict[str, Any]:
+    return {
+        "job_id": job_id,
+        "prompts": {s: f"Write {s} for the Northwind account." for s in STAGES},
+        "procurement_metrics": {"summary": "crm", "vendors": []},
+    }
+
+
+def _start_sim(scale: float) -> tuple[subprocess.Popen[str], str]:
+    cmd = [sys.executable, "-m", "briefd", "sim", "--port", "0", "--scale", str(scale)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    match = re.search(r"(http://\S+)", proc.stdout.readline())
+    if match is None:
+        proc.kill()
+        raise SystemExit("the simulator did not print its URL")
+    return proc, match.group(1)
+
+
+def _share(stats: pstats.Stats, total: float, pattern: str) -> float:
+    """The largest inclusive time of a function matching ``pattern``, as a share of total."""
+    best = 0.0
+    for (file, _line, name), row in stats.stats.items():  # type: ignore[attr-defined]
+        if re.search(pattern, f"{file}:{name}"):
+            best = max(best, row[3])
+    return best / total if total else 0.0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--jobs", type=int, default=100)
+    ap.add_argument("--tokens", type=int, default=16)
+    ap.add_argument("--scale", type=float, default=0.01)
+    ap.add_argument("--log-file", default=None, help="also the DEBUG JSON file sink")
+    ap.add_argument("--top", type=int, default=15)
+    ap.add_argument(
+        "--eager", action="store_true", help="build every event's log record (the old publish)"
+    )
+    args = ap.parse_args()
+    if args.eager:
+        events._logged = lambda level: True
+    sim, url = _start_sim(args.scale)
+    settings = briefd.Settings(
+        base_url=url, max_concurrent=args.tokens, log_format="json", log_file=args.log_file
+    )
+    setup_logging(settings, stream=open(os.devnull, "w"))  # noqa: SIM115 (process-long)
+    profilers: list[cProfile.Profile] = []
+
+    def start(*_: Any) -> None:
+        sys.setprofile(None)
+        profiler = cProfile.Profile(time.thread_time)
+        profilers.append(profiler)
+        profiler.enable()
+
+    main_prof = cProfile.Profile(time.thread_time)
+    try:
+        threading.setprofile(start)
+        main_prof.enable()
+        started = time.perf_counter()
+        with briefd.Pipeline(settings) as pipeline:
+            futures = [pipeline.submit(_job(f"prof-{i}")) for i in range(args.jobs)]
+            assert all(f.get(timeout=600).status == "succeeded" for f in futures)
+        makespan = time.perf_counter() - started
+        main_prof.disable()
+        threading.setprofile(None)
+    finally:
+        sim.terminate()
+        sim.wait(10)
+    stats = pstats.Stats(main_prof, stream=io.StringIO())
+    for profiler in profilers:
+        stats.add(profiler)
+    if os.environ.get("BRIEFD_PROFILE_DUMP"):
+        stats.dump_stats(os.environ["BRIEFD_PROFILE_DUMP"])
+    total = stats.total_tt  # type: ignore[attr-defined]
+    print(f"{args.jobs} jobs K={args.tokens}: makespan {makespan:.2f}s, profiled CPU {total:.2f}s")
+    for label, pattern in (
+        ("publish (inclusive)", r"ops/events.py:publish$"),
+        ("loguru Logger._log (inclusive)", r"loguru/_logger.py:_log$"),
+        ("loguru Handler.emit (inclusive)", r"loguru/_handler.py:emit$"),
+    ):
+        print(f"  in {label:<32}: {_share(stats, total, pattern):.1%}")
+    out = io.StringIO()
+    stats.stream = out  # type: ignore[attr-defined]
+    stats.sort_stats("tottime").print_stats(args.top)
+    print(out.getvalue().split("\n", 6)[-1])
+
+
+if __name__ == "__main__":
+    main()
