@@ -163,3 +163,26 @@ def test_kept_alive_requests_do_not_wait_for_delayed_acks(api: ApiServer) -> Non
             times.append(time.perf_counter() - started)
     median_ms = statistics.median(times[1:]) * 1000
     assert median_ms < 20, [round(t * 1000, 1) for t in times]
+
+
+def test_the_environment_is_read_once_per_client(monkeypatch: Any) -> None:
+    """Proxy and CA settings come from the environment when a client is made (requests would
+    re-read it on every call, the largest cost per call in the profile); NO_PROXY holds."""
+    from briefd.config import Settings
+    from briefd.llm.call import ChatClient
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    client = ChatClient(
+        Settings(base_url="https://api.example.invalid/v1"), "https://api.example.invalid/v1"
+    )
+    assert client._session.trust_env is False
+    assert client._session.proxies.get("https") == "http://proxy.invalid:3128"
+    assert client._session.verify == "/etc/ssl/certs/ca-certificates.crt"
+    monkeypatch.setenv("NO_PROXY", "api.example.invalid")
+    bypass = ChatClient(
+        Settings(base_url="https://api.example.invalid/v1"), "https://api.example.invalid/v1"
+    )
+    assert "https" not in bypass._session.proxies
