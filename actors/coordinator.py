@@ -23,7 +23,10 @@ from loguru import logger
 from briefd.actors.rate_limiter import LimiterRef
 from briefd.actors.stage import StageActor
 from briefd.config import PipelineSpec, Settings
+from briefd.costs import PriceTable, load_prices, stage_cost
+from briefd.costs.budget import job_budget, refuse_stage
 from briefd.jobs import schema_sources, stage_contract
+from briefd.limits.order import downstream_graph
 from briefd.llm.abort import CallAbort
 from briefd.messages import (
     CancelJob,
@@ -72,9 +75,14 @@ class CoordinatorActor(pykka.ThreadingActor):
         stage_actor_cls: type[StageActor] = StageActor,
         done_stages: dict[str, Any] | None = None,
         failed_stages: dict[str, PipelineError] | None = None,
+        prices: PriceTable | None = None,
     ) -> None:
         super().__init__()
         self.job = job
+        # The cost ledger: prices read once (a bad BRIEFD_PRICES fails the start, named).
+        self._prices = prices if prices is not None else load_prices(settings.prices)
+        self._local = settings.base_url is None  # the embedded model costs nothing
+        self._budget = job_budget(job, settings)
         self._pipeline = pipeline
         self._settings = settings
         self._base_url = base_url
@@ -222,8 +230,42 @@ class CoordinatorActor(pykka.ThreadingActor):
                 continue
             if not self._settings.parallel and in_flight:
                 return
+            refused = self._over_budget(name)
+            if refused is not None:  # never called: no token, no HTTP
+                self._told.add(name)
+                self._stage_failed(refused)
+                self._advance()  # its dependents may start now, or the job is over
+                return
             self._start_stage(name)
             in_flight.append(name)
+
+    def _costs(self) -> dict[str, float]:
+        """Per stage, what its reported usage cost so far."""
+        model = self._settings.model
+        return {
+            name: stage_cost(rec.usage, model, self._prices, local=self._local)
+            for name, rec in self._records.items()
+        }
+
+    def _over_budget(self, name: str) -> StageFailed | None:
+        """A ``BUDGET_EXCEEDED`` failure if ``name``'s worst case would pass the job's budget."""
+        if self._budget.unlimited:
+            return None
+        spec = self._pipeline.by_name[name]
+        error = refuse_stage(
+            self._budget,
+            stage=name,
+            prompt_chars=len(self.job.prompts[name]) + len(spec.system or ""),
+            max_tokens=spec.max_tokens,
+            price=self._prices.price(self._settings.model) if not self._local else None,
+            spent_usd=sum(self._costs().values()),
+            spent_tokens=sum(
+                r.usage.prompt_tokens + r.usage.completion_tokens for r in self._records.values()
+            ),
+        )
+        if error is None:
+            return None
+        return StageFailed(job_id=self.job.job_id, stage=name, error=error)
 
     def _start_stage(self, name: str) -> None:
         self._told.add(name)
@@ -244,6 +286,11 @@ class CoordinatorActor(pykka.ThreadingActor):
             coordinator=self.actor_ref,
             priority=self._pipeline.remaining_path[name],
             abort=self._aborts[name],
+            admitted_at=self._started,
+            job_priority=self.job.priority,
+            downstream=downstream_graph(
+                {s.name: s.depends_on for s in self._pipeline.stages}, name
+            ),
         )
 
     def _end(
@@ -321,6 +368,7 @@ class CoordinatorActor(pykka.ThreadingActor):
     def _finish(self, status: JobStatus) -> None:
         self._finished = True
         metrics = job_metrics(self._pipeline, self._records, self._started, time.monotonic())
+        costs = self._costs()
         result = JobResult(
             job_id=self.job.job_id,
             status=status,
@@ -331,6 +379,9 @@ class CoordinatorActor(pykka.ThreadingActor):
             metrics=metrics,
             parallel=self._settings.parallel,
             checked_against=schema_sources(self._pipeline, self.job),
+            model=self._settings.model,
+            cost_usd=costs,
+            total_cost_usd=round(sum(costs.values()), 6),
         )
         self._publish(LatencyMeasured(job_id=self.job.job_id, metrics=metrics))
         self._publish(JobCompleted(job_id=self.job.job_id, result=result))

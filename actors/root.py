@@ -28,19 +28,22 @@ import contextlib
 import itertools
 import math
 import threading
+import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pykka
 from loguru import logger
 
+from briefd.actors.admission import Admission, RootStats
 from briefd.actors.coordinator import CoordinatorActor
 from briefd.actors.drain import drainable_stage_actor
 from briefd.actors.rate_limiter import LimiterRef
 from briefd.actors.stage import StageActor
 from briefd.config import ConfigError, PipelineSpec, Settings
+from briefd.costs.daily import DailyLedger
 from briefd.jobs import validate_job
 from briefd.messages import (
     CancelJob,
@@ -48,6 +51,7 @@ from briefd.messages import (
     CloseJob,
     CoordinatorDone,
     ErrorCode,
+    Event,
     FinishJob,
     JobAccepted,
     JobCancelled,
@@ -58,9 +62,14 @@ from briefd.messages import (
     JobSpec,
     JobState,
     LoadJob,
+    StageFailed,
+    StageRetrying,
+    StageSucceeded,
     SuspendJobs,
     Tick,
 )
+from briefd.ops.autorollback import RollbackWatch
+from briefd.ops.breaker import Breaker, Mode
 from briefd.ops.events import Observer, publish
 from briefd.store.base import Store, StoreUnavailable
 from briefd.timers import Timers
@@ -76,31 +85,8 @@ class _Slot:
     generation: int
     ref: AnyRef | None = None  # None while the journal loads the job
     cancel: str | None = None  # a cancel that arrived while loading
+    parallel: bool = True  # how this run's coordinator was started
     reason: str = "the daemon stopped while it ran"  # why this run is a restart
-
-
-@dataclass(frozen=True)
-class Admission:
-    """The answer to a submission. ``refused`` is ``queue_full`` or ``stopping``, else None."""
-
-    job_id: str
-    state: JobState
-    created: bool
-    refused: str | None = None
-    retry_after_s: int = 0
-
-
-@dataclass(frozen=True)
-class RootStats:
-    """Admission figures, for ``/metrics``, ``/healthz`` and the watchdog."""
-
-    active: int
-    queued: int
-    draining: bool
-    restarts: int
-    resumed: int
-    max_active_jobs: int
-    max_queued_jobs: int
 
 
 class RootActor(pykka.ThreadingActor):
@@ -118,8 +104,16 @@ class RootActor(pykka.ThreadingActor):
         observers: Sequence[Observer] = (),
         coordinator_cls: type[CoordinatorActor] = CoordinatorActor,
         stage_actor_cls: type[StageActor] = StageActor,
+        breaker: Breaker | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__()
+        # Guard rails: the day's spend (holds admission), the automatic rollback (how
+        # new jobs run). The breaker hears stage events through one more observer.
+        self._ledger = DailyLedger(settings.daily_budget_usd, wall_clock)
+        self._breaker = RollbackWatch(breaker) if breaker is not None else None
+        if breaker is not None:
+            observers = (*observers, self._forward_stage_event)
         self._journal = journal
         self._journal_ref = journal_ref
         self._pipeline = pipeline
@@ -159,6 +153,11 @@ class RootActor(pykka.ThreadingActor):
                 self._done(message)
             case Tick():
                 self._watch()
+                if self._breaker is not None:
+                    self._breaker.poll()
+                self._admit()  # a new UTC day releases jobs held by the daily budget
+            case StageRetrying() | StageSucceeded() | StageFailed():
+                self._stage_ended(message)
             case CheckCoordinator(job_id=job_id, generation=gen):
                 slot = self._active.get(job_id)
                 if (
@@ -233,11 +232,22 @@ class RootActor(pykka.ThreadingActor):
             resumed=self._resumed,
             max_active_jobs=self._settings.max_active_jobs,
             max_queued_jobs=self._settings.max_queued_jobs,
+            spent_today_usd=self._ledger.spent_today_usd,
+            daily_budget_usd=self._ledger.budget_usd,
+            budget_held=self._ledger.held,
+            budget_resets_in_s=self._ledger.seconds_to_reset(),
+            cost_by_model_stage=dict(self._ledger.by_model_stage),
+            tokens_by_model_stage=dict(self._ledger.tokens_by_model_stage),
+            mode=self._breaker.mode.value if self._breaker else Mode.PARALLEL.value,
+            mode_reason=self._breaker.reason if self._breaker else "",
+            rollback_trips=self._breaker.trips if self._breaker else 0,
+            auto_rollback=self._breaker is not None,
         )
 
     def reload(self, settings: Settings) -> None:
         """New settings for runs that start from now on (and for admission)."""
         self._settings = settings
+        self._ledger.budget_usd = settings.daily_budget_usd
         self._admit()
 
     def drain(self) -> None:
@@ -259,8 +269,11 @@ class RootActor(pykka.ThreadingActor):
     # -- runs ------------------------------------------------------------------------
 
     def _admit(self) -> None:
+        if (event := self._ledger.update(len(self._queue))) is not None:
+            publish(event)
         while (
             not self.drain_event.is_set()
+            and not self._ledger.held
             and self._queue
             and len(self._active) < self._settings.max_active_jobs
         ):
@@ -310,10 +323,14 @@ class RootActor(pykka.ThreadingActor):
                 "the pipeline changed since the job was accepted",
             )
             return
+        settings = self._settings
+        if self._breaker is not None and settings.parallel:
+            slot.parallel = self._breaker.next_job_parallel()
+            settings = settings.model_copy(update={"parallel": slot.parallel})
         slot.ref = self._coordinator_cls.start(
             job=job,
             pipeline=self._pipeline,
-            settings=self._settings,
+            settings=settings,
             base_url=self._base_url,
             limiter=self._limiter,
             observers=self._observers,
@@ -332,6 +349,7 @@ class RootActor(pykka.ThreadingActor):
         return on_done
 
     def _done(self, msg: CoordinatorDone) -> None:
+        self._ledger.add(msg.result)  # every run's calls were paid for
         slot = self._active.get(msg.job_id)
         if slot is None or slot.generation != msg.generation:
             if self._suspended.get(msg.job_id) == msg.generation and not _crashed(msg.result):
@@ -372,6 +390,17 @@ class RootActor(pykka.ThreadingActor):
     def _release(self, job_id: str) -> None:
         self._active.pop(job_id, None)
         self._admit()
+
+    def _forward_stage_event(self, event: Event) -> None:
+        """An observer (run in a coordinator's thread): stage endings come to the breaker."""
+        if isinstance(event, StageRetrying | StageSucceeded | StageFailed):
+            with contextlib.suppress(pykka.ActorDeadError):
+                self.actor_ref.tell(event)
+
+    def _stage_ended(self, event: StageRetrying | StageSucceeded | StageFailed) -> None:
+        if self._breaker is not None:
+            slot = self._active.get(event.job_id)
+            self._breaker.hear(event, parallel=slot.parallel if slot is not None else True)
 
 
 def _crashed(result: JobResult) -> bool:

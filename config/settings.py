@@ -92,6 +92,20 @@ class Settings(BaseSettings):
     rate_limit_cooldown: bool = Field(
         default=True, description="On 429, pause every grant until Retry-After has passed."
     )
+    adaptive: bool = Field(
+        default=True,
+        description="Adapt the calls in flight (1..BRIEFD_MAX_CONCURRENT) to 429s, 503s and "
+        "timeouts; false: always BRIEFD_MAX_CONCURRENT.",
+    )
+    rpm: float | None = Field(
+        default=None, gt=0, description="The provider's requests per minute (unset: no budget)."
+    )
+    tpm: float | None = Field(
+        default=None,
+        gt=0,
+        description="The provider's tokens per minute (unset: no budget); a call is estimated "
+        "as prompt characters / 4 + max_tokens, then settled from its usage.",
+    )
     buffer_results: bool = Field(default=True, description="false: deliver each stage as done.")
     reask_invalid_json: bool = Field(default=False, description="One re-ask on invalid JSON.")
 
@@ -128,6 +142,40 @@ class Settings(BaseSettings):
         repr=False,
         description="The journal in PostgreSQL, postgresql://user:password@host/db (needs the "
         "[postgres] extra; holds a password: never printed whole). Unset: SQLite in data_dir.",
+    )
+
+    # Costs and budgets (config/prices.toml; README "Costs and budgets")
+    prices: Path | None = Field(
+        default=None, description="Price table TOML, USD per million tokens (default: built in)."
+    )
+    max_job_cost_usd: float | None = Field(
+        default=None, gt=0, description="Per job, unless the job sets max_cost_usd (unset: none)."
+    )
+    max_job_tokens: int | None = Field(
+        default=None, ge=1, description="Per job, unless the job sets max_tokens (unset: none)."
+    )
+    daily_budget_usd: float | None = Field(
+        default=None,
+        ge=0,
+        description="Daemon spend per UTC day; once spent, new jobs wait queued (unset: none).",
+    )
+
+    # Automatic rollback to sequential (briefd serve; README "Automatic rollback")
+    auto_rollback: bool = Field(
+        default=False, description="Run new jobs sequentially while a rollback signal is crossed."
+    )
+    rollback_window: int = Field(default=50, ge=1, description="Recent stage outcomes judged.")
+    rollback_min_samples: int = Field(
+        default=10, ge=1, description="Outcomes needed before a signal can trip or clear."
+    )
+    rollback_probation_s: float = Field(
+        default=300.0, ge=0, description="Sequential time before parallel is tried again."
+    )
+    rollback_trial_fraction: float = Field(
+        default=0.5, gt=0, le=1, description="Share of new jobs run parallel on probation."
+    )
+    rollback_baseline: Path | None = Field(
+        default=None, description="A `briefd report --json` whose rates are the baseline."
     )
 
     @field_validator("database_url", mode="before")

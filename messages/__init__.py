@@ -19,6 +19,8 @@ from briefd.messages.daemon import (
     DaemonReloading,
     DaemonStarted,
     DaemonStopping,
+    DailyBudgetReleased,
+    DailyBudgetSpent,
     FinishJob,
     JobAccepted,
     JobCancelled,
@@ -27,6 +29,9 @@ from briefd.messages.daemon import (
     JobRestarted,
     JobState,
     LoadJob,
+    RollbackCleared,
+    RollbackProbation,
+    RollbackTripped,
     SuspendJobs,
 )
 from briefd.messages.errors import ErrorCode, PipelineError
@@ -99,6 +104,11 @@ AnyMessage = Annotated[
     | DaemonStarted
     | DaemonReloading
     | DaemonStopping
+    | DailyBudgetSpent
+    | DailyBudgetReleased
+    | RollbackTripped
+    | RollbackProbation
+    | RollbackCleared
     | LoadJob
     | JobLoaded
     | CoordinatorDone
@@ -131,6 +141,8 @@ __all__ = [
     "DaemonReloading",
     "DaemonStarted",
     "DaemonStopping",
+    "DailyBudgetReleased",
+    "DailyBudgetSpent",
     "ErrorCode",
     "Event",
     "FinishJob",
@@ -157,6 +169,9 @@ __all__ = [
     "ReportRateLimit",
     "RequestToken",
     "ResumeStage",
+    "RollbackCleared",
+    "RollbackProbation",
+    "RollbackTripped",
     "SchemaSource",
     "SetCapacity",
     "StageFailed",

@@ -112,6 +112,57 @@ class DaemonStopping(Event):
     queued: int = Field(description="Jobs waiting; they stay queued in the journal.")
 
 
+class DailyBudgetSpent(Event):
+    """The day's spend reached ``BRIEFD_DAILY_BUDGET_USD``: new jobs are accepted but wait.
+
+    Jobs already running finish. Held jobs start at the next UTC day, or when a
+    SIGHUP raises the budget.
+    """
+
+    type: Literal["DailyBudgetSpent"] = "DailyBudgetSpent"
+    spent_usd: float = Field(description="Spent since 00:00 UTC, by jobs that ended.")
+    budget_usd: float = Field(description="BRIEFD_DAILY_BUDGET_USD.")
+    queued: int = Field(description="Jobs waiting when it was spent.")
+
+
+class DailyBudgetReleased(Event):
+    """Held jobs may start again: a new UTC day began, or the budget was raised or unset."""
+
+    type: Literal["DailyBudgetReleased"] = "DailyBudgetReleased"
+    reason: str = Field(description="'new UTC day' or 'budget raised'.")
+    spent_usd: float = Field(description="Spent today so far.")
+    budget_usd: float | None = Field(description="The budget now (null: none).")
+
+
+class RollbackTripped(Event):
+    """Automatic rollback: a signal crossed its threshold; new jobs run sequentially."""
+
+    type: Literal["RollbackTripped"] = "RollbackTripped"
+    signal: str = Field(description="error, timeout or quality.")
+    rate: float = Field(description="The signal's rate over the window of recent stages.")
+    threshold: float = Field(description="How far over the baseline the rate may be.")
+    baseline: float = Field(description="The baseline rate (BRIEFD_ROLLBACK_BASELINE, or 0).")
+    samples: int = Field(description="Stages (attempts, for timeouts) the rate is of.")
+    probation_s: float = Field(description="Seconds before parallel is tried again.")
+    reason: str = Field(description="One line for people.")
+
+
+class RollbackProbation(Event):
+    """The rollback's probation began: a share of new jobs run parallel as trials."""
+
+    type: Literal["RollbackProbation"] = "RollbackProbation"
+    trial_fraction: float = Field(description="Share of new jobs started parallel.")
+    reason: str = Field(description="The trip this probation follows.")
+
+
+class RollbackCleared(Event):
+    """The trial jobs stayed under every threshold: new jobs run parallel again."""
+
+    type: Literal["RollbackCleared"] = "RollbackCleared"
+    samples: int = Field(description="Trial stages judged.")
+    reason: str = Field(description="One line for people.")
+
+
 # -- commands (inside the daemon) -------------------------------------------------------
 
 

@@ -23,6 +23,7 @@ class ErrorCode(StrEnum):
     CRASHED = "CRASHED"
     CANCELLED = "CANCELLED"
     OUTPUT_ERROR = "OUTPUT_ERROR"
+    BUDGET_EXCEEDED = "BUDGET_EXCEEDED"  # not called: the job's budget would be passed
 
 
 class PipelineError(BaseModel):

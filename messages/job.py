@@ -33,6 +33,26 @@ class JobSpec(Frozen):
         description="Per JSON stage, the JSON Schema its document must match: asked of the "
         "server (response_format) and validated. Overrides the pipeline's schema for the stage.",
     )
+    priority: int = Field(
+        default=0,
+        ge=-1000,
+        le=1000,
+        description="Higher is served first when calls queue for a token; a waiting job gains "
+        "one level per PRIORITY_AGING_S (30 s) since its admission, so none starves.",
+    )
+    max_cost_usd: float | None = Field(
+        default=None,
+        gt=0,
+        description="The most this job may spend (USD, at the price table's prices); a stage "
+        "whose estimate would pass it is not called and fails BUDGET_EXCEEDED. Unset: "
+        "BRIEFD_MAX_JOB_COST_USD.",
+    )
+    max_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description="The most tokens (prompt + completion) this job may use; as max_cost_usd. "
+        "Unset: BRIEFD_MAX_JOB_TOKENS.",
+    )
 
 
 class SchemaSource(StrEnum):
@@ -109,3 +129,9 @@ class JobResult(Frozen):
         description="Per JSON stage, the schema its document was checked against: "
         "job, pipeline or none.",
     )
+    model: str = Field(default="", description="The model the stages asked for.")
+    cost_usd: dict[str, float] = Field(
+        default_factory=dict,
+        description="Per stage, USD its reported usage cost at the price table's prices.",
+    )
+    total_cost_usd: float = Field(default=0.0, description="The sum of cost_usd.")

@@ -44,7 +44,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from briefd.actors.root import Admission
+from briefd.actors.admission import Admission
 from briefd.config import ConfigError
 from briefd.daemon.http_conn import (
     KEEP_ALIVE_S,
@@ -202,7 +202,10 @@ def build_app(
 
     async def healthz(request: Request) -> Response:
         status, reason = await run_in_threadpool(backend.health)
-        body = {"status": status, **({"reason": reason} if reason else {})}
+        body: dict[str, Any] = {"status": status, **({"reason": reason} if reason else {})}
+        details = getattr(backend, "health_details", None)  # budget and mode (the daemon's)
+        if details is not None and status == "ok":
+            body.update(await run_in_threadpool(details))
         return JSONResponse(body, status_code=200 if status == "ok" else 503)
 
     async def submit(request: Request) -> Response:

@@ -43,39 +43,35 @@ from loguru import logger
 import briefd
 from briefd.actors import CoordinatorActor, MetricsActor, StageActor
 from briefd.actors.journal import JournalActor, journal_observer
-from briefd.actors.rate_limiter import LimiterSupervisor
-from briefd.actors.root import Admission, RootActor
+from briefd.actors.limiter_supervisor import LimiterSupervisor
+from briefd.actors.root import RootActor
 from briefd.actors.stage import with_fatal_hook
 from briefd.config import ConfigError, Settings, load_pipeline
+from briefd.costs import load_prices
+from briefd.daemon.backend import ASK_TIMEOUT_S, DaemonBackend
 from briefd.daemon.http_api import ApiServer, bind_loopback
-from briefd.daemon.prometheus import DaemonFigures, MetricsExporter
+from briefd.daemon.prometheus import MetricsExporter
 from briefd.daemon.service import (
     dump_threads,
     ensure_token,
     lock_data_dir,
     sd_notify,
 )
-from briefd.jobs import validate_job
 from briefd.llm.extract import check_schema
 from briefd.local.provider import Provider, open_provider
 from briefd.messages import (
     DaemonReloading,
     DaemonStarted,
     DaemonStopping,
-    JobInfo,
-    JobResult,
-    JobSpec,
-    JobState,
     SetCapacity,
     Tick,
 )
+from briefd.ops.autorollback import breaker_from_settings
 from briefd.ops.events import publish
 from briefd.ops.logs import register_secret
 from briefd.private import private_dir
 from briefd.store import open_store
-from briefd.store.base import StoreUnavailable
 
-ASK_TIMEOUT_S = 10.0
 EXIT_FATAL = 70
 """Exit code when part of the actor system died under the daemon (EX_SOFTWARE): systemd's
 ``Restart=on-failure`` starts it again and the journal resumes the unfinished jobs."""
@@ -84,12 +80,13 @@ LIVE_SETTINGS = (
     "max_concurrent", "retry_enabled", "max_retries", "timeout_ms", "connect_timeout_ms",
     "backoff_initial_s", "backoff_max_s", "retry_after_max_s", "rate_limit_cooldown",
     "reask_invalid_json", "max_active_jobs", "max_queued_jobs", "restart_budget", "grace_s",
+    "max_job_cost_usd", "max_job_tokens", "daily_budget_usd",
 )
 # fmt: on
 """Settings SIGHUP applies: to the limiter at once, to runs that start afterwards."""
 
 
-class Daemon:
+class Daemon(DaemonBackend):
     """The daemon's parts and their lifecycle; also the HTTP API's backend."""
 
     def __init__(self, settings: Settings, config_file: Path | None) -> None:
@@ -118,6 +115,8 @@ class Daemon:
         self.pipeline = load_pipeline(s.pipeline)
         for stage in self.pipeline.stages:
             check_schema(stage)
+        load_prices(s.prices)  # a bad price table stops the start, named (exit 2)
+        breaker = breaker_from_settings(s)
         # First, before paying for anything: a damaged journal stops the start (exit 2).
         self.journal = open_store(s, self.pipeline, on_finished=self._notify_finished)
         self.journal.files.sweep()  # temporary files a crash left between write and rename
@@ -131,7 +130,13 @@ class Daemon:
             }
         )
         self.metrics = MetricsActor.start()
-        self.limiter = LimiterSupervisor(capacity=s.max_concurrent, observers=[self.metrics.tell])
+        self.limiter = LimiterSupervisor(
+            capacity=s.max_concurrent,
+            observers=[self.metrics.tell],
+            adaptive=s.adaptive,
+            rpm=s.rpm,
+            tpm=s.tpm,
+        )
         self.server = ApiServer(self, sock, token=token, max_body=s.max_body_bytes)
         self.journal_ref = JournalActor.start(self.journal)
         self.root = RootActor.start(
@@ -143,6 +148,7 @@ class Daemon:
             limiter=self.limiter,
             observers=[self.metrics.tell, journal_observer(self.journal_ref)],
             stage_actor_cls=with_fatal_hook(StageActor, self._on_fatal),
+            breaker=breaker,
         )
         self.server.start()
         stats = self.root.proxy().stats().get(timeout=ASK_TIMEOUT_S)
@@ -335,59 +341,6 @@ class Daemon:
             self._provider.close()
 
     # -- the HTTP API's backend ------------------------------------------------------
-
-    def validate(self, data: Any) -> JobSpec:
-        return validate_job(data, self.pipeline, where="job")
-
-    def submit(self, job: JobSpec) -> Admission:
-        try:
-            admission: Admission = self.root.proxy().submit(job).get(timeout=ASK_TIMEOUT_S)
-        except pykka.ActorDeadError:
-            return Admission(job.job_id, JobState.QUEUED, False, "stopping", 5)
-        except StoreUnavailable:  # not written, so not acknowledged: /healthz says why
-            return Admission(job.job_id, JobState.QUEUED, False, "unavailable", 5)
-        return admission
-
-    def cancel(self, job_id: str) -> JobState | None:
-        try:
-            state: JobState | None = self.root.proxy().cancel(job_id).get(timeout=ASK_TIMEOUT_S)
-        except pykka.ActorDeadError:  # stopping: the job is as the journal says
-            info = self.journal.get(job_id)
-            return info.status if info is not None else None
-        return state
-
-    def info(self, job_id: str) -> JobInfo | None:
-        return self.journal.get(job_id)
-
-    def result(self, job_id: str) -> JobResult | None:
-        return self.journal.result(job_id)
-
-    def list_jobs(self, status: JobState | None, limit: int) -> list[JobInfo]:
-        return self.journal.list_jobs(status, limit)
-
-    def figures(self) -> DaemonFigures:
-        return DaemonFigures(
-            jobs=self.journal.counts(),
-            root=self.root.proxy().stats().get(timeout=ASK_TIMEOUT_S),
-            limiter=self.limiter.proxy().stats().get(timeout=ASK_TIMEOUT_S),
-            snap=self.metrics.proxy().snapshot().get(timeout=ASK_TIMEOUT_S),
-        )
-
-    def metrics_body(self) -> bytes:
-        return self._exporter.render()
-
-    def health(self) -> tuple[str, str]:
-        """``("ok", "")``, ``("stopping", why)``, or ``("unhealthy", why)`` while the journal or
-        the output files cannot be written (each failing area is probed again on the way)."""
-        if self._stopping.is_set():
-            return "stopping", "the daemon is stopping"
-        problem = self.journal.write_problem()
-        if problem is not None:
-            return "unhealthy", f"cannot write the {problem}"
-        return "ok", ""
-
-    def healthy(self) -> bool:
-        return self.health()[0] == "ok"
 
 
 def _stop(ref: pykka.ActorRef[Any], timeout_s: float) -> None:

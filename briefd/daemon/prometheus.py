@@ -24,9 +24,9 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from briefd.actors.admission import RootStats
 from briefd.actors.metrics import MetricsSnapshot
 from briefd.actors.rate_limiter import LimiterStats
-from briefd.actors.root import RootStats
 
 __all__ = ["CONTENT_TYPE_LATEST", "DaemonFigures", "MetricsExporter"]
 
@@ -75,6 +75,12 @@ class _FiguresCollector(Collector):
         yield _gauge("tokens_in_use", "Tokens leased (calls in flight).", limiter.in_use)
         yield _gauge("tokens_capacity", "Tokens (max_concurrent).", limiter.capacity)
         yield _gauge("token_waiting", "Stages waiting for a token.", limiter.waiting)
+        yield _gauge("token_window", "Adaptive window W (calls allowed in flight).", limiter.window)
+        yield _gauge("calls_in_flight", "API calls in flight.", limiter.in_flight)
+        yield _gauge("rpm_lag_seconds", "How far the RPM budget runs ahead.", limiter.rpm_lag_s)
+        yield _gauge("tpm_lag_seconds", "How far the TPM budget runs ahead.", limiter.tpm_lag_s)
+        yield _counter("limiter_pauses", "Grant pauses (429, spent budget).", limiter.pauses_total)
+        yield _counter("rate_limited", "Calls answered 429 or 503.", limiter.rate_limited_total)
         yield _counter("stage_calls", "API calls by stages.", snap.stage_calls)
         yield _counter("stage_retries", "Stage retries.", snap.retries)
         yield _by_label(
@@ -94,6 +100,42 @@ class _FiguresCollector(Collector):
             buckets = [(f"{b:g}", float(c)) for b, c in zip(h.bounds, h.counts, strict=True)]
             hist.add_metric([stage], [*buckets, ("+Inf", float(h.count))], sum_value=h.sum_s)
         yield hist
+        yield from _guard_rails(root)
+
+
+def _guard_rails(root: RootStats) -> Iterator[Metric]:
+    """The cost ledger, the daily budget and the automatic rollback's mode."""
+    cost = CounterMetricFamily(
+        "briefd_cost_usd",
+        "USD spent since start (price table x reported usage), by model and stage.",
+        labels=["model", "stage"],
+    )
+    for (model, stage), usd in sorted(root.cost_by_model_stage.items()):
+        cost.add_metric([model, stage], usd)
+    yield cost
+    tokens = CounterMetricFamily(
+        "briefd_llm_tokens",
+        "Tokens the API reported since start, by model, stage and kind (input, output).",
+        labels=["model", "stage", "kind"],
+    )
+    for (model, stage, kind), n in sorted(root.tokens_by_model_stage.items()):
+        tokens.add_metric([model, stage, kind], n)
+    yield tokens
+    yield _gauge("spent_today_usd", "USD spent since 00:00 UTC.", root.spent_today_usd)
+    if root.daily_budget_usd is not None:
+        yield _gauge("daily_budget_usd", "BRIEFD_DAILY_BUDGET_USD.", root.daily_budget_usd)
+    yield _gauge(
+        "budget_held", "1 while the spent daily budget holds new jobs queued.", root.budget_held
+    )
+    mode = GaugeMetricFamily(
+        "briefd_parallel_mode",
+        "1 for how new jobs run: parallel, sequential (rolled back) or probation.",
+        labels=["mode", "reason"],
+    )
+    for name in ("parallel", "sequential", "probation"):
+        mode.add_metric([name, root.mode_reason if name == root.mode else ""], name == root.mode)
+    yield mode
+    yield _counter("rollback_trips", "Automatic rollbacks to sequential.", root.rollback_trips)
 
 
 class MetricsExporter:

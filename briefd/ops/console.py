@@ -104,7 +104,7 @@ def _jobs(snap: Snapshot, limit: int) -> Table:
     for job in rows:
         stages += [s for s in job.stages if s not in stages]
     table = Table(title="jobs", title_justify="left")
-    for name in ("job", "state", "progress", *stages, "time"):
+    for name in ("job", "state", "progress", *stages, "time", "cost"):
         table.add_column(_t(name), no_wrap=True)
     for job in rows:
         cells = []
@@ -122,6 +122,7 @@ def _jobs(snap: Snapshot, limit: int) -> Table:
             percent,
             *cells,
             f"{took:.1f} s",
+            _usd(job.cost_usd) if job.cost_usd is not None else "-",
         )
     hidden = len(snap.active) - min(len(snap.active), limit)
     if hidden:
@@ -144,6 +145,38 @@ def _capacity(snap: Snapshot) -> Text:
     text.append_text(Text.assemble("  ", ("rate-limit cool-downs ", "bold"), str(tk["cooldowns"])))
     if tk["cooling_down_s"] > 0:
         text.append(f" (cooling down, {tk['cooling_down_s']:.1f} s left)", style="bold yellow")
+    return text
+
+
+def _usd(value: float) -> str:
+    return f"${value:,.4f}" if value < 100 else f"${value:,.2f}"
+
+
+def _spend(snap: Snapshot) -> Text | None:
+    """Spend from the jobs' results, and the daemon's guard rails as its events said."""
+    sp, guard = snap.spend, snap.guard
+    if not sp.get("total_usd") and not guard:
+        return None
+    text = Text.assemble(
+        ("spend ", "bold"),
+        f"{_usd(sp.get('total_usd', 0.0))} total, {_usd(sp.get('last_minute_usd', 0.0))}/min",
+    )
+    by_model = sorted(sp.get("by_model", {}).items(), key=lambda kv: -kv[1])[:4]
+    if by_model:
+        text.append("  by model: ")
+        text.append_text(_t(", ".join(f"{m} {_usd(v)}" for m, v in by_model)))
+    budget = guard.get("budget")
+    if budget and budget.get("held"):
+        text.append("\nDAILY BUDGET SPENT", style="bold yellow")
+        text.append(
+            f": {_usd(budget.get('spent_usd') or 0)} of {_usd(budget.get('budget_usd') or 0)}"
+            " today; new jobs wait queued until 00:00 UTC or a SIGHUP raises it"
+        )
+    mode = guard.get("mode")
+    if mode and mode.get("mode") != "parallel":
+        text.append(f"\nAUTOMATIC ROLLBACK: {mode['mode']}", style="bold red")
+        text.append(" (new jobs) since " + _clock(mode.get("since")) + ": ")
+        text.append_text(_t(mode.get("reason", "")))
     return text
 
 
@@ -209,7 +242,7 @@ def render(
         f"{snap.mean_speedup:.2f}x (mean over parallel jobs of sum of stage times / total)",
     )
     parts = [_header(snap, source, title), _warnings(snap), _jobs(snap, job_rows), _capacity(snap)]
-    parts += [side, speedup, _errors(snap)]
+    parts += [_spend(snap), side, speedup, _errors(snap)]
     return Group(*(p for p in parts if p is not None))
 
 

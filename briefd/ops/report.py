@@ -74,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         console = Console(width=args.width, highlight=False, file=sys.stdout)
         files = ", ".join(str(f) for f in args.files)
         console.print(render(snap, source=files, title="briefd report"))
+        by_stage = snap.spend.get("by_stage") or {}
+        if by_stage:  # the console's spend line has the total and models; a report has room
+            parts = [f"{stage} ${usd:,.6f}" for stage, usd in sorted(by_stage.items())]
+            console.print("spend by stage: " + ", ".join(parts), markup=False)
         console.print(
             f"log: {stats.lines} lines, {stats.records} records, {stats.ignored} ignored, "
             f"{stats.partial} half-written"

@@ -28,6 +28,7 @@ class JobRow:
     parallel: bool = True
     ended: float | None = None
     total_ms: int | None = None
+    cost_usd: float | None = None
 
     def copy(self) -> JobRow:
         return replace(self, stages=dict(self.stages))
@@ -69,6 +70,11 @@ class Snapshot:
     signals: list[Signal]
     errors: list[ErrorRow]
     window_s: float | None
+    spend: dict[str, Any] = field(default_factory=dict)
+    """``total_usd``, ``last_minute_usd``, ``by_model``, ``by_stage``: from jobs' results."""
+    guard: dict[str, Any] = field(default_factory=dict)
+    """The daemon's guard rails as its events last said: ``budget`` (held, spent, budget) and
+    ``mode`` (parallel, sequential, probation, with the reason)."""
 
     @property
     def warnings(self) -> list[Signal]:

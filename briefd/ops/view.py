@@ -83,6 +83,9 @@ class OpsView:
         self._stage_ms: dict[str, _Series] = {}
         self._groups = {k: _Series(window_s) for k in ("parallel", "sequential", "total")}
         self._modes = _Series(window_s)  # (parallel, speedup) per job
+        self._spend_minute = _Series(60.0)  # USD per job that ended in the last minute
+        self._spend: dict[str, Any] = {"total_usd": 0.0, "by_model": {}, "by_stage": {}}
+        self._guard: dict[str, Any] = {}
         self._handlers: dict[str, Callable[[Record], None]] = {
             "JobAccepted": self._accepted,
             "JobStarted": self._started,
@@ -101,6 +104,11 @@ class OpsView:
             "DaemonStarted": self._daemon_event,
             "DaemonReloading": self._daemon_event,
             "DaemonStopping": self._daemon_event,
+            "DailyBudgetSpent": self._budget_event,
+            "DailyBudgetReleased": self._budget_event,
+            "RollbackTripped": self._mode_event,
+            "RollbackProbation": self._mode_event,
+            "RollbackCleared": self._mode_event,
             "log": self._log,
         }
 
@@ -186,7 +194,9 @@ class OpsView:
     def _stage_failed(self, record: Record) -> None:
         code = self._error(record, "error", final=True)
         self._set_stage(record, "failed")
-        if code == "CANCELLED":
+        if code == "BUDGET_EXCEEDED":  # policy, not the server's health: no rollback signal
+            self._totals["budget_refusals"] += 1
+        if code in ("CANCELLED", "BUDGET_EXCEEDED"):
             return
         self._totals["stages_failed"] += 1
         quality = code in QUALITY_CODES
@@ -223,6 +233,7 @@ class OpsView:
         metrics = result.get("metrics") if isinstance(result.get("metrics"), dict) else {}
         assert isinstance(metrics, dict)
         job.total_ms = _int(metrics.get("total_ms"))
+        self._add_spend(record.ts, job, result)
         if status != "cancelled" and _int(metrics.get("total_ms")) > 0:  # 0: never ran
             self._latency(record.ts, job, metrics)
         self._finish(job, status, record.ts)
@@ -247,6 +258,21 @@ class OpsView:
             self._running.discard((job.job_id, stage))
         self._jobs.pop(job.job_id, None)
         self._finished_jobs.append(job)
+
+    def _add_spend(self, ts: float, job: JobRow, result: dict[str, Any]) -> None:
+        total = result.get("total_cost_usd")
+        if not isinstance(total, int | float) or isinstance(total, bool):
+            return  # a result from before the cost ledger
+        job.cost_usd = float(total)
+        self._spend["total_usd"] = round(self._spend["total_usd"] + total, 6)
+        self._spend_minute.add(ts, float(total))
+        model = _str(result.get("model")) or "(unnamed)"
+        by_model = self._spend["by_model"]
+        by_model[model] = round(by_model.get(model, 0.0) + total, 6)
+        by_stage = self._spend["by_stage"]
+        for stage, usd in (result.get("cost_usd") or {}).items():
+            if isinstance(usd, int | float):
+                by_stage[stage] = round(by_stage.get(stage, 0.0) + usd, 6)
 
     def _cancelled(self, record: Record) -> None:
         job = self._job(record)
@@ -303,6 +329,24 @@ class OpsView:
         }
         self._daemon = {"state": state, "since": record.ts, **scalars}
 
+    def _budget_event(self, record: Record) -> None:
+        d = record.data
+        self._guard["budget"] = {
+            "held": record.event == "DailyBudgetSpent",
+            "since": record.ts,
+            "spent_usd": d.get("spent_usd"),
+            "budget_usd": d.get("budget_usd"),
+            "reason": _str(d.get("reason")),
+        }
+
+    def _mode_event(self, record: Record) -> None:
+        mode = {"RollbackTripped": "sequential", "RollbackProbation": "probation"}
+        self._guard["mode"] = {
+            "mode": mode.get(record.event, "parallel"),
+            "since": record.ts,
+            "reason": _str(record.data.get("reason")),
+        }
+
     def _log(self, record: Record) -> None:
         if record.level in ("ERROR", "CRITICAL"):
             self._totals["log_errors"] += 1
@@ -357,4 +401,11 @@ class OpsView:
             signals=self._signals(),
             errors=list(reversed(self._errors)),
             window_s=self.window_s,
+            spend={
+                **self._spend,
+                "by_model": dict(self._spend["by_model"]),
+                "by_stage": dict(self._spend["by_stage"]),
+                "last_minute_usd": round(sum(self._spend_minute.values(newest)), 6),
+            },
+            guard={k: dict(v) for k, v in self._guard.items()},
         )

@@ -1,0 +1,131 @@
+"""The cost ledger: the price table, a stage's cost, and the costs a job's result carries."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from briefd import run
+from briefd.config import ConfigError
+from briefd.costs import FREE, Price, PriceTable, load_prices, stage_cost
+from briefd.messages import JobResult, Usage
+from briefd.sim.server import SimServer
+
+
+def test_built_in_table_prices_known_models_and_defaults_to_zero() -> None:
+    table = load_prices()
+    assert table.price("gpt-4o-mini") == Price(0.15, 0.60)
+    # A dated snapshot finds its family by the longest prefix, not "gpt-4o".
+    assert table.price("gpt-4o-mini-2024-07-18") == Price(0.15, 0.60)
+    assert table.price("some-local-model") == FREE
+
+
+def test_stage_cost_is_per_million_and_local_is_free() -> None:
+    table = PriceTable({"m": Price(input=2.0, output=10.0)})
+    usage = Usage(prompt_tokens=1_000, completion_tokens=500)
+    assert stage_cost(usage, "m", table) == pytest.approx(0.002 + 0.005)
+    assert stage_cost(usage, "m", table, local=True) == 0.0
+    assert stage_cost(usage, "unknown", table) == 0.0  # no default entry: free
+
+
+def test_user_file_replaces_the_table_and_errors_name_file_and_key(tmp_path: Path) -> None:
+    good = tmp_path / "prices.toml"
+    good.write_text('[default]\ninput = 1.0\noutput = 2.0\n["my-model"]\ninput = 3\n')
+    table = load_prices(good)
+    assert table.price("my-model") == Price(3.0, 0.0)
+    assert table.price("gpt-4o") == Price(1.0, 2.0)  # not taken from the built-in file
+    bad = tmp_path / "bad.toml"
+    bad.write_text('["gpt-4o"]\ninput = -1\n')
+    with pytest.raises(ConfigError, match=r"bad\.toml.*gpt-4o.*input"):
+        load_prices(bad)
+    typo = tmp_path / "typo.toml"
+    typo.write_text('["gpt-4o"]\ninptu = 1\n')
+    with pytest.raises(ConfigError, match=r"typo\.toml.*'inptu'"):
+        load_prices(typo)
+    with pytest.raises(ConfigError, match=r"missing\.toml: cannot read"):
+        load_prices(tmp_path / "missing.toml")
+
+
+def test_old_results_without_costs_still_parse() -> None:
+    result = JobResult.model_validate(
+        {
+            "job_id": "old",
+            "status": "succeeded",
+            "documents": {},
+            "errors": [],
+            "fallbacks": [],
+            "progress": {"stages": {}, "percent": 100.0},
+            "metrics": {
+                "stages_ms": {},
+                "parallel_group_ms": 0,
+                "sequential_group_ms": 0,
+                "total_ms": 0,
+                "speedup_ratio": 1.0,
+                "usage": {},
+                "attempts": {},
+            },
+        }
+    )
+    assert result.cost_usd == {} and result.total_cost_usd == 0.0
+
+
+def test_job_result_carries_cost_per_stage_and_total(
+    sim: SimServer, make_settings: object, make_job: object, tmp_path: Path
+) -> None:
+    prices = tmp_path / "prices.toml"
+    prices.write_text('["sim-model"]\ninput = 1000.0\noutput = 2000.0\n')
+    settings = make_settings(model="sim-model", prices=prices)  # type: ignore[operator]
+    result = run(make_job("costed"), settings)  # type: ignore[operator]
+    assert result.status == "succeeded"
+    assert result.model == "sim-model"
+    usage = result.metrics.usage
+    for stage, u in usage.items():
+        expected = (u.prompt_tokens * 1000 + u.completion_tokens * 2000) / 1e6
+        assert u.prompt_tokens > 0
+        assert result.cost_usd[stage] == pytest.approx(expected)
+    assert result.total_cost_usd == pytest.approx(sum(result.cost_usd.values()))
+    assert result.total_cost_usd > 0
+
+
+def _log_of(tmp_path: Path, results: list[JobResult]) -> Path:
+    """An event log of these results' JobCompleted events, one a second."""
+    from briefd.messages import JobCompleted
+    from briefd.ops.eventlog import dumps_line, event_payload, level_for, line_of
+
+    log = tmp_path / "briefd.log"
+    lines = []
+    for i, result in enumerate(results):
+        event = JobCompleted(job_id=result.job_id, result=result)
+        line = line_of(event_payload(event), level_for(event.type), "job completed")
+        line["ts"] = 1_700_000_000.0 + i
+        lines.append(dumps_line(line))
+    log.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return log
+
+
+def test_report_totals_spend_by_model_and_stage(
+    sim: SimServer, make_settings: Any, make_job: Any, tmp_path: Path, capsys: Any
+) -> None:
+    import json
+
+    from briefd.ops import report
+
+    prices = tmp_path / "prices.toml"
+    prices.write_text('["a"]\ninput = 1000.0\noutput = 1000.0\n["b"]\ninput = 1.0\n')
+    results = [
+        run(make_job(f"j{i}"), make_settings(model=model, prices=prices))
+        for i, model in enumerate(("a", "a", "b"))
+    ]
+    assert report.main([str(_log_of(tmp_path, results)), "--json"]) == 0
+    spend = json.loads(capsys.readouterr().out)["spend"]
+    assert spend["total_usd"] == pytest.approx(sum(r.total_cost_usd for r in results))
+    assert spend["by_model"]["a"] == pytest.approx(results[0].total_cost_usd * 2)
+    assert spend["by_model"]["b"] == pytest.approx(results[2].total_cost_usd)
+    for stage in results[0].cost_usd:
+        assert spend["by_stage"][stage] == pytest.approx(sum(r.cost_usd[stage] for r in results))
+    # The text report shows the spend line with its total.
+    assert report.main([str(_log_of(tmp_path, results)), "--width", "200"]) == 0
+    text = capsys.readouterr().out
+    assert f"${spend['total_usd']:,.4f} total" in text
