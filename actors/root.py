@@ -182,8 +182,8 @@ class RootActor(pykka.ThreadingActor):
         if self.drain_event.is_set():
             return Admission(job.job_id, JobState.QUEUED, False, "stopping", 5)
         s = self._settings
-        if len(self._active) >= s.max_active_jobs and len(self._queue) >= s.max_queued_jobs:
-            wait = math.ceil(self._avg_job_s / s.max_active_jobs)
+        if len(self._active) >= s.active_jobs and len(self._queue) >= s.max_queued_jobs:
+            wait = math.ceil(self._avg_job_s / s.active_jobs)
             return Admission(
                 job.job_id, JobState.QUEUED, False, "queue_full", min(max(wait, 1), 300)
             )
@@ -230,7 +230,7 @@ class RootActor(pykka.ThreadingActor):
             draining=self.drain_event.is_set(),
             restarts=self._restarts,
             resumed=self._resumed,
-            max_active_jobs=self._settings.max_active_jobs,
+            max_active_jobs=self._settings.active_jobs,
             max_queued_jobs=self._settings.max_queued_jobs,
             spent_today_usd=self._ledger.spent_today_usd,
             daily_budget_usd=self._ledger.budget_usd,
@@ -275,7 +275,7 @@ class RootActor(pykka.ThreadingActor):
             not self.drain_event.is_set()
             and not self._ledger.held
             and self._queue
-            and len(self._active) < self._settings.max_active_jobs
+            and len(self._active) < self._settings.active_jobs
         ):
             self._load(self._queue.popleft(), _Slot(next(self._generations)))
 

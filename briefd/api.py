@@ -192,7 +192,7 @@ class Pipeline:
         with self._lock:
             while (
                 self._queue
-                and len(self._active) < self.settings.max_active_jobs
+                and len(self._active) < self.settings.active_jobs
                 and not self._closing.is_set()
             ):
                 run = self._queue.popleft()

@@ -126,7 +126,13 @@ class Settings(BaseSettings):
     listen: str = "127.0.0.1:8765"
     token_file: Path | None = None
     grace_s: float = Field(default=30.0, ge=0)
-    max_active_jobs: int = Field(default=64, ge=1)
+    max_active_jobs: int | None = Field(
+        default=None,
+        ge=1,
+        description="Jobs running at once (each a coordinator and its stage actors); the rest "
+        "wait as data. Unset: 4 x max_concurrent, at least 8 (more active jobs than the tokens "
+        "can serve only park threads).",
+    )
     max_queued_jobs: int = Field(default=10_000, ge=0)
     max_body_bytes: int = Field(
         default=1_048_576, ge=1024, description="Largest job body the daemon reads (bytes)."
@@ -239,6 +245,13 @@ class Settings(BaseSettings):
     def resolved_token_file(self) -> Path:
         """The daemon's bearer-token file (default: inside ``data_dir``)."""
         return self.token_file or self.data_dir / "token"
+
+    @property
+    def active_jobs(self) -> int:
+        """The active window: ``max_active_jobs``, or 4 x ``max_concurrent`` (at least 8)."""
+        if self.max_active_jobs is not None:
+            return self.max_active_jobs
+        return max(8, 4 * self.max_concurrent)
 
     def api_key_value(self) -> str | None:
         """The API key in clear, for the Authorization header only."""

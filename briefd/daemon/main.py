@@ -158,7 +158,7 @@ class Daemon(DaemonBackend):
                 pid=os.getpid(),
                 version=briefd.__version__,
                 resumed=stats.resumed,
-                max_active_jobs=s.max_active_jobs,
+                max_active_jobs=s.active_jobs,
                 max_queued_jobs=s.max_queued_jobs,
                 max_concurrent=s.max_concurrent,
             )
