@@ -85,8 +85,11 @@ def test_at_most_max_active_jobs_run_at_once(
         futures = [pipeline.submit(make_job(f"w-{i}"), observers=[watch]) for i in range(12)]
         assert all(f.get(timeout=60).status is JobStatus.SUCCEEDED for f in futures)
     assert most <= 3
-    assert order[:3] == sorted(order[:3])  # the first three started first (FIFO)
     assert set(order) == {f"w-{i}" for i in range(12)}
+    # FIFO through a window of three: the first three admitted start first (in any order:
+    # they run side by side), and no job starts three or more places from its turn.
+    assert set(order[:3]) == {"w-0", "w-1", "w-2"}
+    assert all(abs(order.index(f"w-{i}") - i) < 3 for i in range(12)), order
 
 
 def test_a_queued_job_cancelled_never_reaches_the_server(
