@@ -287,3 +287,35 @@ def test_pykka_actor_deaths_reach_the_log(tmp_path: Path, restore_logging: None)
     lines = [json.loads(line) for line in buffer.getvalue().splitlines()]
     deaths = [r for r in lines if r["event"] == "log" and "doomed actor" in r.get("exception", "")]
     assert deaths and deaths[0]["level"] == "ERROR"
+
+
+def test_guard_rail_events_read_as_sentences() -> None:
+    """The rollback and budget events say what happened in the text log, not their class name."""
+    from briefd.messages import (
+        DailyBudgetReleased,
+        DailyBudgetSpent,
+        RollbackCleared,
+        RollbackProbation,
+        RollbackTripped,
+    )
+    from briefd.ops.events import describe
+
+    why = "error rate 30.0% (3/10) is up more than 5.0% over its baseline 0.0%"
+    lines = [
+        describe(
+            RollbackTripped(
+                signal="error", rate=0.3, threshold=0.05, baseline=0.0, samples=10,
+                probation_s=60, reason=why,
+            )
+        ),
+        describe(RollbackProbation(trial_fraction=0.5, reason=why)),
+        describe(RollbackCleared(samples=10, reason="trials stayed under every threshold")),
+        describe(DailyBudgetSpent(spent_usd=5.01, budget_usd=5.0, queued=3)),
+        describe(DailyBudgetReleased(reason="budget raised", spent_usd=5.01, budget_usd=10.0)),
+    ]  # fmt: skip
+    assert "new jobs run sequentially" in lines[0] and why in lines[0]
+    assert "50% of new jobs run parallel" in lines[1]
+    assert "parallel again" in lines[2]
+    assert "$5.0100 of $5.0000" in lines[3] and "3 queued" in lines[3]
+    assert "budget raised" in lines[4]
+    assert not any("Rollback" in line or "DailyBudget" in line for line in lines)

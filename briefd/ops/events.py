@@ -23,6 +23,8 @@ from briefd.messages import (
     DaemonReloading,
     DaemonStarted,
     DaemonStopping,
+    DailyBudgetReleased,
+    DailyBudgetSpent,
     Event,
     JobAccepted,
     JobCancelled,
@@ -32,6 +34,9 @@ from briefd.messages import (
     LatencyMeasured,
     ProgressChanged,
     RateLimitCooldown,
+    RollbackCleared,
+    RollbackProbation,
+    RollbackTripped,
     StageFailed,
     StageFellBack,
     StageRetrying,
@@ -104,6 +109,16 @@ def describe(event: Event) -> str:
             )
         case DaemonStopping(signal=sig, grace_s=g, active=a, queued=q):
             return f"daemon stopping on {sig}: {a} running get {g:g}s, {q} queued stay journaled"
+        case RollbackTripped(reason=why, probation_s=p):
+            return f"automatic rollback: new jobs run sequentially ({why}); probation in {p:g}s"
+        case RollbackProbation(trial_fraction=f, reason=why):
+            return f"automatic rollback on probation: {f:.0%} of new jobs run parallel ({why})"
+        case RollbackCleared(reason=why):
+            return f"automatic rollback cleared: new jobs run parallel again ({why})"
+        case DailyBudgetSpent(spent_usd=s, budget_usd=b, queued=q):
+            return f"daily budget spent (${s:.4f} of ${b:.4f}): new jobs wait; {q} queued"
+        case DailyBudgetReleased(reason=why, spent_usd=s):
+            return f"daily budget released ({why}; ${s:.4f} spent today): held jobs start"
     return f"{job} {event.__class__.__name__}"
 
 
