@@ -69,7 +69,7 @@ from briefd.messages import (
     Tick,
 )
 from briefd.ops.autorollback import RollbackWatch
-from briefd.ops.breaker import Breaker, Mode
+from briefd.ops.breaker import Breaker
 from briefd.ops.events import Observer, publish
 from briefd.store.base import Store, StoreUnavailable
 from briefd.timers import Timers
@@ -136,6 +136,7 @@ class RootActor(pykka.ThreadingActor):
     # -- pykka hooks -----------------------------------------------------------------
 
     def on_start(self) -> None:
+        self._ledger.sync_from(self._journal, now=True)
         resumed = self._journal.unfinished()
         self._resumed = len(resumed)
         self._queue.extend(resumed)
@@ -155,6 +156,7 @@ class RootActor(pykka.ThreadingActor):
                 self._watch()
                 if self._breaker is not None:
                     self._breaker.poll()
+                self._ledger.sync_from(self._journal)  # what a restart or other daemons spent
                 self._admit()  # a new UTC day releases jobs held by the daily budget
             case StageRetrying() | StageSucceeded() | StageFailed():
                 self._stage_ended(message)
@@ -232,16 +234,8 @@ class RootActor(pykka.ThreadingActor):
             resumed=self._resumed,
             max_active_jobs=self._settings.active_jobs,
             max_queued_jobs=self._settings.max_queued_jobs,
-            spent_today_usd=self._ledger.spent_today_usd,
-            daily_budget_usd=self._ledger.budget_usd,
-            budget_held=self._ledger.held,
-            budget_resets_in_s=self._ledger.seconds_to_reset(),
-            cost_by_model_stage=dict(self._ledger.by_model_stage),
-            tokens_by_model_stage=dict(self._ledger.tokens_by_model_stage),
-            mode=self._breaker.mode.value if self._breaker else Mode.PARALLEL.value,
-            mode_reason=self._breaker.reason if self._breaker else "",
-            rollback_trips=self._breaker.trips if self._breaker else 0,
-            auto_rollback=self._breaker is not None,
+            **self._ledger.stats_fields(),
+            **(self._breaker.stats_fields() if self._breaker else {}),
         )
 
     def reload(self, settings: Settings) -> None:

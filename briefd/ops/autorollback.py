@@ -8,6 +8,8 @@ publishing each change of mode as an event the log, console and metrics see.
 
 from __future__ import annotations
 
+from typing import Any
+
 from loguru import logger
 
 from briefd.config import ConfigError, Settings
@@ -42,6 +44,15 @@ class RollbackWatch:
     @property
     def trips(self) -> int:
         return self.breaker.trips
+
+    def stats_fields(self) -> dict[str, Any]:
+        """The rollback's part of the root's figures (``RootStats``)."""
+        return {
+            "mode": self.breaker.mode.value,
+            "mode_reason": self.breaker.reason,
+            "rollback_trips": self.breaker.trips,
+            "auto_rollback": True,
+        }
 
     def next_job_parallel(self) -> bool:
         """Whether the next job starts parallel (probation tries a fraction)."""

@@ -395,6 +395,17 @@ class PostgresStore(StageWrites):
             found = {r["state"]: int(r["n"]) for r in cur.fetchall()}
         return {s.value: found.get(s.value, 0) for s in JobState}
 
+    def spent_since(self, since: float) -> float:
+        """USD the jobs that ended at or after ``since`` cost: every daemon's, one figure."""
+        with self._tx(write=False) as cur:
+            cur.execute(
+                "SELECT COALESCE(SUM((result::jsonb ->> 'total_cost_usd')::float8), 0) AS usd "
+                "FROM briefd_jobs WHERE finished_at >= to_timestamp(%s) AND result IS NOT NULL",
+                (since,),
+            )
+            row = cur.fetchone()
+        return round(float(row["usd"]) if row else 0.0, 6)
+
     def _order(self, stage: str) -> tuple[int, str]:
         """Pipeline order, then stages the pipeline lacks by name (as the SQLite journal)."""
         order = self._pipeline.names

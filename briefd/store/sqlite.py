@@ -382,6 +382,16 @@ class Journal(StageWrites):
             found = {r["state"]: int(r["n"]) for r in rows}
         return {s.value: found.get(s.value, 0) for s in JobState}
 
+    def spent_since(self, since: float) -> float:
+        """USD the jobs that ended at or after ``since`` (a Unix time) cost, by their results."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT COALESCE(SUM(json_extract(result, '$.total_cost_usd')), 0) AS usd "
+                "FROM jobs WHERE finished_at >= ? AND result IS NOT NULL",
+                (since,),
+            ).fetchone()
+        return round(float(row["usd"]), 6)
+
     def _stages(self, job_id: str) -> dict[str, sqlite3.Row]:
         rows = self._db.execute("SELECT * FROM stages WHERE job_id=?", (job_id,)).fetchall()
         order = {name: i for i, name in enumerate(self._pipeline.names)}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -318,3 +319,32 @@ def test_any_valid_job_id_round_trips(store: JournalStore, spec: Spec, job_id: s
     store.add_job(spec(job_id))
     assert store.start_run(job_id).job == spec(job_id)
     assert [j.job_id for j in store.list_jobs()] == [job_id]
+
+
+def test_spent_since_sums_the_results_that_ended_since(
+    backend: Backend,
+    store: JournalStore,
+    spec: Spec,
+    make_result: Callable[..., JobResult],
+) -> None:
+    """The daily budget's memory: what jobs that ended since a moment cost, from their results.
+    A restarted daemon (a second store on the same data) reads the same figure, and a daily
+    ledger seeded from it holds new jobs at once."""
+    from briefd.costs.daily import DailyLedger
+
+    before = time.time() - 1.0
+    done = {s: S.COMPLETE for s in STAGES}
+    for job_id, usd in (("c-1", 1.25), ("c-2", 2.0)):
+        store.add_job(spec(job_id))
+        store.start_run(job_id)
+        result = make_result(job_id, JobStatus.SUCCEEDED, {}, done)
+        assert store.finish(result.model_copy(update={"total_cost_usd": usd}))
+    store.add_job(spec("c-3"))  # not ended: not counted
+    assert store.spent_since(before) == 3.25
+    assert store.spent_since(time.time() + 60) == 0.0
+    again = backend.open()
+    assert again.spent_since(before) == 3.25
+    ledger = DailyLedger(budget_usd=3.0)
+    ledger.sync_from(again, now=True)
+    assert ledger.spent_today_usd == 3.25
+    assert ledger.update(queued=0) is not None and ledger.held
