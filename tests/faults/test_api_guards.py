@@ -188,6 +188,26 @@ def test_any_origin_is_refused(
 # -- slow and idle clients ---------------------------------------------------------------
 
 
+def _read_response(sock: socket.socket) -> bytes:
+    """One whole HTTP response (head and its Content-Length body), however recv splits it."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed mid-head: {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed mid-body: {data!r}"
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
 def _read_all(sock: socket.socket) -> bytes:
     data = b""
     while chunk := sock.recv(65536):
@@ -255,7 +275,7 @@ def test_an_idle_keep_alive_connection_is_closed(api: ApiServer) -> None:
         request = f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
         sent = time.monotonic()  # the server's idle clock starts after this, never before
         sock.sendall(request)
-        answer = sock.recv(65536)
+        answer = _read_response(sock)
         answered = time.monotonic()
         assert answer.startswith(b"HTTP/1.1 200"), answer
         sock.settimeout(KEEP_ALIVE_S + 3.0)
