@@ -5,23 +5,19 @@ threads and memory are not counted. Prints the thread count and RSS before
 submitting, right after submitting (the queue holds nearly all of them as
 data), the peak while they run, and after all have completed:
 
-    python bench/bench_admission.py [--jobs 1000] [--window 64] [--tokens 16] [--scale 0.01]
+    python bench/bench_admission.py [--jobs 1000] [--window N] [--tokens 16] [--scale 0.01]
 """
 
 from __future__ import annotations
 
 import argparse
-import re
-import subprocess
-import sys
 import threading
 import time
-from typing import Any
+
+from common import job, start_sim
 
 import briefd
 from briefd.messages import Event, JobCompleted
-
-STAGES = ("BRIEFING_MD", "PLAYS_MD", "PROCUREMENT_JSON", "ANNEX_JSON")
 
 
 def rss_mib() -> float:
@@ -33,33 +29,14 @@ def rss_mib() -> float:
     return float("nan")
 
 
-def _job(job_id: str) -> dict[str, Any]:
-    return {
-        "job_id": job_id,
-        "prompts": {s: f"Write {s} for the Northwind account." for s in STAGES},
-        "procurement_metrics": {"summary": "crm", "vendors": []},
-    }
-
-
-def _start_sim(scale: float) -> tuple[subprocess.Popen[str], str]:
-    cmd = [sys.executable, "-m", "briefd", "sim", "--port", "0", "--scale", str(scale)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    match = re.search(r"(http://\S+)", proc.stdout.readline())
-    if match is None:
-        proc.kill()
-        raise SystemExit("the simulator did not print its URL")
-    return proc, match.group(1)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--jobs", type=int, default=1_000)
-    ap.add_argument("--window", type=int, default=64, help="max_active_jobs")
+    ap.add_argument("--window", type=int, default=None, help="max_active_jobs (unset: auto)")
     ap.add_argument("--tokens", type=int, default=16, help="max_concurrent")
     ap.add_argument("--scale", type=float, default=0.01)
     args = ap.parse_args()
-    sim, url = _start_sim(args.scale)
+    sim, url = start_sim(args.scale)
     try:
         settings = briefd.Settings(
             base_url=url, max_active_jobs=args.window, max_concurrent=args.tokens
@@ -79,7 +56,7 @@ def main() -> None:
                         done.set()
 
             futures = [
-                pipeline.submit(_job(f"adm-{i}"), observers=[finished]) for i in range(args.jobs)
+                pipeline.submit(job(f"adm-{i}"), observers=[finished]) for i in range(args.jobs)
             ]
             submit_s = time.perf_counter() - started
             threads1, rss1 = threading.active_count(), rss_mib()
@@ -95,7 +72,7 @@ def main() -> None:
     finally:
         sim.terminate()
         sim.wait(10)
-    print(f"jobs {args.jobs}, max_active_jobs {args.window}, tokens {args.tokens}")
+    print(f"jobs {args.jobs}, active window {settings.active_jobs}, tokens {args.tokens}")
     print(f"before submit : {threads0:5d} threads  {rss0:7.1f} MiB RSS")
     print(
         f"after submit  : {threads1:5d} threads  {rss1:7.1f} MiB RSS  "

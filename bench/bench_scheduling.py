@@ -23,7 +23,6 @@ import cProfile
 import os
 import pstats
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -32,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import requests
+from common import STAGES, job, start_sim
 from loguru import logger
 
 import briefd
@@ -39,7 +39,6 @@ from briefd.config import load_pipeline
 from briefd.llm.call import build_request
 from briefd.messages import Event, JobCompleted
 
-STAGES = ("BRIEFING_MD", "PLAYS_MD", "PROCUREMENT_JSON", "ANNEX_JSON")
 DEPS: dict[str, tuple[str, ...]] = {
     "BRIEFING_MD": (),
     "PLAYS_MD": (),
@@ -60,14 +59,6 @@ class Run:
     calls: int
 
 
-def _job(job_id: str) -> dict[str, Any]:
-    return {
-        "job_id": job_id,
-        "prompts": {s: f"Write {s} for the Northwind account." for s in STAGES},
-        "procurement_metrics": {"summary": "crm", "vendors": []},
-    }
-
-
 def run_briefd(base_url: str, jobs: int, k: int, tag: str) -> Run:
     """``jobs`` jobs through one ``briefd.Pipeline`` with K tokens."""
     settings = briefd.Settings(base_url=base_url, max_concurrent=k)
@@ -86,7 +77,7 @@ def run_briefd(base_url: str, jobs: int, k: int, tag: str) -> Run:
         for i in range(jobs):
             job_id = f"{tag}-{i}"
             submitted[job_id] = time.perf_counter()
-            futures.append(pipeline.submit(_job(job_id), observers=[observe]))
+            futures.append(pipeline.submit(job(job_id), observers=[observe]))
         results = [f.get(timeout=600) for f in futures]
         makespan, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     assert all(r.status == "succeeded" for r in results), [r.errors for r in results][:3]
@@ -145,21 +136,6 @@ def _p95(values: list[float]) -> float:
     return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
 
 
-def _start_sim(scale: float) -> tuple[subprocess.Popen[str], str]:
-    """``briefd sim`` in a child process; its URL from the line it prints."""
-    child = subprocess.Popen(
-        [sys.executable, "-m", "briefd", "sim", "--port", "0", "--scale", str(scale)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert child.stdout is not None
-    line = child.stdout.readline()
-    if "listening on" not in line:
-        child.kill()
-        raise SystemExit(f"the simulator did not start: {line!r}")
-    return child, line.rsplit(" ", 1)[1].strip()
-
-
 def _med(runs: list[Run], figure: Callable[[Run], float]) -> float:
     return statistics.median(figure(r) for r in runs)
 
@@ -204,7 +180,7 @@ def main() -> int:
     logger.remove()
     logger.add(sys.stderr, level="WARNING", diagnose=False)
     print(f"load average (1 min) at start: {os.getloadavg()[0]:.2f}; cores {os.cpu_count()}")
-    child, base_url = _start_sim(args.scale)
+    child, base_url = start_sim(args.scale)
     try:
         run_briefd(base_url, 4, 2, "warm")  # imports, first connections
         run_reference(base_url, 4, 2, "warm")

@@ -16,36 +16,16 @@ import io
 import os
 import pstats
 import re
-import subprocess
 import sys
 import threading
 import time
 from typing import Any
 
+from common import job, start_sim
+
 import briefd
 from briefd.ops import events
 from briefd.ops.logs import setup_logging
-
-STAGES = ("BRIEFING_MD", "PLAYS_MD", "PROCUREMENT_JSON", "ANNEX_JSON")
-
-
-def _job(job_id: str) -> dict[str, Any]:
-    return {
-        "job_id": job_id,
-        "prompts": {s: f"Write {s} for the Northwind account." for s in STAGES},
-        "procurement_metrics": {"summary": "crm", "vendors": []},
-    }
-
-
-def _start_sim(scale: float) -> tuple[subprocess.Popen[str], str]:
-    cmd = [sys.executable, "-m", "briefd", "sim", "--port", "0", "--scale", str(scale)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    match = re.search(r"(http://\S+)", proc.stdout.readline())
-    if match is None:
-        proc.kill()
-        raise SystemExit("the simulator did not print its URL")
-    return proc, match.group(1)
 
 
 def _share(stats: pstats.Stats, total: float, pattern: str) -> float:
@@ -70,7 +50,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.eager:
         events._logged = lambda level: True
-    sim, url = _start_sim(args.scale)
+    sim, url = start_sim(args.scale)
     settings = briefd.Settings(
         base_url=url, max_concurrent=args.tokens, log_format="json", log_file=args.log_file
     )
@@ -89,7 +69,7 @@ def main() -> None:
         main_prof.enable()
         started = time.perf_counter()
         with briefd.Pipeline(settings) as pipeline:
-            futures = [pipeline.submit(_job(f"prof-{i}")) for i in range(args.jobs)]
+            futures = [pipeline.submit(job(f"prof-{i}")) for i in range(args.jobs)]
             assert all(f.get(timeout=600).status == "succeeded" for f in futures)
         makespan = time.perf_counter() - started
         main_prof.disable()

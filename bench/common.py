@@ -1,0 +1,39 @@
+"""What the benchmarks share: the simulator in a child process, and a job for it.
+
+The simulator runs in its own process so that its CPU time is not counted as
+the client's (the benchmarks compare client CPU per call against a reference).
+Run the benchmarks as scripts (``python bench/NAME.py``): this folder is then
+on ``sys.path``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any
+
+STAGES = ("BRIEFING_MD", "PLAYS_MD", "PROCUREMENT_JSON", "ANNEX_JSON")
+
+
+def job(job_id: str) -> dict[str, Any]:
+    """A job for the built-in pipeline, one short prompt per stage."""
+    return {
+        "job_id": job_id,
+        "prompts": {s: f"Write {s} for the Northwind account." for s in STAGES},
+        "procurement_metrics": {"summary": "crm", "vendors": []},
+    }
+
+
+def start_sim(scale: float) -> tuple[subprocess.Popen[str], str]:
+    """``briefd sim`` in a child process, and its base URL from the line it prints."""
+    child = subprocess.Popen(
+        [sys.executable, "-m", "briefd", "sim", "--port", "0", "--scale", str(scale)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    line = child.stdout.readline()
+    if "listening on" not in line:
+        child.kill()
+        raise SystemExit(f"the simulator did not start: {line!r}")
+    return child, line.rsplit(" ", 1)[1].strip()
