@@ -193,3 +193,46 @@ def test_rendering_shows_log_text_literally() -> None:
     screen = out.getvalue()
     assert "[bold red]fake[/]" in screen
     assert "\x1b[2J" not in screen and "\x07" not in screen and "\\u001b[2J" in screen
+
+
+def test_the_token_line_shows_an_adapted_window() -> None:
+    """When the limiter's window W is below the ceiling (a server pushed back), the console's
+    token line says so; at the ceiling it stays as it was."""
+    view = OpsView()
+    view.apply(
+        rec(TokenGranted(job_id="j", stage="A", lease_id=1, in_use=1, capacity=16, window=16))
+    )
+    out = io.StringIO()
+    Console(file=out, width=160).print(render(view.snapshot(), source="log", title="t"))
+    assert "tokens 1/16 (peak 1)" in out.getvalue()
+    view.apply(
+        rec(TokenReleased(job_id="j", stage="A", lease_id=1, in_use=0, capacity=16, window=5))
+    )
+    out = io.StringIO()
+    Console(file=out, width=160).print(render(view.snapshot(), source="log", title="t"))
+    assert "tokens 0/16, window 5 (peak 1)" in out.getvalue()
+
+
+def test_the_warning_points_at_the_automatic_rollback_when_it_is_on() -> None:
+    """A crossed signal suggests BRIEFD_PARALLEL=false, unless the daemon's automatic
+    rollback (seen in the log) is already acting on it."""
+    from briefd.messages import ErrorCode, PipelineError, RollbackTripped, StageFailed
+
+    view = OpsView(Thresholds(min_samples=1))
+    view.apply(rec(StageStarted(job_id="j", stage="A", attempt=1)))
+    error = PipelineError(stage="A", code=ErrorCode.SERVER_ERROR, message="HTTP 500")
+    view.apply(rec(StageFailed(job_id="j", stage="A", error=error, elapsed_ms=5, attempts=1)))
+
+    def screen() -> str:
+        out = io.StringIO()
+        Console(file=out, width=160).print(render(view.snapshot(), source="log", title="t"))
+        return out.getvalue()
+
+    assert "consider the rollback: BRIEFD_PARALLEL=false" in screen()
+    tripped = RollbackTripped(
+        signal="error", rate=1.0, threshold=0.05, baseline=0.0, samples=1, probation_s=60,
+        reason="error rate 100% (1/1) is up more than 5.0% over its baseline 0.0%",
+    )  # fmt: skip
+    view.apply(rec(tripped))
+    text = screen()
+    assert "automatic rollback acts on these" in text and "BRIEFD_PARALLEL=false" not in text

@@ -93,7 +93,10 @@ def _warnings(snap: Snapshot) -> RenderableType | None:
         )
         for s in snap.warnings
     ]
-    lines.append(Text("consider the rollback: BRIEFD_PARALLEL=false", style="red"))
+    if "mode" in snap.guard:  # the daemon's automatic rollback watches these signals itself
+        lines.append(Text("the daemon's automatic rollback acts on these (see below)", style="red"))
+    else:
+        lines.append(Text("consider the rollback: BRIEFD_PARALLEL=false", style="red"))
     return Panel(Group(*lines), border_style="red", title="warning")
 
 
@@ -132,9 +135,11 @@ def _jobs(snap: Snapshot, limit: int) -> Table:
 
 def _capacity(snap: Snapshot) -> Text:
     tk = snap.tokens
+    window = tk.get("window")
+    adapted = f", window {window}" if window is not None and window < tk["capacity"] else ""
     text = Text.assemble(
         ("tokens ", "bold"),
-        f"{tk['in_use']}/{tk['capacity']} (peak {tk['peak']})  ",
+        f"{tk['in_use']}/{tk['capacity']}{adapted} (peak {tk['peak']})  ",
         ("stages in flight ", "bold"),
         f"{snap.stages_running} (peak {snap.peak_stages_running})  ",
         ("queued jobs ", "bold"),

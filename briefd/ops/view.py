@@ -299,6 +299,8 @@ class OpsView:
         tokens["peak"] = max(tokens["peak"], tokens["in_use"])
         if "waiting" in record.data:  # a rate limiter that reports its queue
             tokens["waiting"] = _int(record.data.get("waiting"))
+        if isinstance(record.data.get("window"), int):  # the adaptive window W
+            tokens["window"] = record.data["window"]
         if record.job_id is not None and record.stage is not None:
             key = (record.job_id, record.stage)
             if record.event == "TokenGranted":
