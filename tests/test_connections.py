@@ -186,3 +186,29 @@ def test_the_environment_is_read_once_per_client(monkeypatch: Any) -> None:
         Settings(base_url="https://api.example.invalid/v1"), "https://api.example.invalid/v1"
     )
     assert "https" not in bypass._session.proxies
+
+
+def test_an_unchanged_environment_is_read_once(monkeypatch: Any) -> None:
+    """Clients made while the relevant variables do not change share one reading of them (a
+    client is made per stage, so a per-client read was still one per call)."""
+    import requests
+
+    from briefd.config import Settings
+    from briefd.llm import call
+
+    reads: list[str] = []
+    real = requests.Session.merge_environment_settings
+
+    def counting(self: requests.Session, url: Any, *args: Any) -> Any:
+        reads.append(str(url))
+        return real(self, url, *args)
+
+    monkeypatch.setattr(requests.Session, "merge_environment_settings", counting)
+    call._environment.cache_clear()
+    url = "http://127.0.0.1:9/v1"
+    for _ in range(5):
+        call.ChatClient(Settings(base_url=url), url)
+    assert len(reads) == 1
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
+    client = call.ChatClient(Settings(base_url=url), url)
+    assert len(reads) == 2 and client._session.proxies.get("http") == "http://proxy.invalid:3128"
