@@ -76,6 +76,7 @@ class CoordinatorActor(pykka.ThreadingActor):
         done_stages: dict[str, Any] | None = None,
         failed_stages: dict[str, PipelineError] | None = None,
         prices: PriceTable | None = None,
+        crash_is_resumed: bool = False,
     ) -> None:
         super().__init__()
         self.job = job
@@ -89,6 +90,9 @@ class CoordinatorActor(pykka.ThreadingActor):
         self._limiter = limiter
         self._observers = tuple(observers)
         self._on_done = on_done
+        # The daemon resumes a run whose coordinator crashed (JobRestarted), so that run's
+        # end is not the job's: no JobCompleted, or the log would hold two for one job.
+        self._crash_is_resumed = crash_is_resumed
         self._stage_cls = stage_actor_cls
         self._records = {name: StageRecord() for name in pipeline.names}
         self._documents: dict[str, Any] = dict.fromkeys(pipeline.names)
@@ -384,7 +388,9 @@ class CoordinatorActor(pykka.ThreadingActor):
             total_cost_usd=round(sum(costs.values()), 6),
         )
         self._publish(LatencyMeasured(job_id=self.job.job_id, metrics=metrics))
-        self._publish(JobCompleted(job_id=self.job.job_id, result=result))
+        crashed = any(e.stage == "*" and e.code is ErrorCode.CRASHED for e in self._errors)
+        if not (crashed and self._crash_is_resumed):
+            self._publish(JobCompleted(job_id=self.job.job_id, result=result))
         if self._on_done is not None:
             try:
                 self._on_done(result)

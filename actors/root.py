@@ -332,6 +332,7 @@ class RootActor(pykka.ThreadingActor):
             stage_actor_cls=self._stage_cls,
             done_stages=msg.done_stages,
             failed_stages=msg.failed_stages,
+            crash_is_resumed=True,
         )
 
     def _on_done(self, job_id: str, generation: int) -> Any:

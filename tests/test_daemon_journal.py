@@ -155,10 +155,16 @@ class _Rig:
 
 
 def test_a_crashed_coordinator_is_restarted_without_repeating_a_stage(
-    sim: SimServer, make_settings: Any, make_job: Any, pipeline: PipelineSpec, tmp_path: Path
+    sim: SimServer,
+    make_settings: Any,
+    make_job: Any,
+    pipeline: PipelineSpec,
+    tmp_path: Path,
+    log_lines: list[str],
 ) -> None:
     """The coordinator dies after its first stage result: the run is loaded again from the
-    journal and completes; that stage is not requested again (one in flight may be)."""
+    journal and completes; that stage is not requested again (one in flight may be). The log
+    says the job restarted and ends it once: the crashed run's end is not the job's."""
     crashes: list[str] = []
 
     class CrashOnce(CoordinatorActor):
@@ -179,6 +185,10 @@ def test_a_crashed_coordinator_is_restarted_without_repeating_a_stage(
     counts = sim.stats().by_job_stage["crash-once"]
     assert counts[crashes[0]] == 1, "the journaled stage is not called again"
     assert all(counts[s] in (1, 2) for s in STAGES), "a call in flight at the crash may be"
+    mine = [ln for ln in log_lines if "crash-once" in ln]
+    ended = [ln for ln in mine if "'event': 'JobCompleted'" in ln]
+    assert len(ended) == 1 and "succeeded" in ended[0], ended
+    assert any("'event': 'JobRestarted'" in ln for ln in mine)
 
 
 def test_a_coordinator_that_dies_silently_is_noticed_and_restarted(
