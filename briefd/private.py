@@ -38,13 +38,7 @@ def create_private_file(path: Path) -> int:
 
     Returns the open descriptor (write-only); FileExistsError if ``path`` exists.
     """
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        os.fchmod(fd, FILE_MODE)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+    return _open_private(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
 
 
 def open_private_file(path: Path) -> int:
@@ -52,7 +46,12 @@ def open_private_file(path: Path) -> int:
 
     Never through a link (``O_NOFOLLOW``).
     """
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+    return _open_private(path, os.O_RDWR | os.O_CREAT)
+
+
+def _open_private(path: Path, flags: int) -> int:
+    """Open with ``flags``, never through a link, and make the file 0600 whatever the umask."""
+    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
     try:
         os.fchmod(fd, FILE_MODE)
     except BaseException:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pykka
 import pytest
+from daemon_helpers import Daemon
 from loguru import logger
 from pg import pg_server, pg_url  # noqa: F401  (fixtures: the throwaway PostgreSQL)
 
@@ -119,3 +120,12 @@ def child_env() -> Any:
 def repo() -> Path:
     """The checkout's root (examples/, config/)."""
     return Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Daemon]]:
+    """``briefd serve`` children a test starts (it appends them); any still running is killed."""
+    started: list[Daemon] = []
+    yield started
+    for d in started:
+        d.kill()

@@ -27,15 +27,6 @@ def slow_sim() -> Iterator[SimServer]:
         yield server
 
 
-@pytest.fixture
-def daemons(tmp_path: Path) -> Iterator[list[Daemon]]:
-    """Daemons a test starts; any still running at the end is killed."""
-    started: list[Daemon] = []
-    yield started
-    for d in started:
-        d.kill()
-
-
 def test_sigterm_with_work_queued_then_restart_completes_every_job(
     slow_sim: SimServer, tmp_path: Path, daemons: list[Daemon]
 ) -> None:

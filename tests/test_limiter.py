@@ -5,24 +5,12 @@ from __future__ import annotations
 import queue
 from typing import Any
 
-import pykka
+from actor_helpers import Inbox
 
 import briefd
 from briefd.actors import RateLimiterActor
 from briefd.messages import ReleaseToken, RequestToken, TokenGranted
 from briefd.sim.server import SimServer
-
-
-class _Inbox(pykka.ThreadingActor):
-    """A stand-in requester that forwards what it is told to a queue."""
-
-    def __init__(self, out: queue.Queue[Any]) -> None:
-        super().__init__()
-        self.out = out
-
-    def on_receive(self, message: Any) -> Any:
-        self.out.put(message)
-        return None
 
 
 def test_concurrent_calls_never_exceed_the_token_count(
@@ -57,7 +45,7 @@ def test_grants_go_to_the_longest_remaining_path_first() -> None:
     earlier-arrived one with a shorter path; equal paths go in arrival order."""
     got: queue.Queue[Any] = queue.Queue()
     limiter = RateLimiterActor.start(capacity=1)
-    holder = _Inbox.start(got)
+    holder = Inbox.start(got)
     limiter.tell(RequestToken(job_id="j", stage="HOLD", requester=holder.actor_urn, priority=1))
     first = got.get(timeout=5)
     assert isinstance(first, TokenGranted)
@@ -81,8 +69,8 @@ def test_a_dead_holder_loses_its_lease() -> None:
     got: queue.Queue[Any] = queue.Queue()
     waiter_q: queue.Queue[Any] = queue.Queue()
     limiter = RateLimiterActor.start(capacity=1)
-    doomed = _Inbox.start(got)
-    waiter = _Inbox.start(waiter_q)
+    doomed = Inbox.start(got)
+    waiter = Inbox.start(waiter_q)
     limiter.tell(RequestToken(job_id="j", stage="A", requester=doomed.actor_urn))
     assert isinstance(got.get(timeout=5), TokenGranted)
     limiter.tell(RequestToken(job_id="j", stage="B", requester=waiter.actor_urn))

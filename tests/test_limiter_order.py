@@ -7,8 +7,8 @@ import queue
 import time
 from typing import Any
 
-import pykka
 import pytest
+from actor_helpers import Inbox
 
 from briefd.actors import RateLimiterActor
 from briefd.actors.limiter_supervisor import LimiterSupervisor
@@ -19,20 +19,10 @@ from briefd.messages.token import RateLimits
 DAG = {"A": ["C"], "B": ["C"], "C": ["D"], "D": []}  # the seed's shape: A, B -> C -> D
 
 
-class _Inbox(pykka.ThreadingActor):
-    def __init__(self, out: queue.Queue[Any]) -> None:
-        super().__init__()
-        self.out = out
-
-    def on_receive(self, message: Any) -> Any:
-        self.out.put(message)
-        return None
-
-
 @pytest.fixture
 def inbox() -> Any:
     got: queue.Queue[Any] = queue.Queue()
-    ref = _Inbox.start(got)
+    ref = Inbox.start(got)
     yield ref, got
     ref.stop()
 

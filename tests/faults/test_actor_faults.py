@@ -15,12 +15,12 @@ import os
 import queue
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pykka
 import pytest
+from actor_helpers import Inbox
 from daemon_helpers import STAGES, Daemon, complete_stages, make_job, wait_for
 
 import briefd
@@ -157,18 +157,6 @@ def test_a_coordinator_whose_on_start_raises_still_ends_its_job(
 # -- the rate limiter --------------------------------------------------------------------
 
 
-class _Inbox(pykka.ThreadingActor):
-    """A stand-in requester that forwards what it is told to a queue."""
-
-    def __init__(self, out: queue.Queue[Any]) -> None:
-        super().__init__()
-        self.out = out
-
-    def on_receive(self, message: Any) -> Any:
-        self.out.put(message)
-        return None
-
-
 class _BuggyLimiter(RateLimiterActor):
     """A limiter with a bug in one handler."""
 
@@ -180,7 +168,7 @@ def test_a_bad_message_does_not_kill_the_limiter() -> None:
     """A handler that raises drops its message; the limiter lives and grants."""
     got: queue.Queue[Any] = queue.Queue()
     limiter = _BuggyLimiter.start(capacity=1)
-    requester = _Inbox.start(got)
+    requester = Inbox.start(got)
     limiter.tell(ReportRateLimit(job_id="j", stage="A", retry_after_s=0.1))
     limiter.tell(RequestToken(job_id="j", stage="A", requester=requester.actor_urn))
     assert isinstance(got.get(timeout=5), TokenGranted)
@@ -309,14 +297,6 @@ class _LaunchedDaemon(Daemon):
 
     def command(self, *args: str) -> list[str]:
         return [sys.executable, "-c", _LAUNCHER, self.doomed, *args]
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[Daemon]]:
-    started: list[Daemon] = []
-    yield started
-    for d in started:
-        d.kill()
 
 
 def test_system_exit_in_a_stage_exits_the_daemon_and_a_restart_resumes(

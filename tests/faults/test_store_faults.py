@@ -42,15 +42,6 @@ def slow_sim() -> Iterator[SimServer]:
         yield server
 
 
-@pytest.fixture
-def daemons() -> Iterator[list[Daemon]]:
-    """Daemons a test starts; any still running at the end is killed."""
-    started: list[Daemon] = []
-    yield started
-    for d in started:
-        d.kill()
-
-
 class PipedDaemon(Daemon):
     """A daemon whose output reaches its log file through a pipe this process copies.
 
