@@ -19,19 +19,16 @@ noisy 2-core machine. The targets are printed beside the figures, not enforced.
 from __future__ import annotations
 
 import argparse
-import cProfile
 import os
-import pstats
 import statistics
 import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import requests
-from common import STAGES, job, start_sim
+from common import STAGES, job, merged, profile_all_threads, start_sim
 from loguru import logger
 
 import briefd
@@ -209,28 +206,13 @@ def main() -> int:
 def _profile(base_url: str, out: str) -> None:
     """One briefd run at 100 jobs K=16 under cProfile, every thread (actors are threads).
 
-    cProfile sees only the thread that enables it, so each new thread enables a
-    profiler of its own (``threading.setprofile``) and the stats are merged.
+    (:func:`common.profile_all_threads`)
     """
-    profilers: list[cProfile.Profile] = []
-
-    def start(*_: Any) -> None:
-        sys.setprofile(None)
-        profiler = cProfile.Profile(time.thread_time)
-        profilers.append(profiler)
-        profiler.enable()
-
-    main = cProfile.Profile(time.thread_time)
-    threading.setprofile(start)
-    main.enable()
-    run = run_briefd(base_url, 100, 16, "prof")
-    main.disable()
-    threading.setprofile(None)
+    with profile_all_threads() as profilers:
+        run = run_briefd(base_url, 100, 16, "prof")
     cpu_ms = run.cpu_s / run.calls * 1000
     print(f"profiled: makespan {run.makespan_s:.2f}s, CPU/call {cpu_ms:.2f} ms (profiler on)")
-    stats = pstats.Stats(main)
-    for profiler in profilers:
-        stats.add(profiler)
+    stats = merged(profilers)
     stats.dump_stats(out)
     stats.sort_stats("cumulative").print_stats(r"briefd/|actors/|config/|messages/", 25)
     stats.sort_stats("tottime").print_stats(15)

@@ -8,8 +8,14 @@ on ``sys.path``.
 
 from __future__ import annotations
 
+import contextlib
+import cProfile
+import pstats
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from typing import Any
 
 STAGES = ("BRIEFING_MD", "PLAYS_MD", "PROCUREMENT_JSON", "ANNEX_JSON")
@@ -37,3 +43,35 @@ def start_sim(scale: float) -> tuple[subprocess.Popen[str], str]:
         child.kill()
         raise SystemExit(f"the simulator did not start: {line!r}")
     return child, line.rsplit(" ", 1)[1].strip()
+
+
+@contextlib.contextmanager
+def profile_all_threads() -> Iterator[list[cProfile.Profile]]:
+    """cProfile every thread started inside the block (actors are threads), CPU time each.
+
+    cProfile sees only the thread that enables it, so each new thread enables a
+    profiler of its own (``threading.setprofile``); :func:`merged` adds them up.
+    """
+    profilers = [cProfile.Profile(time.thread_time)]
+
+    def start(*_: Any) -> None:
+        sys.setprofile(None)
+        profiler = cProfile.Profile(time.thread_time)
+        profilers.append(profiler)
+        profiler.enable()
+
+    threading.setprofile(start)
+    profilers[0].enable()
+    try:
+        yield profilers
+    finally:
+        profilers[0].disable()
+        threading.setprofile(None)
+
+
+def merged(profilers: list[cProfile.Profile], **kwargs: Any) -> pstats.Stats:
+    """One ``pstats.Stats`` of every thread's profile."""
+    stats = pstats.Stats(profilers[0], **kwargs)
+    for profiler in profilers[1:]:
+        stats.add(profiler)
+    return stats

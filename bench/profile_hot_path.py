@@ -11,17 +11,13 @@ CPU inside event publication and inside loguru:
 from __future__ import annotations
 
 import argparse
-import cProfile
 import io
 import os
 import pstats
 import re
-import sys
-import threading
 import time
-from typing import Any
 
-from common import job, start_sim
+from common import job, merged, profile_all_threads, start_sim
 
 import briefd
 from briefd.ops import events
@@ -55,31 +51,17 @@ def main() -> None:
         base_url=url, max_concurrent=args.tokens, log_format="json", log_file=args.log_file
     )
     setup_logging(settings, stream=open(os.devnull, "w"))  # noqa: SIM115 (process-long)
-    profilers: list[cProfile.Profile] = []
-
-    def start(*_: Any) -> None:
-        sys.setprofile(None)
-        profiler = cProfile.Profile(time.thread_time)
-        profilers.append(profiler)
-        profiler.enable()
-
-    main_prof = cProfile.Profile(time.thread_time)
     try:
-        threading.setprofile(start)
-        main_prof.enable()
-        started = time.perf_counter()
-        with briefd.Pipeline(settings) as pipeline:
-            futures = [pipeline.submit(job(f"prof-{i}")) for i in range(args.jobs)]
-            assert all(f.get(timeout=600).status == "succeeded" for f in futures)
-        makespan = time.perf_counter() - started
-        main_prof.disable()
-        threading.setprofile(None)
+        with profile_all_threads() as profilers:
+            started = time.perf_counter()
+            with briefd.Pipeline(settings) as pipeline:
+                futures = [pipeline.submit(job(f"prof-{i}")) for i in range(args.jobs)]
+                assert all(f.get(timeout=600).status == "succeeded" for f in futures)
+            makespan = time.perf_counter() - started
     finally:
         sim.terminate()
         sim.wait(10)
-    stats = pstats.Stats(main_prof, stream=io.StringIO())
-    for profiler in profilers:
-        stats.add(profiler)
+    stats = merged(profilers, stream=io.StringIO())
     if os.environ.get("BRIEFD_PROFILE_DUMP"):
         stats.dump_stats(os.environ["BRIEFD_PROFILE_DUMP"])
     total = stats.total_tt  # type: ignore[attr-defined]
