@@ -23,6 +23,7 @@ SQLite (:mod:`briefd.store.sqlite`) is the embedded default.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -128,6 +129,51 @@ class StageWrites:
     def stage_failed(self, job_id: str, stage: str, error: PipelineError, attempts: int) -> None:
         """The stage gave up after its retries: final, a resumed run does not call it again."""
         self._set_stage(job_id, stage, StageState.FAILED, attempts, None, error)
+
+
+def resumed_run(
+    spec_json: str, ended: list[tuple[str, str, str | None, str | None]], died: int
+) -> Run:
+    """A run to resume, from the job's spec and its ended stages' ``(stage, state, document,
+    error)`` rows (JSON text): documents are never bought again, failures never called again."""
+    complete = StageState.COMPLETE.value
+    return Run(
+        job=JobSpec.model_validate_json(spec_json),
+        done_stages={s: json.loads(doc or "null") for s, st, doc, _ in ended if st == complete},
+        failed_stages={
+            s: PipelineError.model_validate_json(err)
+            for s, st, _, err in ended
+            if st != complete and err is not None
+        },
+        runs_died=died,
+    )
+
+
+def job_info(
+    pipeline: PipelineSpec,
+    job: dict[str, Any],
+    stages: list[tuple[str, str, str | None]],
+) -> JobInfo:
+    """A job's status from its row (``job_id``, ``state``, ``result`` JSON, times,
+    ``restarts``) and its stages' ``(stage, state, error JSON)`` in pipeline order: the
+    result's errors once terminal, else the errors of the stages that failed."""
+    states = {s: StageState(st) for s, st, _ in stages}
+    if job["result"] is not None:
+        errors = JobResult.model_validate_json(job["result"]).errors
+    else:
+        failed = StageState.FAILED.value
+        errors = [PipelineError.model_validate_json(e) for _, st, e in stages if st == failed and e]
+    return JobInfo(
+        job_id=job["job_id"],
+        status=JobState(job["state"]),
+        stages=states,
+        progress=stage_percent(pipeline, states),
+        submitted_at=job["submitted_at"],
+        started_at=job["started_at"],
+        finished_at=job["finished_at"],
+        restarts=int(job["restarts"]),
+        errors=errors,
+    )
 
 
 def stage_percent(pipeline: PipelineSpec, states: dict[str, StageState]) -> float:

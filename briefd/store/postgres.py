@@ -52,7 +52,8 @@ from briefd.store.base import (
     StageWrites,
     StoreUnavailable,
     closing_result,
-    stage_percent,
+    job_info,
+    resumed_run,
 )
 from briefd.store.files import FILES, JobFiles
 from briefd.store.health import WriteHealth
@@ -204,18 +205,10 @@ class PostgresStore(StageWrites):
                 (job_id,),
             )
             ended = cur.fetchall()
-        complete = StageState.COMPLETE.value
-        return Run(
-            job=JobSpec.model_validate_json(row["spec"]),
-            done_stages={
-                r["stage"]: json.loads(r["document"]) for r in ended if r["state"] == complete
-            },
-            failed_stages={
-                r["stage"]: PipelineError.model_validate_json(r["error"])
-                for r in ended
-                if r["state"] != complete and r["error"] is not None
-            },
-            runs_died=died,
+        return resumed_run(
+            row["spec"],
+            [(r["stage"], r["state"], r["document"], r["error"]) for r in ended],
+            died,
         )
 
     def suspend(self, job_ids: list[str]) -> None:
@@ -413,22 +406,4 @@ class PostgresStore(StageWrites):
 
     def _info(self, row: DictRow) -> JobInfo:
         stages = sorted(row["stages"], key=lambda s: self._order(s[0]))  # [stage, state, error]
-        states = {stage: StageState(state) for stage, state, _ in stages}
-        if row["result"] is not None:
-            errors = JobResult.model_validate_json(row["result"]).errors
-        else:
-            failed = StageState.FAILED.value
-            errors = [
-                PipelineError.model_validate_json(e) for _, st, e in stages if st == failed and e
-            ]
-        return JobInfo(
-            job_id=row["job_id"],
-            status=JobState(row["state"]),
-            stages=states,
-            progress=stage_percent(self._pipeline, states),
-            submitted_at=row["submitted_at"],
-            started_at=row["started_at"],
-            finished_at=row["finished_at"],
-            restarts=int(row["restarts"]),
-            errors=errors,
-        )
+        return job_info(self._pipeline, row, [(s, st, e) for s, st, e in stages])

@@ -40,7 +40,8 @@ from briefd.store.base import (
     StageWrites,
     StoreUnavailable,
     closing_result,
-    stage_percent,
+    job_info,
+    resumed_run,
 )
 from briefd.store.files import FILES, JobFiles
 from briefd.store.health import WriteHealth
@@ -221,18 +222,10 @@ class Journal(StageWrites):
                 "WHERE job_id=? AND state IN (?, ?)",
                 (job_id, StageState.COMPLETE.value, StageState.FAILED.value),
             ).fetchall()
-        complete = StageState.COMPLETE.value
-        return Run(
-            job=JobSpec.model_validate_json(row["spec"]),
-            done_stages={
-                r["stage"]: json.loads(r["document"]) for r in ended if r["state"] == complete
-            },
-            failed_stages={
-                r["stage"]: PipelineError.model_validate_json(r["error"])
-                for r in ended
-                if r["state"] != complete and r["error"] is not None
-            },
-            runs_died=died,
+        return resumed_run(
+            row["spec"],
+            [(r["stage"], r["state"], r["document"], r["error"]) for r in ended],
+            died,
         )
 
     def suspend(self, job_ids: list[str]) -> None:
@@ -399,23 +392,8 @@ class Journal(StageWrites):
         return {r["stage"]: r for r in rows}
 
     def _info(self, row: sqlite3.Row, stages: dict[str, sqlite3.Row]) -> JobInfo:
-        states = {s: StageState(r["state"]) for s, r in stages.items()}
-        if row["result"] is not None:
-            errors = JobResult.model_validate_json(row["result"]).errors
-        else:
-            errors = [
-                PipelineError.model_validate_json(r["error"])
-                for r in stages.values()
-                if r["error"] is not None and r["state"] == StageState.FAILED.value
-            ]
-        return JobInfo(
-            job_id=row["job_id"],
-            status=JobState(row["state"]),
-            stages=states,
-            progress=stage_percent(self._pipeline, states),
-            submitted_at=row["submitted_at"],
-            started_at=row["started_at"],
-            finished_at=row["finished_at"],
-            restarts=int(row["restarts"]),
-            errors=errors,
+        return job_info(
+            self._pipeline,
+            dict(row),
+            [(s, r["state"], r["error"]) for s, r in stages.items()],
         )
