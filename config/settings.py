@@ -149,6 +149,21 @@ class Settings(BaseSettings):
         description="The journal in PostgreSQL, postgresql://user:password@host/db (needs the "
         "[postgres] extra; holds a password: never printed whole). Unset: SQLite in data_dir.",
     )
+    lease_s: float = Field(
+        default=15.0,
+        ge=1.0,
+        le=3600.0,
+        description="With PostgreSQL: how long a daemon's claim on a job (and on an execution "
+        "token) lasts unless renewed; renewed every lease_s/3. A dead daemon's jobs are taken "
+        "over by another within about one lease plus one poll.",
+    )
+    poll_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=60.0,
+        description="With PostgreSQL: the safety-net poll for new jobs and free tokens when no "
+        "LISTEN/NOTIFY wake-up arrives (a notification wakes a daemon at once).",
+    )
 
     # Costs and budgets (config/prices.toml; README "Costs and budgets")
     prices: Path | None = Field(

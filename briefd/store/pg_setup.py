@@ -21,7 +21,7 @@ from briefd.config import ConfigError
 from briefd.redaction import redact, register_secret
 
 SCHEMES = ("postgresql", "postgres")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA_LOCK = 0x62726965_66640001
 """The advisory lock (one bigint) held while the schema is checked and made: 'briefd' + 1."""
 LOCK_TIMEOUT_MS = 10_000
@@ -71,6 +71,74 @@ MIGRATIONS: dict[int, tuple[LiteralString, ...]] = {
             updated_at timestamptz NOT NULL DEFAULT now(),
             PRIMARY KEY (job_id, stage)
         )""",
+    ),
+    # Version 2: several daemons on one database. Jobs are claimed under a lease with a
+    # fencing token (briefd/store/pg_claims.py); the execution tokens, the adaptive window
+    # and the RPM/TPM budgets are one set for the cluster (briefd/cluster/tokens.py).
+    2: (
+        "ALTER TABLE briefd_jobs ADD COLUMN priority integer NOT NULL DEFAULT 0",
+        "ALTER TABLE briefd_jobs ADD COLUMN claimed_at timestamptz",
+        "ALTER TABLE briefd_jobs ADD COLUMN cancel_requested text",
+        "COMMENT ON COLUMN briefd_jobs.claimed_by IS 'the daemon running the job (NULL: free)'",
+        "COMMENT ON COLUMN briefd_jobs.lease_until IS 'when that claim lapses unless renewed'",
+        "COMMENT ON COLUMN briefd_jobs.fence IS 'the claim''s fencing token: writes must carry it'",
+        "COMMENT ON COLUMN briefd_jobs.cancel_requested IS 'a cancel asked of another daemon'",
+        """CREATE INDEX briefd_jobs_live ON briefd_jobs (seq)
+            WHERE state IN ('queued', 'running')""",
+        """CREATE TABLE briefd_daemons (
+            daemon_id  text PRIMARY KEY,
+            host       text NOT NULL,
+            pid        integer NOT NULL,
+            version    text NOT NULL,
+            started_at timestamptz NOT NULL DEFAULT now(),
+            seen_at    timestamptz NOT NULL DEFAULT now()
+        )""",
+        """CREATE TABLE briefd_limiter (
+            id              integer PRIMARY KEY CHECK (id = 1),
+            ceiling         integer NOT NULL,
+            adaptive        boolean NOT NULL DEFAULT true,
+            w               float8 NOT NULL,
+            epoch           bigint NOT NULL DEFAULT 0,
+            cuts            bigint NOT NULL DEFAULT 0,
+            rpm             float8,
+            tpm             float8,
+            rpm_tat         float8 NOT NULL DEFAULT 0,
+            tpm_tat         float8 NOT NULL DEFAULT 0,
+            pause_until     float8 NOT NULL DEFAULT 0,
+            cooldown_until  float8 NOT NULL DEFAULT 0,
+            pauses          bigint NOT NULL DEFAULT 0,
+            rate_limited    bigint NOT NULL DEFAULT 0,
+            granted_total   bigint NOT NULL DEFAULT 0,
+            reclaimed_total bigint NOT NULL DEFAULT 0
+        )""",
+        "COMMENT ON TABLE briefd_limiter IS 'the cluster''s window and budgets; times: epoch s'",
+        """CREATE TABLE briefd_token_waits (
+            wait_id      bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            daemon_id    text NOT NULL,
+            requester    text NOT NULL,
+            job_id       text NOT NULL,
+            stage        text NOT NULL,
+            job_priority integer NOT NULL DEFAULT 0,
+            admitted_at  float8 NOT NULL,
+            path         float8 NOT NULL DEFAULT 0,
+            est_tokens   integer NOT NULL DEFAULT 0,
+            requested_at timestamptz NOT NULL DEFAULT now()
+        )""",
+        "CREATE SEQUENCE briefd_token_fence AS bigint",
+        """CREATE TABLE briefd_tokens (
+            lease_id   bigint PRIMARY KEY,
+            daemon_id  text NOT NULL,
+            requester  text NOT NULL,
+            job_id     text NOT NULL,
+            stage      text NOT NULL,
+            epoch      bigint NOT NULL,
+            est_tokens integer NOT NULL DEFAULT 0,
+            waited_ms  integer NOT NULL DEFAULT 0,
+            delivered  boolean NOT NULL DEFAULT false,
+            granted_at timestamptz NOT NULL DEFAULT now(),
+            expires_at timestamptz NOT NULL
+        )""",
+        "CREATE INDEX briefd_tokens_by_daemon ON briefd_tokens (daemon_id, delivered)",
     ),
 }
 

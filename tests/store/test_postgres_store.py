@@ -82,8 +82,11 @@ def test_daemons_starting_together_make_the_schema_once(
     for t in threads:
         t.join(timeout=60)
     assert not failures and not any(t.is_alive() for t in threads)
-    versions = admin.execute("SELECT version, applied_by FROM briefd_schema").fetchall()
-    assert [v for v, _ in versions] == [SCHEMA_VERSION] and versions[0][1].startswith("briefd ")
+    versions = admin.execute(
+        "SELECT version, applied_by FROM briefd_schema ORDER BY version"
+    ).fetchall()
+    assert [v for v, _ in versions] == list(range(1, SCHEMA_VERSION + 1))
+    assert all(by.startswith("briefd ") for _, by in versions)
     columns = {
         r[0]
         for r in admin.execute(
