@@ -6,6 +6,11 @@ shipped from elsewhere, and needs no access to the daemon itself. The log is
 read once at start (aggregated, rendered once) and then followed: each refresh
 applies only the new lines, across rotation and a half-written last line.
 
+Several ``--log`` options, or a glob, follow a cluster's daemons as one
+(:mod:`briefd.ops.sources`): their events merged in time order, the header
+naming each daemon and whether it is up, the jobs table with the daemon that
+runs each job, the tokens summed and per daemon. One log shows as it always did.
+
 Every string that came from the log is shown as plain text with its control
 characters escaped: it may quote a model, a server or a client, and must not
 drive the terminal or inject rich markup. :func:`render` is shared with
@@ -19,7 +24,7 @@ import signal
 import sys
 import threading
 import time
-from pathlib import Path
+from collections.abc import Sequence
 from types import FrameType
 
 from rich.console import Console, Group, RenderableType
@@ -31,8 +36,9 @@ from rich.text import Text
 
 from briefd.actors.metrics import LatencySummary
 from briefd.ops import rollback
-from briefd.ops.eventlog import LogFollower, escape_control
+from briefd.ops.eventlog import escape_control
 from briefd.ops.snapshot import JobRow, Snapshot
+from briefd.ops.sources import RESCAN_S, LogSet, is_glob
 from briefd.ops.view import OpsView
 
 EXIT_OK, EXIT_USAGE = 0, 2
@@ -46,6 +52,7 @@ STAGE_LOOK: dict[str, tuple[str, str]] = {
     "failed": ("✗ failed", "bold red"),
     "fellback": ("↩ fallback", "magenta"),
 }
+DAEMON_LOOK = {"running": "bold green", "stopping": "yellow", "stopped": "bold red"}
 JOB_LOOK = {
     "running": "bold green",
     "queued": "cyan",
@@ -70,12 +77,22 @@ def _pct(rate: float) -> str:
     return f"{rate * 100:.1f}%"
 
 
-def _header(snap: Snapshot, source: str, title: str) -> Text:
+def _header(snap: Snapshot, source: str, title: str, notes: Sequence[str]) -> Text:
     text = Text.assemble((title, "bold"), "  ", _t(source), f"  as of {_clock(snap.as_of)}")
     if snap.daemon is not None:
         text.append("  daemon ")
         text.append_text(_t(snap.daemon["state"], "bold"))
         text.append(f" since {_clock(snap.daemon['since'])}")
+    if snap.sources:  # a cluster: each daemon and whether it is up
+        text.append(f"\n{len(snap.sources)} logs: ")
+        for n, src in enumerate(snap.sources):
+            text.append(", " if n else "")
+            text.append_text(_t(src["name"], "bold"))
+            text.append(" ")
+            text.append_text(_t(src["status"], DAEMON_LOOK.get(src["status"], "dim")))
+    for note in notes:
+        text.append("\n")
+        text.append_text(_t(note, "yellow"))
     counts = [f"{len(snap.active) - snap.queued} running", f"{snap.queued} queued"]
     counts += [f"{n} {status}" for status, n in sorted(snap.jobs_by_status.items())]
     text.append("\njobs: " + ", ".join(counts))
@@ -107,7 +124,8 @@ def _jobs(snap: Snapshot, limit: int) -> Table:
     for job in rows:
         stages += [s for s in job.stages if s not in stages]
     table = Table(title="jobs", title_justify="left")
-    for name in ("job", "state", "progress", *stages, "time", "cost"):
+    owners = ("daemon",) if snap.sources else ()  # which daemon runs it, in a cluster
+    for name in ("job", *owners, "state", "progress", *stages, "time", "cost"):
         table.add_column(_t(name), no_wrap=True)
     for job in rows:
         cells = []
@@ -121,6 +139,7 @@ def _jobs(snap: Snapshot, limit: int) -> Table:
         percent.add_row(bar, f"{job.percent:5.1f}%")
         table.add_row(
             _t(job.job_id),
+            *(_t(job.owner or "-") for _ in owners),
             _t(job.state, JOB_LOOK.get(job.state, "")),
             percent,
             *cells,
@@ -150,6 +169,17 @@ def _capacity(snap: Snapshot) -> Text:
     text.append_text(Text.assemble("  ", ("rate-limit cool-downs ", "bold"), str(tk["cooldowns"])))
     if tk["cooling_down_s"] > 0:
         text.append(f" (cooling down, {tk['cooling_down_s']:.1f} s left)", style="bold yellow")
+    for src in snap.sources:  # the sums above, daemon by daemon
+        each = src["tokens"]
+        window = each.get("window")
+        adapted = f", window {window}" if window is not None and window < each["capacity"] else ""
+        text.append("\n  ")
+        text.append_text(_t(src["name"], "bold"))
+        text.append(
+            f": tokens {each['in_use']}/{each['capacity']}{adapted} (peak {each['peak']}), "
+            f"stages in flight {src['stages_running']}, active jobs {src['active_jobs']}, "
+            f"last event {_clock(src['newest'])}"
+        )
     return text
 
 
@@ -237,17 +267,23 @@ def _errors(snap: Snapshot) -> Table:
 
 
 def render(
-    snap: Snapshot, *, source: str, job_rows: int = 12, title: str = "briefd console"
+    snap: Snapshot,
+    *,
+    source: str,
+    job_rows: int = 12,
+    title: str = "briefd console",
+    notes: Sequence[str] = (),
 ) -> RenderableType:
-    """The whole dashboard for one snapshot (the console's screen, the report's text)."""
+    """The whole dashboard for one snapshot (the console's screen, the report's text);
+    ``notes`` are lines for the header: logs waited for, files that cannot be read."""
     side = Table.grid(padding=(0, 4))
     side.add_row(_latency(snap), _signals(snap))
     speedup = Text.assemble(
         ("speed-up vs sequential ", "bold"),
         f"{snap.mean_speedup:.2f}x (mean over parallel jobs of sum of stage times / total)",
     )
-    parts = [_header(snap, source, title), _warnings(snap), _jobs(snap, job_rows), _capacity(snap)]
-    parts += [_spend(snap), side, speedup, _errors(snap)]
+    parts = [_header(snap, source, title, notes), _warnings(snap), _jobs(snap, job_rows)]
+    parts += [_capacity(snap), _spend(snap), side, speedup, _errors(snap)]
     return Group(*(p for p in parts if p is not None))
 
 
@@ -258,7 +294,20 @@ def _parser() -> argparse.ArgumentParser:
         "(BRIEFD_LOG_FILE): jobs, parallel stages, tokens, p50/p95 latency, speed-up and "
         "rollback signals. Ctrl-C to leave.",
     )
-    parser.add_argument("--log", type=Path, help="the event log (default: BRIEFD_LOG_FILE)")
+    parser.add_argument(
+        "--log",
+        action="append",
+        metavar="FILE",
+        help="an event log (default: BRIEFD_LOG_FILE); repeat it, or give a quoted glob "
+        "('/var/log/briefd/*/events.log'), to follow several daemons (a cluster) as one",
+    )
+    parser.add_argument(
+        "--rescan",
+        type=float,
+        default=RESCAN_S,
+        metavar="S",
+        help=f"seconds between looks for new files matching a glob (default {RESCAN_S:g})",
+    )
     parser.add_argument("--once", action="store_true", help="print one snapshot and exit")
     parser.add_argument("--interval", type=float, default=0.5, help="refresh period, seconds")
     parser.add_argument(
@@ -273,12 +322,13 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the console; 0 when stopped (Ctrl-C, SIGTERM) or after ``--once``."""
     args = _parser().parse_args(argv)
-    path: Path | None = args.log
-    if path is None:
+    specs: list[str] = args.log or []
+    if not specs:
         from briefd.config import Settings
 
-        path = Settings.load().log_file
-    if path is None:
+        default = Settings.load().log_file
+        specs = [str(default)] if default is not None else []
+    if not specs:
         print("briefd console: no log: pass --log FILE or set BRIEFD_LOG_FILE", file=sys.stderr)
         return EXIT_USAGE
     try:
@@ -287,39 +337,52 @@ def main(argv: list[str] | None = None) -> int:
         print(f"briefd console: --baseline: {err}", file=sys.stderr)
         return EXIT_USAGE
     view = OpsView(thresholds, window_s=args.window or None)
-    follower = LogFollower(path)
+    logs = LogSet(specs, rescan_s=args.rescan)
     console = Console(width=args.width, highlight=False)
     try:
         if args.once:
-            if not path.is_file():
-                print(f"briefd console: {path}: no such file", file=sys.stderr)
+            problem = logs.check()
+            if problem is None:
+                for path in logs.followers:  # an empty log is shown too
+                    view.add_source(path)
+                view.apply_merged(logs.poll())
+                problem = next(iter(logs.problems.values()), None)
+            if problem is not None:
+                print(f"briefd console: {escape_control(problem)}", file=sys.stderr)
                 return EXIT_USAGE
-            view.apply_all(follower.read())
-            console.print(render(view.snapshot(time.time()), source=str(path), job_rows=args.jobs))
+            snap = view.snapshot(time.time())
+            console.print(render(snap, source=", ".join(specs), job_rows=args.jobs))
             return EXIT_OK
-        return _live(view, follower, console, args)
+        return _live(view, logs, console, args)
     finally:
-        follower.close()
+        logs.close()
 
 
-def _live(view: OpsView, follower: LogFollower, console: Console, args: argparse.Namespace) -> int:
-    """Follow the log until stopped: apply what is new, re-render once per interval."""
+def _live(view: OpsView, logs: LogSet, console: Console, args: argparse.Namespace) -> int:
+    """Follow the logs until stopped: apply what is new, re-render once per interval."""
     stop = threading.Event()
 
     def on_term(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
     previous = signal.signal(signal.SIGTERM, on_term)
-    source = str(follower.path)
+    source = ", ".join(logs.specs)
     try:
         with Live(console=console, screen=True, auto_refresh=False) as live:
             while True:
-                view.apply_all(follower.read())
-                if not follower.path.exists() and not view.newest:
-                    live.update(_t(f"waiting for {source} ..."), refresh=True)
+                for path in logs.followers:  # shown from the start, waiting if need be
+                    view.add_source(path)
+                view.apply_merged(logs.poll())
+                if not logs.exists() and not view.newest:  # nothing to show yet: say why
+                    lines = [*logs.waiting(), *logs.problems.values()]
+                    if len(logs.specs) == 1 and not is_glob(source):  # as it always said
+                        lines = [f"waiting for {source} ..."]
+                    live.update(_t("\n".join(lines)), refresh=True)
                 else:
                     snap = view.snapshot(time.time())
-                    live.update(render(snap, source=source, job_rows=args.jobs), refresh=True)
+                    notes = [*logs.waiting(), *logs.problems.values()]
+                    screen = render(snap, source=source, job_rows=args.jobs, notes=notes)
+                    live.update(screen, refresh=True)
                 if stop.wait(args.interval):
                     return EXIT_OK
     except KeyboardInterrupt:

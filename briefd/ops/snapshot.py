@@ -29,9 +29,14 @@ class JobRow:
     ended: float | None = None
     total_ms: int | None = None
     cost_usd: float | None = None
+    owner: str | None = None
+    """The log (source) of the daemon running the job; in a snapshot, that daemon's name,
+    and None when only one log is followed."""
 
-    def copy(self) -> JobRow:
-        return replace(self, stages=dict(self.stages))
+    def copy(self, names: dict[str, str] | None = None) -> JobRow:
+        """A copy to hand out, its ``owner`` shown by ``names`` (None without them)."""
+        owner = names.get(self.owner or "", self.owner) if names else None
+        return replace(self, stages=dict(self.stages), owner=owner)
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,10 @@ class Snapshot:
     guard: dict[str, Any] = field(default_factory=dict)
     """The daemon's guard rails as its events last said: ``budget`` (held, spent, budget) and
     ``mode`` (parallel, sequential, probation, with the reason)."""
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    """With several logs (a cluster), one entry per log: its daemon's ``name``, ``log``,
+    ``status``, ``pid``, ``url``, ``tokens`` and ``active_jobs``; empty for a single log,
+    whose daemon is :attr:`daemon`."""
 
     @property
     def warnings(self) -> list[Signal]:
@@ -84,6 +93,10 @@ class Snapshot:
     def to_json(self) -> dict[str, Any]:
         """Plain JSON data, with ``rates`` in the shape ``--baseline`` reads back."""
         data = asdict(self)
+        if not self.sources:  # a single log's report, exactly as before there were several
+            del data["sources"]
+            for job in (*data["active"], *data["recent"]):
+                del job["owner"]
         data["rates"] = {f"{s.name}_rate": s.rate for s in self.signals}
         data["warnings"] = [s.name for s in self.warnings]
         return data

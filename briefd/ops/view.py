@@ -11,6 +11,11 @@ Rates and latencies cover a window of log time (the last ``window_s`` seconds
 before the newest record) so that a live console's rollback signals say what is
 happening now; ``window_s=None`` covers the whole log, as ``report`` does. The
 signals themselves are :mod:`briefd.ops.rollback`'s.
+
+Records can come from several logs (:meth:`OpsView.apply`'s ``source``: a
+cluster's daemons, merged in time order). Every record counts in the rates;
+who runs each job, one row per job, is :mod:`briefd.ops.jobrows`'s, and the
+per-daemon figures (tokens, stages in flight, life) :mod:`briefd.ops.daemons`'s.
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ from statistics import fmean
 from typing import Any
 
 from briefd.actors.metrics import LatencySummary
-from briefd.ops.eventlog import ENVELOPE, Record
+from briefd.ops.daemons import Source, Sources
+from briefd.ops.eventlog import Record
+from briefd.ops.jobrows import JobRows
 from briefd.ops.rollback import QUALITY_CODES, Signal, Thresholds, signals
 from briefd.ops.snapshot import ErrorRow, JobRow, Snapshot
 
@@ -68,17 +75,13 @@ class OpsView:
         self.thresholds = thresholds or Thresholds()
         self.window_s = window_s
         self.newest = 0.0
-        self._jobs: dict[str, JobRow] = {}
-        self._finished_jobs: deque[JobRow] = deque(maxlen=recent_jobs)
-        self._running: set[tuple[str, str]] = set()
-        self._peak_running = 0
-        self._status: Counter[str] = Counter()
+        self._sources = Sources()
+        self._src = Source("")  # the source of the record being applied
+        self._rows = JobRows(self._sources, recent_jobs)
         self._totals: Counter[str] = Counter()
         self._errors: deque[ErrorRow] = deque(maxlen=recent_errors)
-        self._tokens: dict[str, Any] = {"in_use": 0, "capacity": 0, "peak": 0, "waiting": None}
         self._cooldowns = 0
         self._cooldown_until = 0.0
-        self._daemon: dict[str, Any] | None = None
         self._attempts, self._timeouts, self._outcomes = (_Series(window_s) for _ in range(3))
         self._stage_ms: dict[str, _Series] = {}
         self._groups = {k: _Series(window_s) for k in ("parallel", "sequential", "total")}
@@ -101,6 +104,7 @@ class OpsView:
             "JobCompleted": self._completed,
             "JobCancelled": self._cancelled,
             "JobRestarted": self._restarted,
+            "JobClaimed": self._claimed,
             "DaemonStarted": self._daemon_event,
             "DaemonReloading": self._daemon_event,
             "DaemonStopping": self._daemon_event,
@@ -112,9 +116,16 @@ class OpsView:
             "log": self._log,
         }
 
-    def apply(self, record: Record) -> None:
-        """Take one record; unknown events are ignored, malformed ones counted and skipped."""
+    def add_source(self, source: str) -> None:
+        """Know a log before its first record, so that it is shown (waiting) with the others."""
+        self._sources.get(source)
+
+    def apply(self, record: Record, source: str = "") -> None:
+        """Take one record of the log ``source``; unknown events are ignored, malformed ones
+        counted and skipped."""
         handler = self._handlers.get(record.event)
+        self._src = self._sources.get(source)
+        self._src.newest = max(self._src.newest, record.ts)
         if handler is not None:
             self.newest = max(self.newest, record.ts)
             try:
@@ -122,20 +133,20 @@ class OpsView:
             except (TypeError, ValueError, AttributeError, KeyError):
                 self._totals["malformed_records"] += 1
 
-    def apply_all(self, records: Iterable[Record]) -> None:
-        """Take records in log order."""
+    def apply_all(self, records: Iterable[Record], source: str = "") -> None:
+        """Take records of one log in log order."""
         for record in records:
-            self.apply(record)
+            self.apply(record, source)
+
+    def apply_merged(self, records: Iterable[tuple[str, Record]]) -> None:
+        """Take ``(source, record)`` pairs of several logs, merged in time order."""
+        for source, record in records:
+            self.apply(record, source)
 
     # -- jobs and stages ----------------------------------------------------------
 
-    def _job(self, record: Record) -> JobRow | None:
-        if record.job_id is None:
-            return None
-        job = self._jobs.get(record.job_id)
-        if job is None:
-            job = self._jobs[record.job_id] = JobRow(record.job_id, record.ts)
-        return job
+    def _job(self, record: Record, *, any_source: bool = False) -> JobRow | None:
+        return self._rows.row(record, self._src.key, any_source=any_source)
 
     def _set_stage(self, record: Record, state: str) -> None:
         job = self._job(record)
@@ -236,7 +247,7 @@ class OpsView:
         self._add_spend(record.ts, job, result)
         if status != "cancelled" and _int(metrics.get("total_ms")) > 0:  # 0: never ran
             self._latency(record.ts, job, metrics)
-        self._finish(job, status, record.ts)
+        self._rows.finish(job, status, record.ts)
 
     def _latency(self, ts: float, job: JobRow, metrics: dict[str, Any]) -> None:
         attempts = metrics.get("attempts") or {}
@@ -249,15 +260,6 @@ class OpsView:
         speedup = metrics.get("speedup_ratio")
         speedup = float(speedup) if isinstance(speedup, int | float) else 0.0
         self._modes.add(ts, (job.parallel, speedup))
-
-    def _finish(self, job: JobRow, state: str, ts: float) -> None:
-        job.state, job.ended = state, ts
-        if state != "interrupted":
-            self._status[state] += 1
-        for stage in job.stages:
-            self._running.discard((job.job_id, stage))
-        self._jobs.pop(job.job_id, None)
-        self._finished_jobs.append(job)
 
     def _add_spend(self, ts: float, job: JobRow, result: dict[str, Any]) -> None:
         total = result.get("total_cost_usd")
@@ -275,13 +277,18 @@ class OpsView:
                 by_stage[stage] = round(by_stage.get(stage, 0.0) + usd, 6)
 
     def _cancelled(self, record: Record) -> None:
-        job = self._job(record)
+        job = self._job(record, any_source=True)  # any daemon's API may cancel it
         if job is None:
             return
         if job.state == "queued" or record.data.get("was") == "queued":
-            self._finish(job, "cancelled", record.ts)
+            self._rows.finish(job, "cancelled", record.ts)
         else:
             job.state = "cancelling"  # its JobCompleted follows
+
+    def _claimed(self, record: Record) -> None:
+        """A daemon of a cluster claimed the job: the row is now its (the run follows)."""
+        if self._job(record) is not None and record.data.get("taken_over") is True:
+            self._totals["job_takeovers"] += 1
 
     def _restarted(self, record: Record) -> None:
         job = self._job(record)
@@ -292,22 +299,7 @@ class OpsView:
     # -- tokens, daemon, plain log lines ---------------------------------------------
 
     def _token(self, record: Record) -> None:
-        """Token holders are the calls in flight: the stages running in parallel right now."""
-        tokens = self._tokens
-        tokens["in_use"] = _int(record.data.get("in_use"))
-        tokens["capacity"] = _int(record.data.get("capacity"), tokens["capacity"])
-        tokens["peak"] = max(tokens["peak"], tokens["in_use"])
-        if "waiting" in record.data:  # a rate limiter that reports its queue
-            tokens["waiting"] = _int(record.data.get("waiting"))
-        if isinstance(record.data.get("window"), int):  # the adaptive window W
-            tokens["window"] = record.data["window"]
-        if record.job_id is not None and record.stage is not None:
-            key = (record.job_id, record.stage)
-            if record.event == "TokenGranted":
-                self._running.add(key)
-                self._peak_running = max(self._peak_running, len(self._running))
-            else:
-                self._running.discard(key)
+        self._sources.token(self._src, record)
 
     def _cooldown(self, record: Record) -> None:
         self._cooldowns += 1
@@ -316,20 +308,10 @@ class OpsView:
             self._cooldown_until = max(self._cooldown_until, float(until))
 
     def _daemon_event(self, record: Record) -> None:
-        state = {"DaemonStarted": "running", "DaemonReloading": "reloaded"}.get(
-            record.event, "stopping"
-        )
-        if record.event == "DaemonStarted":  # whatever ran before died with the old process
-            for job in list(self._jobs.values()):
-                self._finish(job, "interrupted", record.ts)
-            self._running.clear()
-            self._tokens["in_use"] = 0
-        scalars = {
-            k: v
-            for k, v in record.data.items()
-            if k not in ENVELOPE and isinstance(v, str | int | float)
-        }
-        self._daemon = {"state": state, "since": record.ts, **scalars}
+        if record.event == "DaemonStarted":  # whatever it ran before died with the old process
+            for job in self._rows.owned_by(self._src.key):
+                self._rows.finish(job, "interrupted", record.ts)
+        self._sources.daemon_event(self._src, record)
 
     def _budget_event(self, record: Record) -> None:
         d = record.data
@@ -376,18 +358,22 @@ class OpsView:
         now = newest if now is None else now
         modes = self._modes.values(newest)
         speedups = [s for parallel, s in modes if parallel]
-        active = sorted(self._jobs.values(), key=lambda j: (j.state != "running", j.since))
+        rows = self._rows
+        active = sorted(rows.active.values(), key=lambda j: (j.state != "running", j.since))
+        sources = self._sources
+        names = sources.names() if len(sources) > 1 else {}
+        owned = Counter(j.owner or "" for j in active)
         return Snapshot(
             as_of=now,
-            daemon=dict(self._daemon) if self._daemon else None,
-            jobs_by_status=dict(self._status),
-            active=[j.copy() for j in active],
-            recent=[j.copy() for j in reversed(self._finished_jobs)],
-            queued=sum(1 for j in self._jobs.values() if j.state == "queued"),
-            stages_running=len(self._running),
-            peak_stages_running=self._peak_running,
+            daemon=sources.daemon(),
+            jobs_by_status=dict(rows.status),
+            active=[j.copy(names) for j in active],
+            recent=[j.copy(names) for j in reversed(rows.finished)],
+            queued=sum(1 for j in active if j.state == "queued"),
+            stages_running=sources.stages_running,
+            peak_stages_running=sources.peak_running,
             tokens={
-                **self._tokens,
+                **sources.tokens(),
                 "cooldowns": self._cooldowns,
                 "cooling_down_s": round(max(0.0, self._cooldown_until - now), 3),
             },
@@ -410,4 +396,5 @@ class OpsView:
                 "last_minute_usd": round(sum(self._spend_minute.values(newest)), 6),
             },
             guard={k: dict(v) for k, v in self._guard.items()},
+            sources=sources.summary(now, dict(owned)),
         )
