@@ -14,6 +14,11 @@ So a full disk holds jobs where they are (``/healthz`` says why) instead of
 leaving them ``running`` forever, and when space returns they go on; a
 ``LoadJob`` waits too, so a resumed run still sees every document. Any other
 failure (a bug) is logged and that one message dropped, so the other jobs go on.
+
+A write the store refuses with :class:`ClaimLost` (another daemon took the job
+over: this one's lease lapsed) is the opposite of a full disk: trying again
+could only overwrite the newer run, so it is logged once and dropped, and a
+``LoadJob`` refused that way answers ``JobLoaded(job=None)``: not ours to run.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from briefd.messages import (
     Tick,
 )
 from briefd.ops.events import Observer, publish
-from briefd.store.base import Store, StoreUnavailable
+from briefd.store.base import ClaimLost, Store, StoreUnavailable
 from briefd.timers import Timers
 
 RETRY_S = 0.5
@@ -96,6 +101,15 @@ class JournalActor(pykka.ThreadingActor):
             except StoreUnavailable as err:
                 logger.debug("journal: {} waits: {}", type(message).__name__, err)
                 return
+            except ClaimLost as err:  # a newer claim's run owns the job: never retried
+                for job_id in err.job_ids:
+                    logger.warning(
+                        "job {}: claim lost to another daemon; write dropped ({})",
+                        job_id,
+                        type(message).__name__,
+                    )
+                if isinstance(message, LoadJob):
+                    self._reply(message, JobLoaded(**_empty(message)))
             except Exception as err:  # keep journaling the other jobs
                 logger.opt(exception=err).error(
                     "journal: cannot record {}: {}", type(message).__name__, repr(err)
@@ -124,6 +138,7 @@ class JournalActor(pykka.ThreadingActor):
                         done_stages=run.done_stages,
                         failed_stages=run.failed_stages,
                         runs_died=run.runs_died,
+                        submitted_at=run.submitted_at,
                     ),
                 )
             case FinishJob(result=result):

@@ -18,6 +18,10 @@ A write the store cannot make (disk full, I/O error) raises
 again later. :meth:`Store.write_problem` says, for ``/healthz``, what cannot be
 written right now.
 
+On PostgreSQL several daemons share the jobs (:class:`ClaimStore`): a daemon
+runs a job it claimed, and a write of a run whose claim another daemon has
+since taken over raises :class:`ClaimLost`: dropped, never made again.
+
 SQLite (:mod:`briefd.store.sqlite`) is the embedded default.
 """
 
@@ -46,6 +50,19 @@ class StoreUnavailable(Exception):
     """The store cannot write now (disk full, I/O error); nothing was committed: try again."""
 
 
+class ClaimLost(Exception):
+    """A write for a job this daemon no longer holds, refused by its claim's fencing token.
+
+    Another daemon took the job over (this one's lease lapsed while it was paused
+    or cut off) or it ended elsewhere: the write would overwrite a newer run's, so
+    it is dropped, never retried. ``job_ids`` names the jobs refused.
+    """
+
+    def __init__(self, job_ids: list[str]) -> None:
+        self.job_ids = list(job_ids)
+        super().__init__(f"job {', '.join(self.job_ids)}: claim lost to another daemon")
+
+
 if TYPE_CHECKING:
     from briefd.store.files import JobFiles
 
@@ -58,6 +75,28 @@ class Run:
     done_stages: dict[str, Any] = field(default_factory=dict)
     failed_stages: dict[str, PipelineError] = field(default_factory=dict)
     runs_died: int = 0
+    submitted_at: float = 0.0
+    """Epoch seconds of the job's submission: a resumed job keeps its place (oldest first)."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One job a daemon claimed (:meth:`ClaimStore.claim`): its to run until the lease lapses.
+
+    ``fence`` is the claim's fencing token: every write of the run carries it, and
+    the database refuses one whose token a newer claim replaced (:class:`ClaimLost`).
+    """
+
+    job_id: str
+    fence: int
+    submitted_at: float
+    """Epoch seconds of the job's submission, for oldest-first admission."""
+    taken_over: bool = False
+    """The job was running under another daemon's claim that lapsed: that run died."""
+    previous_owner: str | None = None
+    """Whose lapsed claim this one replaced (None: the job was free)."""
+    cancel: str | None = None
+    """The reason of a cancel asked while another daemon held it: end the job, do not run it."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +131,22 @@ class Store(Protocol):
     def spent_since(self, since: float) -> float: ...
     def write_problem(self) -> str | None: ...
     def close(self) -> None: ...
+
+
+class ClaimStore(Store, Protocol):
+    """A store several daemons share (PostgreSQL): jobs are claimed under a renewed lease.
+
+    A daemon runs only the jobs it claimed; the writes of a job it holds carry the
+    claim's fencing token and raise :class:`ClaimLost` once another claim replaced it.
+    """
+
+    def claim(self, owner: str, limit: int, lease_s: float) -> list[Claim]: ...
+    def renew(self, owner: str, lease_s: float) -> list[str]: ...
+    def held(self) -> dict[str, int]: ...
+    def cancel_anywhere(
+        self, job_id: str, reason: str
+    ) -> tuple[JobState | None, JobResult | None]: ...
+    def cancels(self, owner: str) -> list[tuple[str, str]]: ...
 
 
 class StageWrites:
@@ -132,7 +187,10 @@ class StageWrites:
 
 
 def resumed_run(
-    spec_json: str, ended: list[tuple[str, str, str | None, str | None]], died: int
+    spec_json: str,
+    ended: list[tuple[str, str, str | None, str | None]],
+    died: int,
+    submitted_at: float = 0.0,
 ) -> Run:
     """A run to resume, from the job's spec and its ended stages' ``(stage, state, document,
     error)`` rows (JSON text): documents are never bought again, failures never called again."""
@@ -146,6 +204,7 @@ def resumed_run(
             if st != complete and err is not None
         },
         runs_died=died,
+        submitted_at=submitted_at,
     )
 
 

@@ -109,7 +109,9 @@ MIGRATIONS: dict[int, tuple[LiteralString, ...]] = {
             pauses          bigint NOT NULL DEFAULT 0,
             rate_limited    bigint NOT NULL DEFAULT 0,
             granted_total   bigint NOT NULL DEFAULT 0,
-            reclaimed_total bigint NOT NULL DEFAULT 0
+            reclaimed_total bigint NOT NULL DEFAULT 0,
+            latencies       text NOT NULL DEFAULT '{}',
+            set_by          text
         )""",
         "COMMENT ON TABLE briefd_limiter IS 'the cluster''s window and budgets; times: epoch s'",
         """CREATE TABLE briefd_token_waits (
@@ -120,13 +122,15 @@ MIGRATIONS: dict[int, tuple[LiteralString, ...]] = {
             stage        text NOT NULL,
             job_priority integer NOT NULL DEFAULT 0,
             admitted_at  float8 NOT NULL,
-            path         float8 NOT NULL DEFAULT 0,
+            priority     integer NOT NULL DEFAULT 0,
+            downstream   text NOT NULL DEFAULT '{}',
             est_tokens   integer NOT NULL DEFAULT 0,
             requested_at timestamptz NOT NULL DEFAULT now()
         )""",
         "CREATE SEQUENCE briefd_token_fence AS bigint",
         """CREATE TABLE briefd_tokens (
             lease_id   bigint PRIMARY KEY,
+            wait_id    bigint NOT NULL,
             daemon_id  text NOT NULL,
             requester  text NOT NULL,
             job_id     text NOT NULL,
@@ -139,6 +143,8 @@ MIGRATIONS: dict[int, tuple[LiteralString, ...]] = {
             expires_at timestamptz NOT NULL
         )""",
         "CREATE INDEX briefd_tokens_by_daemon ON briefd_tokens (daemon_id, delivered)",
+        "COMMENT ON COLUMN briefd_token_waits.admitted_at IS 'job admitted, epoch s (0: unknown)'",
+        "COMMENT ON COLUMN briefd_tokens.lease_id IS 'from briefd_token_fence: the grant''s fence'",
     ),
 }
 

@@ -13,10 +13,11 @@ transaction, and whatever decides on a job's state first locks the job's row:
   but one waits for a concurrent end, then sees the job terminal and changes
   nothing. Every transaction locks the job before its stages, so none deadlocks.
 
-Times come from the database's clock (one clock for every daemon). Claims,
-leases and fencing (``claimed_by``, ``lease_until``, ``fence``) exist in the
-schema but are not used yet: today every daemon on a database resumes every
-unfinished job, so run one daemon per database until claims land.
+Times come from the database's clock (one clock for every daemon). Daemons
+sharing the database run only the jobs they claimed (:mod:`briefd.store.pg_claims`):
+each write of a job this store holds checks the claim's fencing token under
+that same row lock, and raises :class:`~briefd.store.base.ClaimLost` when a
+newer claim replaced it. A job it does not hold is written as on one daemon.
 
 A connection that fails (server down, failover, a lock waited on too long, a
 read-only standby) raises :class:`~briefd.store.base.StoreUnavailable`. If it
@@ -34,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg.rows import DictRow, dict_row
+from psycopg.rows import dict_row
 
 from briefd.config import PipelineSpec
 from briefd.messages import (
@@ -47,34 +48,37 @@ from briefd.messages import (
     StageState,
 )
 from briefd.store.base import (
+    ClaimLost,
     Run,
     StageRow,
     StageWrites,
     StoreUnavailable,
     closing_result,
-    job_info,
     resumed_run,
 )
 from briefd.store.files import FILES, JobFiles
 from briefd.store.health import WriteHealth
+from briefd.store.pg_claims import (
+    FINISHED_CHANNEL,
+    FREE,
+    JOBS_CHANNEL,
+    LEASED,
+    LIVE,
+    Cursor,
+    Fences,
+    PgClaims,
+    notify,
+)
+from briefd.store.pg_reads import PgReads
 from briefd.store.pg_setup import ensure_schema, one_line, open_pool, redact_url, unavailable
 
 JOURNAL = "journal"
 """The area journal write failures are reported under (:class:`WriteHealth`)."""
-_LIVE = f"('{JobState.QUEUED.value}', '{JobState.RUNNING.value}')"
 _COMPLETE = f"'{StageState.COMPLETE.value}'"
 _ENDED = f"('{StageState.COMPLETE.value}', '{StageState.FAILED.value}')"
-_EPOCH = "extract(epoch FROM {0})::float8 AS {0}"
-_INFO = (
-    "SELECT j.job_id, j.state, j.restarts, j.result, "
-    + ", ".join(_EPOCH.format(c) for c in ("submitted_at", "started_at", "finished_at"))
-    + ", (SELECT coalesce(json_agg(json_build_array(s.stage, s.state, s.error)), '[]') "
-    "FROM briefd_stages s WHERE s.job_id = j.job_id) AS stages FROM briefd_jobs j "
-)
-Cursor = psycopg.Cursor[DictRow]
 
 
-class PostgresStore(StageWrites):
+class PostgresStore(PgClaims, PgReads, StageWrites):
     """The durable record of the daemon's jobs in PostgreSQL (thread-safe: a pool)."""
 
     def __init__(
@@ -92,6 +96,7 @@ class PostgresStore(StageWrites):
         self._pipeline = pipeline
         self._on_finished = on_finished
         self._health = WriteHealth()
+        self._fences = Fences()
         self.files = JobFiles(jobs_dir, pipeline, self._health)
         self._pool = open_pool(url, max_size=pool_size, timeout_s=timeout_s)
         try:
@@ -146,16 +151,18 @@ class PostgresStore(StageWrites):
         """Record ``job`` as queued (committed on return); ``False`` if the id already exists.
 
         ``ON CONFLICT DO NOTHING`` makes racing submissions of one id (from threads or
-        daemons) wait for the first one's commit, then add nothing.
+        daemons) wait for the first one's commit, then add nothing. A new job is
+        announced on :data:`JOBS_CHANNEL`: whichever daemon has room claims it.
         """
         with self._tx() as cur:
             cur.execute(
-                "INSERT INTO briefd_jobs (job_id, spec, state) VALUES (%s, %s, %s) "
+                "INSERT INTO briefd_jobs (job_id, spec, state, priority) VALUES (%s, %s, %s, %s) "
                 "ON CONFLICT (job_id) DO NOTHING RETURNING seq",
-                (job.job_id, job.model_dump_json(), JobState.QUEUED.value),
+                (job.job_id, job.model_dump_json(), JobState.QUEUED.value, job.priority),
             )
             created = cur.fetchone() is not None
             if created:
+                notify(cur, JOBS_CHANNEL)
                 cur.execute(
                     "INSERT INTO briefd_stages (job_id, stage, state) "
                     "SELECT %s, s, %s FROM unnest(%s::text[]) AS s",
@@ -171,7 +178,7 @@ class PostgresStore(StageWrites):
         """Jobs to resume at start: those that were running first, then the queue, each FIFO."""
         with self._tx(write=False) as cur:
             cur.execute(
-                f"SELECT job_id FROM briefd_jobs WHERE state IN {_LIVE} "
+                f"SELECT job_id FROM briefd_jobs WHERE state IN {LIVE} "
                 "ORDER BY state = %s DESC, seq",
                 (JobState.RUNNING.value,),
             )
@@ -182,14 +189,11 @@ class PostgresStore(StageWrites):
 
         ``runs_died`` counts the runs begun since the job last ended cleanly: each
         of them died. Stages left ``running`` by a dead run go back to ``pending``;
-        a stage that ended, in success or failure, is final.
+        a stage that ended, in success or failure, is final. ClaimLost: this store
+        claimed the job and lost the claim, the run is another daemon's.
         """
         with self._tx() as cur:
-            cur.execute(
-                "SELECT state, runs, spec FROM briefd_jobs WHERE job_id = %s FOR UPDATE",
-                (job_id,),
-            )
-            row = cur.fetchone()
+            row = self._locked(cur, job_id)
             if row is None or JobState(row["state"]).terminal:
                 return Run(job=None)
             died = int(row["runs"])
@@ -209,27 +213,44 @@ class PostgresStore(StageWrites):
             row["spec"],
             [(r["stage"], r["state"], r["document"], r["error"]) for r in ended],
             died,
+            row["submitted_at"],
         )
 
     def suspend(self, job_ids: list[str]) -> None:
-        """Clean stop: the jobs go back to the queue, their run counted as ended well.
+        """Clean stop: the jobs go back to the queue, their run counted as ended well, their
+        claims freed (announced on :data:`JOBS_CHANNEL`: another daemon may take them now).
 
-        A job already terminal is left as it is, stages included.
+        A job already terminal is left as it is, stages included; so is one under
+        another daemon's live claim. The jobs whose claim this store lost are left
+        too, and named by the ClaimLost raised once the others are committed.
         """
         with self._tx() as cur:
             cur.execute(
-                f"SELECT job_id FROM briefd_jobs WHERE job_id = ANY(%s::text[]) "
-                f"AND state IN {_LIVE} ORDER BY job_id FOR UPDATE",
+                f"SELECT job_id, state, fence, {LEASED} AS leased FROM briefd_jobs "
+                "WHERE job_id = ANY(%s::text[]) ORDER BY job_id FOR UPDATE",
                 (sorted(set(job_ids)),),
             )
-            live = [r["job_id"] for r in cur.fetchall()]
-            if not live:
-                return
-            cur.execute(
-                "UPDATE briefd_jobs SET state = %s, runs = 0 WHERE job_id = ANY(%s::text[])",
-                (JobState.QUEUED.value, live),
-            )
-            self._reset_running(cur, live)
+            rows = cur.fetchall()
+            fences = {j: self._fences.of(j) for j in job_ids}
+            lost = [r["job_id"] for r in rows if fences[r["job_id"]] not in (None, r["fence"])]
+            live = [
+                r["job_id"]
+                for r in rows
+                if not JobState(r["state"]).terminal
+                and r["job_id"] not in lost
+                and (fences[r["job_id"]] is not None or not r["leased"])
+            ]
+            if live:
+                cur.execute(
+                    f"UPDATE briefd_jobs SET state = %s, runs = 0, {FREE} "
+                    "WHERE job_id = ANY(%s::text[])",
+                    (JobState.QUEUED.value, live),
+                )
+                self._reset_running(cur, live)
+                notify(cur, JOBS_CHANNEL)
+        self._fences.release(list(job_ids))
+        if lost:
+            raise ClaimLost(lost)
 
     def _reset_running(self, cur: Cursor, job_ids: list[str]) -> None:
         """Stages a run left ``running`` go back to ``pending``: their calls are made again."""
@@ -250,11 +271,17 @@ class PostgresStore(StageWrites):
         document: Any,
         error: PipelineError | None,
     ) -> bool:
-        """Write one stage unless it has ended or its job is not live; whether it was."""
+        """Write one stage unless it has ended or its job is not live; whether it was.
+
+        A job this store claimed is written only under its claim's fence (ClaimLost if
+        a newer claim replaced it), checked under the same shared row lock.
+        """
+        fence = self._fences.of(job_id)
         with self._tx() as cur:
             cur.execute(
                 f"WITH job AS (SELECT 1 FROM briefd_jobs WHERE job_id = %(job)s "
-                f"AND state IN {_LIVE} FOR SHARE) "
+                f"AND state IN {LIVE} AND (%(fence)s::bigint IS NULL OR fence = %(fence)s) "
+                "FOR SHARE) "
                 "UPDATE briefd_stages SET state = %(state)s, "
                 "attempts = greatest(attempts, %(attempts)s), document = %(document)s, "
                 "error = %(error)s, updated_at = now() "
@@ -262,6 +289,7 @@ class PostgresStore(StageWrites):
                 "AND EXISTS (SELECT 1 FROM job)",
                 {
                     "job": job_id,
+                    "fence": fence,
                     "stage": stage,
                     "state": state.value,
                     "attempts": attempts,
@@ -269,7 +297,13 @@ class PostgresStore(StageWrites):
                     "error": None if error is None else error.model_dump_json(),
                 },
             )
-            return cur.rowcount > 0
+            if cur.rowcount > 0:
+                return True
+            if fence is not None:  # why nothing was written: ended, or no longer ours?
+                cur.execute("SELECT fence FROM briefd_jobs WHERE job_id = %s", (job_id,))
+                row = cur.fetchone()
+                self._check_fence(job_id, None if row is None else int(row["fence"]))
+            return False
 
     # -- the end ---------------------------------------------------------------------
 
@@ -280,60 +314,70 @@ class PostgresStore(StageWrites):
         disk are those of the one result committed. Files that cannot be written
         do not keep the job from ending: the result committed then carries an
         ``OUTPUT_ERROR`` naming the path. StoreUnavailable: nothing committed, call again.
+        ClaimLost: this store's claim on the job was replaced, nothing written.
         """
         with self._tx() as cur:
-            if not self._lock_live(cur, result.job_id):
+            row = self._locked(cur, result.job_id)
+            if row is None or JobState(row["state"]).terminal:
                 return False
             self._end(cur, result)
-        if self._on_finished is not None:
-            self._on_finished(result.job_id)
+        self._ended(result.job_id)
         return True
 
     def close_job(
         self, job_id: str, state: JobState, code: ErrorCode, message: str, hint: str = ""
     ) -> JobResult | None:
-        """End a job that has no coordinator result (cancelled in the queue, budget spent)."""
+        """End a job that has no coordinator result (cancelled in the queue, budget spent).
+
+        None if it is not live, or if another daemon holds it under a live claim (that
+        daemon ends it: :meth:`cancel_anywhere` asks it to). ClaimLost: this store's
+        claim on the job was replaced.
+        """
         if not state.terminal:
             return None
         with self._tx() as cur:
-            if not self._lock_live(cur, job_id):
+            row = self._locked(cur, job_id)
+            if row is None or JobState(row["state"]).terminal:
                 return None
-            cur.execute(
-                "SELECT stage, state, attempts, document FROM briefd_stages WHERE job_id = %s",
-                (job_id,),
-            )
-            rows = {
-                r["stage"]: StageRow(
-                    state=StageState(r["state"]),
-                    attempts=int(r["attempts"]),
-                    document=json.loads(r["document"]) if r["document"] else None,
-                )
-                for r in sorted(cur.fetchall(), key=lambda r: self._order(r["stage"]))
-            }
-            if not rows:
+            if row["leased"] and job_id not in self._fences.held():
                 return None
-            result = closing_result(self._pipeline, job_id, rows, state, (code, message, hint))
-            result = self._end(cur, result)
-        if self._on_finished is not None:
-            self._on_finished(job_id)
+            result = self._close_locked(cur, job_id, state, (code, message, hint))
+        if result is not None:
+            self._ended(job_id)
         return result
 
-    def _lock_live(self, cur: Cursor, job_id: str) -> bool:
-        """Lock the job's row; whether it is still queued or running."""
-        cur.execute("SELECT state FROM briefd_jobs WHERE job_id = %s FOR UPDATE", (job_id,))
-        row = cur.fetchone()
-        return row is not None and not JobState(row["state"]).terminal
+    def _close_locked(
+        self, cur: Cursor, job_id: str, state: JobState, error: tuple[ErrorCode, str, str]
+    ) -> JobResult | None:
+        """End the live job whose row ``cur`` holds locked, from its stages' rows."""
+        cur.execute(
+            "SELECT stage, state, attempts, document FROM briefd_stages WHERE job_id = %s",
+            (job_id,),
+        )
+        rows = {
+            r["stage"]: StageRow(
+                state=StageState(r["state"]),
+                attempts=int(r["attempts"]),
+                document=json.loads(r["document"]) if r["document"] else None,
+            )
+            for r in sorted(cur.fetchall(), key=lambda r: self._order(r["stage"]))
+        }
+        if not rows:
+            return None
+        return self._end(cur, closing_result(self._pipeline, job_id, rows, state, error))
 
     def _end(self, cur: Cursor, result: JobResult) -> JobResult:
-        """Files first, then the terminal row and the stages' final states; what was written."""
+        """Files first, then the terminal row (its claim freed, announced on
+        :data:`FINISHED_CHANNEL`) and the stages' final states; what was written."""
         problem = self.files.write_result(result)
         if problem is not None:
             result = result.model_copy(update={"errors": [*result.errors, problem]})
         cur.execute(
-            "UPDATE briefd_jobs SET state = %s, finished_at = now(), result = %s, runs = 0 "
-            "WHERE job_id = %s",
+            f"UPDATE briefd_jobs SET state = %s, finished_at = now(), result = %s, runs = 0, "
+            f"{FREE} WHERE job_id = %s",
             (result.status.value, result.model_dump_json(), result.job_id),
         )
+        notify(cur, FINISHED_CHANNEL, result.job_id)
         final = [
             (s, v.value)
             for s, v in result.progress.stages.items()
@@ -347,63 +391,3 @@ class PostgresStore(StageWrites):
                 ([s for s, _ in final], [v for _, v in final], result.job_id),
             )
         return result
-
-    # -- reading ---------------------------------------------------------------------
-
-    def get(self, job_id: str) -> JobInfo | None:
-        """The job's state, stages and progress; None if unknown."""
-        with self._tx(write=False) as cur:
-            return self._get(cur, job_id)
-
-    def _get(self, cur: Cursor, job_id: str) -> JobInfo | None:
-        cur.execute(_INFO + "WHERE j.job_id = %s", (job_id,))
-        row = cur.fetchone()
-        return None if row is None else self._info(row)
-
-    def result(self, job_id: str) -> JobResult | None:
-        """The final result once the job is terminal, else None."""
-        with self._tx(write=False) as cur:
-            cur.execute("SELECT result FROM briefd_jobs WHERE job_id = %s", (job_id,))
-            row = cur.fetchone()
-        if row is None or row["result"] is None:
-            return None
-        return JobResult.model_validate_json(row["result"])
-
-    def list_jobs(self, state: JobState | None = None, limit: int = 100) -> list[JobInfo]:
-        """The newest ``limit`` jobs, optionally only those in ``state``."""
-        with self._tx(write=False) as cur:
-            if state is None:
-                cur.execute(_INFO + "ORDER BY j.seq DESC LIMIT %s", (limit,))
-            else:
-                cur.execute(
-                    _INFO + "WHERE j.state = %s ORDER BY j.seq DESC LIMIT %s", (state.value, limit)
-                )
-            rows = cur.fetchall()
-        return [self._info(r) for r in rows]
-
-    def counts(self) -> dict[str, int]:
-        """Number of jobs in each state (every state present, zeros included)."""
-        with self._tx(write=False) as cur:
-            cur.execute("SELECT state, count(*) AS n FROM briefd_jobs GROUP BY state")
-            found = {r["state"]: int(r["n"]) for r in cur.fetchall()}
-        return {s.value: found.get(s.value, 0) for s in JobState}
-
-    def spent_since(self, since: float) -> float:
-        """USD the jobs that ended at or after ``since`` cost: every daemon's, one figure."""
-        with self._tx(write=False) as cur:
-            cur.execute(
-                "SELECT COALESCE(SUM((result::jsonb ->> 'total_cost_usd')::float8), 0) AS usd "
-                "FROM briefd_jobs WHERE finished_at >= to_timestamp(%s) AND result IS NOT NULL",
-                (since,),
-            )
-            row = cur.fetchone()
-        return round(float(row["usd"]) if row else 0.0, 6)
-
-    def _order(self, stage: str) -> tuple[int, str]:
-        """Pipeline order, then stages the pipeline lacks by name (as the SQLite journal)."""
-        order = self._pipeline.names
-        return (order.index(stage) if stage in order else len(order), stage)
-
-    def _info(self, row: DictRow) -> JobInfo:
-        stages = sorted(row["stages"], key=lambda s: self._order(s[0]))  # [stage, state, error]
-        return job_info(self._pipeline, row, [(s, st, e) for s, st, e in stages])

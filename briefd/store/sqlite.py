@@ -226,6 +226,7 @@ class Journal(StageWrites):
             row["spec"],
             [(r["stage"], r["state"], r["document"], r["error"]) for r in ended],
             died,
+            float(row["submitted_at"]),
         )
 
     def suspend(self, job_ids: list[str]) -> None:

@@ -1,0 +1,309 @@
+"""Claims, leases and fencing on the PostgreSQL journal: several daemons, one queue.
+
+Any daemon accepts a submission; whichever daemon has room *claims* it. A claim
+is the job row's ``claimed_by``, a lease (``lease_until``, renewed by the
+holder's heartbeat) and a fencing token (``fence``, from the ``briefd_fence``
+sequence, so a newer claim always has a larger one):
+
+* :meth:`PgClaims.claim` takes the live jobs nobody holds (free, or whose
+  lease lapsed: their daemon died or was cut off) with ``FOR UPDATE SKIP
+  LOCKED``, so racing daemons never take one job twice and never wait on each
+  other. Oldest first, by the limiter's aging rule (:mod:`briefd.limits.order`).
+* Every write of a run this store holds carries the fence in the same
+  transaction as the write. A daemon paused past its lease (SIGSTOP, a long GC,
+  a partition) wakes up holding a token a newer claim replaced, and the
+  database refuses its writes (:class:`~briefd.store.base.ClaimLost`): a zombie
+  never overwrites its successor. A lease proves nothing by itself (the clock
+  of a paused process lies); the fence does.
+* A job this store does not hold is written as on one daemon (the single-daemon
+  journal, and tests that never claim, keep working).
+
+The store remembers the fence of each claim it holds, and of those it gave up
+or lost recently (:class:`Fences`): a stage result still in flight when its
+claim was lost is fenced too, not written as if unclaimed.
+
+Notifications, sent with the transaction that warrants them, so a listener
+(``LISTEN``) wakes instead of polling: :data:`JOBS_CHANNEL` when jobs become
+claimable, :data:`FINISHED_CHANNEL` when a job ends, :data:`CANCEL_CHANNEL`
+when a cancel is asked of the daemon holding a job.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import psycopg
+from psycopg.rows import DictRow
+
+from briefd.limits.order import PRIORITY_AGING_S
+from briefd.messages import ErrorCode, JobResult, JobState
+from briefd.store.base import Claim, ClaimLost
+
+if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
+Cursor = psycopg.Cursor[DictRow]
+
+JOBS_CHANNEL = "briefd_jobs"
+"""Notified (empty payload) when jobs become claimable: a new job, jobs suspended."""
+FINISHED_CHANNEL = "briefd_finished"
+"""Notified with the job id when a job's terminal state is committed."""
+CANCEL_CHANNEL = "briefd_cancel"
+"""Notified with the job id when a cancel is asked of the daemon holding the job."""
+REMEMBERED = 4096
+"""Claims given up or lost that a store still fences its late writes with (oldest forgotten)."""
+
+LIVE = f"('{JobState.QUEUED.value}', '{JobState.RUNNING.value}')"
+FREE = "claimed_by = NULL, lease_until = NULL"
+"""SET clause that frees a job's claim (the fence stays: it is the last claim's)."""
+LEASED = "(claimed_by IS NOT NULL AND lease_until > now())"
+"""A live claim: someone holds the job and its lease has not lapsed."""
+_CLAIM = f"""
+WITH picked AS (
+    SELECT seq, state AS was, claimed_by AS prev,
+           priority + floor(extract(epoch FROM now() - submitted_at) / %(aging)s) AS eff
+    FROM briefd_jobs
+    WHERE state IN {LIVE} AND NOT {LEASED}
+    ORDER BY eff DESC, seq
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE briefd_jobs j
+SET claimed_by = %(owner)s, claimed_at = now(),
+    lease_until = now() + make_interval(secs => %(lease)s), fence = nextval('briefd_fence')
+FROM picked p
+WHERE j.seq = p.seq
+RETURNING j.job_id, j.fence, extract(epoch FROM j.submitted_at)::float8 AS submitted_at,
+          p.was, p.prev, j.cancel_requested, p.eff, j.seq
+"""
+_RENEW = f"""
+WITH mine AS (
+    SELECT j.seq
+    FROM briefd_jobs j
+    JOIN unnest(%(ids)s::text[], %(fences)s::bigint[]) AS h(job_id, fence)
+      ON j.job_id = h.job_id AND j.fence = h.fence
+    WHERE j.claimed_by = %(owner)s AND j.state IN {LIVE}
+    ORDER BY j.job_id
+    FOR UPDATE OF j
+)
+UPDATE briefd_jobs SET lease_until = now() + make_interval(secs => %(lease)s)
+WHERE seq IN (SELECT seq FROM mine)
+RETURNING job_id
+"""
+
+
+class Fences:
+    """The fencing tokens of the claims a store holds, and of those it gave up or lost.
+
+    Thread-safe: the journal actor writes while the root claims and renews.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: dict[str, int] = {}
+        self._gone: OrderedDict[str, int] = OrderedDict()
+
+    def hold(self, job_id: str, fence: int) -> None:
+        """This store now holds ``job_id`` under ``fence``."""
+        with self._lock:
+            self._gone.pop(job_id, None)
+            self._held[job_id] = fence
+
+    def of(self, job_id: str) -> int | None:
+        """The fence this store's writes for ``job_id`` carry; None: it never claimed it."""
+        with self._lock:
+            held = self._held.get(job_id)
+            return held if held is not None else self._gone.get(job_id)
+
+    def held(self) -> dict[str, int]:
+        """Job -> fence of every claim held (a copy)."""
+        with self._lock:
+            return dict(self._held)
+
+    def release(self, job_ids: list[str], *, only: dict[str, int] | None = None) -> list[str]:
+        """Stop holding ``job_ids`` (those still held with the fence in ``only``, if given);
+        their fences are kept a while, so late writes stay fenced. The ids released."""
+        released = []
+        with self._lock:
+            for job_id in job_ids:
+                fence = self._held.get(job_id)
+                if fence is None or (only is not None and only.get(job_id) != fence):
+                    continue
+                del self._held[job_id]
+                self._gone[job_id] = fence
+                released.append(job_id)
+            while len(self._gone) > REMEMBERED:
+                self._gone.popitem(last=False)
+        return released
+
+
+class PgClaims:
+    """The claim half of :class:`~briefd.store.postgres.PostgresStore` (a mixin).
+
+    The store provides ``_tx`` (one transaction), ``_close_locked`` (end a locked
+    live job without a run's result) and ``_on_finished``.
+    """
+
+    _fences: Fences
+    _on_finished: Callable[[str], None] | None
+
+    def _tx(self, *, write: bool = True) -> AbstractContextManager[Cursor]:
+        raise NotImplementedError
+
+    def _close_locked(
+        self, cur: Cursor, job_id: str, state: JobState, error: tuple[ErrorCode, str, str]
+    ) -> JobResult | None:
+        raise NotImplementedError
+
+    # -- claiming --------------------------------------------------------------------
+
+    def claim(self, owner: str, limit: int, lease_s: float) -> list[Claim]:
+        """Claim up to ``limit`` live jobs nobody holds, oldest first; held until the lease
+        (``lease_s`` from now, by the database's clock) lapses unless :meth:`renew` extends it.
+
+        Claimable: ``queued`` or ``running`` jobs with no claim or a lapsed one. Order:
+        the higher effective priority (``priority`` + one level per
+        :data:`~briefd.limits.order.PRIORITY_AGING_S` since submission), then
+        submission order. Rows another daemon is claiming right now are skipped, not
+        waited for. A ``running`` job whose claim lapsed is ``taken_over``: its run
+        died (or is a zombie, whose writes the new fence now refuses).
+        """
+        if limit <= 0:
+            return []
+        with self._tx() as cur:
+            cur.execute(
+                _CLAIM,
+                {"aging": PRIORITY_AGING_S, "limit": limit, "owner": owner, "lease": lease_s},
+            )
+            rows = sorted(cur.fetchall(), key=lambda r: (-float(r["eff"]), int(r["seq"])))
+        claims = [
+            Claim(
+                job_id=r["job_id"],
+                fence=int(r["fence"]),
+                submitted_at=float(r["submitted_at"]),
+                taken_over=r["was"] == JobState.RUNNING.value and r["prev"] is not None,
+                previous_owner=r["prev"],
+                cancel=r["cancel_requested"],
+            )
+            for r in rows
+        ]
+        for c in claims:
+            self._fences.hold(c.job_id, c.fence)
+        return claims
+
+    def held(self) -> dict[str, int]:
+        """Job -> fencing token of every claim this store holds."""
+        return self._fences.held()
+
+    def renew(self, owner: str, lease_s: float) -> list[str]:
+        """Extend every held claim's lease to ``lease_s`` from now; the jobs lost, forgotten.
+
+        A claim is extended only where the row still names ``owner`` and its fence:
+        one that was taken over (it lapsed first) or ended elsewhere is lost, and
+        its later writes raise ClaimLost. StoreUnavailable: nothing extended, retry.
+        """
+        held = self._fences.held()
+        if not held:
+            return []
+        ids = sorted(held)
+        with self._tx() as cur:
+            cur.execute(
+                _RENEW,
+                {"ids": ids, "fences": [held[j] for j in ids], "owner": owner, "lease": lease_s},
+            )
+            kept = {r["job_id"] for r in cur.fetchall()}
+        return self._fences.release([j for j in ids if j not in kept], only=held)
+
+    def _locked(self, cur: Cursor, job_id: str, *, share: bool = False) -> DictRow | None:
+        """Lock the job's row (FOR UPDATE, or FOR SHARE) and return it (``state``, ``runs``,
+        ``spec``, ``submitted_at`` epoch s, ``leased``: a live claim on it); None if unknown.
+
+        ClaimLost if this store claimed the job and a newer claim replaced it.
+        """
+        mode = "SHARE" if share else "UPDATE"
+        cur.execute(
+            f"SELECT state, runs, spec, fence, {LEASED} AS leased, "
+            "extract(epoch FROM submitted_at)::float8 AS submitted_at "
+            f"FROM briefd_jobs WHERE job_id = %s FOR {mode}",
+            (job_id,),
+        )
+        row = cur.fetchone()
+        self._check_fence(job_id, None if row is None else int(row["fence"]))
+        return row
+
+    def _check_fence(self, job_id: str, found: int | None) -> None:
+        """ClaimLost if this store claimed ``job_id`` and the row's fence is no longer its own."""
+        mine = self._fences.of(job_id)
+        if mine is not None and found != mine:
+            self._fences.release([job_id])
+            raise ClaimLost([job_id])
+
+    def _ended(self, job_id: str) -> None:
+        """After a committed terminal state: the claim is given up, the owner told."""
+        self._fences.release([job_id])
+        if self._on_finished is not None:
+            self._on_finished(job_id)
+
+    # -- cancelling across daemons ---------------------------------------------------
+
+    def cancel_anywhere(self, job_id: str, reason: str) -> tuple[JobState | None, JobResult | None]:
+        """Cancel a job wherever it is: ``(state after, result if it ended now)``.
+
+        A live job nobody holds (free, or its claim lapsed) is closed now:
+        ``(CANCELLED, result)``. A job under a live claim (another daemon's, or this
+        store's own) is asked to stop: ``cancel_requested`` is set (the first reason
+        kept) and :data:`CANCEL_CHANNEL` notified; the holder finds it in
+        :meth:`cancels` and ends it: ``(RUNNING, None)``. A terminal job:
+        ``(its state, None)``; an unknown one: ``(None, None)``.
+        """
+        with self._tx() as cur:
+            cur.execute(
+                f"SELECT state, {LEASED} AS leased FROM briefd_jobs WHERE job_id = %s FOR UPDATE",
+                (job_id,),
+            )
+            row = cur.fetchone()
+            if row is None:
+                return None, None
+            state = JobState(row["state"])
+            if state.terminal:
+                return state, None
+            if row["leased"]:
+                cur.execute(
+                    "UPDATE briefd_jobs SET cancel_requested = coalesce(cancel_requested, %s) "
+                    "WHERE job_id = %s",
+                    (reason, job_id),
+                )
+                notify(cur, CANCEL_CHANNEL, job_id)
+                return JobState.RUNNING, None
+            error = (ErrorCode.CANCELLED, reason, "")
+            result = self._close_locked(cur, job_id, JobState.CANCELLED, error)
+        if result is None:
+            return state, None
+        self._ended(job_id)
+        return JobState.CANCELLED, result
+
+    def cancels(self, owner: str) -> list[tuple[str, str]]:
+        """``(job_id, reason)`` of the jobs this store holds for ``owner`` that another daemon
+        asked to cancel (:meth:`cancel_anywhere`), oldest first."""
+        held = self._fences.held()
+        if not held:
+            return []
+        with self._tx(write=False) as cur:
+            cur.execute(
+                "SELECT job_id, fence, cancel_requested FROM briefd_jobs "
+                "WHERE job_id = ANY(%s::text[]) AND claimed_by = %s "
+                f"AND cancel_requested IS NOT NULL AND state IN {LIVE} ORDER BY seq",
+                (sorted(held), owner),
+            )
+            rows = cur.fetchall()
+        return [
+            (r["job_id"], r["cancel_requested"]) for r in rows if held[r["job_id"]] == r["fence"]
+        ]
+
+
+def notify(cur: Cursor, channel: str, payload: str = "") -> None:
+    """Notify ``channel`` when the transaction commits (nothing if it rolls back)."""
+    cur.execute("SELECT pg_notify(%s, %s)", (channel, payload))
