@@ -77,9 +77,13 @@ class CoordinatorActor(pykka.ThreadingActor):
         failed_stages: dict[str, PipelineError] | None = None,
         prices: PriceTable | None = None,
         crash_is_resumed: bool = False,
+        admitted_at: float | None = None,
     ) -> None:
         super().__init__()
         self.job = job
+        # When the job was submitted (Unix time), not when this run started: the limiter
+        # serves older jobs first, so a job resumed after a restart keeps its place.
+        self._admitted_at = time.time() if admitted_at is None else admitted_at
         # The cost ledger: prices read once (a bad BRIEFD_PRICES fails the start, named).
         self._prices = prices if prices is not None else load_prices(settings.prices)
         self._local = settings.base_url is None  # the embedded model costs nothing
@@ -290,7 +294,7 @@ class CoordinatorActor(pykka.ThreadingActor):
             coordinator=self.actor_ref,
             priority=self._pipeline.remaining_path[name],
             abort=self._aborts[name],
-            admitted_at=self._started,
+            admitted_at=self._admitted_at,
             job_priority=self.job.priority,
             downstream=downstream_graph(
                 {s.name: s.depends_on for s in self._pipeline.stages}, name

@@ -273,8 +273,9 @@ class RateLimiterActor(pykka.ThreadingActor):
         now = time.monotonic()
         if now < s.cooldown_until:
             return  # the cool-down's own timer wakes the limiter
+        wall = time.time()  # the clock of admitted_at (order.rank)
         while s.waiting and len(s.leases) < s.pacer.window.limit:
-            i = pick(s.waiting, now, s.pacer.latencies)
+            i = pick(s.waiting, wall, s.pacer.latencies)
             req, queued_at = s.waiting[i].request, s.waiting[i].queued_at
             ref = pykka.ActorRegistry.get_by_urn(req.requester)
             if ref is None:

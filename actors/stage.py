@@ -92,6 +92,7 @@ class StageActor(pykka.ThreadingActor):
         self._driver: RetryDriver | None = None  # made in the actor's own thread
         self._timers = Timers()
         self._lease: int | None = None
+        self._asked = False  # a RequestToken not yet answered: withdraw it on stop
         self._started_at: float | None = None
         self._finished = False
         self._usage = Usage()
@@ -176,12 +177,13 @@ class StageActor(pykka.ThreadingActor):
     def _cleanup(self) -> None:
         self._timers.close()
         self._release()
-        with contextlib.suppress(pykka.ActorDeadError):
-            self._limiter.tell(
-                CancelTokenRequest(
-                    job_id=self.job_id, stage=self.spec.name, requester=self.actor_urn
+        if self._asked:  # a stage that ended has nothing queued: no message to the limiter
+            with contextlib.suppress(pykka.ActorDeadError):
+                self._limiter.tell(
+                    CancelTokenRequest(
+                        job_id=self.job_id, stage=self.spec.name, requester=self.actor_urn
+                    )
                 )
-            )
         if self._client is not None:
             client, self._client = self._client, None
             client.close()
@@ -191,6 +193,7 @@ class StageActor(pykka.ThreadingActor):
     def _request_token(self) -> None:
         if self._finished or (self._abort is not None and self._abort.aborted):
             return
+        self._asked = True
         self._limiter.tell(
             RequestToken(
                 job_id=self.job_id,
@@ -210,6 +213,7 @@ class StageActor(pykka.ThreadingActor):
         )
 
     def _on_token(self, granted: TokenGranted) -> None:
+        self._asked = False
         if self._finished or self._lease is not None:
             self._limiter.tell(
                 ReleaseToken(job_id=self.job_id, stage=self.spec.name, lease_id=granted.lease_id)

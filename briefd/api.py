@@ -270,6 +270,7 @@ class Pipeline:
             observers=[*run.observers, on_event],
             on_done=on_done,
             stage_actor_cls=self._stage_cls,
+            admitted_at=run.submitted_at,  # oldest submitted first, however long it queued
         )
         with self._lock:
             if self._closing.is_set():

@@ -44,6 +44,7 @@ class JobRun:
     job: JobSpec
     ref: pykka.ActorRef[Any] | None = None
     started: float = field(default_factory=time.monotonic)
+    submitted_at: float = field(default_factory=time.time)  # Unix s: its place in the queue
     records: dict[str, StageRecord] = field(default_factory=dict)
     documents: dict[str, Any] = field(default_factory=dict)
     errors: list[PipelineError] = field(default_factory=list)

@@ -20,13 +20,18 @@ import itertools
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import pykka
 from loguru import logger
 
-from briefd.messages import Message
+from briefd.messages import Message, Tick
+
+COMPACT_EVERY = 256
+"""Schedules between looks for cancelled entries to drop (a call's watchdog is cancelled
+long before its deadline, so without it they would sit in the heap until then)."""
 
 
 class _Target(Protocol):
@@ -74,7 +79,10 @@ class _Scheduler:
     ) -> TimerHandle:
         due = time.monotonic() + max(delay_s, 0.0)
         with self._cond:
-            entry = TimerHandle(due, next(self._seq), ref, message, period_s)
+            seq = next(self._seq)
+            if seq % COMPACT_EVERY == 0:
+                self._compact()
+            entry = TimerHandle(due, seq, ref, message, period_s)
             heapq.heappush(self._heap, entry)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="briefd-timers", daemon=True)
@@ -82,6 +90,13 @@ class _Scheduler:
             elif self._heap[0] is entry:  # a new earliest deadline: wake the thread early
                 self._cond.notify()
         return entry
+
+    def _compact(self) -> None:
+        """Drop cancelled entries when they are most of the heap (called holding the lock)."""
+        live = [e for e in self._heap if not e.cancelled]
+        if len(live) * 2 < len(self._heap):
+            heapq.heapify(live)
+            self._heap = live
 
     def pending(self) -> int:
         """Entries in the heap, cancelled ones not yet reached included (for tests)."""
@@ -144,6 +159,30 @@ if hasattr(os, "register_at_fork"):
 def scheduler_pending() -> int:
     """How many entries the process's scheduler holds (a test's window onto it)."""
     return _SCHEDULER.pending()
+
+
+class _Call:
+    """A timer target that calls a function (the HTTP call's watchdog) instead of telling."""
+
+    __slots__ = ("_fn",)
+
+    def __init__(self, fn: Callable[[], object]) -> None:
+        self._fn = fn
+
+    def tell(self, message: Any) -> None:
+        self._fn()
+
+
+_FIRE = Tick()
+
+
+def call_later(delay_s: float, fn: Callable[[], object]) -> TimerHandle:
+    """Call ``fn()`` on the timer thread after ``delay_s``; :meth:`TimerHandle.cancel` drops it.
+
+    For work that needs no actor and must not block (a call's deadline watchdog
+    shuts a socket): it runs on the one scheduler thread, so it must be quick.
+    """
+    return _SCHEDULER.schedule(_Call(fn), delay_s, _FIRE, None)
 
 
 class Timers:

@@ -46,7 +46,9 @@ class RequestToken(Command):
     requester: str = Field(description="The requesting actor's URN; the grant is told to it.")
     priority: int = Field(default=0, description="Stages left on its longest DAG path.")
     admitted_at: float = Field(
-        default=0.0, description="When its job was admitted (monotonic s): older jobs first."
+        default=0.0,
+        description="When its job was submitted (Unix time, s; 0: unknown): older jobs first. "
+        "A job resumed after a restart keeps its submission time, so it keeps its place.",
     )
     job_priority: int = Field(default=0, description="The job's priority: higher first.")
     downstream: dict[str, list[str]] = Field(

@@ -64,7 +64,7 @@ def test_the_oldest_job_first_and_the_critical_path_within_it(inbox: Any) -> Non
     ref, got = inbox
     limiter = RateLimiterActor.start(capacity=1)
     try:
-        now = time.monotonic()
+        now = time.time()  # admitted_at is Unix time
         limiter.tell(_req(ref.actor_urn, "hold", "A", now - 5))
         first = got.get(timeout=5)
         limiter.tell(_req(ref.actor_urn, "new", "A", now - 1, priority=3))
@@ -81,7 +81,7 @@ def test_job_priority_comes_before_age(inbox: Any) -> None:
     ref, got = inbox
     limiter = RateLimiterActor.start(capacity=1)
     try:
-        now = time.monotonic()
+        now = time.time()  # admitted_at is Unix time
         limiter.tell(_req(ref.actor_urn, "hold", "A", now - 5))
         first = got.get(timeout=5)
         limiter.tell(_req(ref.actor_urn, "old", "A", now - 4))
@@ -210,3 +210,58 @@ def test_a_restarted_limiter_keeps_its_window(inbox: Any) -> None:
         assert s.restarts == 1 and s.window == 2.0 and s.rate_limited_total == 1
     finally:
         sup.stop()
+
+
+def test_a_job_submitted_earlier_but_started_later_is_served_first(inbox: Any) -> None:
+    """admitted_at is the job's submission (Unix time), not its run's start: a job that was
+    submitted first but whose stages ask later (a resumed job, one that queued for
+    admission) is served before a job submitted after it that asked first."""
+    ref, got = inbox
+    limiter = RateLimiterActor.start(capacity=1)
+    try:
+        now = time.time()
+        limiter.tell(_req(ref.actor_urn, "hold", "A", now - 60))
+        first = got.get(timeout=5)
+        limiter.tell(_req(ref.actor_urn, "later", "A", now - 1))  # submitted later, asks first
+        limiter.tell(_req(ref.actor_urn, "resumed", "A", now - 20))  # submitted earlier
+        assert _drain(limiter, got, first, 2) == ["resumed/A", "later/A"]
+    finally:
+        limiter.stop()
+
+
+def test_the_coordinator_stamps_every_request_with_the_jobs_submission(inbox: Any) -> None:
+    """CoordinatorActor(admitted_at=T) puts T on each stage's RequestToken (None: now)."""
+    from briefd.actors import CoordinatorActor
+    from briefd.config import Settings, load_pipeline
+    from briefd.messages import JobSpec
+
+    _ref, got = inbox
+    requests: queue.Queue[RequestToken] = queue.Queue()
+
+    class Recorder:
+        def tell(self, message: Any) -> None:
+            if isinstance(message, RequestToken):
+                requests.put(message)
+
+    pipeline = load_pipeline()
+    job = JobSpec(
+        job_id="old-job",
+        prompts={s.name: "Write it." for s in pipeline.stages},
+        procurement_metrics={"summary": "x", "vendors": []},
+    )
+    submitted = time.time() - 3600.0
+    coordinator = CoordinatorActor.start(
+        job=job,
+        pipeline=pipeline,
+        settings=Settings(base_url="http://127.0.0.1:9/v1"),
+        base_url="http://127.0.0.1:9/v1",
+        limiter=Recorder(),
+        admitted_at=submitted,
+    )
+    try:
+        roots = [requests.get(timeout=5) for _ in range(2)]
+        assert {r.stage for r in roots} == {"BRIEFING_MD", "PLAYS_MD"}
+        assert all(r.admitted_at == submitted for r in roots)
+    finally:
+        coordinator.stop()
+    assert got.empty()

@@ -31,6 +31,8 @@ class Pacer:
     pause_until: float = 0.0  # a server said a budget is spent: no call before
     pauses: int = 0
     rate_limited: int = 0
+    tokens_left: int | None = None  # the server's remaining tokens, less calls started since
+    tokens_reset_at: float = 0.0  # when the server said they refill (clock time)
 
     @classmethod
     def new(
@@ -52,15 +54,23 @@ class Pacer:
     def delay(self, est_tokens: int) -> float:
         """Seconds until a call of ``est_tokens`` may start as far as the pause and budgets go
         (the window is the caller's: it counts leases)."""
+        now = self.clock()
+        short = 0.0  # the server has fewer tokens left than this call needs: wait for the reset
+        left = self.tokens_left
+        if left is not None and now < self.tokens_reset_at and est_tokens > left:
+            short = self.tokens_reset_at - now
         return max(
-            self.pause_until - self.clock(),
+            self.pause_until - now,
             self.rpm.wait(1) if self.rpm else 0.0,
             self.tpm.wait(est_tokens) if self.tpm else 0.0,
+            short,
             0.0,
         )
 
     def spend(self, est_tokens: int) -> None:
         """Charge the budgets for a call that starts now."""
+        if self.tokens_left is not None:
+            self.tokens_left -= est_tokens
         if self.rpm is not None:
             self.rpm.take(1)
         if self.tpm is not None:
@@ -68,6 +78,8 @@ class Pacer:
 
     def refund(self, est_tokens: int) -> None:
         """Give back what :meth:`spend` charged for a call that never started."""
+        if self.tokens_left is not None:
+            self.tokens_left += est_tokens
         if self.rpm is not None:
             self.rpm.settle(1, 0)
         if self.tpm is not None:
@@ -97,8 +109,18 @@ class Pacer:
             self.obey(limits)
 
     def obey(self, limits: RateLimits) -> None:
-        """A budget the server says is spent (remaining 0) gets no call until its reset."""
+        """What the server says is left of its budgets, until their reset.
+
+        No requests left (``remaining_requests`` 0) pauses every call until the
+        reset; fewer tokens left than a call's estimate holds that call (and, the
+        order being strict, those behind it) until the tokens' reset
+        (:meth:`delay`), rather than sending it to be refused with a 429. The
+        tokens left are counted down as calls start (:meth:`spend`).
+        """
         now = self.clock()
+        if limits.remaining_tokens is not None and limits.reset_tokens_s:
+            self.tokens_left = limits.remaining_tokens
+            self.tokens_reset_at = now + limits.reset_tokens_s
         until = 0.0
         if limits.remaining_requests == 0 and limits.reset_requests_s:
             until = now + limits.reset_requests_s

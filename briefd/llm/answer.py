@@ -1,0 +1,101 @@
+"""What a chat-completions answer holds: its text, why it stopped, what it cost.
+
+Split from :mod:`briefd.llm.call` (the wire) so that each stays small. Upstream
+text enters briefd here, so it is made safe here: the completion's text is
+made encodable (:mod:`briefd.llm.text`), and an error message quoting the
+server is one line and cut short. A malformed ``usage`` counts as zero tokens
+and the document is kept: the tokens were spent either way.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from briefd.llm.errors import QUOTA_CODES, BadResponseError, TruncatedError
+from briefd.llm.text import encodable, one_line
+from briefd.messages import Usage
+from briefd.messages.token import RateLimits
+
+_DETAIL_CHARS = 300
+_MAX_TOKENS_COUNT = 2**53  # larger "token counts" are nonsense, and not exact as JSON numbers
+
+
+@dataclass(frozen=True)
+class Completion:
+    """What the model said, why it stopped, and what it cost."""
+
+    text: str
+    finish_reason: str | None
+    usage: Usage = field(default_factory=Usage)
+    limits: RateLimits | None = None  # the server's rate-limit headers, for the limiter
+
+
+def _loads(raw: bytes) -> Any:
+    """JSON from the wire; bytes that are not UTF-8 are replaced rather than refused."""
+    try:
+        return json.loads(raw)
+    except UnicodeDecodeError:
+        return json.loads(raw.decode("utf-8", "replace"))
+
+
+def error_detail(raw: bytes) -> tuple[str, str | None]:
+    """The server's own error message (redacted, one line, cut short), and its error code.
+
+    The code is OpenAI's ``error.code`` or ``error.type``, preferring one that says the
+    quota is exhausted.
+    """
+    try:
+        data = _loads(raw)
+    except (ValueError, RecursionError):
+        data = None
+    err = data.get("error") if isinstance(data, dict) else None
+    if isinstance(err, dict):
+        codes = [c for c in (err.get("code"), err.get("type")) if isinstance(c, str)]
+        code = next((c for c in codes if c in QUOTA_CODES), codes[0] if codes else None)
+        message = err.get("message")
+        if isinstance(message, str):
+            return one_line(message.strip(), _DETAIL_CHARS), code
+        return one_line(raw.decode("utf-8", "replace").strip(), _DETAIL_CHARS), code
+    if isinstance(err, str):
+        return one_line(err.strip(), _DETAIL_CHARS), None
+    return one_line(raw.decode("utf-8", "replace").strip(), _DETAIL_CHARS), None
+
+
+def _token_count(value: Any) -> int:
+    """A usage count, or 0 when it is not a non-negative integer (floats like 12.0 pass)."""
+    if isinstance(value, bool):
+        return 0
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return value if isinstance(value, int) and 0 <= value <= _MAX_TOKENS_COUNT else 0
+
+
+def _usage(value: Any) -> Usage:
+    """What the call cost, as far as the server said; malformed parts count zero."""
+    if not isinstance(value, dict):
+        return Usage()
+    return Usage(
+        prompt_tokens=_token_count(value.get("prompt_tokens")),
+        completion_tokens=_token_count(value.get("completion_tokens")),
+    )
+
+
+def parse_completion(raw: bytes) -> Completion:
+    try:
+        data = _loads(raw)
+        choice = data["choices"][0]
+        text = choice["message"]["content"]
+        finish = choice.get("finish_reason")
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError, RecursionError):
+        raise BadResponseError("the answer is not a chat completion") from None
+    if not isinstance(text, str):
+        raise BadResponseError("the answer has no text content")
+    usage = _usage(data.get("usage"))
+    if finish == "length":
+        raise TruncatedError(
+            f"the model stopped at its token limit after {usage.completion_tokens} tokens"
+        )
+    finish_reason = encodable(finish) if isinstance(finish, str) else None
+    return Completion(text=encodable(text), finish_reason=finish_reason, usage=usage)
