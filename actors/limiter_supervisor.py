@@ -8,6 +8,11 @@ noticed even when nobody tells. The successor takes over the predecessor's
 flight, waiting requests, the window and budgets), so the token cap holds
 across a restart; why this and not re-registration is in
 :mod:`briefd.actors.rate_limiter`.
+
+The same supervision serves the cluster's limiter
+(:class:`~briefd.actors.cluster_limiter.ClusterLimiterActor`, one token budget for
+every daemon on a PostgreSQL database): :func:`cluster_limiter` builds one with a
+``start`` that starts that actor on its own state.
 """
 
 from __future__ import annotations
@@ -16,14 +21,35 @@ import contextlib
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence, Sized
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pykka
 from loguru import logger
 
 from briefd.actors.rate_limiter import RESTARTS_PER_MINUTE, LimiterState, RateLimiterActor
 from briefd.ops.events import Observer
+
+if TYPE_CHECKING:
+    from briefd.config import Settings
+
+CLUSTER_TIMEOUT_S = 2.0
+"""How long the cluster limiter waits for a database connection: while the database is out
+of reach each retry can block the limiter's thread this long (it answers nothing meanwhile)."""
+
+
+class SupervisedState(Protocol):
+    """What the supervisor needs of a limiter's state (``LimiterState`` and
+    ``ClusterLimiterState`` both have it)."""
+
+    retired: bool
+    restarts: int
+
+    @property
+    def leases(self) -> Sized: ...
+
+    @property
+    def waiting(self) -> Sized: ...
 
 
 class LimiterSupervisor:
@@ -32,6 +58,10 @@ class LimiterSupervisor:
     pykka has no supervision, so this is it. Thread-safe: stages ``tell`` from
     their threads, the owner calls :meth:`check` from its watch loop and
     :meth:`proxy` for figures. After :meth:`stop` nothing is restarted.
+
+    By default it supervises a :class:`RateLimiterActor` of ``capacity`` tokens. Given
+    ``state`` and ``start`` (a function that starts a limiter actor on that state), it
+    supervises that limiter instead, and the other arguments are unused.
     """
 
     def __init__(
@@ -42,18 +72,28 @@ class LimiterSupervisor:
         adaptive: bool = True,
         rpm: float | None = None,
         tpm: float | None = None,
+        state: SupervisedState | None = None,
+        start: Callable[[], pykka.ActorRef[Any]] | None = None,
     ) -> None:
+        if (state is None) != (start is None):
+            raise ValueError("give both state and start, or neither")
         self._observers = tuple(observers)
-        self._state = LimiterState(capacity=capacity, adaptive=adaptive, rpm=rpm, tpm=tpm)
+        if state is None or start is None:
+            local = LimiterState(capacity=capacity, adaptive=adaptive, rpm=rpm, tpm=tpm)
+            observed = self._observers
+            self._state: SupervisedState = local
+            self._start: Callable[[], pykka.ActorRef[Any]] = lambda: RateLimiterActor.start(
+                observers=observed, state=local
+            )
+        else:
+            self._state, self._start = state, start
         self._lock = threading.Lock()
         self._recent: deque[float] = deque()
         self._stopped = False
-        self._ref: pykka.ActorRef[RateLimiterActor] = RateLimiterActor.start(
-            observers=self._observers, state=self._state
-        )
+        self._ref: pykka.ActorRef[Any] = self._start()
 
     @property
-    def ref(self) -> pykka.ActorRef[RateLimiterActor]:
+    def ref(self) -> pykka.ActorRef[Any]:
         """The current limiter (may be dead until the next :meth:`check` or ``tell``)."""
         return self._ref
 
@@ -65,7 +105,7 @@ class LimiterSupervisor:
         except pykka.ActorDeadError:
             self._revive(ref).tell(message)
 
-    def proxy(self) -> pykka.ActorProxy[RateLimiterActor]:
+    def proxy(self) -> pykka.ActorProxy[Any]:
         """The live limiter's proxy, for ``stats()`` with a timeout."""
         ref = self._ref
         if not ref.is_alive():
@@ -90,7 +130,7 @@ class LimiterSupervisor:
         with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
             ref.stop(block=True, timeout=timeout_s)
 
-    def _revive(self, dead: pykka.ActorRef[RateLimiterActor]) -> pykka.ActorRef[RateLimiterActor]:
+    def _revive(self, dead: pykka.ActorRef[Any]) -> pykka.ActorRef[Any]:
         with self._lock:
             if self._ref is not dead:  # another thread got there first
                 return self._ref
@@ -109,5 +149,44 @@ class LimiterSupervisor:
                 len(s.leases),
                 len(s.waiting),
             )
-            self._ref = RateLimiterActor.start(observers=self._observers, state=self._state)
+            self._ref = self._start()
             return self._ref
+
+
+def cluster_limiter(
+    settings: Settings, daemon_id: str, observers: Sequence[Observer] = ()
+) -> LimiterSupervisor:
+    """The limiter of a daemon sharing one token budget with every daemon on
+    ``settings.database_url``, supervised like the local one.
+
+    Connects (ConfigError, one line and the URL redacted, if it cannot), makes the
+    schema if needed, registers ``daemon_id`` and sets this daemon's K, adaptive,
+    RPM and TPM as the cluster's (logged when they change another daemon's). Needs
+    the ``postgres`` extra, imported only here.
+    """
+    from briefd.actors.cluster_limiter import ClusterLimiterActor
+    from briefd.cluster.state import ClusterLimiterState
+    from briefd.cluster.tokens import ClusterTokens
+
+    if not settings.database_url:
+        raise ValueError("cluster_limiter needs settings.database_url")
+    tokens = ClusterTokens(
+        settings.database_url, daemon_id, lease_s=settings.lease_s, timeout_s=CLUSTER_TIMEOUT_S
+    )
+    try:
+        tokens.register()
+        tokens.configure(
+            settings.max_concurrent, adaptive=settings.adaptive, rpm=settings.rpm, tpm=settings.tpm
+        )
+    except BaseException:
+        tokens.close()
+        raise
+    state = ClusterLimiterState(capacity=settings.max_concurrent)
+    observed = tuple(observers)
+
+    def start() -> pykka.ActorRef[Any]:
+        return ClusterLimiterActor.start(
+            tokens, state, observed, poll_s=settings.poll_s, lease_s=settings.lease_s
+        )
+
+    return LimiterSupervisor(settings.max_concurrent, observed, state=state, start=start)

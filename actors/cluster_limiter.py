@@ -1,0 +1,445 @@
+"""The rate limiter of a daemon in a cluster: the same messages, one token budget for all.
+
+Stages and coordinators talk to it exactly as to
+:class:`~briefd.actors.rate_limiter.RateLimiterActor` (``RequestToken``,
+``ReleaseToken``, ``CancelTokenRequest``, ``ReportRateLimit``, ``SetCapacity``,
+``Tick``; ``TokenGranted`` told to the requester, token events published), but the
+tokens, the window and the budgets are the cluster's, in PostgreSQL
+(:class:`~briefd.cluster.tokens.ClusterTokens`): never more than K calls in flight
+across every daemon on the database.
+
+It is woken three ways, so a grant waits for neither a poll nor a lost packet:
+
+* a ``NOTIFY briefd_tokens`` naming this daemon (another daemon granted it a
+  token): the :class:`~briefd.cluster.listen.Listener` tells it :class:`Wake`;
+* its own messages: a request, a release, a cancel each run a grant round, which
+  serves every daemon's requests, not only this one's;
+* timers: ``Tick`` every ``poll_s`` (the safety net: catches up after a lost
+  notification, reclaims leases of dead daemons), when a budget or cool-down said
+  "not yet", and :class:`Heartbeat` every ``lease_s/3`` to keep its leases.
+
+**The database out of reach.** The limiter cannot know how many calls the other
+daemons have in flight, so it grants nothing. What it is told meanwhile is kept
+in order in its state's outbox (:mod:`briefd.cluster.state`) and written when the
+database answers again (tried at each ``Tick``); it never dies of it, and
+:meth:`ClusterLimiterActor.problem` and its stats say so for ``/healthz``. Its
+leases that outlive ``lease_s`` without a heartbeat are reclaimed by the others:
+the cap is the cluster's, and a daemon that cannot be heard from cannot hold it.
+
+Like the local limiter it keeps everything in a state object
+(:class:`~briefd.cluster.state.ClusterLimiterState`) that a successor, started by
+:class:`~briefd.actors.limiter_supervisor.LimiterSupervisor`, takes over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import psycopg
+import pykka
+from loguru import logger
+
+from briefd.actors.rate_limiter import TAKEOVER_WAIT_S
+from briefd.cluster.listen import Listener
+from briefd.cluster.records import Grant, GrantRound, HeldLease
+from briefd.cluster.state import (
+    Cancel,
+    ClusterLimiterState,
+    ClusterLimiterStats,
+    CoolDown,
+    Enqueue,
+    Op,
+    Queued,
+    Release,
+    SetCeiling,
+)
+from briefd.cluster.tokens import CHANNEL, ClusterTokens
+from briefd.messages import (
+    CancelTokenRequest,
+    RateLimitCooldown,
+    ReleaseToken,
+    ReportRateLimit,
+    RequestToken,
+    SetCapacity,
+    TokenGranted,
+    TokenReleased,
+)
+from briefd.messages.base import Command
+from briefd.messages.jobs import Tick
+from briefd.ops.events import Observer, publish
+from briefd.store.pg_setup import one_line
+from briefd.timers import Timers
+
+ROUNDS_PER_MESSAGE = 3
+"""Grant rounds one message may run (a grant to a dead requester is released and granted on)."""
+RETRY_MAX_S = 5.0
+"""While the database fails, attempts back off from ``poll_s`` up to this (or ``lease_s/3``
+when shorter: a daemon must try at least as often as it must heartbeat). An attempt can take
+the pool's whole timeout, and the actor answers nothing meanwhile."""
+
+
+class Wake(Command):
+    """The listener -> the limiter: another daemon granted this one a token."""
+
+    type: Literal["ClusterWake"] = "ClusterWake"
+
+
+class Heartbeat(Command):
+    """Timer -> the limiter: renew this daemon's presence and leases."""
+
+    type: Literal["ClusterHeartbeat"] = "ClusterHeartbeat"
+
+
+class ClusterLimiterActor(pykka.ThreadingActor):
+    """Hands out the cluster's tokens to this daemon's actors (see the module's docstring)."""
+
+    def __init__(
+        self,
+        tokens: ClusterTokens,
+        state: ClusterLimiterState,
+        observers: Sequence[Observer] = (),
+        *,
+        poll_s: float = 2.0,
+        lease_s: float = 15.0,
+        listen: bool = True,
+    ) -> None:
+        super().__init__()
+        self._tokens = tokens
+        self._s = state
+        self._observers = tuple(observers)
+        self._poll_s = poll_s
+        self._lease_s = lease_s
+        self._timers = Timers()
+        self._listener: Listener | None = None
+        self._listen = listen
+
+    # -- life --------------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        s = self._s
+        if not s.vacated.wait(TAKEOVER_WAIT_S):
+            logger.error("cluster limiter: the previous limiter did not leave its state; taking it")
+        s.vacated = threading.Event()
+        s.wake_at = 0.0  # the predecessor's timers died with it
+        s.wake_pending.clear()
+        try:
+            unread, s.unread = s.unread, []
+            for envelope in unread:  # in the order they were sent to the dead one
+                self.actor_inbox.put(envelope)
+            self._timers.every(self.actor_ref, self._poll_s, Tick())
+            self._timers.every(self.actor_ref, max(0.1, self._lease_s / 3), Heartbeat())
+            if self._listen:
+                self._listener = Listener(
+                    self._tokens.url,
+                    {CHANNEL: self._notified},
+                    on_connect=self._caught_up,
+                    name="briefd-listen-tokens",
+                ).start()
+            self.actor_ref.tell(Heartbeat())  # a successor renews its leases first
+        except BaseException:  # pykka calls no on_stop after a failed on_start
+            self._timers.close()
+            s.vacated.set()
+            raise
+
+    def on_stop(self) -> None:
+        self._leave()
+
+    def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
+        self._leave()
+
+    def _leave(self) -> None:
+        """Close timers and the listener; hand unread messages on, or, retired, leave the
+        cluster (held releases written, this daemon's waits and leases deleted)."""
+        self._timers.close()
+        if self._listener is not None:
+            self._listener.stop(1.0)
+        s = self._s
+        if s.retired:
+            try:  # with the database gone, its lease_s does it: a shutdown must not wait
+                if s.problem is None:
+                    self._flush()
+                    self._tokens.leave()
+            except psycopg.Error as err:
+                logger.warning("cluster limiter: could not leave the cluster: {}", one_line(err))
+            self._tokens.close()
+        else:
+            while not self.actor_inbox.empty():
+                s.unread.append(self.actor_inbox.get())
+        s.vacated.set()
+
+    def _notified(self, payload: str) -> None:
+        """In the listener's thread: a grant for this daemon, told once until it is read."""
+        if payload == self._tokens.daemon_id and not self._s.wake_pending.is_set():
+            self._s.wake_pending.set()
+            with contextlib.suppress(pykka.ActorDeadError):
+                self.actor_ref.tell(Wake())
+
+    def _caught_up(self) -> None:
+        """In the listener's thread, after each (re)connect: what was notified while it was
+        not listening is read at the next Tick, told now."""
+        with contextlib.suppress(pykka.ActorDeadError):
+            self.actor_ref.tell(Tick())
+
+    # -- messages ----------------------------------------------------------------------
+
+    def on_receive(self, message: object) -> object:
+        try:
+            self._handle(message)
+        except Exception as err:  # the edge: a bad message must not take every job down
+            logger.opt(exception=err).error(
+                "cluster limiter: dropped {} after {!r}", type(message).__name__, err
+            )
+        try:
+            self._sync(message)
+        except Exception as err:
+            logger.opt(exception=err).error("cluster limiter: {!r}", err)
+        return None
+
+    def _handle(self, message: object) -> None:
+        """Record what ``message`` asks for (no database here: that is :meth:`_sync`)."""
+        s = self._s
+        now = time.monotonic()
+        match message:
+            case RequestToken():
+                s.outbox.append(Enqueue(Queued(message, now)))
+            case ReleaseToken(lease_id=lease_id):
+                lease = s.leases.pop(lease_id, None)
+                if lease is not None:
+                    s.outbox.append(
+                        Release(
+                            lease,
+                            message.outcome,
+                            now - lease.granted_at,
+                            message.used_tokens,
+                            message.limits,
+                        )
+                    )
+                    self._released(lease, reclaimed=False)
+            case CancelTokenRequest(requester=urn):
+                for lease in s.forget(urn):
+                    self._released(lease, reclaimed=False)
+                s.outbox.append(Cancel(urn))
+            case ReportRateLimit():
+                s.outbox.append(CoolDown(message.job_id, message.stage, message.retry_after_s))
+                self._timers.tell_later(self.actor_ref, message.retry_after_s, Tick())
+            case SetCapacity(capacity=c):
+                s.capacity = c
+                s.outbox.append(SetCeiling(c))
+            case Tick():
+                self._reap()
+            case Wake():
+                s.wake_pending.clear()
+            case Heartbeat():
+                pass
+            case _:
+                logger.warning("cluster limiter: unexpected message {!r}", type(message).__name__)
+
+    def _sync(self, message: object) -> None:
+        """Write the outbox, then grant and deliver as ``message`` calls for. While the
+        database is out of reach only a timer's ``Tick`` or ``Heartbeat`` tries it again,
+        with a backoff, so a burst of messages does not wait for a dead server once each."""
+        s = self._s
+        if s.problem is not None and (
+            not isinstance(message, Tick | Heartbeat) or time.monotonic() < s.retry_at
+        ):
+            return
+        try:
+            if s.problem is not None:
+                self._tokens.reconnect()
+            if isinstance(message, Heartbeat):
+                self._flush()
+                self._beat()
+            elif isinstance(message, Wake):
+                self._flush()
+                self._deliver(self._tokens.take_grants())
+            elif isinstance(message, ReportRateLimit):
+                self._flush()
+            else:
+                self._rounds(take=isinstance(message, Tick))
+        except psycopg.Error as err:
+            if s.problem is None:
+                logger.warning(
+                    "cluster limiter: database {} out of reach ({}): no grants until it is back;"
+                    " {} operation(s) held",
+                    self._tokens.where,
+                    one_line(err),
+                    len(s.outbox),
+                )
+            s.problem = one_line(err)
+            cap = min(RETRY_MAX_S, max(self._poll_s, self._lease_s / 3))
+            s.retry_at = time.monotonic() + min(cap, self._poll_s * 2.0 ** min(s.failures, 10))
+            s.failures += 1
+            return
+        if s.problem is not None:
+            logger.info("cluster limiter: database {} is back", self._tokens.where)
+            s.problem, s.failures = None, 0
+
+    def _rounds(self, *, take: bool) -> None:
+        """Flush, grant, deliver; again while delivering released something (a dead requester)."""
+        for _ in range(ROUNDS_PER_MESSAGE):
+            self._flush()
+            round_ = self._tokens.grant()
+            self._seen(round_)
+            self._deliver(list(round_.mine))  # before anything else can fail: they are ours
+            if take:
+                self._deliver(self._tokens.take_grants())
+            if not self._s.outbox:
+                return
+
+    def _flush(self) -> None:
+        """Write the outbox in order; stops at the first failure (raised), keeping the rest."""
+        s = self._s
+        while s.outbox:
+            self._apply(s.outbox[0])
+            s.outbox.pop(0)
+
+    def _apply(self, op: Op) -> None:
+        s, tokens = self._s, self._tokens
+        match op:
+            case Enqueue(queued=q):
+                req = q.request
+                age = time.monotonic() - req.admitted_at if req.admitted_at > 0 else None
+                s.waiting[tokens.enqueue(req, age_s=age)] = q
+            case Release():
+                tokens.release(
+                    op.lease,
+                    outcome=op.outcome,
+                    elapsed_s=op.elapsed_s,
+                    used_tokens=op.used_tokens,
+                    limits=op.limits,
+                )
+            case Cancel(requester=urn):
+                tokens.cancel(urn)
+            case CoolDown():
+                if tokens.cool_down(op.retry_after_s):
+                    publish(
+                        RateLimitCooldown(
+                            job_id=op.job_id,
+                            stage=op.stage,
+                            retry_after_s=op.retry_after_s,
+                            until=time.time() + op.retry_after_s,
+                        ),
+                        self._observers,
+                    )
+            case SetCeiling(capacity=c):
+                tokens.set_ceiling(c)
+
+    def _seen(self, round_: GrantRound) -> None:
+        if round_.figures is not None:
+            self._s.figures, self._s.figures_at = round_.figures, time.monotonic()
+        if round_.wake_in_s is not None:
+            self._wake(round_.wake_in_s)
+
+    def _deliver(self, grants: list[Grant]) -> None:
+        """Tell each grant to its requester; one that is gone is released at once."""
+        s = self._s
+        for g in grants:
+            if g.lease_id in s.leases:
+                continue
+            queued = s.waiting.pop(g.wait_id, None)
+            lease = HeldLease(
+                g.lease_id, g.wait_id, g.requester, g.job_id, g.stage, g.epoch, g.est_tokens,
+                time.monotonic(),
+            )  # fmt: skip
+            ref = pykka.ActorRegistry.get_by_urn(g.requester) if queued is not None else None
+            if ref is None:  # withdrawn, or the requester died while it waited
+                s.outbox.append(Release(lease, "unknown", 0.0))
+                continue
+            s.leases[g.lease_id] = lease
+            s.granted_total += 1
+            fig = s.figures
+            granted = TokenGranted(
+                job_id=g.job_id,
+                stage=g.stage,
+                lease_id=g.lease_id,
+                in_use=len(s.leases),
+                capacity=fig.capacity if fig else s.capacity,
+                waiting=s.pending(),
+                waited_ms=g.waited_ms,
+                window=fig.limit if fig else None,
+            )
+            try:
+                ref.tell(granted)
+            except pykka.ActorDeadError:
+                del s.leases[g.lease_id]
+                s.granted_total -= 1
+                s.outbox.append(Release(lease, "unknown", 0.0))
+                continue
+            publish(granted, self._observers)
+
+    def _beat(self) -> None:
+        """Renew; make again the requests the cluster reaped while it could not hear us."""
+        lost, gone = self._s.reconcile(self._tokens.heartbeat())
+        if lost:
+            logger.warning("cluster limiter: {} request(s) were reaped; queued again", lost)
+        if gone:
+            logger.warning(
+                "cluster limiter: {} lease(s) of calls in flight were reclaimed by the cluster "
+                "(this daemon was not heard from for {:g}s)",
+                gone,
+                self._lease_s,
+            )
+        self._rounds(take=True)
+
+    def _reap(self) -> None:
+        """Release the leases, and withdraw the requests, of this daemon's dead actors."""
+        s = self._s
+        for lease in list(s.leases.values()):
+            if pykka.ActorRegistry.get_by_urn(lease.requester) is None:
+                del s.leases[lease.lease_id]
+                s.outbox.append(Release(lease, "unknown", time.monotonic() - lease.granted_at))
+                self._released(lease, reclaimed=True)
+        dead = {
+            q.request.requester
+            for q in s.waiting.values()
+            if pykka.ActorRegistry.get_by_urn(q.request.requester) is None
+        }
+        for urn in dead:
+            s.forget(urn)
+            s.outbox.append(Cancel(urn))
+
+    def _released(self, lease: HeldLease, *, reclaimed: bool) -> None:
+        s = self._s
+        if reclaimed:
+            s.reclaimed_total += 1
+        fig = s.figures
+        publish(
+            TokenReleased(
+                job_id=lease.job_id,
+                stage=lease.stage,
+                lease_id=lease.lease_id,
+                in_use=len(s.leases),
+                capacity=fig.capacity if fig else s.capacity,
+                waiting=s.pending(),
+                reclaimed=reclaimed,
+                window=fig.limit if fig else None,
+            ),
+            self._observers,
+        )
+
+    def _wake(self, delay_s: float) -> None:
+        """Tick the limiter in ``delay_s`` unless a timer already will by then."""
+        s = self._s
+        now = time.monotonic()
+        due = now + delay_s
+        if s.wake_at > now and s.wake_at <= due + 0.001:
+            return
+        s.wake_at = due
+        self._timers.tell_later(self.actor_ref, delay_s, Tick())
+
+    # -- figures -----------------------------------------------------------------------
+
+    def problem(self) -> str | None:
+        """Why this daemon cannot take part in the cluster's budget now (None: it can)."""
+        if self._s.problem is not None:
+            return f"database out of reach: {self._s.problem}"
+        return None
+
+    def stats(self) -> ClusterLimiterStats:
+        """This daemon's figures and the cluster's as last seen (no database call, so an
+        ``ask`` from /healthz answers at once even when the database does not)."""
+        return self._s.stats()

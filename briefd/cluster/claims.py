@@ -1,0 +1,123 @@
+"""The root actor's share of a cluster: when to claim jobs, renew the claims, look for cancels.
+
+With PostgreSQL several daemons share one queue. The root actor does not own
+a queue of its own any more: it *claims* ready jobs from the database when it
+has room (:meth:`PostgresStore.claim`, ``FOR UPDATE SKIP LOCKED``), renews its
+claims every ``lease_s / 3`` and stops a run whose claim another daemon took.
+This object keeps the when, so the root's handlers stay short:
+
+* **No busy polling.** A claim is tried when something says there may be work:
+  a submission anywhere (``NOTIFY briefd_jobs``, told to the root as
+  ``ClaimJobs``), a slot freed here, the safety-net poll every ``poll_s``.
+  An idle cluster costs each daemon one query per ``poll_s`` and one renewal
+  per ``lease_s / 3``.
+* **Renewal is the heartbeat.** A daemon killed with kill -9 stops renewing;
+  its jobs are free for others once ``lease_until`` passes, within one lease
+  plus one poll.
+* **Cancels reach the holder.** A cancel asked through another daemon is a flag
+  on the job's row (``NOTIFY briefd_cancel``); the holder reads its flagged
+  jobs at each renewal and on each notification.
+
+Every call here is a short transaction in the root's own thread; a database
+that cannot be reached raises ``StoreUnavailable``, which the root treats as
+"not now" (it grants and claims nothing, and tries again at the next tick).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from briefd.messages import JobClaimed, JobClaimLost
+from briefd.ops.events import publish
+
+if TYPE_CHECKING:
+    from briefd.store.base import Claim, ClaimStore
+
+
+def new_daemon_id() -> str:
+    """``host:pid:random``: unique across restarts and hosts, readable in a log line."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+class ClaimKeeper:
+    """When the root claims, renews and checks cancels; the calls themselves go to the store."""
+
+    def __init__(
+        self,
+        store: ClaimStore,
+        daemon_id: str,
+        *,
+        lease_s: float,
+        poll_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.daemon_id = daemon_id
+        self.lease_s = lease_s
+        self.poll_s = poll_s
+        self._clock = clock
+        self._wanted = True  # claim at the first chance
+        self._next_poll = 0.0
+        self._next_renew = clock() + lease_s / 3
+        self.claimed_total = 0
+        self.taken_over_total = 0
+        self.lost_total = 0
+
+    def want(self) -> None:
+        """Something says there may be work (a notification, a freed slot): claim when room."""
+        self._wanted = True
+
+    def claim(self, room: int) -> list[Claim]:
+        """Claim up to ``room`` jobs if wanted or the poll is due (StoreUnavailable: not now)."""
+        now = self._clock()
+        if room <= 0 or not (self._wanted or now >= self._next_poll):
+            return []
+        self._next_poll = now + self.poll_s
+        claims = self.store.claim(self.daemon_id, room, self.lease_s)
+        # Fewer than asked: the queue is empty, wait to be told. As many: there may be more.
+        self._wanted = len(claims) >= room
+        self.claimed_total += len(claims)
+        self.taken_over_total += sum(1 for c in claims if c.taken_over)
+        wall = time.time()
+        for c in claims:
+            publish(
+                JobClaimed(
+                    job_id=c.job_id,
+                    daemon=self.daemon_id,
+                    fence=c.fence,
+                    taken_over=c.taken_over,
+                    previous_owner=c.previous_owner,
+                    waited_s=round(max(0.0, wall - c.submitted_at), 3),
+                )
+            )
+        return claims
+
+    def renew_due(self) -> bool:
+        return self._clock() >= self._next_renew
+
+    def renew(self) -> list[str]:
+        """Extend every claim held; the jobs lost (StoreUnavailable: try at the next tick)."""
+        lost = self.store.renew(self.daemon_id, self.lease_s)
+        self._next_renew = self._clock() + self.lease_s / 3
+        self.lost_total += len(lost)
+        for job_id in lost:
+            publish(JobClaimLost(job_id=job_id, daemon=self.daemon_id))
+        return lost
+
+    def cancels(self) -> list[tuple[str, str]]:
+        """``(job_id, reason)`` of held jobs that someone asked, elsewhere, to cancel."""
+        return self.store.cancels(self.daemon_id)
+
+    def stats_fields(self) -> dict[str, object]:
+        return {
+            "daemon_id": self.daemon_id,
+            "claimed_total": self.claimed_total,
+            "taken_over_total": self.taken_over_total,
+            "claims_lost_total": self.lost_total,
+            "claims_held": len(self.store.held()),
+        }

@@ -1,0 +1,167 @@
+"""What a daemon's cluster limiter knows, kept apart from the actor so a successor takes it over.
+
+The database holds the cluster's truth (waits, leases, window, budgets); a daemon
+holds what only it can know: which of its actors each of its waits and leases
+belongs to, and what it could not write yet because the database was out of
+reach. That last part is an ordered **outbox** of operations (enqueue a request,
+release a lease, withdraw a requester, a 429's cool-down, a new ceiling): every
+message becomes an operation appended to it, and the outbox is written in order
+whenever the database answers. So a release made while the database is down is
+neither lost nor reordered behind a later request of the same stage, and the
+actor never needs a second code path for "down".
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from briefd.actors.rate_limiter import LimiterStats
+from briefd.cluster.records import Beat, ClusterFigures, HeldLease
+from briefd.messages.token import Outcome, RateLimits, RequestToken
+
+
+@dataclass(frozen=True)
+class Queued:
+    """A request of one of this daemon's actors, and when it arrived (monotonic s)."""
+
+    request: RequestToken
+    received_at: float
+
+
+@dataclass(frozen=True)
+class Enqueue:
+    """Queue a request for the cluster."""
+
+    queued: Queued
+
+
+@dataclass(frozen=True)
+class Release:
+    """End a lease with its call's outcome."""
+
+    lease: HeldLease
+    outcome: Outcome
+    elapsed_s: float
+    used_tokens: int | None = None
+    limits: RateLimits | None = None
+
+
+@dataclass(frozen=True)
+class Cancel:
+    """Withdraw a requester's waits and leases."""
+
+    requester: str
+
+
+@dataclass(frozen=True)
+class CoolDown:
+    """A 429: no grant anywhere before ``retry_after_s`` from when it is written."""
+
+    job_id: str
+    stage: str
+    retry_after_s: float
+
+
+@dataclass(frozen=True)
+class SetCeiling:
+    """A new K for the cluster."""
+
+    capacity: int
+
+
+Op = Enqueue | Release | Cancel | CoolDown | SetCeiling
+
+
+@dataclass(frozen=True)
+class ClusterLimiterStats(LimiterStats):
+    """:class:`LimiterStats` for this daemon (``in_use``: its calls in flight, which its
+    shutdown waits for), with the cluster's figures beside them."""
+
+    cluster_in_use: int = 0  # live leases, every daemon's
+    cluster_waiting: int = 0  # requests queued, every daemon's
+    daemons: int = 0  # daemons seen within lease_s
+    db_problem: str | None = None  # why the database cannot be used now (None: it can)
+    held: int = 0  # operations waiting for the database
+
+
+@dataclass
+class ClusterLimiterState:
+    """Only the live cluster limiter touches it; ``vacated`` is set when its owner has left."""
+
+    capacity: int
+    waiting: dict[int, Queued] = field(default_factory=dict)  # wait_id -> request
+    leases: dict[int, HeldLease] = field(default_factory=dict)  # delivered, not yet released
+    outbox: list[Op] = field(default_factory=list)  # not written yet, in order
+    figures: ClusterFigures | None = None  # the cluster as last seen
+    figures_at: float = 0.0  # monotonic s when
+    daemons: int = 0
+    problem: str | None = None  # the database's last failure (None: it answered)
+    failures: int = 0  # attempts failed in a row (the retry backoff)
+    retry_at: float = 0.0  # monotonic s: while it fails, no attempt before
+    granted_total: int = 0  # this daemon's
+    reclaimed_total: int = 0
+    restarts: int = 0
+    wake_at: float = 0.0  # a timer will Tick the limiter then
+    wake_pending: threading.Event = field(default_factory=threading.Event)
+    unread: list[Any] = field(default_factory=list)  # envelopes a dead limiter never read
+    retired: bool = False  # its owner stopped it on purpose: nothing to hand over
+    vacated: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.vacated.set()  # nobody holds a fresh state
+
+    def pending(self) -> int:
+        """Requests of this daemon not granted yet (queued in the database or held here)."""
+        return len(self.waiting) + sum(isinstance(op, Enqueue) for op in self.outbox)
+
+    def forget(self, requester: str) -> list[HeldLease]:
+        """Drop ``requester``'s requests (held or queued) and leases; the leases it held."""
+        self.outbox = [
+            op
+            for op in self.outbox
+            if not (isinstance(op, Enqueue) and op.queued.request.requester == requester)
+        ]
+        self.waiting = {k: q for k, q in self.waiting.items() if q.request.requester != requester}
+        held = [x for x in self.leases.values() if x.requester == requester]
+        for lease in held:
+            del self.leases[lease.lease_id]
+        return held
+
+    def reconcile(self, beat: Beat) -> tuple[int, int]:
+        """After a heartbeat: requests the cluster reaped (this daemon was not heard from for
+        ``lease_s``) go back to the outbox to be queued again. Returns (requests queued
+        again, leases of calls in flight the cluster reclaimed)."""
+        self.daemons = beat.daemons
+        lost = [w for w in self.waiting if w not in beat.waits and w not in beat.granted_waits]
+        for wait_id in lost:
+            self.outbox.append(Enqueue(self.waiting.pop(wait_id)))
+        return len(lost), sum(1 for x in self.leases if x not in beat.leases)
+
+    def stats(self) -> ClusterLimiterStats:
+        """This daemon's figures and the cluster's as last seen (times aged since then)."""
+        fig = self.figures
+        ago = time.monotonic() - self.figures_at
+        return ClusterLimiterStats(
+            capacity=fig.capacity if fig else self.capacity,
+            in_use=len(self.leases),
+            waiting=self.pending(),
+            granted_total=self.granted_total,
+            reclaimed_total=self.reclaimed_total,
+            cooling_down_for_s=max(0.0, fig.cooling_for_s - ago) if fig else 0.0,
+            restarts=self.restarts,
+            window=fig.window if fig else float(self.capacity),
+            in_flight=len(self.leases),
+            rpm_lag_s=max(0.0, fig.rpm_lag_s - ago) if fig else 0.0,
+            tpm_lag_s=max(0.0, fig.tpm_lag_s - ago) if fig else 0.0,
+            paused_for_s=max(0.0, fig.paused_for_s - ago) if fig else 0.0,
+            pauses_total=fig.pauses if fig else 0,
+            rate_limited_total=fig.rate_limited if fig else 0,
+            cluster_in_use=fig.in_use if fig else 0,
+            cluster_waiting=fig.waiting if fig else 0,
+            daemons=self.daemons,
+            db_problem=self.problem,
+            held=len(self.outbox),
+        )

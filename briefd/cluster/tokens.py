@@ -1,0 +1,431 @@
+"""One token budget for every daemon on a database: the SQL of the cluster's rate limiter.
+
+Two daemons with K=2 each would make four calls where the provider account allows
+two, so the tokens, the adaptive window and the RPM/TPM budgets are kept in
+PostgreSQL and every decision on them is one short transaction:
+
+* a request is a row of ``briefd_token_waits`` (any daemon may grant it);
+* a **grant** locks the one ``briefd_limiter`` row (``FOR UPDATE``: every daemon's
+  grants and releases are serialised by it, so check-and-reserve is one atomic
+  step and the count of live leases is never raced), reclaims leases past their
+  ``expires_at`` and the requests of daemons not seen for ``lease_s``, then, while
+  requests wait, live leases < W and the pause, the cool-down and the budgets
+  allow, picks the next request by :func:`briefd.limits.order.pick` (the very rule
+  one daemon uses: priority with aging, oldest job, longest path, arrival), turns
+  it into a ``briefd_tokens`` row numbered from ``briefd_token_fence`` (the fence),
+  and ``pg_notify('briefd_tokens', daemon_id)`` wakes each daemon that got one;
+* a **release** deletes the lease and applies the call's outcome to the shared
+  window with the lease's epoch (:meth:`Pacer.ended`), so one daemon's cut is every
+  daemon's, and the 429s of one burst, from any number of daemons, cut once.
+
+Leases expire unless their daemon's heartbeat extends them: a daemon that dies
+(or loses the database for longer than ``lease_s``) gives its tokens back to the
+others by itself. Times are the database's clock, one clock for every daemon.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from loguru import logger
+from psycopg.rows import dict_row
+
+import briefd
+from briefd.cluster.records import Beat, ClusterFigures, Grant, GrantRound, HeldLease
+from briefd.cluster.rows import (
+    LEASE_COLUMNS,
+    QueuedRow,
+    count_rows,
+    describe,
+    figures_of,
+    grant_of,
+    read_waits,
+)
+from briefd.cluster.shared import Shared, create, load, save, set_budgets
+from briefd.config import ConfigError
+from briefd.limits.order import pick
+from briefd.messages.token import Outcome, RateLimits, RequestToken
+from briefd.store.pg_setup import ensure_schema, open_pool, redact_url
+
+CHANNEL = "briefd_tokens"
+"""Notified with a daemon's id when that daemon received a grant."""
+MAX_GRANTS_PER_ROUND = 256
+"""A bound on one transaction's work (the ceiling is at most 256 anyway)."""
+
+
+class ClusterTokens:
+    """The cluster limiter's transactions, for one daemon (``daemon_id``). Thread-safe.
+
+    It holds its own small pool (not the journal's): a grant must not wait behind a
+    journal write, nor the journal behind a grant. Every method raises
+    ``psycopg.Error`` when the database cannot be reached; the actor holds on to
+    what it could not write and tries again.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        daemon_id: str,
+        *,
+        lease_s: float = 15.0,
+        pool_size: int = 2,
+        timeout_s: float = 5.0,
+    ) -> None:
+        self.url = url
+        self.daemon_id = daemon_id
+        self.lease_s = lease_s
+        self.where = redact_url(url)
+        self._pool_size, self._timeout_s = pool_size, timeout_s
+        self._pool = open_pool(url, max_size=pool_size, timeout_s=timeout_s)
+        try:
+            with self._pool.connection() as conn:
+                ensure_schema(conn, self.where)
+        except BaseException:
+            self._pool.close()
+            raise
+
+    def close(self) -> None:
+        """Close the pool (a bounded wait for connections in use)."""
+        self._pool.close(timeout=2.0)
+
+    def reconnect(self) -> None:
+        """Replace the pool with a fresh one, connected now (OperationalError if it cannot be).
+
+        psycopg_pool retries a lost server with a backoff that doubles up to minutes, so
+        after a long outage its next attempt may come long after the server is back; a
+        daemon that lost the database calls this at its own pace instead. Call it only
+        from the thread that uses this object.
+        """
+        try:
+            pool = open_pool(self.url, max_size=self._pool_size, timeout_s=self._timeout_s)
+        except ConfigError as err:
+            raise psycopg.OperationalError(str(err)) from None
+        old, self._pool = self._pool, pool
+        old.close(timeout=0.5)
+
+    @contextmanager
+    def _tx(self) -> Iterator[Any]:
+        """One transaction in pipeline mode: statements whose results are not read at once go
+        to the server together (a grant is a few round trips, not one per statement). Each
+        ``execute`` has a cursor of its own, so results are read in any order."""
+        with self._pool.connection() as conn:
+            conn.row_factory = dict_row  # type: ignore[assignment]  # our pool: no one else's
+            with conn.pipeline(), conn.transaction():
+                yield conn
+
+    # -- this daemon -----------------------------------------------------------------
+
+    def register(self) -> None:
+        """Say this daemon is alive (``briefd_daemons``): its requests are not reaped."""
+        with self._tx() as db:
+            self._seen(db)
+
+    def _seen(self, db: Any) -> None:
+        db.execute(
+            """INSERT INTO briefd_daemons (daemon_id, host, pid, version)
+            VALUES (%s, %s, %s, %s)
+            ON CONFLICT (daemon_id) DO UPDATE SET seen_at = clock_timestamp()""",
+            (self.daemon_id, socket.gethostname(), os.getpid(), briefd.__version__),
+        )
+
+    def heartbeat(self) -> Beat:
+        """Renew this daemon's presence and leases; what the database still holds of it.
+
+        Waits are read before leases, so a request granted in between shows in one of
+        the two: a request in neither was reaped (this daemon was unseen for
+        ``lease_s``) and must be made again.
+        """
+        with self._tx() as db:
+            self._seen(db)
+            db.execute(
+                """UPDATE briefd_tokens SET expires_at = clock_timestamp()
+                    + make_interval(secs => %s) WHERE daemon_id = %s""",
+                (self.lease_s, self.daemon_id),
+            )
+            waits = db.execute(
+                "SELECT wait_id FROM briefd_token_waits WHERE daemon_id = %s", (self.daemon_id,)
+            ).fetchall()
+            leases = db.execute(
+                "SELECT lease_id, wait_id FROM briefd_tokens WHERE daemon_id = %s",
+                (self.daemon_id,),
+            ).fetchall()
+            alive = db.execute(
+                """SELECT count(*) AS n FROM briefd_daemons
+                WHERE seen_at >= clock_timestamp() - make_interval(secs => %s)""",
+                (self.lease_s,),
+            ).fetchone()
+        return Beat(
+            waits=frozenset(int(r["wait_id"]) for r in waits),
+            leases=frozenset(int(r["lease_id"]) for r in leases),
+            granted_waits=frozenset(int(r["wait_id"]) for r in leases),
+            daemons=int(alive["n"]) if alive else 0,
+        )
+
+    def leave(self) -> None:
+        """This daemon stops: its requests, its leases and its row go (others need not wait
+        ``lease_s`` for them)."""
+        with self._tx() as db:
+            for table in ("briefd_token_waits", "briefd_tokens", "briefd_daemons"):
+                db.execute(f"DELETE FROM {table} WHERE daemon_id = %s", (self.daemon_id,))
+
+    # -- settings ----------------------------------------------------------------------
+
+    def configure(
+        self,
+        ceiling: int,
+        *,
+        adaptive: bool = True,
+        rpm: float | None = None,
+        tpm: float | None = None,
+    ) -> None:
+        """This daemon's settings become the cluster's (at start): K, adaptive, RPM, TPM."""
+        with self._tx() as db:
+            create(db, ceiling, adaptive, self.daemon_id)
+            shared = load(db)
+            assert shared is not None  # made just above
+            before = describe(shared)
+            shared.window.adaptive = adaptive
+            shared.window.set_ceiling(ceiling)
+            set_budgets(shared, rpm, tpm)
+            self._changed(shared, before)
+            save(db, shared)
+
+    def set_ceiling(self, ceiling: int) -> None:
+        """A new K for the cluster (SIGHUP's ``SetCapacity``): W is clamped under it."""
+        with self._tx() as db:
+            create(db, ceiling, True, self.daemon_id)
+            shared = load(db)
+            assert shared is not None
+            before = describe(shared)
+            shared.window.set_ceiling(ceiling)
+            self._changed(shared, before)
+            save(db, shared)
+
+    def _changed(self, shared: Shared, before: str) -> None:
+        after = describe(shared)
+        if after != before and shared.set_by not in (None, self.daemon_id):
+            logger.warning(
+                "cluster tokens on {}: {} changes {} set by daemon {} to {}",
+                self.where,
+                self.daemon_id,
+                before,
+                shared.set_by,
+                after,
+            )
+        elif after != before:
+            logger.info("cluster tokens: {} -> {}", before, after)
+        shared.set_by = self.daemon_id
+
+    # -- requests ----------------------------------------------------------------------
+
+    def enqueue(self, request: RequestToken, *, age_s: float | None) -> int:
+        """Queue ``request`` for the cluster; its wait id. ``age_s``: how long ago its job was
+        admitted (None: unknown), turned into the database's clock for every daemon's order."""
+        with self._tx() as db:
+            row = db.execute(
+                """INSERT INTO briefd_token_waits (daemon_id, requester, job_id, stage,
+                    job_priority, admitted_at, priority, downstream, est_tokens)
+                VALUES (%s, %s, %s, %s, %s,
+                    CASE WHEN %s::float8 IS NULL THEN 0
+                         ELSE extract(epoch from clock_timestamp()) - %s::float8 END,
+                    %s, %s, %s)
+                RETURNING wait_id""",
+                (
+                    self.daemon_id,
+                    request.requester,
+                    request.job_id,
+                    request.stage,
+                    request.job_priority,
+                    age_s,
+                    age_s,
+                    request.priority,
+                    json.dumps(request.downstream),
+                    request.est_tokens,
+                ),
+            ).fetchone()
+        return int(row["wait_id"])
+
+    def cancel(self, requester: str) -> list[int]:
+        """Withdraw ``requester``'s waits and leases (this daemon's); the lease ids ended."""
+        with self._tx() as db:
+            db.execute(
+                "DELETE FROM briefd_token_waits WHERE daemon_id = %s AND requester = %s",
+                (self.daemon_id, requester),
+            )
+            rows = db.execute(
+                """DELETE FROM briefd_tokens WHERE daemon_id = %s AND requester = %s
+                RETURNING lease_id""",
+                (self.daemon_id, requester),
+            ).fetchall()
+        return [int(r["lease_id"]) for r in rows]
+
+    # -- grants --------------------------------------------------------------------------
+
+    def grant(self) -> GrantRound:
+        """Hand out every token the cluster may now; this daemon's grants come back delivered.
+
+        Other daemons' grants wait for them (``delivered`` false) and are announced on
+        :data:`CHANNEL`. ``wake_in_s`` says when a pause, cool-down or budget that
+        stopped the round lifts (None: nothing is held back by time).
+        """
+        with self._tx() as db:
+            shared = load(db)
+            if shared is None:
+                return GrantRound(mine=(), others={}, wake_in_s=None, figures=None)
+            reap = db.execute(  # one snapshot: the live count still sees what it deletes
+                """WITH gone AS (DELETE FROM briefd_tokens WHERE expires_at < clock_timestamp()
+                    RETURNING 1)
+                SELECT (SELECT count(*) FROM gone) AS reaped,
+                    (SELECT count(*) FROM briefd_tokens) - (SELECT count(*) FROM gone) AS live"""
+            )
+            db.execute(
+                """DELETE FROM briefd_token_waits w WHERE NOT EXISTS (
+                    SELECT 1 FROM briefd_daemons d WHERE d.daemon_id = w.daemon_id
+                    AND d.seen_at >= clock_timestamp() - make_interval(secs => %s))""",
+                (self.lease_s,),
+            )
+            waits = read_waits(db)
+            counts = reap.fetchone()
+            shared.reclaimed_total += int(counts["reaped"])
+            live = int(counts["live"])
+            mine: list[Grant] = []
+            others: dict[str, int] = {}
+            wake: float | None = None
+            now = shared.clock()
+            cooling = now < shared.cooldown_until
+            if cooling:
+                wake = shared.cooldown_until - now
+            while (
+                waits
+                and not cooling
+                and live < shared.window.limit
+                and len(mine) < MAX_GRANTS_PER_ROUND
+            ):
+                i = pick([w.waiting for w in waits], now, shared.pacer.latencies)
+                head = waits.pop(i)
+                req = head.waiting.request
+                delay = shared.pacer.delay(req.est_tokens)
+                if delay > 0:
+                    wake = delay  # the head waits; nobody passes it
+                    waits.insert(i, head)
+                    break
+                grant = self._lease(db, head, shared, now)
+                if grant is None:
+                    continue  # withdrawn meanwhile
+                shared.pacer.spend(req.est_tokens)
+                shared.granted_total += 1
+                live += 1
+                if head.daemon_id == self.daemon_id:
+                    mine.append(grant)
+                else:
+                    others[head.daemon_id] = others.get(head.daemon_id, 0) + 1
+            save(db, shared)
+            for daemon in others:
+                db.execute("SELECT pg_notify(%s, %s)", (CHANNEL, daemon))
+            figures = figures_of(shared, live, len(waits))
+        return GrantRound(mine=tuple(mine), others=others, wake_in_s=wake, figures=figures)
+
+    def _lease(self, db: Any, head: QueuedRow, shared: Shared, now: float) -> Grant | None:
+        """Turn ``head`` into a lease (None if its request was withdrawn meanwhile)."""
+        w = head.waiting
+        req = w.request
+        mine = head.daemon_id == self.daemon_id
+        row = db.execute(  # no row when the wait was deleted meanwhile (a cancel)
+            f"""WITH gone AS (DELETE FROM briefd_token_waits WHERE wait_id = %s RETURNING 1)
+            INSERT INTO briefd_tokens (lease_id, wait_id, daemon_id, requester, job_id,
+                stage, epoch, est_tokens, waited_ms, delivered, expires_at)
+            SELECT nextval('briefd_token_fence'), %s, %s, %s, %s, %s, %s, %s, %s, %s,
+                clock_timestamp() + make_interval(secs => %s) FROM gone
+            RETURNING {LEASE_COLUMNS}""",
+            (
+                w.seq,
+                w.seq,
+                head.daemon_id,
+                req.requester,
+                req.job_id,
+                req.stage,
+                shared.window.epoch,
+                req.est_tokens,
+                max(0, int((now - w.queued_at) * 1000)),
+                mine,
+                self.lease_s,
+            ),
+        ).fetchone()
+        return None if row is None else grant_of(row)
+
+    def take_grants(self) -> list[Grant]:
+        """This daemon's grants made by other daemons, marked delivered as they are read."""
+        with self._tx() as db:
+            rows = db.execute(
+                f"""UPDATE briefd_tokens SET delivered = true
+                WHERE daemon_id = %s AND NOT delivered RETURNING {LEASE_COLUMNS}""",
+                (self.daemon_id,),
+            ).fetchall()
+        return sorted((grant_of(r) for r in rows), key=lambda g: g.lease_id)
+
+    # -- outcomes ------------------------------------------------------------------------
+
+    def release(
+        self,
+        lease: HeldLease,
+        *,
+        outcome: Outcome,
+        elapsed_s: float,
+        used_tokens: int | None = None,
+        limits: RateLimits | None = None,
+    ) -> bool:
+        """End ``lease`` and learn from its call (window, latency, TPM, the server's headers);
+        False if the lease had already been reclaimed (its outcome still counts)."""
+        with self._tx() as db:
+            shared = load(db)
+            counts = db.execute(
+                """WITH gone AS (DELETE FROM briefd_tokens WHERE lease_id = %s AND daemon_id = %s
+                    RETURNING 1)
+                SELECT (SELECT count(*) FROM gone) AS gone,
+                    (SELECT count(*) FROM briefd_tokens) AS live""",
+                (lease.lease_id, self.daemon_id),
+            ).fetchone()  # one snapshot: "live" still counts the lease it deletes
+            if shared is not None:
+                shared.pacer.ended(
+                    stage=lease.stage,
+                    outcome=outcome,
+                    epoch=lease.epoch,
+                    in_flight=int(counts["live"]) + (0 if counts["gone"] else 1),
+                    elapsed_s=elapsed_s,
+                    est_tokens=lease.est_tokens,
+                    used_tokens=used_tokens,
+                    limits=limits,
+                )
+                save(db, shared)
+        return bool(counts["gone"])
+
+    def cool_down(self, retry_after_s: float) -> bool:
+        """A 429's ``Retry-After``: no grant anywhere before it has passed. True if it moved
+        the cluster's cool-down later."""
+        with self._tx() as db:
+            shared = load(db)
+            if shared is None:
+                return False
+            until = shared.clock() + retry_after_s
+            if until <= shared.cooldown_until:
+                return False
+            shared.cooldown_until = until
+            shared.pacer.pauses += 1
+            save(db, shared)
+        return True
+
+    def figures(self) -> ClusterFigures | None:
+        """The cluster as it is now (no lock taken); None before any daemon configured it."""
+        with self._tx() as db:
+            shared = load(db, lock=False)
+            if shared is None:
+                return None
+            live = count_rows(db, "briefd_tokens")
+            waiting = count_rows(db, "briefd_token_waits")
+            return figures_of(shared, live, waiting)
