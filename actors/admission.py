@@ -44,6 +44,7 @@ class RootStats:
     mode_reason: str = ""
     rollback_trips: int = 0
     auto_rollback: bool = False
+    cluster: dict[str, Any] | None = None  # with PostgreSQL: this daemon's id and claims
 
     def healthz_fields(self) -> dict[str, Any]:
         """What ``/healthz`` adds: the daily budget and the parallel mode, when configured.
@@ -63,4 +64,6 @@ class RootStats:
             }
         if self.auto_rollback:
             details["mode"] = {"mode": self.mode, "reason": self.mode_reason}
+        if self.cluster is not None:
+            details["cluster"] = dict(self.cluster)
         return details

@@ -77,6 +77,7 @@ class CoordinatorActor(pykka.ThreadingActor):
         failed_stages: dict[str, PipelineError] | None = None,
         prices: PriceTable | None = None,
         crash_is_resumed: bool = False,
+        end_logged_by_owner: bool = False,
         admitted_at: float | None = None,
     ) -> None:
         super().__init__()
@@ -97,6 +98,9 @@ class CoordinatorActor(pykka.ThreadingActor):
         # The daemon resumes a run whose coordinator crashed (JobRestarted), so that run's
         # end is not the job's: no JobCompleted, or the log would hold two for one job.
         self._crash_is_resumed = crash_is_resumed
+        # The daemon logs JobCompleted once the journal has committed the end (a crash in
+        # between would otherwise leave a logged end the next run logs again).
+        self._end_logged_by_owner = end_logged_by_owner
         self._stage_cls = stage_actor_cls
         self._records = {name: StageRecord() for name in pipeline.names}
         self._documents: dict[str, Any] = dict.fromkeys(pipeline.names)
@@ -394,7 +398,12 @@ class CoordinatorActor(pykka.ThreadingActor):
         self._publish(LatencyMeasured(job_id=self.job.job_id, metrics=metrics))
         crashed = any(e.stage == "*" and e.code is ErrorCode.CRASHED for e in self._errors)
         if not (crashed and self._crash_is_resumed):
-            self._publish(JobCompleted(job_id=self.job.job_id, result=result))
+            done = JobCompleted(job_id=self.job.job_id, result=result)
+            if self._end_logged_by_owner:
+                for observe in self._observers:
+                    observe(done)
+            else:
+                self._publish(done)
         if self._on_done is not None:
             try:
                 self._on_done(result)

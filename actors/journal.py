@@ -142,7 +142,8 @@ class JournalActor(pykka.ThreadingActor):
                     ),
                 )
             case FinishJob(result=result):
-                j.finish(result)
+                if j.finish(result):  # logged once committed: one terminal event per job
+                    publish(JobCompleted(job_id=result.job_id, result=result))
             case CloseJob():
                 closed = j.close_job(
                     message.job_id, message.status, message.code, message.message, message.hint

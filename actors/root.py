@@ -13,6 +13,10 @@
   journal (completed stages are not called again) until the job has used its
   ``restart_budget``; then it fails with an error that says so, instead of
   crashing the daemon in a loop.
+* A cluster. With PostgreSQL (several daemons, one queue) the FIFO is the
+  database's: the root *claims* jobs when it has room and renews its claims
+  (:class:`~briefd.cluster.claims.ClaimKeeper`); a run whose claim another daemon
+  took is stopped here (its writes are refused by the fence anyway).
 * Shutdown. :meth:`drain` stops admissions and, through the stage actor class
   made here (:func:`drainable_stage_actor`), stops stages from starting calls;
   calls already in flight finish. :meth:`suspend` then hands the unfinished
@@ -31,7 +35,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import pykka
@@ -41,27 +44,25 @@ from briefd.actors.admission import Admission, RootStats
 from briefd.actors.coordinator import CoordinatorActor
 from briefd.actors.drain import drainable_stage_actor
 from briefd.actors.rate_limiter import LimiterRef
+from briefd.actors.root_runs import RootRuns, Slot
 from briefd.actors.stage import StageActor
-from briefd.config import ConfigError, PipelineSpec, Settings
+from briefd.cluster.claims import ClaimKeeper
+from briefd.config import PipelineSpec, Settings
 from briefd.costs.daily import DailyLedger
-from briefd.jobs import validate_job
 from briefd.messages import (
     CancelJob,
+    CheckCancels,
     CheckCoordinator,
-    CloseJob,
+    ClaimJobs,
     CoordinatorDone,
     ErrorCode,
     Event,
-    FinishJob,
     JobAccepted,
     JobCancelled,
     JobCompleted,
     JobLoaded,
-    JobRestarted,
-    JobResult,
     JobSpec,
     JobState,
-    LoadJob,
     StageFailed,
     StageRetrying,
     StageSucceeded,
@@ -71,25 +72,14 @@ from briefd.messages import (
 from briefd.ops.autorollback import RollbackWatch
 from briefd.ops.breaker import Breaker
 from briefd.ops.events import Observer, publish
-from briefd.store.base import Store, StoreUnavailable
+from briefd.store.base import Claim, ClaimLost, Store, StoreUnavailable
 from briefd.timers import Timers
 
 WATCH_PERIOD_S = 0.5
 AnyRef = pykka.ActorRef[Any]
 
 
-@dataclass
-class _Slot:
-    """One admitted job: its current run (``generation``) and coordinator."""
-
-    generation: int
-    ref: AnyRef | None = None  # None while the journal loads the job
-    cancel: str | None = None  # a cancel that arrived while loading
-    parallel: bool = True  # how this run's coordinator was started
-    reason: str = "the daemon stopped while it ran"  # why this run is a restart
-
-
-class RootActor(pykka.ThreadingActor):
+class RootActor(RootRuns, pykka.ThreadingActor):
     """One per daemon: the only actor that starts or stops coordinators."""
 
     def __init__(
@@ -106,6 +96,7 @@ class RootActor(pykka.ThreadingActor):
         stage_actor_cls: type[StageActor] = StageActor,
         breaker: Breaker | None = None,
         wall_clock: Callable[[], float] = time.time,
+        claims: ClaimKeeper | None = None,
     ) -> None:
         super().__init__()
         # Guard rails: the day's spend (holds admission), the automatic rollback (how
@@ -125,21 +116,24 @@ class RootActor(pykka.ThreadingActor):
         self.drain_event = threading.Event()
         self._stage_cls = drainable_stage_actor(stage_actor_cls, self.drain_event)
         self._queue: deque[str] = deque()
-        self._active: dict[str, _Slot] = {}
+        self._active: dict[str, Slot] = {}
         self._suspended: dict[str, int] = {}  # job -> generation, after suspend()
         self._generations = itertools.count(1)
         self._restarts = 0
         self._resumed = 0
         self._avg_job_s = 10.0
         self._timers = Timers()
+        self._claims = claims  # None: this daemon owns its journal's queue (SQLite)
+        self._rescued: dict[str, Slot] = {}  # a dead daemon's jobs claimed, waiting here
 
     # -- pykka hooks -----------------------------------------------------------------
 
     def on_start(self) -> None:
         self._ledger.sync_from(self._journal, now=True)
-        resumed = self._journal.unfinished()
-        self._resumed = len(resumed)
-        self._queue.extend(resumed)
+        if self._claims is None:  # in a cluster, unfinished jobs are claimed like new ones
+            resumed = self._journal.unfinished()
+            self._resumed = len(resumed)
+            self._queue.extend(resumed)
         self._timers.every(self.actor_ref, WATCH_PERIOD_S, Tick())
         self._admit()
 
@@ -157,7 +151,14 @@ class RootActor(pykka.ThreadingActor):
                 if self._breaker is not None:
                     self._breaker.poll()
                 self._ledger.sync_from(self._journal)  # what a restart or other daemons spent
+                self._keep_claims()
                 self._admit()  # a new UTC day releases jobs held by the daily budget
+            case ClaimJobs():
+                if self._claims is not None:
+                    self._claims.want()
+                    self._admit()
+            case CheckCancels():
+                self._cancel_flagged()
             case StageRetrying() | StageSucceeded() | StageFailed():
                 self._stage_ended(message)
             case CheckCoordinator(job_id=job_id, generation=gen):
@@ -184,7 +185,11 @@ class RootActor(pykka.ThreadingActor):
         if self.drain_event.is_set():
             return Admission(job.job_id, JobState.QUEUED, False, "stopping", 5)
         s = self._settings
-        if len(self._active) >= s.active_jobs and len(self._queue) >= s.max_queued_jobs:
+        if self._claims is not None:
+            queued = self._journal.counts()[JobState.QUEUED.value]
+        else:
+            queued = len(self._queue)
+        if len(self._active) >= s.active_jobs and queued >= s.max_queued_jobs:
             wait = math.ceil(self._avg_job_s / s.active_jobs)
             return Admission(
                 job.job_id, JobState.QUEUED, False, "queue_full", min(max(wait, 1), 300)
@@ -192,7 +197,10 @@ class RootActor(pykka.ThreadingActor):
         info, created = self._journal.add_job(job)
         if not created:
             return Admission(job.job_id, info.status, created=False)
-        self._queue.append(job.job_id)
+        if self._claims is None:
+            self._queue.append(job.job_id)
+        else:
+            self._claims.want()  # and every other daemon hears NOTIFY briefd_jobs
         self._admit()
         state = JobState.RUNNING if job.job_id in self._active else JobState.QUEUED
         publish(JobAccepted(job_id=job.job_id, status=state, queued=len(self._queue)))
@@ -211,6 +219,8 @@ class RootActor(pykka.ThreadingActor):
                     publish(JobCompleted(job_id=job_id, result=closed))
             except StoreUnavailable:  # the journal actor holds it until the store takes it
                 self._close(job_id, JobState.CANCELLED, ErrorCode.CANCELLED, reason)
+            except ClaimLost:  # another daemon took it meanwhile: the cancel goes to it
+                return self.cancel(job_id, reason)
             return JobState.CANCELLED
         slot = self._active.get(job_id)
         if slot is not None:
@@ -221,6 +231,12 @@ class RootActor(pykka.ThreadingActor):
                 with contextlib.suppress(pykka.ActorDeadError):
                     slot.ref.tell(CancelJob(job_id=job_id, reason=reason))
             return JobState.RUNNING
+        if self._claims is not None:  # queued in the database, or held by another daemon
+            state, closed = self._claims.store.cancel_anywhere(job_id, reason)
+            if closed is not None:
+                publish(JobCancelled(job_id=job_id, reason=reason, was=JobState.QUEUED))
+                publish(JobCompleted(job_id=job_id, result=closed))
+            return state
         info = self._journal.get(job_id)
         return info.status if info is not None else None
 
@@ -236,6 +252,7 @@ class RootActor(pykka.ThreadingActor):
             max_queued_jobs=self._settings.max_queued_jobs,
             **self._ledger.stats_fields(),
             **(self._breaker.stats_fields() if self._breaker else {}),
+            cluster=self._claims.stats_fields() if self._claims is not None else None,
         )
 
     def reload(self, settings: Settings) -> None:
@@ -254,7 +271,7 @@ class RootActor(pykka.ThreadingActor):
         A run that still completes afterwards (its coordinator had the last
         stage result in its inbox) is recorded all the same.
         """
-        ids = list(self._active)
+        ids = list(self._active) + list(self._rescued)  # rescued: claimed, not yet started
         self._suspended.update({j: s.generation for j, s in self._active.items()})
         self._active.clear()
         self._journal_ref.tell(SuspendJobs(job_ids=ids))
@@ -265,126 +282,82 @@ class RootActor(pykka.ThreadingActor):
     def _admit(self) -> None:
         if (event := self._ledger.update(len(self._queue))) is not None:
             publish(event)
+        if self._claims is not None and not self.drain_event.is_set():
+            self._rescue()
         while (
             not self.drain_event.is_set()
             and not self._ledger.held
             and self._queue
             and len(self._active) < self._settings.active_jobs
         ):
-            self._load(self._queue.popleft(), _Slot(next(self._generations)))
+            job_id = self._queue.popleft()
+            slot = self._rescued.pop(job_id) if job_id in self._rescued else None
+            self._load(job_id, slot or Slot(next(self._generations)))
+        if self._claims is not None and not self.drain_event.is_set() and not self._ledger.held:
+            self._claim(self._settings.active_jobs - len(self._active))
 
-    def _load(self, job_id: str, slot: _Slot) -> None:
-        self._active[job_id] = slot
-        self._journal_ref.tell(
-            LoadJob(job_id=job_id, generation=slot.generation, reply_to=self.actor_urn)
-        )
+    # -- a cluster (PostgreSQL): claims instead of a queue of our own ------------------
 
-    def _loaded(self, msg: JobLoaded) -> None:
-        slot = self._active.get(msg.job_id)
-        if slot is None or slot.generation != msg.generation:
-            return  # a run already replaced or suspended
-        if msg.job is None:  # terminal or gone
-            self._release(msg.job_id)
-            return
-        if slot.cancel is not None:
-            self._close(msg.job_id, JobState.CANCELLED, ErrorCode.CANCELLED, slot.cancel)
-            return
-        budget = self._settings.restart_budget
-        if msg.runs_died > budget:
-            self._close(
-                msg.job_id,
-                JobState.FAILED,
-                ErrorCode.CRASHED,
-                f"not resumed: {msg.runs_died} runs of this job died "
-                f"(last: {slot.reason}); the restart budget is {budget}",
-                "a job that keeps crashing briefd; see the log, raise BRIEFD_RESTART_BUDGET "
-                "to try again",
-            )
-            return
-        if msg.runs_died:
-            self._restarts += 1
-            publish(JobRestarted(job_id=msg.job_id, runs=msg.runs_died, reason=slot.reason))
-        if self.drain_event.is_set():
-            return  # suspend() puts it back in the queue
+    def _claim(self, room: int) -> None:
+        assert self._claims is not None
         try:
-            job = validate_job(msg.job, self._pipeline, where=f"job {msg.job_id}")
-        except ConfigError as err:
-            self._close(
-                msg.job_id,
-                JobState.FAILED,
-                ErrorCode.CRASHED,
-                str(err),
-                "the pipeline changed since the job was accepted",
-            )
+            claims = self._claims.claim(room)
+        except StoreUnavailable as err:  # not now: /healthz says why; the next tick tries
+            logger.debug("root: cannot claim jobs now: {}", err)
             return
-        settings = self._settings
-        if self._breaker is not None and settings.parallel:
-            slot.parallel = self._breaker.next_job_parallel()
-            settings = settings.model_copy(update={"parallel": slot.parallel})
-        slot.ref = self._coordinator_cls.start(
-            job=job,
-            pipeline=self._pipeline,
-            settings=settings,
-            base_url=self._base_url,
-            limiter=self._limiter,
-            observers=self._observers,
-            on_done=self._on_done(msg.job_id, msg.generation),
-            stage_actor_cls=self._stage_cls,
-            done_stages=msg.done_stages,
-            failed_stages=msg.failed_stages,
-            crash_is_resumed=True,
-        )
+        for c in claims:
+            if c.job_id in self._active:
+                continue  # its own lapsed claim, taken again: the run here goes on
+            self._load(c.job_id, self._slot(c))
 
-    def _on_done(self, job_id: str, generation: int) -> Any:
-        me = self.actor_ref
-
-        def on_done(result: JobResult) -> None:  # runs in the coordinator's thread
-            me.tell(CoordinatorDone(job_id=job_id, generation=generation, result=result))
-
-        return on_done
-
-    def _done(self, msg: CoordinatorDone) -> None:
-        self._ledger.add(msg.result)  # every run's calls were paid for
-        slot = self._active.get(msg.job_id)
-        if slot is None or slot.generation != msg.generation:
-            if self._suspended.get(msg.job_id) == msg.generation and not _crashed(msg.result):
-                self._journal_ref.tell(FinishJob(result=msg.result))
+    def _rescue(self) -> None:
+        """Take a dead daemon's jobs at once; they wait here, claimed, at the queue's head."""
+        assert self._claims is not None
+        try:
+            rescued = self._claims.rescue(self._settings.active_jobs - len(self._queue))
+        except StoreUnavailable:
             return
-        if _crashed(msg.result):
-            if not self.drain_event.is_set():
-                self._restart(msg.job_id, "its coordinator crashed")
+        for c in reversed(rescued):
+            if c.job_id not in self._active and c.job_id not in self._queue:
+                self._rescued[c.job_id] = self._slot(c)
+                self._queue.appendleft(c.job_id)
+
+    def _slot(self, claim: Claim) -> Slot:
+        slot = Slot(next(self._generations), cancel=claim.cancel)
+        if claim.taken_over:
+            slot.reason = f"taken over from {claim.previous_owner}, whose lease lapsed"
+        return slot
+
+    def _keep_claims(self) -> None:
+        """Renew this daemon's claims when due; stop the runs of those lost, act on cancels."""
+        if self._claims is None or not self._claims.renew_due():
             return
-        self._journal_ref.tell(FinishJob(result=msg.result))
-        total_s = msg.result.metrics.total_ms / 1000
-        self._avg_job_s = 0.8 * self._avg_job_s + 0.2 * total_s
-        self._release(msg.job_id)
-
-    def _watch(self) -> None:
-        if self.drain_event.is_set():
+        try:
+            lost = self._claims.renew()
+        except StoreUnavailable as err:
+            logger.warning("root: cannot renew claims ({}); runs go on, writes wait", err)
             return
-        for job_id, slot in self._active.items():
-            if slot.ref is not None and not slot.ref.is_alive():
-                # Not yet: a CoordinatorDone told before it died may still be queued
-                # behind this Tick. The check is queued after it.
-                self.actor_ref.tell(CheckCoordinator(job_id=job_id, generation=slot.generation))
+        for job_id in lost:
+            if self._rescued.pop(job_id, None) is not None:
+                self._queue.remove(job_id)
+            slot = self._active.pop(job_id, None)
+            if slot is None:
+                continue
+            logger.warning("{}: claim lost to another daemon; its run here stops", job_id)
+            if slot.ref is not None:  # stopped, not cancelled: the job is not over
+                slot.ref.stop(block=False)
+        self._cancel_flagged()
 
-    def _restart(self, job_id: str, reason: str) -> None:
-        logger.warning("{} run died ({}): loading it again", job_id, reason)
-        old = self._active.get(job_id)
-        cancel = old.cancel if old is not None else None
-        self._load(job_id, _Slot(next(self._generations), cancel=cancel, reason=reason))
-
-    def _close(
-        self, job_id: str, state: JobState, code: ErrorCode, message: str, hint: str = ""
-    ) -> None:
-        self._journal_ref.tell(
-            CloseJob(job_id=job_id, status=state, code=code, message=message, hint=hint)
-        )
-        self._release(job_id)
-
-    def _release(self, job_id: str) -> None:
-        self._active.pop(job_id, None)
-        self._admit()
+    def _cancel_flagged(self) -> None:
+        if self._claims is None:
+            return
+        try:
+            flagged = self._claims.cancels()
+        except StoreUnavailable:
+            return
+        for job_id, reason in flagged:
+            if job_id in self._active:
+                self.cancel(job_id, reason)
 
     def _forward_stage_event(self, event: Event) -> None:
         """An observer (run in a coordinator's thread): stage endings come to the breaker."""
@@ -396,8 +369,3 @@ class RootActor(pykka.ThreadingActor):
         if self._breaker is not None:
             slot = self._active.get(event.job_id)
             self._breaker.hear(event, parallel=slot.parallel if slot is not None else True)
-
-
-def _crashed(result: JobResult) -> bool:
-    """The coordinator itself failed (its ``on_failure``), not one of the stages."""
-    return any(e.stage == "*" and e.code is ErrorCode.CRASHED for e in result.errors)

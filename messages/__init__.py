@@ -12,6 +12,7 @@ from typing import Annotated
 from pydantic import Field, TypeAdapter
 
 from briefd.messages.base import Command, Event, Message
+from briefd.messages.cluster import CheckCancels, ClaimJobs, JobClaimed, JobClaimLost
 from briefd.messages.daemon import (
     CheckCoordinator,
     CloseJob,
@@ -115,7 +116,11 @@ AnyMessage = Annotated[
     | CheckCoordinator
     | FinishJob
     | CloseJob
-    | SuspendJobs,
+    | SuspendJobs
+    | JobClaimed
+    | JobClaimLost
+    | ClaimJobs
+    | CheckCancels,
     Field(discriminator="type"),
 ]
 
@@ -134,7 +139,9 @@ __all__ = [
     "AnyMessage",
     "CancelJob",
     "CancelTokenRequest",
+    "CheckCancels",
     "CheckCoordinator",
+    "ClaimJobs",
     "CloseJob",
     "Command",
     "CoordinatorDone",
@@ -148,6 +155,8 @@ __all__ = [
     "FinishJob",
     "JobAccepted",
     "JobCancelled",
+    "JobClaimLost",
+    "JobClaimed",
     "JobCompleted",
     "JobInfo",
     "JobLoaded",

@@ -92,6 +92,10 @@ class DaemonStarted(Event):
     max_active_jobs: int = Field(description="Jobs that may have a coordinator at once.")
     max_queued_jobs: int = Field(description="Jobs that may wait; a submission beyond gets 429.")
     max_concurrent: int = Field(description="Execution tokens, daemon-wide.")
+    daemon_id: str | None = Field(
+        default=None,
+        description="With PostgreSQL: this daemon's id in the cluster (host:pid:random).",
+    )
 
 
 class DaemonReloading(Event):
@@ -193,6 +197,11 @@ class JobLoaded(Command):
         description="Stage -> the error it ended with after its retries; never called again.",
     )
     runs_died: int = Field(description="Earlier runs of this job that ended without a result.")
+    submitted_at: float = Field(
+        default=0.0,
+        description="Epoch seconds of the job's submission: a resumed job keeps its place "
+        "(oldest first), whichever daemon runs it.",
+    )
 
 
 class CoordinatorDone(Command):

@@ -12,8 +12,11 @@ This object keeps the when, so the root's handlers stay short:
   An idle cluster costs each daemon one query per ``poll_s`` and one renewal
   per ``lease_s / 3``.
 * **Renewal is the heartbeat.** A daemon killed with kill -9 stops renewing;
-  its jobs are free for others once ``lease_until`` passes, within one lease
-  plus one poll.
+  its jobs are free for others once ``lease_until`` passes. Each poll also
+  *rescues* such jobs (:meth:`ClaimKeeper.rescue`): their claims are taken at
+  once, even with no room to run them yet, so they are taken over within one
+  lease plus one poll and wait, claimed, at the head of the root's queue (they
+  are the oldest) instead of trickling out as slots free anywhere.
 * **Cancels reach the holder.** A cancel asked through another daemon is a flag
   on the job's row (``NOTIFY briefd_cancel``); the holder reads its flagged
   jobs at each renewal and on each notification.
@@ -63,6 +66,7 @@ class ClaimKeeper:
         self._clock = clock
         self._wanted = True  # claim at the first chance
         self._next_poll = 0.0
+        self._next_rescue = 0.0
         self._next_renew = clock() + lease_s / 3
         self.claimed_total = 0
         self.taken_over_total = 0
@@ -81,6 +85,10 @@ class ClaimKeeper:
         claims = self.store.claim(self.daemon_id, room, self.lease_s)
         # Fewer than asked: the queue is empty, wait to be told. As many: there may be more.
         self._wanted = len(claims) >= room
+        return self._claimed(claims)
+
+    def _claimed(self, claims: list[Claim]) -> list[Claim]:
+        """Count and announce new claims (``JobClaimed``)."""
         self.claimed_total += len(claims)
         self.taken_over_total += sum(1 for c in claims if c.taken_over)
         wall = time.time()
@@ -96,6 +104,15 @@ class ClaimKeeper:
                 )
             )
         return claims
+
+    def rescue(self, room: int) -> list[Claim]:
+        """Every ``poll_s``: claim up to ``room`` jobs whose claim lapsed (a dead daemon's), to
+        queue here; StoreUnavailable: not now."""
+        now = self._clock()
+        if room <= 0 or now < self._next_rescue:
+            return []
+        self._next_rescue = now + self.poll_s
+        return self._claimed(self.store.claim(self.daemon_id, room, self.lease_s, lapsed_only=True))
 
     def renew_due(self) -> bool:
         return self._clock() >= self._next_renew

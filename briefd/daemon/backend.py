@@ -83,6 +83,9 @@ class DaemonBackend:
         problem = self.journal.write_problem()
         if problem is not None:
             return "unhealthy", f"cannot write the {problem}"
+        listener = getattr(self, "_listener", None)  # with PostgreSQL: the database's wake-ups
+        if listener is not None and (lost := listener.problem()) is not None:
+            return "unhealthy", f"the database cannot be reached: {lost}"
         return "ok", ""
 
     def healthy(self) -> bool:

@@ -35,7 +35,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import pykka
 from loguru import logger
@@ -43,9 +43,10 @@ from loguru import logger
 import briefd
 from briefd.actors import CoordinatorActor, MetricsActor, StageActor
 from briefd.actors.journal import JournalActor, journal_observer
-from briefd.actors.limiter_supervisor import LimiterSupervisor
+from briefd.actors.limiter_supervisor import LimiterSupervisor, cluster_limiter
 from briefd.actors.root import RootActor
 from briefd.actors.stage import with_fatal_hook
+from briefd.cluster.claims import ClaimKeeper, new_daemon_id
 from briefd.config import ConfigError, Settings, load_pipeline
 from briefd.costs import load_prices
 from briefd.daemon.backend import ASK_TIMEOUT_S, DaemonBackend
@@ -60,6 +61,8 @@ from briefd.daemon.service import (
 from briefd.llm.extract import check_schema
 from briefd.local.provider import Provider, open_provider
 from briefd.messages import (
+    CheckCancels,
+    ClaimJobs,
     DaemonReloading,
     DaemonStarted,
     DaemonStopping,
@@ -71,6 +74,7 @@ from briefd.ops.events import publish
 from briefd.ops.logs import register_secret
 from briefd.private import private_dir
 from briefd.store import open_store
+from briefd.store.base import ClaimStore
 
 EXIT_FATAL = 70
 """Exit code when part of the actor system died under the daemon (EX_SOFTWARE): systemd's
@@ -99,6 +103,8 @@ class Daemon(DaemonBackend):
         self._exit_code = 0
         self._fatal: BaseException | None = None  # set from a stage's thread
         self._exporter = MetricsExporter(self.figures)
+        self.daemon_id: str | None = None  # with PostgreSQL: this daemon in the cluster
+        self._listener: Any = None  # with PostgreSQL: LISTEN for the root's wake-ups
 
     # -- start -----------------------------------------------------------------------
 
@@ -130,13 +136,20 @@ class Daemon(DaemonBackend):
             }
         )
         self.metrics = MetricsActor.start()
-        self.limiter = LimiterSupervisor(
-            capacity=s.max_concurrent,
-            observers=[self.metrics.tell],
-            adaptive=s.adaptive,
-            rpm=s.rpm,
-            tpm=s.tpm,
-        )
+        claims: ClaimKeeper | None = None
+        if s.database_url is not None:  # a cluster: one queue, one token budget
+            self.daemon_id = new_daemon_id()
+            store = cast(ClaimStore, self.journal)
+            claims = ClaimKeeper(store, self.daemon_id, lease_s=s.lease_s, poll_s=s.poll_s)
+            self.limiter = cluster_limiter(s, self.daemon_id, observers=[self.metrics.tell])
+        else:
+            self.limiter = LimiterSupervisor(
+                capacity=s.max_concurrent,
+                observers=[self.metrics.tell],
+                adaptive=s.adaptive,
+                rpm=s.rpm,
+                tpm=s.tpm,
+            )
         self.server = ApiServer(self, sock, token=token, max_body=s.max_body_bytes)
         self.journal_ref = JournalActor.start(self.journal)
         self.root = RootActor.start(
@@ -149,7 +162,10 @@ class Daemon(DaemonBackend):
             observers=[self.metrics.tell, journal_observer(self.journal_ref)],
             stage_actor_cls=with_fatal_hook(StageActor, self._on_fatal),
             breaker=breaker,
+            claims=claims,
         )
+        if s.database_url is not None:
+            self._listen(s.database_url)
         self.server.start()
         stats = self.root.proxy().stats().get(timeout=ASK_TIMEOUT_S)
         publish(
@@ -161,11 +177,34 @@ class Daemon(DaemonBackend):
                 max_active_jobs=s.active_jobs,
                 max_queued_jobs=s.max_queued_jobs,
                 max_concurrent=s.max_concurrent,
+                daemon_id=self.daemon_id,
             )
         )
         logger.info("briefd listening on {} (data in {})", self.server.url, s.data_dir)
         sd_notify(f"READY=1\nSTATUS=listening on {self.server.url}\nMAINPID={os.getpid()}")
         self._start_watchdog()
+
+    def _listen(self, url: str) -> None:
+        """Wake-ups from the database: a job submitted anywhere, a cancel of a job held here,
+        a job ended by any daemon (its result waiters here). Reconnecting catches up by a claim."""
+        from briefd.cluster.listen import Listener
+
+        root = self.root
+
+        def tell(message: Any) -> None:
+            with contextlib.suppress(pykka.ActorDeadError):
+                root.tell(message)
+
+        self._listener = Listener(
+            url,
+            {
+                "briefd_jobs": lambda _: tell(ClaimJobs()),
+                "briefd_cancel": lambda _: tell(CheckCancels()),
+                "briefd_finished": lambda job_id: self.server.notify_finished(job_id),
+            },
+            on_connect=lambda: tell(ClaimJobs()),
+            name="briefd-listen-jobs",
+        ).start()
 
     def _notify_finished(self, job_id: str) -> None:
         """A job's terminal state is committed: wake the API's result waiters."""
@@ -313,6 +352,8 @@ class Daemon(DaemonBackend):
         coordinators = pykka.ActorRegistry.get_by_class(CoordinatorActor)
         _barrier([c.stop(block=False) for c in coordinators], 5.0)
         self.server.stop()
+        if self._listener is not None:
+            self._listener.stop()
         _stop(self.root, 5.0)  # its last FinishJob tells go to the journal actor...
         _stop(self.journal_ref, 30.0)  # ...which writes everything in its inbox first
         self.journal.close()
@@ -336,6 +377,8 @@ class Daemon(DaemonBackend):
 
     def abort(self) -> None:
         """Undo a failed :meth:`start` (no journal writes are pending)."""
+        if self._listener is not None:
+            self._listener.stop()
         pykka.ActorRegistry.stop_all(block=True, timeout=5.0)
         if self._provider is not None:
             self._provider.close()

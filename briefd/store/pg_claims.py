@@ -66,7 +66,7 @@ WITH picked AS (
     SELECT seq, state AS was, claimed_by AS prev,
            priority + floor(extract(epoch FROM now() - submitted_at) / %(aging)s) AS eff
     FROM briefd_jobs
-    WHERE state IN {LIVE} AND NOT {LEASED}
+    WHERE state IN {LIVE} AND NOT {LEASED} AND (NOT %(lapsed)s OR claimed_by IS NOT NULL)
     ORDER BY eff DESC, seq
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -160,7 +160,9 @@ class PgClaims:
 
     # -- claiming --------------------------------------------------------------------
 
-    def claim(self, owner: str, limit: int, lease_s: float) -> list[Claim]:
+    def claim(
+        self, owner: str, limit: int, lease_s: float, *, lapsed_only: bool = False
+    ) -> list[Claim]:
         """Claim up to ``limit`` live jobs nobody holds, oldest first; held until the lease
         (``lease_s`` from now, by the database's clock) lapses unless :meth:`renew` extends it.
 
@@ -169,14 +171,21 @@ class PgClaims:
         :data:`~briefd.limits.order.PRIORITY_AGING_S` since submission), then
         submission order. Rows another daemon is claiming right now are skipped, not
         waited for. A ``running`` job whose claim lapsed is ``taken_over``: its run
-        died (or is a zombie, whose writes the new fence now refuses).
+        died (or is a zombie, whose writes the new fence now refuses). ``lapsed_only``:
+        only jobs whose claim lapsed (a dead daemon's), to take them over at once.
         """
         if limit <= 0:
             return []
         with self._tx() as cur:
             cur.execute(
                 _CLAIM,
-                {"aging": PRIORITY_AGING_S, "limit": limit, "owner": owner, "lease": lease_s},
+                {
+                    "aging": PRIORITY_AGING_S,
+                    "limit": limit,
+                    "owner": owner,
+                    "lease": lease_s,
+                    "lapsed": lapsed_only,
+                },
             )
             rows = sorted(cur.fetchall(), key=lambda r: (-float(r["eff"]), int(r["seq"])))
         claims = [

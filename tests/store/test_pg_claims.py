@@ -432,3 +432,21 @@ def test_the_journal_actor_drops_a_fenced_write_once_and_loads_nothing(
     assert all(line.startswith("WARNING job lost: claim lost") for line in warnings)
     info = b.get("lost")
     assert info is not None and info.stages[BRIEFING] is StageState.PENDING
+
+
+def test_a_rescue_claims_only_lapsed_jobs_not_the_queue(
+    two: tuple[PostgresStore, PostgresStore], spec: Spec, admin: psycopg.Connection[Any]
+) -> None:
+    """``lapsed_only`` takes a dead daemon's jobs (claimed, lease lapsed) and leaves the free
+    queue alone: what a daemon with no room left takes over at once."""
+    a, b = two
+    for job_id in ("old", "free"):
+        a.add_job(spec(job_id))
+    (dead,) = a.claim("a", 1, 1.0)
+    assert dead.job_id == "old"
+    a.start_run("old")
+    assert b.claim("b", 5, 30.0, lapsed_only=True) == [], "A's lease is live"
+    _until(lambda: _lapsed(admin, "old"))
+    (rescued,) = b.claim("b", 5, 30.0, lapsed_only=True)
+    assert rescued.job_id == "old" and rescued.taken_over and rescued.previous_owner == "a"
+    assert [c.job_id for c in b.claim("b", 5, 30.0)] == ["free"]
