@@ -28,11 +28,12 @@ that cannot be reached raises ``StoreUnavailable``, which the root treats as
 
 from __future__ import annotations
 
+import hashlib
 import os
-import secrets
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from briefd.messages import JobClaimed, JobClaimLost
@@ -42,9 +43,16 @@ if TYPE_CHECKING:
     from briefd.store.base import Claim, ClaimStore
 
 
-def new_daemon_id() -> str:
-    """``host:pid:random``: unique across restarts and hosts, readable in a log line."""
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+def node_of(data_dir: Path) -> str:
+    """A digest of the host and the data dir: the part of a daemon's id its restarts share."""
+    where = f"{socket.gethostname()}:{os.path.realpath(data_dir)}"
+    return hashlib.sha256(where.encode()).hexdigest()[:8]
+
+
+def new_daemon_id(data_dir: Path) -> str:
+    """``host:pid:node``: unique among live daemons (a data dir is locked by one), readable
+    in a log line, and telling a restarted daemon which claims were its predecessor's."""
+    return f"{socket.gethostname()}:{os.getpid()}:{node_of(data_dir)}"
 
 
 class ClaimKeeper:

@@ -46,7 +46,7 @@ from briefd.actors.journal import JournalActor, journal_observer
 from briefd.actors.limiter_supervisor import LimiterSupervisor, cluster_limiter
 from briefd.actors.root import RootActor
 from briefd.actors.stage import with_fatal_hook
-from briefd.cluster.claims import ClaimKeeper, new_daemon_id
+from briefd.cluster.claims import ClaimKeeper, new_daemon_id, node_of
 from briefd.config import ConfigError, Settings, load_pipeline
 from briefd.costs import load_prices
 from briefd.daemon.backend import ASK_TIMEOUT_S, DaemonBackend
@@ -138,8 +138,12 @@ class Daemon(DaemonBackend):
         self.metrics = MetricsActor.start()
         claims: ClaimKeeper | None = None
         if s.database_url is not None:  # a cluster: one queue, one token budget
-            self.daemon_id = new_daemon_id()
+            self.daemon_id = new_daemon_id(s.data_dir)
             store = cast(ClaimStore, self.journal)
+            # The data dir is locked: claims under its node but another id are a dead
+            # predecessor's (kill -9); lapse them so its jobs resume now, not in lease_s.
+            if lapsed := store.release_predecessors(self.daemon_id, node_of(s.data_dir)):
+                logger.info("{} job(s) of this data dir's previous daemon resume now", lapsed)
             claims = ClaimKeeper(store, self.daemon_id, lease_s=s.lease_s, poll_s=s.poll_s)
             self.limiter = cluster_limiter(s, self.daemon_id, observers=[self.metrics.tell])
         else:

@@ -203,6 +203,34 @@ class PgClaims:
             self._fences.hold(c.job_id, c.fence)
         return claims
 
+    def release_predecessors(self, owner: str, node: str) -> int:
+        """Lapse now the claims and token leases of this data dir's earlier daemons.
+
+        Daemon ids end in ``:<node>``, a digest of the host and the data dir, and a
+        data dir is locked by one live daemon at a time: a claim under the same node
+        but another id is a dead predecessor's (kill -9, a crash). Lapsing it at start
+        lets a restarted daemon resume its own jobs at once instead of after the
+        lease. The number of jobs whose claims were lapsed.
+        """
+        pattern = "%:" + node.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        with self._tx() as cur:
+            cur.execute(
+                "UPDATE briefd_jobs SET lease_until = now() WHERE claimed_by LIKE %s "
+                f"AND claimed_by <> %s AND state IN {LIVE} AND lease_until > now()",
+                (pattern, owner),
+            )
+            jobs = cur.rowcount
+            cur.execute(
+                "UPDATE briefd_tokens SET expires_at = now() "
+                "WHERE daemon_id LIKE %s AND daemon_id <> %s AND expires_at > now()",
+                (pattern, owner),
+            )
+            cur.execute(
+                "DELETE FROM briefd_token_waits WHERE daemon_id LIKE %s AND daemon_id <> %s",
+                (pattern, owner),
+            )
+        return max(jobs, 0)
+
     def held(self) -> dict[str, int]:
         """Job -> fencing token of every claim this store holds."""
         return self._fences.held()

@@ -22,9 +22,10 @@ def test_a_daemon_on_postgres_keeps_jobs_across_kill_9(
     slow_sim: SimServer, pg_url: str, tmp_path: Path
 ) -> None:
     """Jobs are journaled in PostgreSQL, not SQLite: after kill -9 mid-stage the restarted
-    daemon finishes them without calling a completed stage again."""
+    daemon finishes them without calling a completed stage again. It resumes them at once,
+    not after the dead daemon's lease (60 s here): its data dir says whose claims they were."""
     slow_sim.inject(Fault(job_id="pg-1", stage="PROCUREMENT_JSON", hang=True))
-    d = Daemon(tmp_path, slow_sim.base_url, database_url=pg_url)
+    d = Daemon(tmp_path, slow_sim.base_url, database_url=pg_url, lease_s=60)
     try:
         d.start()
         with d.client() as client:
