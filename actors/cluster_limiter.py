@@ -11,12 +11,12 @@ across every daemon on the database.
 It is woken three ways, so a grant waits for neither a poll nor a lost packet:
 
 * a ``NOTIFY briefd_tokens`` naming this daemon (another daemon granted it a
-  token): the :class:`~briefd.cluster.listen.Listener` tells it :class:`Wake`;
+  token): the :class:`~briefd.cluster.listen.Listener` tells it ``TokensGranted``;
 * its own messages: a request, a release, a cancel each run a grant round, which
   serves every daemon's requests, not only this one's;
 * timers: ``Tick`` every ``poll_s`` (the safety net: catches up after a lost
   notification, reclaims leases of dead daemons), when a budget or cool-down said
-  "not yet", and :class:`Heartbeat` every ``lease_s/3`` to keep its leases.
+  "not yet", and ``RenewTokens`` every ``lease_s/3`` to keep its leases.
 
 **The database out of reach.** The limiter cannot know how many calls the other
 daemons have in flight, so it grants nothing. What it is told meanwhile is kept
@@ -37,7 +37,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import psycopg
 import pykka
@@ -68,7 +68,7 @@ from briefd.messages import (
     TokenGranted,
     TokenReleased,
 )
-from briefd.messages.base import Command
+from briefd.messages.cluster import RenewTokens, TokensGranted
 from briefd.messages.jobs import Tick
 from briefd.ops.events import Observer, publish
 from briefd.store.pg_setup import one_line
@@ -80,18 +80,6 @@ RETRY_MAX_S = 5.0
 """While the database fails, attempts back off from ``poll_s`` up to this (or ``lease_s/3``
 when shorter: a daemon must try at least as often as it must heartbeat). An attempt can take
 the pool's whole timeout, and the actor answers nothing meanwhile."""
-
-
-class Wake(Command):
-    """The listener -> the limiter: another daemon granted this one a token."""
-
-    type: Literal["ClusterWake"] = "ClusterWake"
-
-
-class Heartbeat(Command):
-    """Timer -> the limiter: renew this daemon's presence and leases."""
-
-    type: Literal["ClusterHeartbeat"] = "ClusterHeartbeat"
 
 
 class ClusterLimiterActor(pykka.ThreadingActor):
@@ -131,7 +119,7 @@ class ClusterLimiterActor(pykka.ThreadingActor):
             for envelope in unread:  # in the order they were sent to the dead one
                 self.actor_inbox.put(envelope)
             self._timers.every(self.actor_ref, self._poll_s, Tick())
-            self._timers.every(self.actor_ref, max(0.1, self._lease_s / 3), Heartbeat())
+            self._timers.every(self.actor_ref, max(0.1, self._lease_s / 3), RenewTokens())
             if self._listen:
                 self._listener = Listener(
                     self._tokens.url,
@@ -139,7 +127,7 @@ class ClusterLimiterActor(pykka.ThreadingActor):
                     on_connect=self._caught_up,
                     name="briefd-listen-tokens",
                 ).start()
-            self.actor_ref.tell(Heartbeat())  # a successor renews its leases first
+            self.actor_ref.tell(RenewTokens())  # a successor renews its leases first
         except BaseException:  # pykka calls no on_stop after a failed on_start
             self._timers.close()
             s.vacated.set()
@@ -176,7 +164,7 @@ class ClusterLimiterActor(pykka.ThreadingActor):
         if payload == self._tokens.daemon_id and not self._s.wake_pending.is_set():
             self._s.wake_pending.set()
             with contextlib.suppress(pykka.ActorDeadError):
-                self.actor_ref.tell(Wake())
+                self.actor_ref.tell(TokensGranted())
 
     def _caught_up(self) -> None:
         """In the listener's thread, after each (re)connect: what was notified while it was
@@ -231,29 +219,29 @@ class ClusterLimiterActor(pykka.ThreadingActor):
                 s.outbox.append(SetCeiling(c))
             case Tick():
                 self._reap()
-            case Wake():
+            case TokensGranted():
                 s.wake_pending.clear()
-            case Heartbeat():
+            case RenewTokens():
                 pass
             case _:
                 logger.warning("cluster limiter: unexpected message {!r}", type(message).__name__)
 
     def _sync(self, message: object) -> None:
         """Write the outbox, then grant and deliver as ``message`` calls for. While the
-        database is out of reach only a timer's ``Tick`` or ``Heartbeat`` tries it again,
+        database is out of reach only a timer's ``Tick`` or ``RenewTokens`` tries it again,
         with a backoff, so a burst of messages does not wait for a dead server once each."""
         s = self._s
         if s.problem is not None and (
-            not isinstance(message, Tick | Heartbeat) or time.monotonic() < s.retry_at
+            not isinstance(message, Tick | RenewTokens) or time.monotonic() < s.retry_at
         ):
             return
         try:
             if s.problem is not None:
                 self._tokens.reconnect()
-            if isinstance(message, Heartbeat):
+            if isinstance(message, RenewTokens):
                 self._flush()
                 self._beat()
-            elif isinstance(message, Wake):
+            elif isinstance(message, TokensGranted):
                 self._flush()
                 self._deliver(self._tokens.take_grants())
             elif isinstance(message, ReportRateLimit):

@@ -12,7 +12,14 @@ from typing import Annotated
 from pydantic import Field, TypeAdapter
 
 from briefd.messages.base import Command, Event, Message
-from briefd.messages.cluster import CheckCancels, ClaimJobs, JobClaimed, JobClaimLost
+from briefd.messages.cluster import (
+    CheckCancels,
+    ClaimJobs,
+    JobClaimed,
+    JobClaimLost,
+    RenewTokens,
+    TokensGranted,
+)
 from briefd.messages.daemon import (
     CheckCoordinator,
     CloseJob,
@@ -120,7 +127,9 @@ AnyMessage = Annotated[
     | JobClaimed
     | JobClaimLost
     | ClaimJobs
-    | CheckCancels,
+    | CheckCancels
+    | TokensGranted
+    | RenewTokens,
     Field(discriminator="type"),
 ]
 
@@ -175,6 +184,7 @@ __all__ = [
     "ProgressChanged",
     "RateLimitCooldown",
     "ReleaseToken",
+    "RenewTokens",
     "ReportRateLimit",
     "RequestToken",
     "ResumeStage",
@@ -195,6 +205,7 @@ __all__ = [
     "Tick",
     "TokenGranted",
     "TokenReleased",
+    "TokensGranted",
     "Usage",
     "parse_message",
 ]

@@ -54,3 +54,15 @@ class CheckCancels(Command):
     """Wake the root: a cancel was asked, through another daemon, of a job this one may hold."""
 
     type: Literal["CheckCancels"] = "CheckCancels"
+
+
+class TokensGranted(Command):
+    """The listener -> the cluster limiter: a daemon (maybe another) granted this one tokens."""
+
+    type: Literal["TokensGranted"] = "TokensGranted"
+
+
+class RenewTokens(Command):
+    """Timer -> the cluster limiter: renew this daemon's presence and its token leases."""
+
+    type: Literal["RenewTokens"] = "RenewTokens"
