@@ -27,6 +27,7 @@ from prometheus_client.registry import Collector
 from briefd.actors.admission import RootStats
 from briefd.actors.metrics import MetricsSnapshot
 from briefd.actors.rate_limiter import LimiterStats
+from briefd.cluster.state import ClusterLimiterStats
 
 __all__ = ["CONTENT_TYPE_LATEST", "DaemonFigures", "MetricsExporter"]
 
@@ -101,6 +102,24 @@ class _FiguresCollector(Collector):
             hist.add_metric([stage], [*buckets, ("+Inf", float(h.count))], sum_value=h.sum_s)
         yield hist
         yield from _guard_rails(root)
+        yield from _cluster(root, limiter)
+
+
+def _cluster(root: RootStats, limiter: LimiterStats) -> Iterator[Metric]:
+    """With PostgreSQL: the cluster's tokens and daemons, and this daemon's claims."""
+    if root.cluster is None:
+        return
+    c = root.cluster
+    if not isinstance(limiter, ClusterLimiterStats):
+        return
+    yield _gauge("cluster_tokens_in_use", "Tokens leased, every daemon's.", limiter.cluster_in_use)
+    yield _gauge("cluster_token_waiting", "Requests waiting, all daemons.", limiter.cluster_waiting)
+    yield _gauge("cluster_daemons", "Daemons heard from within the lease.", limiter.daemons)
+    yield _gauge("cluster_database_up", "1 while the database answers.", limiter.db_problem is None)
+    yield _gauge("claims_held", "Jobs this daemon holds a claim on.", c["claims_held"])
+    yield _counter("jobs_claimed", "Jobs this daemon claimed.", c["claimed_total"])
+    yield _counter("jobs_taken_over", "Claims taken from a dead daemon.", c["taken_over_total"])
+    yield _counter("claims_lost", "Claims another daemon took.", c["claims_lost_total"])
 
 
 def _guard_rails(root: RootStats) -> Iterator[Metric]:

@@ -19,6 +19,7 @@ import psycopg
 import pytest
 from daemon_helpers import HTTP, STAGES, Daemon, make_job, wait_for
 from pg import PgServer
+from prometheus_client.parser import text_string_to_metric_families
 
 from briefd.messages import JobStatus
 from briefd.sim.server import Fault, SimProfile, SimServer
@@ -61,6 +62,15 @@ def test_a_database_outage_holds_grants_keeps_the_document_and_resumes(
                 )
 
             assert wait_for(briefing_live, 15), "the slow call never started"
+            metrics = HTTP.get(f"{d.url}/metrics", headers=d.headers(), timeout=10)
+            samples = {
+                s.name: s.value
+                for f in text_string_to_metric_families(metrics.text)
+                for s in f.samples
+            }
+            assert samples["briefd_cluster_database_up"] == 1
+            assert samples["briefd_claims_held"] == 1 and samples["briefd_cluster_daemons"] == 1
+            assert samples["briefd_cluster_tokens_in_use"] >= 1
             _outage(pg_server, dbname, down=True)
             try:
 
