@@ -51,7 +51,7 @@ from briefd.cluster.shared import Shared, create, load, save, set_budgets
 from briefd.config import ConfigError
 from briefd.limits.order import pick
 from briefd.messages.token import Outcome, RateLimits, RequestToken
-from briefd.store.pg_setup import ensure_schema, open_pool, redact_url
+from briefd.store.pg_setup import open_pool, open_schema_pool, redact_url
 
 CHANNEL = "briefd_tokens"
 """Notified with a daemon's id when that daemon received a grant."""
@@ -82,13 +82,7 @@ class ClusterTokens:
         self.lease_s = lease_s
         self.where = redact_url(url)
         self._pool_size, self._timeout_s = pool_size, timeout_s
-        self._pool = open_pool(url, max_size=pool_size, timeout_s=timeout_s)
-        try:
-            with self._pool.connection() as conn:
-                ensure_schema(conn, self.where)
-        except BaseException:
-            self._pool.close()
-            raise
+        self._pool = open_schema_pool(url, max_size=pool_size, timeout_s=timeout_s)
 
     def close(self) -> None:
         """Close the pool (a bounded wait for connections in use)."""

@@ -240,6 +240,19 @@ def open_pool(url: str, *, max_size: int, timeout_s: float) -> ConnectionPool:
     return pool
 
 
+def open_schema_pool(url: str, *, max_size: int, timeout_s: float) -> ConnectionPool:
+    """:func:`open_pool`, then the schema made or upgraded (:func:`ensure_schema`) on one of
+    its connections: what every part of briefd that uses the database starts with."""
+    pool = open_pool(url, max_size=max_size, timeout_s=timeout_s)
+    try:
+        with pool.connection() as conn:
+            ensure_schema(conn, redact_url(url))
+    except BaseException:
+        pool.close()
+        raise
+    return pool
+
+
 def ensure_schema(conn: psycopg.Connection[Any], where: str) -> int:
     """Make or upgrade the schema to :data:`SCHEMA_VERSION`, once whoever races; the version
     found. ConfigError if the database holds a newer one or refuses the DDL."""

@@ -70,7 +70,7 @@ from briefd.store.pg_claims import (
     notify,
 )
 from briefd.store.pg_reads import PgReads
-from briefd.store.pg_setup import ensure_schema, one_line, open_pool, redact_url, unavailable
+from briefd.store.pg_setup import one_line, open_schema_pool, redact_url, unavailable
 
 JOURNAL = "journal"
 """The area journal write failures are reported under (:class:`WriteHealth`)."""
@@ -98,13 +98,7 @@ class PostgresStore(PgClaims, PgReads, StageWrites):
         self._health = WriteHealth()
         self._fences = Fences()
         self.files = JobFiles(jobs_dir, pipeline, self._health)
-        self._pool = open_pool(url, max_size=pool_size, timeout_s=timeout_s)
-        try:
-            with self._pool.connection() as conn:
-                ensure_schema(conn, self.where)
-        except BaseException:
-            self._pool.close()
-            raise
+        self._pool = open_schema_pool(url, max_size=pool_size, timeout_s=timeout_s)
 
     def close(self) -> None:
         """Close every connection; later calls raise StoreUnavailable."""
