@@ -9,7 +9,8 @@ processes (``tests/daemon_helpers.py``). Two measurements:
   killed with SIGKILL; the time until another daemon claims the job (its ``JobClaimed``
   with ``taken_over``) is compared with one lease plus one poll, the bound the design gives;
 * **grants per second**: ``--jobs`` jobs with instant answers (simulator scale 0), all
-  submitted at once, through 1 daemon and through 3 sharing the cluster's K tokens, in
+  submitted at once, through 1 daemon on SQLite (the reference: a local limiter, no
+  database round trips), 1 daemon on PostgreSQL and 3 sharing the cluster's K tokens, in
   interleaved rounds: calls per second as the server saw them, and the server's peak in
   flight (never above K).
 """
@@ -39,7 +40,11 @@ def _database(server: PgServer) -> str:
     return server.url(name)
 
 
-def _daemons(tmp: Path, n: int, sim: SimServer, url: str, args: argparse.Namespace) -> list[Daemon]:
+def _daemons(
+    tmp: Path, n: int, sim: SimServer, url: str | None, args: argparse.Namespace
+) -> list[Daemon]:
+    """``n`` daemons on database ``url`` (None: one on SQLite, the reference)."""
+    db = {"database_url": url, "lease_s": args.lease, "poll_s": args.poll} if url else {}
     out = []
     for i in range(n):
         folder = tmp / f"d{i}-{uuid.uuid4().hex[:6]}"
@@ -48,11 +53,9 @@ def _daemons(tmp: Path, n: int, sim: SimServer, url: str, args: argparse.Namespa
             Daemon(
                 folder,
                 sim.base_url,
-                database_url=url,
                 max_concurrent=args.k,
-                lease_s=args.lease,
-                poll_s=args.poll,
                 log_level="INFO",
+                **db,
             )
         )
     for d in out:
@@ -142,16 +145,18 @@ def main() -> None:
             for d in three:
                 d.stop()
         with SimServer(SimProfile(scale=0.0)) as sim:
+            lone = _daemons(tmp, 1, sim, None, args)
             one = _daemons(tmp, 1, sim, _database(server), args)
             three = _daemons(tmp, 3, sim, _database(server), args)
-            rates: dict[str, list[float]] = {"1 daemon": [], "3 daemons": []}
+            groups = {"SQLite": lone, "1 daemon": one, "3 daemons": three}
+            rates: dict[str, list[float]] = {name: [] for name in groups}
             peaks: list[int] = []
             for r in range(args.rounds):
-                for name, ds in (("1 daemon", one), ("3 daemons", three)):
+                for name, ds in groups.items():
                     rate, peak = throughput(ds, sim, args.jobs, f"r{r}-{len(ds)}")
                     rates[name].append(rate)
                     peaks.append(peak)
-            for d in (*one, *three):
+            for d in (*lone, *one, *three):
                 d.stop()
     finally:
         server.stop()
@@ -170,9 +175,11 @@ def main() -> None:
             f"  {name:10s} median {statistics.median(values):7.1f} calls/s  "
             f"({', '.join(f'{v:.1f}' for v in values)})"
         )
-    ratio = statistics.median(rates["3 daemons"]) / statistics.median(rates["1 daemon"])
+    med = {name: statistics.median(values) for name, values in rates.items()}
     print(
-        f"  3 daemons / 1 daemon: {ratio:.2f}; server's peak in flight: {max(peaks)} (K={args.k})"
+        f"  3 daemons / 1 daemon: {med['3 daemons'] / med['1 daemon']:.2f}; "
+        f"1 daemon on PostgreSQL / on SQLite: {med['1 daemon'] / med['SQLite']:.2f}; "
+        f"server's peak in flight: {max(peaks)} (K={args.k})"
     )
 
 
