@@ -28,24 +28,18 @@ died every stage waiting for a token would wait forever. Two walls:
   goes on. A bad message cannot kill it.
 * A real death (stopped by mistake, or a ``BaseException``) is noticed by its
   owner through a ``LimiterSupervisor`` (:mod:`briefd.actors.limiter_supervisor`),
-  which the owner (``Pipeline``, the daemon) holds in place of a bare
-  ``ActorRef``: every ``tell`` to a dead
-  limiter starts a successor first, and the owner's watch loop calls
-  :meth:`LimiterSupervisor.check` so a death is noticed even when nobody tells.
+  held in place of a bare ``ActorRef``: every ``tell`` to a dead limiter starts a
+  successor first, and the owner's watch calls :meth:`LimiterSupervisor.check`.
 
 The successor takes over the predecessor's :class:`LimiterState`: the leases
-(calls still in flight), the waiting requests, the cool-down, and the messages
-left unread in the dead inbox. We chose this over asking stages to re-register
-because a stage holding a token is blocked in its HTTP call and could not
-answer until the call ended, so a successor that started empty would hand out
-``capacity`` fresh tokens while the old calls were still in flight, breaking
-the cap the API is paid by. Leases are the limiter's own records; keeping them
-means the cap holds across a restart by construction, and a lease whose holder
-died is reaped as before. The state is never shared by two live limiters: the
-successor waits (briefly, bounded) until the predecessor has left it. One gap
-remains, in pykka itself: a ``tell`` that found the limiter alive but landed
-after its inbox was handed over is lost; a stage whose request it was would wait
-until its job is cancelled. Its window is a few instructions wide.
+(calls still in flight), the waiting requests, the cool-down, the messages left
+unread. Stages are not asked to re-register: one holding a token is blocked in
+its HTTP call, so a successor that started empty would hand out ``capacity``
+fresh tokens beside the old calls, breaking the cap the API is paid by. The
+state is never shared by two live limiters (the successor waits, bounded, until
+the predecessor has left it). One gap remains, in pykka: a ``tell`` that found
+the limiter alive but landed after its inbox was handed over is lost (its stage
+waits until its job is cancelled); its window is a few instructions wide.
 """
 
 from __future__ import annotations
@@ -64,6 +58,7 @@ from briefd.limits.order import Waiting, pick
 from briefd.limits.pacing import Pacer
 from briefd.messages import (
     CancelTokenRequest,
+    Event,
     RateLimitCooldown,
     ReleaseToken,
     ReportRateLimit,
@@ -175,6 +170,10 @@ class RateLimiterActor(pykka.ThreadingActor):
         self._s = state
         self._observers = tuple(observers)
         self._timers = Timers()
+        # Requesters' refs by URN: the registry scans every actor of the process under a
+        # lock for a URN (hundreds with 64 jobs running), on every grant and reap.
+        self._refs: dict[str, pykka.ActorRef[Any]] = {}
+        self._events: list[Event] = []  # published once a message's grants are told
 
     def on_start(self) -> None:
         s = self._s
@@ -217,7 +216,17 @@ class RateLimiterActor(pykka.ThreadingActor):
             self._grant()
         except Exception as err:
             logger.opt(exception=err).error("rate limiter: granting failed: {!r}", err)
+        finally:  # the grants are told: now what they and the message published
+            events, self._events = self._events, []
+            for event in events:
+                publish(event, self._observers)
         return None
+
+    def _emit(self, event: Event) -> None:
+        """Publish ``event`` once this message is handled, after the grants it allows: the
+        next call waits for a grant, not for log lines or the metrics actor's wake-up.
+        Published in the order they happened, so observers see the same sequence."""
+        self._events.append(event)
 
     def _handle(self, message: object) -> None:
         s = self._s
@@ -277,7 +286,7 @@ class RateLimiterActor(pykka.ThreadingActor):
         while s.waiting and len(s.leases) < s.pacer.window.limit:
             i = pick(s.waiting, wall, s.pacer.latencies)
             req, queued_at = s.waiting[i].request, s.waiting[i].queued_at
-            ref = pykka.ActorRegistry.get_by_urn(req.requester)
+            ref = self._requester(req.requester)
             if ref is None:
                 del s.waiting[i]  # the requester died while waiting
                 continue
@@ -314,7 +323,7 @@ class RateLimiterActor(pykka.ThreadingActor):
                 del s.leases[lease.lease_id]
                 s.pacer.refund(lease.est_tokens)
                 continue
-            publish(granted, self._observers)
+            self._emit(granted)
 
     def _wake(self, delay_s: float) -> None:
         """Tick the limiter in ``delay_s`` unless a timer already will by then."""
@@ -343,7 +352,7 @@ class RateLimiterActor(pykka.ThreadingActor):
         s = self._s
         if reclaimed:
             s.reclaimed_total += 1
-        publish(
+        self._emit(
             TokenReleased(
                 job_id=lease.job_id,
                 stage=lease.stage,
@@ -353,15 +362,24 @@ class RateLimiterActor(pykka.ThreadingActor):
                 waiting=len(s.waiting),
                 reclaimed=reclaimed,
                 window=s.pacer.window.limit,
-            ),
-            self._observers,
+            )
         )
 
     def _reap(self) -> None:
         for lease in list(self._s.leases.values()):
-            if pykka.ActorRegistry.get_by_urn(lease.requester) is None:
+            if self._requester(lease.requester) is None:
                 del self._s.leases[lease.lease_id]
                 self._released(lease, reclaimed=True)
+        self._refs = {urn: ref for urn, ref in self._refs.items() if ref.is_alive()}
+
+    def _requester(self, urn: str) -> pykka.ActorRef[Any] | None:
+        """The live actor named ``urn``, or None (cached: see ``_refs``)."""
+        ref = self._refs.get(urn) or pykka.ActorRegistry.get_by_urn(urn)
+        if ref is None or not ref.is_alive():
+            self._refs.pop(urn, None)
+            return None
+        self._refs[urn] = ref
+        return ref
 
     def _cool_down(self, msg: ReportRateLimit) -> None:
         until = time.monotonic() + msg.retry_after_s
@@ -369,13 +387,12 @@ class RateLimiterActor(pykka.ThreadingActor):
             return
         self._s.cooldown_until = until
         self._s.pacer.pauses += 1
-        publish(
+        self._emit(
             RateLimitCooldown(
                 job_id=msg.job_id,
                 stage=msg.stage,
                 retry_after_s=msg.retry_after_s,
                 until=time.time() + msg.retry_after_s,
-            ),
-            self._observers,
+            )
         )
         self._timers.tell_later(self.actor_ref, msg.retry_after_s, Tick())

@@ -98,13 +98,14 @@ class StageActor(pykka.ThreadingActor):
         self._usage = Usage()
         self._extra_messages: list[dict[str, str]] = []
         self._reasked = False
+        self._started: StageStarted | None = None  # this attempt's, until told
 
     # -- pykka hooks ---------------------------------------------------------
 
     def on_start(self) -> None:
         # A failing on_start would kill the actor before it could report anything (pykka
-        # calls neither on_failure nor on_stop); the client is made again in _call, where
-        # a failure becomes this stage's CRASHED error.
+        # calls neither on_failure nor on_stop); _call makes the client again, where a
+        # failure becomes this stage's CRASHED error.
         try:
             self._client = ChatClient(self._settings, self._base_url, self._abort)
         except Exception as err:
@@ -221,15 +222,21 @@ class StageActor(pykka.ThreadingActor):
             return
         self._lease = granted.lease_id
         attempt = self._attempt
-        self._report(StageStarted(job_id=self.job_id, stage=self.spec.name, attempt=attempt))
+        # StageStarted is told once the request is on the wire (on_sent), else before the
+        # attempt's outcome: the coordinator it wakes would compete with this thread for
+        # the interpreter while the request is built and written (every call's critical path).
+        self._started = StageStarted(job_id=self.job_id, stage=self.spec.name, attempt=attempt)
         try:
             completion = self._call()
         except CallError as err:
+            self._tell_started()
             # Decide (and report a 429's cool-down) before the token goes back, so the
             # limiter pauses grants before it could hand this token to another stage.
             self._after_failure(err)
             self._release(outcome_of(err), limits=getattr(err, "limits", None))
             return
+        finally:
+            self._tell_started()
         used = completion.usage.prompt_tokens + completion.usage.completion_tokens
         self._release("success", used_tokens=used or None, limits=completion.limits)
         self._add_usage(completion)
@@ -258,7 +265,15 @@ class StageActor(pykka.ThreadingActor):
         if self._client is None:
             self._client = ChatClient(self._settings, self._base_url, self._abort)
         body = build_request(self.spec, self._prompt, self._settings, self._extra_messages)
-        return self._client.complete(body, job_id=self.job_id, stage=self.spec.name)
+        return self._client.complete(
+            body, job_id=self.job_id, stage=self.spec.name, on_sent=self._tell_started
+        )
+
+    def _tell_started(self) -> None:
+        """Tell this attempt's ``StageStarted``, once (see :meth:`_on_token`)."""
+        if self._started is not None:
+            self._report(self._started)
+            self._started = None
 
     def _after_failure(self, err: CallError) -> None:
         if isinstance(err, CallCancelled):  # nobody wants the answer: no retry
@@ -369,9 +384,8 @@ class StageActor(pykka.ThreadingActor):
         return self._driver.attempt if self._driver is not None else 0
 
     def _elapsed_ms(self) -> int:
-        if self._started_at is None:
-            return 0
-        return int((time.monotonic() - self._started_at) * 1000)
+        since = self._started_at
+        return 0 if since is None else int((time.monotonic() - since) * 1000)
 
 
 def with_fatal_hook(

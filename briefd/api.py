@@ -33,6 +33,7 @@ from loguru import logger
 
 from briefd.actors import CoordinatorActor, MetricsActor, MetricsSnapshot, StageActor
 from briefd.actors.limiter_supervisor import LimiterSupervisor
+from briefd.actors.metrics import metrics_observer
 from briefd.actors.rate_limiter import LimiterStats
 from briefd.config import ConfigError, PipelineSpec, Settings, load_pipeline
 from briefd.jobs import load_job_file, validate_job
@@ -110,7 +111,7 @@ class Pipeline:
         self._metrics = MetricsActor.start()
         self._limiter = LimiterSupervisor(
             capacity=self.settings.max_concurrent,
-            observers=[self._metrics.tell, *self._extra_observers],
+            observers=[metrics_observer(self._metrics), *self._extra_observers],
             adaptive=self.settings.adaptive,
             rpm=self.settings.rpm,
             tpm=self.settings.tpm,
@@ -259,7 +260,7 @@ class Pipeline:
                 deliver(result)
 
         run.deliver = deliver
-        run.observers = (self._metrics.tell, *self._extra_observers, *observers)
+        run.observers = (metrics_observer(self._metrics), *self._extra_observers, *observers)
         base_url, limiter = self._provider.base_url, self._limiter
         run.start = lambda: CoordinatorActor.start(
             job=spec,

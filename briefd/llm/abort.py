@@ -27,10 +27,11 @@ import contextlib
 import socket
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
+from loguru import logger
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
@@ -88,15 +89,33 @@ def _shutdown(conn: Any) -> None:
 
 
 @contextlib.contextmanager
-def bound(abort: CallAbort | None) -> Iterator[None]:
-    """Connections used by this thread inside the block register with ``abort``."""
+def bound(abort: CallAbort | None, on_sent: Callable[[], None] | None = None) -> Iterator[None]:
+    """Connections used by this thread inside the block register with ``abort``.
+
+    ``on_sent()`` is called once, in this thread, when the first request made in
+    the block has been written (the stage reports its start then: the coordinator
+    it wakes does not compete with the request for the interpreter).
+    """
     _local.abort = abort
+    _local.on_sent = on_sent
     try:
         yield
     finally:
         _local.abort = None
+        _local.on_sent = None
         if abort is not None:
             abort._detach()
+
+
+def _sent() -> None:
+    on_sent: Callable[[], None] | None = getattr(_local, "on_sent", None)
+    if on_sent is None:
+        return
+    _local.on_sent = None
+    try:
+        on_sent()
+    except Exception as err:  # a report must not fail the call it reports
+        logger.opt(exception=err).error("after a request was sent: {!r}", err)
 
 
 def _register(conn: Any) -> None:
@@ -114,12 +133,14 @@ class _AbortableHTTPConnection(HTTPConnection):
     def request(self, *args: Any, **kwargs: Any) -> None:
         _register(self)
         super().request(*args, **kwargs)
+        _sent()
 
 
 class _AbortableHTTPSConnection(HTTPSConnection):
     def request(self, *args: Any, **kwargs: Any) -> None:
         _register(self)
         super().request(*args, **kwargs)
+        _sent()
 
 
 class _AbortableHTTPPool(HTTPConnectionPool):

@@ -28,20 +28,25 @@ import dataclasses
 import email.utils
 import functools
 import json
-import os
 import ssl
 import time
+from collections.abc import Callable
 from typing import Any
 
 import requests
-from requests.structures import CaseInsensitiveDict
+from urllib3.exceptions import HTTPError, NewConnectionError
+from urllib3.exceptions import SSLError as Urllib3SSLError
+from urllib3.exceptions import TimeoutError as Urllib3Timeout
+from urllib3.response import BaseHTTPResponse
 
 from briefd.config import Settings, StageSpec
 from briefd.limits.headers import parse_rate_limits
-from briefd.llm.abort import CallAbort, bound, shared_adapter
+from briefd.llm.abort import CallAbort, bound
 from briefd.llm.answer import Completion as Completion  # re-exported: callers import it here
 from briefd.llm.answer import error_detail, parse_completion
-from briefd.llm.encoding import ACCEPT_ENCODING, BodyDecoder
+from briefd.llm.encoding import BodyDecoder
+from briefd.llm.endpoint import endpoint_for
+from briefd.llm.endpoint import environment as _environment  # noqa: F401 (tests clear it)
 from briefd.llm.errors import (
     BadResponseError,
     CallCancelled,
@@ -55,6 +60,9 @@ from briefd.redaction import register_secret
 from briefd.timers import call_later
 
 _MAX_BODY = 16 * 1024 * 1024
+_TIMEOUTS = (requests.Timeout, Urllib3Timeout)
+"""A connect or read timeout, from urllib3 (the pool) or requests (through a proxy)."""
+_TLS_ERRORS = (requests.exceptions.SSLError, Urllib3SSLError)
 
 
 def build_request(
@@ -117,13 +125,15 @@ def parse_retry_after(
 
 
 class ChatClient:
-    """Calls ``POST {base_url}/chat/completions`` on one ``requests.Session``.
+    """Calls ``POST {base_url}/chat/completions`` for one stage actor.
 
-    One client per stage actor: a Session (its cookies, its headers) is not
-    shared between threads. Its connections are: the Session is mounted on the
-    process's pool for the endpoint (:func:`~briefd.llm.abort.shared_adapter`,
-    thread-safe below the Session), so stages and jobs reuse kept-alive
-    connections instead of connecting (and for https, handshaking) per call.
+    What it needs of the endpoint (headers, proxies, CA bundle, the pool) is
+    the process's, shared by every client of that endpoint, key and environment
+    (:func:`~briefd.llm.endpoint.endpoint_for`): a client is made per stage, so
+    building them per client was building them per call. The connections come
+    from the process's pool for the endpoint (:func:`~briefd.llm.abort.shared_adapter`),
+    so stages and jobs reuse kept-alive connections instead of connecting (and for
+    https, handshaking) per call.
     """
 
     def __init__(self, settings: Settings, base_url: str, abort: CallAbort | None = None) -> None:
@@ -131,47 +141,35 @@ class ChatClient:
         self._url = base_url.rstrip("/") + "/chat/completions"
         self._shown_url = _without_userinfo(self._url)
         self._abort = abort
-        self._session = requests.Session()
-        adapter = shared_adapter(self._url, settings.max_concurrent)
-        self._session.mount("http://", adapter)
-        self._session.mount("https://", adapter)
-        self._session.headers["User-Agent"] = "briefd"
-        self._session.headers["Accept-Encoding"] = ACCEPT_ENCODING
         key = settings.api_key_value()
         if key:
             register_secret(key)
-            self._session.headers["Authorization"] = f"Bearer {key}"
-        # The environment (proxies, NO_PROXY, REQUESTS_CA_BUNDLE) is not re-read on every
-        # call, as requests does with trust_env on (profiled at 11-45 % of the client's CPU
-        # per call): it is resolved once per endpoint and set of variables (_environment).
-        # ~/.netrc is not consulted: the Authorization header is set above.
-        proxies, verify = _environment(self._url, _env_key())
-        self._session.trust_env = False
-        self._session.proxies.update(proxies)
-        self._session.verify = verify
-        # The call itself goes straight to the pool's adapter (see _send): the Session
-        # holds the configuration, its per-call merging is skipped.
-        self._adapter = adapter
-        self._verify: bool | str = verify
-        self._headers = {k: v for k, v in self._session.headers.items() if isinstance(v, str)}
-        self._headers["Content-Type"] = "application/json"
+        self._endpoint = endpoint_for(self._url, settings.max_concurrent, key)
+
+    @property
+    def _session(self) -> requests.Session:
+        """The endpoint's configuration as a ``requests.Session`` (it never sends)."""
+        return self._endpoint.session
 
     def close(self) -> None:
-        """Forget the session; the shared pool (and its kept-alive connections) stays.
+        """Nothing to free: the endpoint's pool (and its kept-alive connections) stays."""
 
-        ``Session.close`` would close the adapters it is mounted on, i.e. every
-        other stage's connections, so it is not called.
-        """
-        self._session.adapters.clear()
-
-    def complete(self, body: dict[str, Any], *, job_id: str, stage: str) -> Completion:
+    def complete(
+        self,
+        body: dict[str, Any],
+        *,
+        job_id: str,
+        stage: str,
+        on_sent: Callable[[], None] | None = None,
+    ) -> Completion:
         """One call; raises a :class:`~briefd.llm.errors.CallError` subclass on any failure.
 
         An ``abort`` (the job was cancelled) ends the call at once with CANCELLED.
+        ``on_sent()`` is called once the request has been written, if it is.
         """
         if self._abort is not None and self._abort.aborted:
             raise CallCancelled()
-        with bound(self._abort):
+        with bound(self._abort, on_sent):
             try:
                 return self._complete(body, job_id=job_id, stage=stage)
             except CallError:
@@ -185,68 +183,61 @@ class ChatClient:
         connect_s = min(self._settings.connect_timeout_ms / 1000, timeout_s)
         try:
             resp = self._send(body, job_id, stage, (connect_s, timeout_s))
-        except requests.Timeout:
-            raise self._timeout(timeout_s) from None
-        except requests.exceptions.SSLError as err:
+        except _TIMEOUTS as err:
+            if not isinstance(err, NewConnectionError):  # refused: a connect "timeout" by type
+                raise self._timeout(timeout_s) from None
+            raise self._unreachable(err) from None
+        except _TLS_ERRORS as err:
             raise _tls_error(self._shown_url, err) from None
-        except (requests.RequestException, ValueError) as err:  # ValueError: a bad header value
-            raise TransportError(
-                f"cannot reach the API at {self._shown_url}: {type(err).__name__}",
-                code=ErrorCode.CONNECTION,
-                hint="is the server up? check BRIEFD_BASE_URL",
-            ) from None
-        with resp:
+        except (requests.RequestException, HTTPError, OSError, ValueError) as err:
+            raise self._unreachable(err) from None  # ValueError: a bad header value
+        try:
             try:
                 raw = self._read_body(resp, deadline, timeout_s)
             except BadResponseError:
-                if resp.status_code < 400:
+                if resp.status < 400:
                     raise
                 raw = b""  # an error status whose body cannot be read: the status says enough
-        if resp.status_code >= 400:
+        finally:
+            resp.close()  # a body not read whole closes its connection; a whole one is pooled
+            resp.release_conn()
+        headers = dict(resp.headers)  # a repeated header's values joined, as requests did
+        if resp.status >= 400:
             # Retry-After (and retry-after-ms before it) comes with the other rate headers.
-            limits = parse_rate_limits(resp.headers, maximum=self._settings.retry_after_max_s)
+            limits = parse_rate_limits(headers, maximum=self._settings.retry_after_max_s)
             detail, code = error_detail(raw)
             raise StatusError(
-                resp.status_code,
+                resp.status,
                 detail,
                 retry_after=limits.retry_after_s,
                 upstream_code=code,
                 limits=limits,
             )
-        limits = parse_rate_limits(resp.headers, maximum=self._settings.retry_after_max_s)
+        limits = parse_rate_limits(headers, maximum=self._settings.retry_after_max_s)
         return dataclasses.replace(parse_completion(raw), limits=limits)
+
+    def _unreachable(self, err: BaseException) -> TransportError:
+        return TransportError(
+            f"cannot reach the API at {self._shown_url}: {type(err).__name__}",
+            code=ErrorCode.CONNECTION,
+            hint="is the server up? check BRIEFD_BASE_URL",
+        )
 
     def _send(
         self, body: dict[str, Any], job_id: str, stage: str, timeout: tuple[float, float]
-    ) -> requests.Response:
-        """POST ``body`` through the pool's adapter, as ``Session.post`` would but leaner.
+    ) -> BaseHTTPResponse:
+        """POST ``body`` through the endpoint's pool (:meth:`~briefd.llm.endpoint.Endpoint.send`).
 
-        ``Session.request`` merges the session's settings, cookies, hooks and the
-        environment into every call: about half of a call's client CPU in the
-        profile (100 jobs, K=16), for nothing briefd uses. The request is prepared
-        here (the URL was checked once, the body is JSON) and sent by the adapter,
-        so proxies, TLS verification, timeouts and requests' exceptions are as before.
+        ``Session.request`` merged the session's settings, cookies, hooks and the
+        environment into every call, and ``HTTPAdapter.send`` looked the pool up and
+        wrapped the answer: most of a call's client CPU, for nothing briefd uses.
         Not done: cookies (an API authenticates by header) and redirects (a chat
         endpoint that redirects is misconfigured; its 3xx is a bad answer, not followed).
         """
         data = json.dumps(body, allow_nan=False).encode("utf-8")
-        prep = requests.PreparedRequest()
-        prep.method = "POST"
-        prep.url = self._url
-        prep.headers = CaseInsensitiveDict(self._headers)
-        prep.headers["Content-Length"] = str(len(data))
-        prep.headers["X-Briefd-Job"] = job_id
-        prep.headers["X-Briefd-Stage"] = stage
-        prep.body = data
-        return self._adapter.send(
-            prep,
-            stream=True,
-            timeout=timeout,
-            verify=self._verify,
-            proxies=self._session.proxies,
-        )
+        return self._endpoint.send(data, job_id, stage, timeout)
 
-    def _read_body(self, resp: requests.Response, deadline: float, timeout_s: float) -> bytes:
+    def _read_body(self, resp: BaseHTTPResponse, deadline: float, timeout_s: float) -> bytes:
         """The body, decoded, within the deadline and the size cap (before and after decoding).
 
         The watchdog is an entry on the process's one timer thread (:func:`call_later`),
@@ -261,7 +252,7 @@ class ChatClient:
             while True:
                 if time.monotonic() >= deadline:
                     raise self._timeout(timeout_s)
-                chunk = resp.raw.read1(65536)
+                chunk = resp.read1(65536)
                 if not chunk:
                     break
                 size += len(chunk)
@@ -294,11 +285,11 @@ class ChatClient:
         )
 
 
-def _cut(resp: requests.Response) -> None:
+def _cut(resp: BaseHTTPResponse) -> None:
     """The watchdog: shut the response's socket (once its connection is back in the pool,
     urllib3 refuses, and the read it would have cut is over anyway)."""
     with contextlib.suppress(OSError, RuntimeError, ValueError):
-        resp.raw.shutdown()
+        resp.shutdown()
 
 
 def _without_userinfo(url: str) -> str:
@@ -308,7 +299,7 @@ def _without_userinfo(url: str) -> str:
     return f"{scheme}{sep}{host.rpartition('@')[2]}{slash}{path}"
 
 
-def _tls_error(url: str, err: requests.exceptions.SSLError) -> TLSError:
+def _tls_error(url: str, err: BaseException) -> TLSError:
     """TLS_ERROR with the reason ``ssl`` gave, found down the exception chain."""
     stack: list[object] = [err]
     seen: set[int] = set()
@@ -328,29 +319,3 @@ def _tls_error(url: str, err: requests.exceptions.SSLError) -> TLSError:
             )
         stack += [*exc.args, getattr(exc, "reason", None), exc.__cause__, exc.__context__]
     return TLSError(f"TLS handshake with {url} failed")
-
-
-_ENV_VARS = (
-    "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY",
-    "http_proxy", "https_proxy", "all_proxy", "no_proxy",
-    "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
-)  # fmt: skip
-"""What requests reads from the environment for a call (besides ~/.netrc, unused here)."""
-
-
-def _env_key() -> tuple[str | None, ...]:
-    """The variables that decide proxies and the CA bundle, as they are now (a cache key)."""
-    return tuple(os.environ.get(name) for name in _ENV_VARS)
-
-
-@functools.lru_cache(maxsize=64)
-def _environment(url: str, key: tuple[str | None, ...]) -> tuple[dict[str, str], bool | str]:
-    """Proxies and ``verify`` for ``url`` as requests would read them from the environment.
-
-    Cached by the variables' values (``key``), so a changed variable is seen by the
-    next client and an unchanged environment is read once, not on every call.
-    """
-    del key  # only the cache's: requests reads the environment itself
-    env = requests.Session().merge_environment_settings(url, {}, None, None, None)
-    verify = env["verify"]
-    return dict(env["proxies"]), True if verify is None else verify
