@@ -44,6 +44,7 @@ import briefd
 from briefd.actors import CoordinatorActor, MetricsActor, StageActor
 from briefd.actors.journal import JournalActor, journal_observer
 from briefd.actors.limiter_supervisor import LimiterSupervisor, cluster_limiter
+from briefd.actors.metrics import metrics_observer
 from briefd.actors.root import RootActor
 from briefd.actors.stage import with_fatal_hook
 from briefd.cluster.claims import ClaimKeeper, new_daemon_id, node_of
@@ -145,11 +146,13 @@ class Daemon(DaemonBackend):
             if lapsed := store.release_predecessors(self.daemon_id, node_of(s.data_dir)):
                 logger.info("{} job(s) of this data dir's previous daemon resume now", lapsed)
             claims = ClaimKeeper(store, self.daemon_id, lease_s=s.lease_s, poll_s=s.poll_s)
-            self.limiter = cluster_limiter(s, self.daemon_id, observers=[self.metrics.tell])
+            self.limiter = cluster_limiter(
+                s, self.daemon_id, observers=[metrics_observer(self.metrics)]
+            )
         else:
             self.limiter = LimiterSupervisor(
                 capacity=s.max_concurrent,
-                observers=[self.metrics.tell],
+                observers=[metrics_observer(self.metrics)],
                 adaptive=s.adaptive,
                 rpm=s.rpm,
                 tpm=s.tpm,
@@ -163,7 +166,7 @@ class Daemon(DaemonBackend):
             settings=s,
             base_url=self._provider.base_url,
             limiter=self.limiter,
-            observers=[self.metrics.tell, journal_observer(self.journal_ref)],
+            observers=[metrics_observer(self.metrics), journal_observer(self.journal_ref)],
             stage_actor_cls=with_fatal_hook(StageActor, self._on_fatal),
             breaker=breaker,
             claims=claims,
