@@ -34,7 +34,6 @@ Like the local limiter it keeps everything in a state object
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -43,7 +42,7 @@ import psycopg
 import pykka
 from loguru import logger
 
-from briefd.actors.rate_limiter import TAKEOVER_WAIT_S
+from briefd.actors.succession import hand_over, take_over
 from briefd.cluster.listen import Listener
 from briefd.cluster.records import Grant, GrantRound, HeldLease
 from briefd.cluster.state import (
@@ -109,15 +108,10 @@ class ClusterLimiterActor(pykka.ThreadingActor):
 
     def on_start(self) -> None:
         s = self._s
-        if not s.vacated.wait(TAKEOVER_WAIT_S):
-            logger.error("cluster limiter: the previous limiter did not leave its state; taking it")
-        s.vacated = threading.Event()
+        take_over(self, s, "cluster limiter")
         s.wake_at = 0.0  # the predecessor's timers died with it
         s.wake_pending.clear()
         try:
-            unread, s.unread = s.unread, []
-            for envelope in unread:  # in the order they were sent to the dead one
-                self.actor_inbox.put(envelope)
             self._timers.every(self.actor_ref, self._poll_s, Tick())
             self._timers.every(self.actor_ref, max(0.1, self._lease_s / 3), RenewTokens())
             if self._listen:
@@ -154,10 +148,7 @@ class ClusterLimiterActor(pykka.ThreadingActor):
             except psycopg.Error as err:
                 logger.warning("cluster limiter: could not leave the cluster: {}", one_line(err))
             self._tokens.close()
-        else:
-            while not self.actor_inbox.empty():
-                s.unread.append(self.actor_inbox.get())
-        s.vacated.set()
+        hand_over(self, s)
 
     def _notified(self, payload: str) -> None:
         """In the listener's thread: a grant for this daemon, told once until it is read."""

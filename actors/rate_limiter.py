@@ -54,6 +54,7 @@ from typing import Any, Protocol
 import pykka
 from loguru import logger
 
+from briefd.actors.succession import hand_over, take_over
 from briefd.limits.order import Waiting, pick
 from briefd.limits.pacing import Pacer
 from briefd.messages import (
@@ -72,9 +73,6 @@ from briefd.ops.events import Observer, publish
 from briefd.timers import Timers
 
 REAP_PERIOD_S = 0.5
-TAKEOVER_WAIT_S = 5.0
-"""How long a successor waits for a dying predecessor to leave the state (it takes micro-
-seconds: the predecessor's ``on_stop`` moving its unread messages)."""
 RESTARTS_PER_MINUTE = 5
 """A limiter that dies more often than this is left dead (a loop of restarts helps nobody)."""
 
@@ -177,14 +175,9 @@ class RateLimiterActor(pykka.ThreadingActor):
 
     def on_start(self) -> None:
         s = self._s
-        if not s.vacated.wait(TAKEOVER_WAIT_S):
-            logger.error("rate limiter: the previous limiter did not leave its state; taking it")
-        s.vacated = threading.Event()
+        take_over(self, s, "rate limiter")
         s.wake_at = 0.0  # the predecessor's timers died with it
         try:
-            unread, s.unread = s.unread, []
-            for envelope in unread:  # in the order they were sent to the dead one
-                self.actor_inbox.put(envelope)
             self._timers.every(self.actor_ref, REAP_PERIOD_S, Tick())
         except BaseException:  # pykka calls no on_stop after a failed on_start
             s.vacated.set()
@@ -199,11 +192,7 @@ class RateLimiterActor(pykka.ThreadingActor):
     def _leave(self) -> None:
         """Close the timers and hand what is left in the inbox to a successor."""
         self._timers.close()
-        s = self._s
-        if not s.retired:
-            while not self.actor_inbox.empty():
-                s.unread.append(self.actor_inbox.get())
-        s.vacated.set()
+        hand_over(self, self._s)
 
     def on_receive(self, message: object) -> object:
         try:
