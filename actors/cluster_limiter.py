@@ -281,7 +281,7 @@ class ClusterLimiterActor(pykka.ThreadingActor):
         match op:
             case Enqueue(queued=q):
                 req = q.request
-                age = time.monotonic() - req.admitted_at if req.admitted_at > 0 else None
+                age = time.time() - req.admitted_at if req.admitted_at > 0 else None
                 s.waiting[tokens.enqueue(req, age_s=age)] = q
             case Release():
                 tokens.release(

@@ -271,3 +271,34 @@ def test_a_dead_limiter_is_restarted_with_its_leases(make_limiter: MakeLimiter) 
     assert stats(a).in_use == 1 and stats(a).restarts == 1
     holder.release(lease)
     other.granted(5)
+
+
+def test_a_request_waits_in_the_database_with_its_jobs_submission_time(
+    make_limiter: MakeLimiter, pg_url: str
+) -> None:
+    """``admitted_at`` is wall-clock (the job's submission, so a resumed job keeps its place);
+    the cluster orders every daemon's requests by it, so it must reach the database as that
+    instant on the database's clock, not shifted by this host's monotonic clock."""
+    import psycopg
+
+    a = make_limiter("a", k=1)
+    holder, waiter = Requester(a, "holder"), Requester(a, "waiter")
+    holder.request()
+    grant = holder.granted(5.0)
+    submitted = time.time() - 120.0
+    waiter.request(admitted_at=submitted)
+
+    def stored() -> float | None:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT admitted_at FROM briefd_token_waits WHERE requester = %s",
+                (waiter.ref.actor_urn,),
+            ).fetchone()
+        return None if row is None else float(row[0])
+
+    deadline = time.monotonic() + 5.0
+    while (at := stored()) is None and time.monotonic() < deadline:
+        threading.Event().wait(0.05)
+    assert at is not None and abs(at - submitted) < 5.0, (at, submitted)
+    holder.release(grant)
+    waiter.granted(5.0)

@@ -35,7 +35,7 @@ def make_tokens(pg_url: str) -> Iterator[Factory]:
 
 
 def request(name: str, *, age_s: float = 0.0, est: int = 0) -> RequestToken:
-    admitted = time.monotonic() - age_s if age_s else 0.0
+    admitted = time.time() - age_s if age_s else 0.0
     return RequestToken(
         job_id=f"job-{name}", stage="BRIEFING_MD", requester=name, admitted_at=admitted,
         est_tokens=est,
@@ -44,7 +44,7 @@ def request(name: str, *, age_s: float = 0.0, est: int = 0) -> RequestToken:
 
 def enqueue(tokens: ClusterTokens, name: str, *, age_s: float = 0.0, est: int = 0) -> int:
     req = request(name, age_s=age_s, est=est)
-    age = time.monotonic() - req.admitted_at if req.admitted_at else None
+    age = time.time() - req.admitted_at if req.admitted_at else None
     return tokens.enqueue(req, age_s=age)
 
 
