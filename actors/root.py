@@ -210,6 +210,7 @@ class RootActor(RootRuns, pykka.ThreadingActor):
         """Cancel a job; returns its state after the request (None: unknown job)."""
         if job_id in self._queue:
             self._queue.remove(job_id)
+            self._rescued.pop(job_id, None)
             publish(JobCancelled(job_id=job_id, reason=reason, was=JobState.QUEUED))
             try:
                 closed = self._journal.close_job(
