@@ -185,11 +185,7 @@ class RootActor(RootRuns, pykka.ThreadingActor):
         if self.drain_event.is_set():
             return Admission(job.job_id, JobState.QUEUED, False, "stopping", 5)
         s = self._settings
-        if self._claims is not None:
-            queued = self._journal.counts()[JobState.QUEUED.value]
-        else:
-            queued = len(self._queue)
-        if len(self._active) >= s.active_jobs and queued >= s.max_queued_jobs:
+        if len(self._active) >= s.active_jobs and self._queued() >= s.max_queued_jobs:
             wait = math.ceil(self._avg_job_s / s.active_jobs)
             return Admission(
                 job.job_id, JobState.QUEUED, False, "queue_full", min(max(wait, 1), 300)
@@ -205,6 +201,10 @@ class RootActor(RootRuns, pykka.ThreadingActor):
         state = JobState.RUNNING if job.job_id in self._active else JobState.QUEUED
         publish(JobAccepted(job_id=job.job_id, status=state, queued=len(self._queue)))
         return Admission(job.job_id, state, created=True)
+
+    def _queued(self) -> int:
+        """Jobs waiting: in our FIFO, or (a cluster) in the database's queue."""
+        return self._claims.store.queue_depth() if self._claims else len(self._queue)
 
     def cancel(self, job_id: str, reason: str = "cancelled") -> JobState | None:
         """Cancel a job; returns its state after the request (None: unknown job)."""

@@ -203,6 +203,16 @@ class PgClaims:
             self._fences.hold(c.job_id, c.fence)
         return claims
 
+    def queue_depth(self) -> int:
+        """Jobs queued in the cluster (one index scan: a submission's bound check pays this,
+        not a count of every job ever kept)."""
+        with self._tx(write=False) as cur:
+            cur.execute(
+                "SELECT count(*) AS n FROM briefd_jobs WHERE state = %s", (JobState.QUEUED.value,)
+            )
+            row = cur.fetchone()
+        return int(row["n"]) if row else 0
+
     def release_predecessors(self, owner: str, node: str) -> int:
         """Lapse now the claims and token leases of this data dir's earlier daemons.
 
