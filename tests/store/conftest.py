@@ -4,12 +4,17 @@ daemon will open them (:func:`briefd.store.open_store`)."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    import psycopg
 
 from briefd.config import PipelineSpec, Settings, load_pipeline
 from briefd.messages import JobMetrics, JobResult, JobSpec, JobStatus, Progress, StageState
@@ -42,6 +47,27 @@ class Backend:
     @property
     def jobs_dir(self) -> Path:
         return self.settings.data_dir / "jobs"
+
+
+def until(condition: Callable[[], Any], timeout_s: float = 10.0) -> Any:
+    """Poll ``condition`` until it is true, with a deadline (fails the test at the deadline)."""
+    deadline = time.monotonic() + timeout_s
+    pause = threading.Event()
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, "condition not reached in time"
+        pause.wait(0.02)
+
+
+@pytest.fixture
+def admin(pg_url: str) -> Iterator[psycopg.Connection[Any]]:
+    """A superuser connection to the test's database, outside the stores (autocommit)."""
+    import psycopg  # here, so that the SQLite half of the suite never needs psycopg
+
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        yield conn
 
 
 @pytest.fixture

@@ -40,29 +40,11 @@ from briefd.store.pg_setup import MIGRATIONS, SCHEMA_VERSION
 from briefd.store.postgres import PostgresStore
 
 from .conftest import Backend
+from .conftest import until as _until
 
 Spec = Callable[[str], JobSpec]
 Result = Callable[..., JobResult]
 BRIEFING = "BRIEFING_MD"
-
-
-def _until(condition: Callable[[], Any], timeout_s: float = 10.0) -> Any:
-    """Poll ``condition`` until it is true, with a deadline (fails the test at the deadline)."""
-    deadline = time.monotonic() + timeout_s
-    pause = threading.Event()
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "condition not reached in time"
-        pause.wait(0.05)
-
-
-@pytest.fixture
-def admin(pg_url: str) -> Iterator[psycopg.Connection[Any]]:
-    """A superuser connection to the test's database, outside the stores (autocommit)."""
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        yield conn
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,31 +21,14 @@ from briefd.store.pg_setup import SCHEMA_VERSION, is_postgres_url, redact_url
 from briefd.store.postgres import PostgresStore
 from briefd.store.sqlite import Journal
 
+from .conftest import until as _until
+
 SECRET = "s3cret-pw"
 
 
 def _with_password(url: str) -> str:
     """The same URL with a password (the throwaway server trusts, so it is never checked)."""
     return url.replace("postgresql://postgres@", f"postgresql://postgres:{SECRET}@")
-
-
-def _until(condition: Callable[[], Any], timeout_s: float = 10.0) -> Any:
-    """Poll ``condition`` until it is true, with a deadline (fails the test at the deadline)."""
-    deadline = time.monotonic() + timeout_s
-    pause = threading.Event()
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "condition not reached in time"
-        pause.wait(0.02)
-
-
-@pytest.fixture
-def admin(pg_url: str) -> Iterator[psycopg.Connection[Any]]:
-    """A superuser connection to the test's database, outside the store."""
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        yield conn
 
 
 @pytest.fixture
@@ -93,7 +76,7 @@ def test_daemons_starting_together_make_the_schema_once(
             "SELECT column_name FROM information_schema.columns WHERE table_name='briefd_jobs'"
         )
     }
-    assert {"claimed_by", "lease_until", "fence"} <= columns, "room for claims, unused yet"
+    assert {"claimed_by", "lease_until", "fence"} <= columns, "the claim columns"
     assert admin.execute("SELECT to_regclass('briefd_fence')").fetchone() == ("briefd_fence",)
 
 
