@@ -275,14 +275,24 @@ class ClusterLimiterActor(pykka.ThreadingActor):
 
     def _rounds(self, *, take: bool) -> None:
         """Flush, grant, deliver; again while delivering released something (a dead requester)."""
+        s = self._s
         for _ in range(ROUNDS_PER_MESSAGE):
-            self._flush()
-            round_ = self._tokens.grant()
+            ops, known = len(s.outbox), set(s.waiting)
+            try:  # the outbox and the round in one transaction: one commit per burst
+                with self._tokens.batch():
+                    for op in s.outbox[:ops]:
+                        self._apply(op)
+                    round_ = self._tokens.grant()
+            except BaseException:
+                for wait_id in set(s.waiting) - known:  # their rows were rolled back
+                    del s.waiting[wait_id]
+                raise
+            del s.outbox[:ops]
             self._seen(round_)
             self._deliver(list(round_.mine))  # before anything else can fail: they are ours
             if take:
                 self._deliver(self._tokens.take_grants())
-            if not self._s.outbox:
+            if not s.outbox:
                 return
 
     def _flush(self) -> None:

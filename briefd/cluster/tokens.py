@@ -83,6 +83,7 @@ class ClusterTokens:
         self.where = redact_url(url)
         self._pool_size, self._timeout_s = pool_size, timeout_s
         self._pool = open_schema_pool(url, max_size=pool_size, timeout_s=timeout_s)
+        self._batch: Any = None  # the connection of an open batch(), else None
 
     def close(self) -> None:
         """Close the pool (a bounded wait for connections in use)."""
@@ -104,10 +105,26 @@ class ClusterTokens:
         old.close(timeout=0.5)
 
     @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Every call inside is one transaction, committed at the end or not at all: the
+        limiter writes a burst of requests and releases and runs its grant round with one
+        commit on the cluster's limiter row instead of one each."""
+        with self._tx() as db:
+            self._batch = db
+            try:
+                yield
+            finally:
+                self._batch = None
+
+    @contextmanager
     def _tx(self) -> Iterator[Any]:
         """One transaction in pipeline mode: statements whose results are not read at once go
         to the server together (a grant is a few round trips, not one per statement). Each
-        ``execute`` has a cursor of its own, so results are read in any order."""
+        ``execute`` has a cursor of its own, so results are read in any order. Inside
+        :meth:`batch`, the batch's transaction."""
+        if self._batch is not None:
+            yield self._batch
+            return
         with self._pool.connection() as conn:
             conn.row_factory = dict_row  # type: ignore[assignment]  # our pool: no one else's
             with conn.pipeline(), conn.transaction():
