@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import queue
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -27,6 +26,8 @@ from briefd.messages import (
     SetCapacity,
     TokenGranted,
 )
+
+from .conftest import until
 
 ASK_S = 5.0
 MakeLimiter = Callable[..., LimiterSupervisor]
@@ -91,17 +92,6 @@ def stats(limiter: LimiterSupervisor) -> ClusterLimiterStats:
     got = limiter.proxy().stats().get(timeout=ASK_S)
     assert isinstance(got, ClusterLimiterStats)
     return got
-
-
-def until(condition: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    pause = threading.Event()
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        pause.wait(0.02)
-    pytest.fail(f"not within {timeout_s}s: {what}")
 
 
 def test_one_token_for_two_daemons_handed_over_by_notify(make_limiter: MakeLimiter) -> None:
@@ -296,9 +286,7 @@ def test_a_request_waits_in_the_database_with_its_jobs_submission_time(
             ).fetchone()
         return None if row is None else float(row[0])
 
-    deadline = time.monotonic() + 5.0
-    while (at := stored()) is None and time.monotonic() < deadline:
-        threading.Event().wait(0.05)
-    assert at is not None and abs(at - submitted) < 5.0, (at, submitted)
+    at = until(stored, 5.0, "the request reached the database")
+    assert abs(at - submitted) < 5.0, (at, submitted)
     holder.release(grant)
     waiter.granted(5.0)

@@ -15,6 +15,8 @@ from briefd.cluster.records import Grant
 from briefd.cluster.tokens import ClusterTokens
 from briefd.messages.token import RateLimits, RequestToken
 
+from .conftest import until
+
 Factory = Callable[..., ClusterTokens]
 
 
@@ -55,18 +57,6 @@ def release(tokens: ClusterTokens, g: Grant, outcome: Any = "success", **kw: Any
         g.lease_id, g.wait_id, g.requester, g.job_id, g.stage, g.epoch, g.est_tokens, 0.0
     )
     return tokens.release(held, outcome=outcome, elapsed_s=0.01, **kw)
-
-
-def until(condition: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    """Wait for ``condition()`` to be truthy (checked every 20 ms) until a deadline."""
-    deadline = time.monotonic() + timeout_s
-    pause = threading.Event()
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        pause.wait(0.02)
-    pytest.fail(f"not within {timeout_s}s: {what}")
 
 
 def test_cap_holds_across_three_daemons(make_tokens: Factory, pg_url: str) -> None:
