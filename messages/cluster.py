@@ -26,7 +26,8 @@ class JobClaimed(Event):
     daemon: str = Field(description="The claiming daemon's id (host:pid:random).")
     fence: int = Field(description="The claim's fencing token; every write of the run shows it.")
     taken_over: bool = Field(
-        default=False, description="The job was running under another daemon whose lease lapsed."
+        default=False,
+        description="Another daemon held the job (running it or queued there) and its lease lapsed.",
     )
     previous_owner: str | None = Field(
         default=None, description="That daemon's id, when taken over."

@@ -63,7 +63,7 @@ LEASED = "(claimed_by IS NOT NULL AND lease_until > now())"
 """A live claim: someone holds the job and its lease has not lapsed."""
 _CLAIM = f"""
 WITH picked AS (
-    SELECT seq, state AS was, claimed_by AS prev,
+    SELECT seq, claimed_by AS prev,
            priority + floor(extract(epoch FROM now() - submitted_at) / %(aging)s) AS eff
     FROM briefd_jobs
     WHERE state IN {LIVE} AND NOT {LEASED} AND (NOT %(lapsed)s OR claimed_by IS NOT NULL)
@@ -77,7 +77,7 @@ SET claimed_by = %(owner)s, claimed_at = now(),
 FROM picked p
 WHERE j.seq = p.seq
 RETURNING j.job_id, j.fence, extract(epoch FROM j.submitted_at)::float8 AS submitted_at,
-          p.was, p.prev, j.cancel_requested, p.eff, j.seq
+          p.prev, j.cancel_requested, p.eff, j.seq
 """
 _RENEW = f"""
 WITH mine AS (
@@ -170,8 +170,10 @@ class PgClaims:
         the higher effective priority (``priority`` + one level per
         :data:`~briefd.limits.order.PRIORITY_AGING_S` since submission), then
         submission order. Rows another daemon is claiming right now are skipped, not
-        waited for. A ``running`` job whose claim lapsed is ``taken_over``: its run
-        died (or is a zombie, whose writes the new fence now refuses). ``lapsed_only``:
+        waited for. A job whose claim lapsed is ``taken_over``, whether it was running
+        there (its run died, or is a zombie whose writes the new fence now refuses) or
+        still waiting in that daemon's queue: a claim is freed when its holder lets go,
+        so a lapsed one means the holder died or was cut off. ``lapsed_only``:
         only jobs whose claim lapsed (a dead daemon's), to take them over at once.
         """
         if limit <= 0:
@@ -193,7 +195,7 @@ class PgClaims:
                 job_id=r["job_id"],
                 fence=int(r["fence"]),
                 submitted_at=float(r["submitted_at"]),
-                taken_over=r["was"] == JobState.RUNNING.value and r["prev"] is not None,
+                taken_over=r["prev"] is not None,
                 previous_owner=r["prev"],
                 cancel=r["cancel_requested"],
             )

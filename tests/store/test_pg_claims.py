@@ -432,3 +432,19 @@ def test_a_rescue_claims_only_lapsed_jobs_not_the_queue(
     (rescued,) = b.claim("b", 5, 30.0, lapsed_only=True)
     assert rescued.job_id == "old" and rescued.taken_over and rescued.previous_owner == "a"
     assert [c.job_id for c in b.claim("b", 5, 30.0)] == ["free"]
+
+
+def test_a_dead_daemons_claimed_but_unstarted_job_is_taken_over_too(
+    two: tuple[PostgresStore, PostgresStore], spec: Spec, admin: psycopg.Connection[Any]
+) -> None:
+    """A job claimed by a daemon that died before starting it (it waited in that daemon's
+    queue) is a takeover like a running one: the console and the takeover count see it."""
+    a, b = two
+    a.add_job(spec("waiting"))
+    (dead,) = a.claim("a", 1, 1.0)
+    assert dead.job_id == "waiting"
+    _until(lambda: _lapsed(admin, "waiting"))
+    (rescued,) = b.claim("b", 5, 30.0, lapsed_only=True)
+    assert rescued.job_id == "waiting" and rescued.fence > dead.fence
+    assert rescued.taken_over and rescued.previous_owner == "a"
+    assert b.start_run("waiting").runs_died == 0, "it never ran, so no run died"
