@@ -130,8 +130,9 @@ class Settings(BaseSettings):
         default=None,
         ge=1,
         description="Jobs running at once (each a coordinator and its stage actors); the rest "
-        "wait as data. Unset: 4 x max_concurrent, at least 8 (more active jobs than the tokens "
-        "can serve only park threads).",
+        "wait as data. Unset: 1.5 x max_concurrent, at least 8 (every active job has a stage "
+        "ready or running nearly all the time, so K jobs keep K tokens busy and the half more "
+        "covers backoffs; more only park threads that compete for the interpreter).",
     )
     max_queued_jobs: int = Field(default=10_000, ge=0)
     max_body_bytes: int = Field(
@@ -263,10 +264,15 @@ class Settings(BaseSettings):
 
     @property
     def active_jobs(self) -> int:
-        """The active window: ``max_active_jobs``, or 4 x ``max_concurrent`` (at least 8)."""
+        """The active window: ``max_active_jobs``, or 1.5 x ``max_concurrent`` (at least 8).
+
+        Measured at 100 jobs, K=16 (7 interleaved rounds): a window of 64 (the old
+        4 x K) took 2.24 s and 4.5 ms of CPU per call, 24 took 2.06 s and 3.9 ms, 16
+        took 2.10 s: past what the tokens can serve, active jobs only add threads.
+        """
         if self.max_active_jobs is not None:
             return self.max_active_jobs
-        return max(8, 4 * self.max_concurrent)
+        return max(8, (3 * self.max_concurrent + 1) // 2)
 
     def api_key_value(self) -> str | None:
         """The API key in clear, for the Authorization header only."""

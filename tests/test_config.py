@@ -213,8 +213,9 @@ def test_the_output_contract_belongs_to_the_job(tmp_path: Path, make_job: Any) -
 
 
 def test_the_active_window_follows_the_token_cap() -> None:
-    """Unset, max_active_jobs is 4 x max_concurrent (at least 8): more active jobs than the
+    """Unset, max_active_jobs is 1.5 x max_concurrent (at least 8): more active jobs than the
     tokens can serve only park threads. A value that is set is kept as it is."""
     assert Settings().active_jobs == 8
-    assert Settings(max_concurrent=16).active_jobs == 64
+    assert Settings(max_concurrent=16).active_jobs == 24
+    assert Settings(max_concurrent=7).active_jobs == 11, "rounded up"
     assert Settings(max_concurrent=16, max_active_jobs=5).active_jobs == 5
