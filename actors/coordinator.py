@@ -51,6 +51,7 @@ from briefd.messages import (
 )
 from briefd.ops.events import Observer, publish
 from briefd.progress import StageRecord, job_metrics, job_status, progress
+from briefd.threads import PooledThreadingActor
 from briefd.timers import Timers
 
 HEALTH_PERIOD_S = 0.5
@@ -59,7 +60,7 @@ _TERMINAL = (StageState.COMPLETE, StageState.FAILED)
 AnyRef = pykka.ActorRef[Any]
 
 
-class CoordinatorActor(pykka.ThreadingActor):
+class CoordinatorActor(PooledThreadingActor):
     """Runs one job to a ``JobCompleted``."""
 
     def __init__(

@@ -51,12 +51,13 @@ from briefd.messages import (
     Usage,
 )
 from briefd.messages.token import Outcome, RateLimits
+from briefd.threads import PooledThreadingActor
 from briefd.timers import Timers
 
 AnyRef = pykka.ActorRef[Any]
 
 
-class StageActor(pykka.ThreadingActor):
+class StageActor(PooledThreadingActor):
     """Runs one stage of one job; reports to its coordinator by ``tell``."""
 
     def __init__(

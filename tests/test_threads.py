@@ -1,0 +1,131 @@
+"""Pooled threads for per-job actors (briefd.threads): reused, never a wait, lifecycle intact."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pykka
+import pytest
+
+import briefd
+from briefd.threads import PooledThreadingActor, ThreadPool, pool
+
+WAIT_S = 10.0
+
+
+class _Echo(PooledThreadingActor):
+    """Answers with the thread it runs on; records its lifecycle hooks."""
+
+    hooks: list[str] = []
+
+    def on_start(self) -> None:
+        _Echo.hooks.append("start")
+
+    def on_stop(self) -> None:
+        _Echo.hooks.append("stop")
+
+    def on_failure(self, *args: Any) -> None:
+        _Echo.hooks.append("failure")
+
+    def on_receive(self, message: Any) -> Any:
+        if message == "raise":
+            raise RuntimeError("a bug in a handler")
+        if isinstance(message, threading.Barrier):
+            message.wait(WAIT_S)  # every actor must be running at once for this to pass
+        return threading.get_ident()
+
+
+def test_actors_one_after_another_reuse_idle_threads() -> None:
+    """Twenty actors started and stopped in turn start no thread while one is idle."""
+    _Echo.start().stop(timeout=WAIT_S)
+    started_before = pool().started
+    for _ in range(20):
+        assert pool().wait_idle(1, WAIT_S), "the last actor's thread never came back"
+        ref = _Echo.start()
+        assert ref.ask("which", timeout=WAIT_S)
+        ref.stop(timeout=WAIT_S)
+        assert ref.actor_stopped.wait(WAIT_S)
+    assert pool().started == started_before, "a thread was started though one was idle"
+
+
+def test_live_actors_each_have_a_thread_so_none_waits_for_another() -> None:
+    """Twelve actors blocked at once (a barrier of twelve) all run: the pool grows."""
+    barrier = threading.Barrier(12)
+    refs = [_Echo.start() for _ in range(12)]
+    try:
+        futures = [r.ask(barrier, block=False) for r in refs]
+        idents = {f.get(timeout=WAIT_S) for f in futures}
+        assert len(idents) == 12
+    finally:
+        for r in refs:
+            r.stop(timeout=WAIT_S)
+
+
+def test_pykka_lifecycle_is_unchanged_on_a_reused_thread() -> None:
+    """on_start, on_failure (a handler's exception), on_stop: as on pykka's own threads."""
+    warm = _Echo.start()
+    warm.stop(timeout=WAIT_S)
+    _Echo.hooks.clear()
+    ref = _Echo.start()
+    ref.ask("which", timeout=WAIT_S)
+    ref.tell("raise")  # pykka: on_failure, then the actor stops
+    assert ref.actor_stopped.wait(WAIT_S)
+    assert _Echo.hooks == ["start", "failure"]
+    with pytest.raises(pykka.ActorDeadError):
+        ref.tell("which")
+    again = _Echo.start()  # the thread is free for the next actor
+    assert again.ask("which", timeout=WAIT_S)
+    again.stop(timeout=WAIT_S)
+    assert _Echo.hooks[-2:] == ["start", "stop"]
+
+
+def test_an_idle_thread_leaves_after_its_idle_time() -> None:
+    """A pool's thread waits ``idle_s`` for more work, then exits (a burst does not stay)."""
+    small = ThreadPool(idle_s=0.05)
+    ran = threading.Event()
+    threads: list[threading.Thread] = []
+
+    def work() -> None:
+        threads.append(threading.current_thread())
+        ran.set()
+
+    small.run(work, "briefd-test")
+    assert ran.wait(WAIT_S)
+    threads[0].join(WAIT_S)
+    assert not threads[0].is_alive()
+    assert small.idle() == 0 and small.started == 1
+
+
+def test_a_function_that_raises_does_not_cost_the_thread() -> None:
+    """What escapes a pooled function is logged; the thread takes the next one."""
+    small = ThreadPool(idle_s=WAIT_S)
+    seen: list[int] = []
+    done = threading.Event()
+
+    def boom() -> None:
+        seen.append(threading.get_ident())
+        raise RuntimeError("escaped")
+
+    def after() -> None:
+        seen.append(threading.get_ident())
+        done.set()
+
+    small.run(boom, "briefd-test")
+    assert small.wait_idle(1, WAIT_S), "the thread died with the function"
+    small.run(after, "briefd-test")
+    assert done.wait(WAIT_S)
+    assert seen[0] == seen[1] and small.started == 1
+
+
+def test_a_pipeline_of_many_jobs_starts_few_threads(
+    sim: Any, make_settings: Any, make_job: Any
+) -> None:
+    """Thirty jobs (150 actors: a coordinator and four stages each), run five at a time,
+    start far fewer than 150 threads."""
+    before, ran_before = pool().started, pool().ran
+    with briefd.Pipeline(make_settings(max_concurrent=2, max_active_jobs=5)) as pipeline:
+        futures = [pipeline.submit(make_job(f"t-{i}")) for i in range(30)]
+        assert all(f.get(timeout=120).status == "succeeded" for f in futures)
+    assert pool().ran - ran_before == 30 * 5, "every per-job actor runs on the pool"
+    assert pool().started - before <= 5 * 5 + 5, pool().started - before
