@@ -41,6 +41,7 @@ from briefd.messages import (
     ReportRateLimit,
     RequestToken,
     ResumeStage,
+    StageActorStopped,
     StageFailed,
     StageRetrying,
     StageStarted,
@@ -175,6 +176,11 @@ class StageActor(PooledThreadingActor):
 
     def on_stop(self) -> None:
         self._cleanup()
+
+    def on_exit(self) -> None:
+        # However this actor ended, its coordinator hears it now, not at a periodic check:
+        # a stage still running there died without reporting (say, in on_start).
+        self._report(StageActorStopped(job_id=self.job_id, stage=self.spec.name))
 
     def _cleanup(self) -> None:
         self._timers.close()

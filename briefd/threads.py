@@ -129,4 +129,18 @@ class PooledThreadingActor(pykka.ThreadingActor):
     """A ``pykka.ThreadingActor`` whose loop runs on a reused thread (see the module)."""
 
     def _start_actor_loop(self) -> None:
-        _POOL.run(self._actor_loop, type(self).__name__)
+        _POOL.run(self._pooled_loop, type(self).__name__)
+
+    def _pooled_loop(self) -> None:
+        try:
+            self._actor_loop()
+        finally:
+            self.on_exit()
+
+    def on_exit(self) -> None:
+        """Hook: the actor's loop has ended, however it ended, and its thread is leaving it.
+
+        Called on the actor's thread after pykka's last hook (``on_stop``, ``on_failure``,
+        or none when ``on_start`` raised), so a message told here comes after anything
+        the actor told before. Must not raise or block.
+        """

@@ -65,6 +65,7 @@ from briefd.messages.jobs import (
 )
 from briefd.messages.stage import (
     ResumeStage,
+    StageActorStopped,
     StageFailed,
     StageFellBack,
     StageRetrying,
@@ -97,6 +98,7 @@ AnyMessage = Annotated[
     | StageRetrying
     | StageSucceeded
     | StageFailed
+    | StageActorStopped
     | StageFellBack
     | RequestToken
     | TokenGranted
@@ -193,6 +195,7 @@ __all__ = [
     "RollbackTripped",
     "SchemaSource",
     "SetCapacity",
+    "StageActorStopped",
     "StageFailed",
     "StageFellBack",
     "StageRetrying",

@@ -27,7 +27,7 @@ class JobClaimed(Event):
     fence: int = Field(description="The claim's fencing token; every write of the run shows it.")
     taken_over: bool = Field(
         default=False,
-        description="Another daemon held the job (running it or queued there) and its lease lapsed.",
+        description="Another daemon held the job (running it or queued there); its lease lapsed.",
     )
     previous_owner: str | None = Field(
         default=None, description="That daemon's id, when taken over."

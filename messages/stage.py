@@ -28,6 +28,16 @@ class ResumeStage(Command):
     attempt: int
 
 
+class StageActorStopped(Event):
+    """Stage actor -> its coordinator, from the actor's thread as it leaves: the actor is
+    gone, however it went (stopped, failed, or dead in ``on_start``). A stage still running
+    when this arrives died without reporting; its own last report, if any, came first."""
+
+    type: Literal["StageActorStopped"] = "StageActorStopped"
+    job_id: str
+    stage: str
+
+
 class StageStarted(Event):
     """A stage holds a token and its HTTP call (attempt ``attempt``) is in flight."""
 

@@ -7,11 +7,21 @@ import time
 from typing import Any
 
 import pykka
+import pytest
 
 import briefd
 from briefd.actors import StageActor
+from briefd.actors import coordinator as coordinator_module
 from briefd.llm.call import Completion
-from briefd.messages import ErrorCode, Event, JobStatus, StageRetrying, TokenReleased
+from briefd.llm.errors import CallCancelled
+from briefd.messages import (
+    ErrorCode,
+    Event,
+    JobStatus,
+    PipelineError,
+    StageRetrying,
+    TokenReleased,
+)
 from briefd.sim.server import Fault, SimServer
 
 
@@ -171,6 +181,35 @@ class _VanishingStage(StageActor):
             _VanishingStage.gone.set()
             raise pykka.ActorDeadError("gone")  # not a CallError: escapes into on_failure
         return super()._call()
+
+
+class _QuietlyStopped(StageActor):
+    """PLAYS_MD's actor is stopped when its token comes (on_stop runs, nothing is reported)."""
+
+    def _call(self) -> Completion:
+        if self.spec.name == "PLAYS_MD":
+            self.actor_ref.stop(block=False)
+            raise CallCancelled()  # the call is not made; the stop follows in the inbox
+        return super()._call()
+
+    def _fail(self, error: PipelineError) -> None:
+        if self.spec.name != "PLAYS_MD":
+            super()._fail(error)  # PLAYS_MD says nothing: it dies without reporting
+
+
+def test_a_stage_actor_gone_without_a_word_is_noticed_as_it_leaves(
+    sim: SimServer, make_settings: Any, make_job: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stage actor's thread tells its coordinator as it leaves (StageActorStopped): the
+    stage is CRASHED at once, with the periodic safety net switched off."""
+    monkeypatch.setattr(coordinator_module, "HEALTH_PERIOD_S", 1e6)
+    with briefd.Pipeline(make_settings(), stage_actor_cls=_QuietlyStopped) as pipeline:
+        result = pipeline.submit(make_job()).get(timeout=30)
+        stats = pipeline.limiter_stats()
+    assert [(e.stage, e.code) for e in result.errors] == [("PLAYS_MD", ErrorCode.CRASHED)]
+    assert "died without reporting" in result.errors[0].message
+    assert result.documents["BRIEFING_MD"] and result.documents["ANNEX_JSON"]
+    assert stats.in_use == 0
 
 
 def test_crashing_stage_becomes_a_crashed_error(

@@ -18,6 +18,7 @@ class _Echo(PooledThreadingActor):
     """Answers with the thread it runs on; records its lifecycle hooks."""
 
     hooks: list[str] = []
+    exited = threading.Event()
 
     def on_start(self) -> None:
         _Echo.hooks.append("start")
@@ -27,6 +28,10 @@ class _Echo(PooledThreadingActor):
 
     def on_failure(self, *args: Any) -> None:
         _Echo.hooks.append("failure")
+
+    def on_exit(self) -> None:
+        _Echo.hooks.append("exit")
+        _Echo.exited.set()
 
     def on_receive(self, message: Any) -> Any:
         if message == "raise":
@@ -63,21 +68,40 @@ def test_live_actors_each_have_a_thread_so_none_waits_for_another() -> None:
 
 
 def test_pykka_lifecycle_is_unchanged_on_a_reused_thread() -> None:
-    """on_start, on_failure (a handler's exception), on_stop: as on pykka's own threads."""
+    """on_start, on_failure (a handler's exception), on_stop: as on pykka's own threads;
+    then on_exit, the pool's own hook, last."""
     warm = _Echo.start()
     warm.stop(timeout=WAIT_S)
     _Echo.hooks.clear()
+    _Echo.exited.clear()
     ref = _Echo.start()
     ref.ask("which", timeout=WAIT_S)
     ref.tell("raise")  # pykka: on_failure, then the actor stops
-    assert ref.actor_stopped.wait(WAIT_S)
-    assert _Echo.hooks == ["start", "failure"]
+    assert _Echo.exited.wait(WAIT_S)
+    assert _Echo.hooks == ["start", "failure", "exit"]
     with pytest.raises(pykka.ActorDeadError):
         ref.tell("which")
+    _Echo.exited.clear()
     again = _Echo.start()  # the thread is free for the next actor
     assert again.ask("which", timeout=WAIT_S)
     again.stop(timeout=WAIT_S)
-    assert _Echo.hooks[-2:] == ["start", "stop"]
+    assert _Echo.exited.wait(WAIT_S)
+    assert _Echo.hooks[-3:] == ["start", "stop", "exit"]
+
+
+class _CannotStart(_Echo):
+    def on_start(self) -> None:
+        raise RuntimeError("no start")
+
+
+def test_on_exit_follows_even_a_failed_on_start() -> None:
+    """pykka calls neither on_failure nor on_stop when on_start raises: on_exit still comes."""
+    _Echo.hooks.clear()
+    _Echo.exited.clear()
+    ref = _CannotStart.start()
+    assert _Echo.exited.wait(WAIT_S)
+    assert ref.actor_stopped.is_set()
+    assert _Echo.hooks == ["exit"]
 
 
 def test_an_idle_thread_leaves_after_its_idle_time() -> None:
