@@ -258,6 +258,40 @@ def test_a_job_interrupted_then_taken_over_comes_back_as_one_row(tmp_path: Path)
     assert snap.jobs_by_status == {"succeeded": 1} and snap.totals["job_takeovers"] == 1
 
 
+def test_a_daemon_whose_jobs_were_taken_over_shows_as_lost_until_it_writes_again(
+    tmp_path: Path,
+) -> None:
+    """d1 is killed (its log just stops) holding a token; d2 takes its job over. d1's log
+    cannot say it died, d2's takeover does: d1 is ``lost``, its token and stage no longer
+    in flight. When d1 starts again it is ``running``."""
+    d1, d2 = tmp_path / "d1" / "events.log", tmp_path / "d2" / "events.log"
+    dead = "h1:8761:n1"
+    write(d1, (T0, started(8761).model_copy(update={"daemon_id": dead})), *run_job("j", T0 + 1))
+    write(d2, (T0 + 0.5, started(8762).model_copy(update={"daemon_id": "h2:8762:n2"})))
+    logs = LogSet([str(d1), str(d2)])
+    view = view_of(logs)
+    assert [s["status"] for s in view.snapshot(T0 + 2).sources] == ["running", "running"]
+    assert view.snapshot(T0 + 2).tokens["in_use"] == 1
+
+    claim = JobClaimed(
+        job_id="j", daemon="h2:8762:n2", fence=2, taken_over=True, previous_owner=dead
+    )
+    write(d2, (T0 + 20, claim), *run_job("j", T0 + 20.5)[1:])
+    view.apply_merged(logs.poll())
+    snap = view.snapshot(T0 + 21)
+    assert [(s["status"], s["stages_running"]) for s in snap.sources] == [
+        ("lost", 0),
+        ("running", 1),
+    ]
+    assert snap.tokens["in_use"] == 1, "only d2's call is in flight"
+    assert re.search(r"127\.0\.0\.1:8761 lost", screen(view))
+
+    write(d1, (T0 + 30, started(8761).model_copy(update={"daemon_id": "h1:9999:n1"})))
+    view.apply_merged(logs.poll())
+    logs.close()
+    assert [s["status"] for s in view.snapshot(T0 + 31).sources] == ["running", "running"]
+
+
 def test_a_glob_picks_up_a_log_created_later(tmp_path: Path) -> None:
     """A daemon started after the console: its log matches the glob and joins at the next look."""
     write(tmp_path / "d1" / "events.log", (T0, started(8761)))

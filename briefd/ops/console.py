@@ -52,7 +52,12 @@ STAGE_LOOK: dict[str, tuple[str, str]] = {
     "failed": ("✗ failed", "bold red"),
     "fellback": ("↩ fallback", "magenta"),
 }
-DAEMON_LOOK = {"running": "bold green", "stopping": "yellow", "stopped": "bold red"}
+DAEMON_LOOK = {
+    "running": "bold green",
+    "stopping": "yellow",
+    "stopped": "bold red",
+    "lost": "bold red",
+}
 JOB_LOOK = {
     "running": "bold green",
     "queued": "cyan",

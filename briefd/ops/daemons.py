@@ -45,6 +45,10 @@ class Source:
     tokens: dict[str, Any] = field(default_factory=_fresh_tokens)
     running: set[tuple[str, str]] = field(default_factory=set)
     newest: float = 0.0
+    daemon_id: str | None = None
+    """The cluster's name for its daemon (``DaemonStarted.daemon_id``), None on one machine."""
+    lost: dict[str, Any] | None = None
+    """Set when another daemon took this one's jobs over (its lease lapsed): ``since``, ``by``."""
 
     def capacity(self) -> int:
         """Its tokens, as the limiter last said, else as the daemon said when it started."""
@@ -52,9 +56,13 @@ class Source:
         return cap if isinstance(cap, int) else 0
 
     def status(self, now: float) -> str:
-        """``running``, ``stopping``, ``stopped`` (its grace has passed), or ``no daemon``."""
+        """``running``, ``stopping``, ``stopped`` (its grace has passed), ``lost`` (killed or
+        cut off: another daemon took its jobs over, and it has written nothing since), or
+        ``no daemon``. A log cannot say its process died; a takeover in another log can."""
         if self.daemon is None:
             return "no daemon" if self.newest else "no events yet"
+        if self.lost is not None and self.newest <= self.lost["since"]:
+            return "lost"
         state = str(self.daemon["state"])
         if state == "reloaded":
             return "running"
@@ -118,6 +126,9 @@ class Sources:
             source.running.clear()
             source.tokens["in_use"] = 0
             source.ident = {k: record.data.get(k) for k in ("url", "pid", "max_concurrent")}
+            daemon_id = record.data.get("daemon_id")
+            source.daemon_id = daemon_id if isinstance(daemon_id, str) else None
+            source.lost = None
         scalars = {
             k: v
             for k, v in record.data.items()
@@ -125,6 +136,17 @@ class Sources:
         }
         state = DAEMON_STATES.get(record.event, "stopping")
         source.daemon = {"state": state, "since": record.ts, **scalars}
+
+    def taken_over(self, previous_owner: str, by: Source, ts: float) -> None:
+        """``by`` took over a job of the daemon named ``previous_owner``: that daemon's lease
+        lapsed, so it is dead or cut off, and its calls in flight are not the cluster's now."""
+        for source in self.by_key.values():
+            if source is by or source.daemon_id != previous_owner or source.newest > ts:
+                continue
+            if source.lost is None:
+                source.lost = {"since": ts, "by": by.daemon_id or by.key}
+            source.running.clear()
+            source.tokens["in_use"] = 0
 
     def forget(self, job_id: str, stages: Iterable[str]) -> None:
         """A job ended or moved away: its stages are no longer in flight anywhere."""

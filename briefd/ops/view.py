@@ -289,6 +289,9 @@ class OpsView:
         """A daemon of a cluster claimed the job: the row is now its (the run follows)."""
         if self._job(record) is not None and record.data.get("taken_over") is True:
             self._totals["job_takeovers"] += 1
+        previous = record.data.get("previous_owner")
+        if record.data.get("taken_over") is True and isinstance(previous, str):
+            self._sources.taken_over(previous, self._src, record.ts)
 
     def _restarted(self, record: Record) -> None:
         job = self._job(record)
