@@ -231,10 +231,8 @@ class CoordinatorActor(PooledThreadingActor):
     # -- the DAG -------------------------------------------------------------
 
     def _active(self, stage: str) -> bool:
-        return (
-            not self._finished
-            and self._records.get(stage, StageRecord(StageState.FAILED)).state not in _TERMINAL
-        )
+        rec = self._records.get(stage)
+        return not self._finished and rec is not None and rec.state not in _TERMINAL
 
     def _advance(self) -> None:
         if self._finished:
