@@ -154,6 +154,14 @@ def _report(jobs: int, k: int, scale: float, ours: list[Run], ref: list[Run]) ->
         f"  latency mean briefd {mean * 1000:7.0f} ms   reference {mean_ref * 1000:8.0f} ms"
         f"   ratio {mean / mean_ref:.3f}{target}"
     )
+    if jobs > 1:
+        # Oldest first at best ends one job every makespan/N: job i at i x makespan/N, a mean
+        # of (N+1)/2N x makespan. What no order can beat at a given makespan.
+        floor = (jobs + 1) / (2 * jobs)
+        print(
+            f"    floor (jobs ending evenly, oldest first): ratio {floor * mk / mean_ref:.3f} at"
+            f" briefd's makespan, {floor * mk_ref / mean_ref:.3f} at the reference's"
+        )
     print(
         f"  latency p95 briefd {p95 * 1000:8.0f} ms   reference {p95_ref * 1000:8.0f} ms"
         f"   ratio {p95 / p95_ref:.3f}"
