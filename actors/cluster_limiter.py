@@ -71,6 +71,7 @@ from briefd.messages.cluster import RenewTokens, TokensGranted
 from briefd.messages.jobs import Tick
 from briefd.ops.events import Observer, publish
 from briefd.store.pg_setup import one_line
+from briefd.threads import LeanThreadingActor
 from briefd.timers import Timers
 
 ROUNDS_PER_MESSAGE = 3
@@ -85,7 +86,7 @@ DEFER_MAX = 16
 """Messages whose grant round may be left to the next message, in a row."""
 
 
-class ClusterLimiterActor(pykka.ThreadingActor):
+class ClusterLimiterActor(LeanThreadingActor):
     """Hands out the cluster's tokens to this daemon's actors (see the module's docstring)."""
 
     def __init__(

@@ -45,6 +45,7 @@ from briefd.messages import (
 )
 from briefd.ops.events import Observer, publish
 from briefd.store.base import ClaimLost, Store, StoreUnavailable
+from briefd.threads import LeanThreadingActor
 from briefd.timers import Timers
 
 RETRY_S = 0.5
@@ -63,7 +64,7 @@ def journal_observer(ref: pykka.ActorRef[Any]) -> Observer:
     return observe
 
 
-class JournalActor(pykka.ThreadingActor):
+class JournalActor(LeanThreadingActor):
     """Owns the writes of running jobs to the journal."""
 
     def __init__(self, journal: Store, retry_s: float = RETRY_S) -> None:

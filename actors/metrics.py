@@ -26,6 +26,7 @@ from briefd.messages import (
     TokenGranted,
     TokenReleased,
 )
+from briefd.threads import LeanThreadingActor
 
 AGGREGATED = (StageSucceeded, StageFailed, StageRetrying, TokenGranted, TokenReleased, JobCompleted)
 """The events :class:`MetricsActor` counts; the rest it would only read and drop."""
@@ -110,7 +111,7 @@ class MetricsSnapshot:
     stage_histograms: dict[str, Histogram] = field(default_factory=dict)
 
 
-class MetricsActor(pykka.ThreadingActor):
+class MetricsActor(LeanThreadingActor):
     """Aggregates the events it is told."""
 
     def __init__(self) -> None:

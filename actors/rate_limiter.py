@@ -70,6 +70,7 @@ from briefd.messages import (
 )
 from briefd.messages.jobs import Tick
 from briefd.ops.events import Observer, publish
+from briefd.threads import LeanThreadingActor
 from briefd.timers import Timers
 
 REAP_PERIOD_S = 0.5
@@ -149,7 +150,7 @@ class LimiterState:
         self.pacer = Pacer.new(self.capacity, adaptive=self.adaptive, rpm=self.rpm, tpm=self.tpm)
 
 
-class RateLimiterActor(pykka.ThreadingActor):
+class RateLimiterActor(LeanThreadingActor):
     """Hands out up to ``capacity`` execution tokens (default 2): the window's ceiling."""
 
     def __init__(

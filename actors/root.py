@@ -73,13 +73,14 @@ from briefd.ops.autorollback import RollbackWatch
 from briefd.ops.breaker import Breaker
 from briefd.ops.events import Observer, publish
 from briefd.store.base import Claim, ClaimLost, Store, StoreUnavailable
+from briefd.threads import LeanThreadingActor
 from briefd.timers import Timers
 
 WATCH_PERIOD_S = 0.5
 AnyRef = pykka.ActorRef[Any]
 
 
-class RootActor(RootRuns, pykka.ThreadingActor):
+class RootActor(RootRuns, LeanThreadingActor):
     """One per daemon: the only actor that starts or stops coordinators."""
 
     def __init__(

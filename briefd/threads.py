@@ -29,11 +29,13 @@ unchanged on a reused thread.
 from __future__ import annotations
 
 import os
+import queue
 import threading
 from collections.abc import Callable
 
 import pykka
 from loguru import logger
+from pykka._actor import ActorInbox  # the inbox protocol (pykka 4 exports no public name)
 
 IDLE_S = 30.0
 """How long an idle pooled thread waits for the next actor before it exits."""
@@ -125,8 +127,24 @@ def pool() -> ThreadPool:
     return _POOL
 
 
-class PooledThreadingActor(pykka.ThreadingActor):
-    """A ``pykka.ThreadingActor`` whose loop runs on a reused thread (see the module)."""
+class LeanThreadingActor(pykka.ThreadingActor):
+    """A ``pykka.ThreadingActor`` whose inbox is a ``queue.SimpleQueue``.
+
+    pykka's default inbox is a ``queue.Queue``, written in Python over a condition
+    variable; every ``tell`` and every wake-up pays for it. ``SimpleQueue`` is the
+    C-implemented FIFO with the ``put``/``get``/``empty`` pykka's ``ActorInbox``
+    protocol asks for (and nothing pykka uses is missing). A message from one actor
+    to another went from about 20 to 11 us of CPU (a ping-pong of 20,000 tells);
+    each briefd call is about ten of them.
+    """
+
+    @staticmethod
+    def _create_actor_inbox() -> ActorInbox:
+        return queue.SimpleQueue()
+
+
+class PooledThreadingActor(LeanThreadingActor):
+    """A lean actor whose loop runs on a reused thread (see the module)."""
 
     def _start_actor_loop(self) -> None:
         _POOL.run(self._pooled_loop, type(self).__name__)

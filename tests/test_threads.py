@@ -9,7 +9,7 @@ import pykka
 import pytest
 
 import briefd
-from briefd.threads import PooledThreadingActor, ThreadPool, pool
+from briefd.threads import LeanThreadingActor, PooledThreadingActor, ThreadPool, pool
 
 WAIT_S = 10.0
 
@@ -153,3 +153,34 @@ def test_a_pipeline_of_many_jobs_starts_few_threads(
         assert all(f.get(timeout=120).status == "succeeded" for f in futures)
     assert pool().ran - ran_before == 30 * 5, "every per-job actor runs on the pool"
     assert pool().started - before <= 5 * 5 + 5, pool().started - before
+
+
+class _Gate(LeanThreadingActor):
+    """Blocks on an event in its first message, so later messages queue behind it."""
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, threading.Event):
+            message.wait(WAIT_S)
+        return message
+
+
+def test_the_lean_inbox_keeps_pykkas_order_and_its_teardown() -> None:
+    """FIFO order, and asks still queued when the actor stops fail with ActorDeadError
+    (pykka drains the inbox with ``empty``/``get``, which ``SimpleQueue`` has)."""
+    gate = threading.Event()
+    ref = _Gate.start()
+    assert type(ref.actor_inbox).__name__ == "SimpleQueue"
+    blocked = ref.ask(gate, block=False)
+    answers = [ref.ask(n, block=False) for n in range(5)]
+    gate.set()
+    assert blocked.get(timeout=WAIT_S) is gate
+    assert [a.get(timeout=WAIT_S) for a in answers] == [0, 1, 2, 3, 4]
+    gate2 = threading.Event()
+    blocked = ref.ask(gate2, block=False)
+    ref.stop(block=False)  # queued behind the blocked message
+    late = ref.ask("late", block=False)  # still alive: blocked on gate2
+    gate2.set()
+    assert blocked.get(timeout=WAIT_S) is gate2
+    assert ref.actor_stopped.wait(WAIT_S)
+    with pytest.raises(pykka.ActorDeadError):
+        late.get(timeout=WAIT_S)
