@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import queue
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import pykka
@@ -18,3 +21,14 @@ class Inbox(pykka.ThreadingActor):
     def on_receive(self, message: Any) -> Any:
         self.out.put(message)
         return None
+
+
+def eventually(check: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Poll ``check`` until true or ``timeout``; waits on an Event, not a sleep."""
+    deadline = time.monotonic() + timeout
+    tick = threading.Event()
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        tick.wait(0.01)
+    return True

@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable
 from typing import Any
+
+from actor_helpers import eventually
 
 import briefd
 from briefd.messages import ErrorCode, JobStatus
 from briefd.sim.server import Fault, SimServer
-
-
-def _eventually(check: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Poll ``check`` until true or ``timeout``; waits on an Event, not a sleep."""
-    deadline = time.monotonic() + timeout
-    tick = threading.Event()
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        tick.wait(0.01)
-    return True
 
 
 def test_cancel_mid_flight(
@@ -37,7 +26,7 @@ def test_cancel_mid_flight(
         result = future.get(timeout=10)
         assert sim.wait_until_idle(timeout=5)
         assert not pipeline.cancel("acme-1")  # gone once ended
-        assert _eventually(lambda: pipeline.limiter_stats().in_use == 0), "tokens not returned"
+        assert eventually(lambda: pipeline.limiter_stats().in_use == 0), "tokens not returned"
     assert result.status is JobStatus.CANCELLED
     assert {e.code for e in result.errors} == {ErrorCode.CANCELLED}
     assert {e.stage for e in result.errors} == set(result.documents)
@@ -59,7 +48,7 @@ def test_cancel_cuts_a_hung_call_and_frees_its_token_at_once(
         started = time.monotonic()
         assert pipeline.cancel("stuck")
         result = future.get(timeout=10)
-        assert _eventually(lambda: pipeline.limiter_stats().in_use == 0, timeout=5)
+        assert eventually(lambda: pipeline.limiter_stats().in_use == 0, timeout=5)
         assert sim.wait_until_idle(timeout=5)
         freed_after = time.monotonic() - started
         # The freed tokens serve the next job straight away.

@@ -8,7 +8,7 @@ import threading
 from typing import Any
 
 import pytest
-from actor_helpers import Inbox
+from actor_helpers import Inbox, eventually
 
 import briefd
 from briefd.actors import RateLimiterActor
@@ -19,6 +19,7 @@ from briefd.llm.errors import TransportError
 from briefd.messages import (
     Event,
     JobStarted,
+    JobStatus,
     ReleaseToken,
     RequestToken,
     StageFailed,
@@ -28,7 +29,7 @@ from briefd.messages import (
     TokenGranted,
     TokenReleased,
 )
-from briefd.sim.server import SimServer
+from briefd.sim.server import Fault, SimServer
 
 
 def test_the_next_grant_is_told_before_the_release_is_published() -> None:
@@ -79,6 +80,22 @@ def test_the_metrics_actor_is_told_only_what_it_counts() -> None:
     granted = TokenGranted(job_id="j", stage="A", lease_id=1, in_use=1, capacity=2, waiting=0)
     observe(granted)
     assert told == [granted] and isinstance(granted, AGGREGATED)
+
+
+def test_pipeline_metrics_show_the_calls_in_flight_now(
+    sim: SimServer, make_settings: Any, make_job: Any
+) -> None:
+    """``Pipeline.metrics().tokens_in_use`` follows the calls in flight: 2 while two calls
+    hang, 0 once their job is cancelled."""
+    sim.inject(Fault(stage="BRIEFING_MD", job_id="held", hang=True, times=None))
+    sim.inject(Fault(stage="PLAYS_MD", job_id="held", hang=True, times=None))
+    with briefd.Pipeline(make_settings(max_concurrent=2, timeout_ms=60_000)) as pipeline:
+        future = pipeline.submit(make_job("held"))
+        assert sim.wait_for_in_flight(2, timeout=5)
+        assert eventually(lambda: pipeline.metrics().tokens_in_use == 2)
+        assert pipeline.cancel("held")
+        assert future.get(timeout=10).status is JobStatus.CANCELLED
+        assert eventually(lambda: pipeline.metrics().tokens_in_use == 0)
 
 
 def test_stage_started_follows_the_request_and_precedes_the_outcome(
