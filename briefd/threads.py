@@ -20,10 +20,11 @@ root) stops before it exits; the long-lived actors (limiter, metrics, journal)
 keep pykka's own non-daemon threads, which is what holds a process open until
 it is closed.
 
-This overrides ``ThreadingActor._start_actor_loop``, a private hook of pykka 4
-(pinned ``>=4,<5`` in ``pyproject.toml``); ``tests/test_threads.py`` checks the
-reuse and that pykka's lifecycle (``on_start``, ``on_stop``, ``on_failure``) is
-unchanged on a reused thread.
+Both classes here override hooks of pykka 4 that are not public API,
+``ThreadingActor._start_actor_loop`` and ``_create_actor_inbox`` (pykka is pinned
+``>=4.1,<5`` in ``pyproject.toml``); ``tests/test_threads.py`` checks the reuse,
+the inbox's order and teardown, and that pykka's lifecycle (``on_start``,
+``on_stop``, ``on_failure``) is unchanged on a reused thread.
 """
 
 from __future__ import annotations
