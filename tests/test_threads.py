@@ -15,23 +15,28 @@ WAIT_S = 10.0
 
 
 class _Echo(PooledThreadingActor):
-    """Answers with the thread it runs on; records its lifecycle hooks."""
+    """Answers with the thread it runs on; records its own lifecycle hooks (per actor, so a
+    previous actor's late ``on_exit`` cannot show up in another's record)."""
 
-    hooks: list[str] = []
-    exited = threading.Event()
+    def __init__(
+        self, hooks: list[str] | None = None, exited: threading.Event | None = None
+    ) -> None:
+        super().__init__()
+        self.hooks: list[str] = [] if hooks is None else hooks
+        self.exited = threading.Event() if exited is None else exited
 
     def on_start(self) -> None:
-        _Echo.hooks.append("start")
+        self.hooks.append("start")
 
     def on_stop(self) -> None:
-        _Echo.hooks.append("stop")
+        self.hooks.append("stop")
 
     def on_failure(self, *args: Any) -> None:
-        _Echo.hooks.append("failure")
+        self.hooks.append("failure")
 
     def on_exit(self) -> None:
-        _Echo.hooks.append("exit")
-        _Echo.exited.set()
+        self.hooks.append("exit")
+        self.exited.set()
 
     def on_receive(self, message: Any) -> Any:
         if message == "raise":
@@ -72,21 +77,22 @@ def test_pykka_lifecycle_is_unchanged_on_a_reused_thread() -> None:
     then on_exit, the pool's own hook, last."""
     warm = _Echo.start()
     warm.stop(timeout=WAIT_S)
-    _Echo.hooks.clear()
-    _Echo.exited.clear()
-    ref = _Echo.start()
+    hooks: list[str] = []
+    exited = threading.Event()
+    ref = _Echo.start(hooks, exited)
     ref.ask("which", timeout=WAIT_S)
     ref.tell("raise")  # pykka: on_failure, then the actor stops
-    assert _Echo.exited.wait(WAIT_S)
-    assert _Echo.hooks == ["start", "failure", "exit"]
+    assert exited.wait(WAIT_S)
+    assert hooks == ["start", "failure", "exit"]
     with pytest.raises(pykka.ActorDeadError):
         ref.tell("which")
-    _Echo.exited.clear()
-    again = _Echo.start()  # the thread is free for the next actor
+    hooks2: list[str] = []
+    exited2 = threading.Event()
+    again = _Echo.start(hooks2, exited2)  # the thread is free for the next actor
     assert again.ask("which", timeout=WAIT_S)
     again.stop(timeout=WAIT_S)
-    assert _Echo.exited.wait(WAIT_S)
-    assert _Echo.hooks[-3:] == ["start", "stop", "exit"]
+    assert exited2.wait(WAIT_S)
+    assert hooks2 == ["start", "stop", "exit"]
 
 
 class _CannotStart(_Echo):
@@ -96,12 +102,12 @@ class _CannotStart(_Echo):
 
 def test_on_exit_follows_even_a_failed_on_start() -> None:
     """pykka calls neither on_failure nor on_stop when on_start raises: on_exit still comes."""
-    _Echo.hooks.clear()
-    _Echo.exited.clear()
-    ref = _CannotStart.start()
-    assert _Echo.exited.wait(WAIT_S)
+    hooks: list[str] = []
+    exited = threading.Event()
+    ref = _CannotStart.start(hooks, exited)
+    assert exited.wait(WAIT_S)
     assert ref.actor_stopped.is_set()
-    assert _Echo.hooks == ["exit"]
+    assert hooks == ["exit"]
 
 
 def test_an_idle_thread_leaves_after_its_idle_time() -> None:
