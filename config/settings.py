@@ -71,8 +71,52 @@ class Settings(BaseSettings):
         description="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1. "
         "Unset: the embedded local model.",
     )
-    model: str = Field(default="", description="Model name sent to the API ('' = server default).")
+    model: str = Field(
+        default="",
+        description="The default model: an alias of BRIEFD_ENDPOINTS, or with BRIEFD_BASE_URL the "
+        "model name sent ('' = the server's only model, asked of its /models).",
+    )
     api_key: SecretStr | None = Field(default=None, description="Bearer token for the API.")
+    endpoint_kind: Literal["openai", "azure", "compatible"] = Field(
+        default="openai",
+        description="What BRIEFD_BASE_URL speaks: openai (only the OpenAI API's documented "
+        "arguments are sent), azure (Azure OpenAI), compatible (vLLM, Ollama, llama.cpp...: a "
+        "pipeline's extra params are sent too).",
+    )
+    api_version: str | None = Field(
+        default=None, description="Azure OpenAI's api-version (with BRIEFD_ENDPOINT_KIND=azure)."
+    )
+    endpoints: Path | None = Field(
+        default=None,
+        description="A TOML file of endpoints and model aliases (docs/providers.md); replaces "
+        "BRIEFD_BASE_URL.",
+    )
+    failover_after_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="A 429 asking to wait longer than this moves the stage to the next endpoint "
+        "of its model alias at once (when there is one).",
+    )
+    breaker_failures: int = Field(
+        default=3,
+        ge=1,
+        description="Consecutive failures another endpoint could fix that open an endpoint's "
+        "circuit breaker (stages skip it while open).",
+    )
+    breaker_cooldown_s: float = Field(
+        default=30.0, gt=0, description="How long an open breaker waits before one probe call."
+    )
+    job_deadline_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="A job's deadline unless it sets deadline_s: past it, stages still waiting "
+        "or retrying end DEADLINE_EXCEEDED (unset: none).",
+    )
+    max_rate_limited: int = Field(
+        default=20,
+        ge=0,
+        description="429s one stage takes (apart from BRIEFD_MAX_RETRIES) before it gives up.",
+    )
 
     # Concurrency and retries (the seed's ParallelConfig)
     max_concurrent: int = Field(default=2, ge=1, le=256, description="Execution tokens.")

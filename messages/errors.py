@@ -24,6 +24,7 @@ class ErrorCode(StrEnum):
     CANCELLED = "CANCELLED"
     OUTPUT_ERROR = "OUTPUT_ERROR"
     BUDGET_EXCEEDED = "BUDGET_EXCEEDED"  # not called: the job's budget would be passed
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"  # the job's deadline_s passed before it ended
 
 
 class PipelineError(BaseModel):

@@ -93,6 +93,16 @@ class Usage(Frozen):
 
     prompt_tokens: int = Field(default=0, description="As the API reported them.")
     completion_tokens: int = Field(default=0, description="As the API reported them.")
+    cached_tokens: int = Field(
+        default=0,
+        description="Of prompt_tokens, those served from the provider's prompt cache "
+        "(usage.prompt_tokens_details.cached_tokens), priced at cached_input.",
+    )
+    reasoning_tokens: int = Field(
+        default=0,
+        description="Of completion_tokens, the model's hidden reasoning "
+        "(usage.completion_tokens_details.reasoning_tokens), priced as output.",
+    )
 
 
 class JobMetrics(Frozen):
@@ -135,3 +145,8 @@ class JobResult(Frozen):
         description="Per stage, USD its reported usage cost at the price table's prices.",
     )
     total_cost_usd: float = Field(default=0.0, description="The sum of cost_usd.")
+    served_by: dict[str, str] = Field(
+        default_factory=dict,
+        description="Per stage that produced a document, endpoint:model as the server named "
+        "the model (e.g. openai:gpt-4o-2024-08-06).",
+    )

@@ -45,6 +45,8 @@ class StageStarted(Event):
     job_id: str
     stage: str
     attempt: int = Field(description="1 for the first call, 2 for the first retry, ...")
+    endpoint: str = Field(default="", description="The endpoint called ('' = the only one).")
+    model: str = Field(default="", description="The model (Azure: deployment) asked for.")
 
 
 class StageRetrying(Event):
@@ -68,6 +70,9 @@ class StageSucceeded(Event):
     elapsed_ms: int = Field(description="From the stage's start to its document, retries included.")
     attempts: int = Field(description="Calls made, this one included.")
     usage: Usage = Field(default=Usage(), description="Tokens the API reported, all attempts.")
+    served_by: str = Field(
+        default="", description="endpoint:model that produced it, the model as the server named it."
+    )
 
 
 class StageFailed(Event):

@@ -43,6 +43,7 @@ class RequestToken(Command):
     type: Literal["RequestToken"] = "RequestToken"
     job_id: str
     stage: str
+    endpoint: str = Field(default="", description="The endpoint's name ('' = the only one).")
     requester: str = Field(description="The requesting actor's URN; the grant is told to it.")
     priority: int = Field(default=0, description="Stages left on its longest DAG path.")
     admitted_at: float = Field(
@@ -65,6 +66,7 @@ class TokenGranted(Event):
     type: Literal["TokenGranted"] = "TokenGranted"
     job_id: str
     stage: str
+    endpoint: str = Field(default="", description="The endpoint's name ('' = the only one).")
     lease_id: int = Field(description="Names the lease in its ReleaseToken.")
     in_use: int = Field(description="Tokens leased after this grant.")
     capacity: int = Field(description="Tokens in all (BRIEFD_MAX_CONCURRENT).")
@@ -116,6 +118,7 @@ class ReportRateLimit(Command):
     type: Literal["ReportRateLimit"] = "ReportRateLimit"
     job_id: str
     stage: str
+    endpoint: str = Field(default="", description="The endpoint's name ('' = the only one).")
     retry_after_s: float = Field(ge=0)
 
 
@@ -125,6 +128,7 @@ class RateLimitCooldown(Event):
     type: Literal["RateLimitCooldown"] = "RateLimitCooldown"
     job_id: str
     stage: str
+    endpoint: str = Field(default="", description="The endpoint's name ('' = the only one).")
     retry_after_s: float = Field(description="The server's Retry-After, clamped.")
     until: float = Field(description="Unix time grants resume.")
 

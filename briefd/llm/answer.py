@@ -30,6 +30,7 @@ class Completion:
     finish_reason: str | None
     usage: Usage = field(default_factory=Usage)
     limits: RateLimits | None = None  # the server's rate-limit headers, for the limiter
+    model: str | None = None  # the model the server says answered (a dated name, often)
 
 
 def _loads(raw: bytes) -> Any:
