@@ -30,6 +30,7 @@ from briefd.costs.budget import job_budget, refuse_stage
 from briefd.jobs import schema_sources, stage_contract
 from briefd.limits.order import downstream_graph
 from briefd.llm.abort import CallAbort
+from briefd.llm.routing import Routing
 from briefd.messages import (
     CancelJob,
     ErrorCode,
@@ -44,6 +45,7 @@ from briefd.messages import (
     ProgressChanged,
     StageActorStopped,
     StageFailed,
+    StageFailedOver,
     StageFellBack,
     StageRetrying,
     StageStarted,
@@ -85,6 +87,7 @@ class CoordinatorActor(PooledThreadingActor):
         crash_is_resumed: bool = False,
         end_logged_by_owner: bool = False,
         admitted_at: float | None = None,
+        routing: Routing | None = None,
     ) -> None:
         super().__init__()
         self.job = job
@@ -93,7 +96,11 @@ class CoordinatorActor(PooledThreadingActor):
         self._admitted_at = time.time() if admitted_at is None else admitted_at
         # The cost ledger: prices read once (a bad BRIEFD_PRICES fails the start, named).
         self._prices = prices if prices is not None else load_prices(settings.prices)
-        self._local = settings.base_url is None  # the embedded model costs nothing
+        # Where each stage's calls go (the routes of its model alias), and which
+        # endpoint:model answered: the cost is the served model's, the embedded one's 0.
+        self._routing = routing if routing is not None else Routing.for_url(settings, base_url)
+        self._models = {s.name: self._stage_model(s.name, s.model) for s in pipeline.stages}
+        self._served: dict[str, str] = {}
         self._budget = job_budget(job, settings)
         self._pipeline = pipeline
         self._settings = settings
@@ -205,7 +212,12 @@ class CoordinatorActor(PooledThreadingActor):
                     self._progress(stage)
             case StageRetrying(stage=stage) if self._active(stage):
                 self._publish(message)
+            case StageFailedOver(stage=stage) if self._active(stage):
+                self._served.pop(stage, None)
+                self._publish(message)
             case StageSucceeded(stage=stage) if self._active(stage):
+                if message.served_by:
+                    self._served[stage] = message.served_by
                 self._end(stage, StageState.COMPLETE, message.attempts, message)
                 self._documents[stage] = message.document
                 self._publish(message)
@@ -223,6 +235,8 @@ class CoordinatorActor(PooledThreadingActor):
             case Tick():
                 self._check_health()
             case StageStarted() | StageRetrying() | StageSucceeded() | StageFailed():
+                pass  # a late report from a stage already ended (cancelled or crashed)
+            case StageFailedOver():
                 pass  # a late report from a stage already ended (cancelled or crashed)
             case _:
                 logger.warning("{} coordinator: unexpected {!r}", self.job.job_id, message)
@@ -259,25 +273,44 @@ class CoordinatorActor(PooledThreadingActor):
             self._start_stage(name)
             in_flight.append(name)
 
+    def _stage_model(self, name: str, declared: str | None) -> str | None:
+        """The model alias a stage calls: the job's ``models``, else the pipeline's, else
+        the default (``BRIEFD_MODEL``)."""
+        chosen: str | None = self.job.models.get(name) if self.job.models else None
+        return chosen or declared
+
+    def _priced_as(self, name: str) -> tuple[str, bool]:
+        """The model a stage's usage is priced at (the served one once known, else its
+        first route's) and whether that endpoint is the embedded model (free)."""
+        served = self._served.get(name)
+        if served:
+            endpoint, _, model = served.partition(":")
+        else:
+            route = self._routing.routes(self._models[name])[0]
+            endpoint, model = route.endpoint, route.model
+        spec = self._routing.endpoints.get(endpoint)
+        return model, spec is not None and spec.kind == "embedded"
+
     def _costs(self) -> dict[str, float]:
         """Per stage, what its reported usage cost so far."""
-        model = self._settings.model
-        return {
-            name: stage_cost(rec.usage, model, self._prices, local=self._local)
-            for name, rec in self._records.items()
-        }
+        costs = {}
+        for name, rec in self._records.items():
+            model, local = self._priced_as(name)
+            costs[name] = stage_cost(rec.usage, model, self._prices, local=local)
+        return costs
 
     def _over_budget(self, name: str) -> StageFailed | None:
         """A ``BUDGET_EXCEEDED`` failure if ``name``'s worst case would pass the job's budget."""
         if self._budget.unlimited:
             return None
         spec = self._pipeline.by_name[name]
+        model, local = self._priced_as(name)
         error = refuse_stage(
             self._budget,
             stage=name,
             prompt_chars=len(self.job.prompts[name]) + len(spec.system or ""),
             max_tokens=spec.max_tokens,
-            price=self._prices.price(self._settings.model) if not self._local else None,
+            price=None if local else self._prices.price(model),
             spent_usd=sum(self._costs().values()),
             spent_tokens=sum(
                 r.usage.prompt_tokens + r.usage.completion_tokens for r in self._records.values()
@@ -304,6 +337,8 @@ class CoordinatorActor(PooledThreadingActor):
             base_url=self._base_url,
             limiter=self._limiter,
             coordinator=self.actor_ref,
+            routing=self._routing,
+            model=self._models[name],
             priority=self._pipeline.remaining_path[name],
             abort=self._aborts[name],
             admitted_at=self._admitted_at,
@@ -402,6 +437,7 @@ class CoordinatorActor(PooledThreadingActor):
             model=self._settings.model,
             cost_usd=costs,
             total_cost_usd=round(sum(costs.values()), 6),
+            served_by=dict(self._served),
         )
         self._publish(LatencyMeasured(job_id=self.job.job_id, metrics=metrics))
         crashed = any(e.stage == "*" and e.code is ErrorCode.CRASHED for e in self._errors)

@@ -49,6 +49,7 @@ from briefd.actors.stage import StageActor
 from briefd.cluster.claims import ClaimKeeper
 from briefd.config import PipelineSpec, Settings
 from briefd.costs.daily import DailyLedger
+from briefd.llm.routing import Routing
 from briefd.messages import (
     CancelJob,
     CheckCancels,
@@ -98,6 +99,7 @@ class RootActor(RootRuns, LeanThreadingActor):
         breaker: Breaker | None = None,
         wall_clock: Callable[[], float] = time.time,
         claims: ClaimKeeper | None = None,
+        routing: Routing | None = None,
     ) -> None:
         super().__init__()
         # Guard rails: the day's spend (holds admission), the automatic rollback (how
@@ -111,6 +113,7 @@ class RootActor(RootRuns, LeanThreadingActor):
         self._pipeline = pipeline
         self._settings = settings
         self._base_url = base_url
+        self._routing = routing
         self._limiter = limiter
         self._observers = tuple(observers)
         self._coordinator_cls = coordinator_cls

@@ -23,6 +23,7 @@ from briefd.cluster.claims import ClaimKeeper
 from briefd.config import ConfigError, PipelineSpec, Settings
 from briefd.costs.daily import DailyLedger
 from briefd.jobs import validate_job
+from briefd.llm.routing import Routing
 from briefd.messages import (
     CheckCoordinator,
     CloseJob,
@@ -69,6 +70,7 @@ class RootRuns:
     _coordinator_cls: type[CoordinatorActor]
     _stage_cls: type[Any]
     _base_url: str
+    _routing: Routing | None
     _limiter: LimiterRef
     _observers: Sequence[Observer]
     _restarts: int
@@ -131,6 +133,7 @@ class RootRuns:
             pipeline=self._pipeline,
             settings=settings,
             base_url=self._base_url,
+            routing=self._routing,
             limiter=self._limiter,
             observers=self._observers,
             on_done=self._on_done(msg.job_id, msg.generation),

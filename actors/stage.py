@@ -26,12 +26,14 @@ from loguru import logger
 
 from briefd.actors.rate_limiter import LimiterRef
 from briefd.config import Settings, StageSpec
+from briefd.config.endpoints import Route
 from briefd.limits.gcra import estimate_tokens
 from briefd.llm.abort import CallAbort
 from briefd.llm.call import ChatClient, Completion, build_request
 from briefd.llm.errors import CallCancelled, CallError, InvalidOutputError, StatusError
 from briefd.llm.extract import extract_document
 from briefd.llm.retry import RetryDriver, make_retrying, outcome_of
+from briefd.llm.routing import Routing, counts_against, fails_over, fails_over_after_retries
 from briefd.messages import (
     CancelTokenRequest,
     ErrorCode,
@@ -43,6 +45,7 @@ from briefd.messages import (
     ResumeStage,
     StageActorStopped,
     StageFailed,
+    StageFailedOver,
     StageRetrying,
     StageStarted,
     StageSucceeded,
@@ -76,6 +79,8 @@ class StageActor(PooledThreadingActor):
         admitted_at: float = 0.0,
         job_priority: int = 0,
         downstream: dict[str, list[str]] | None = None,
+        routing: Routing | None = None,
+        model: str | None = None,
     ) -> None:
         super().__init__()
         self.job_id = job_id
@@ -101,6 +106,11 @@ class StageActor(PooledThreadingActor):
         self._extra_messages: list[dict[str, str]] = []
         self._reasked = False
         self._started: StageStarted | None = None  # this attempt's, until told
+        # Where the calls go: the routes of the stage's model alias, in failover order.
+        self._routing = routing if routing is not None else Routing.for_url(settings, base_url)
+        self._routes = self._routing.routes(model)
+        self._route_at = 0
+        self._attempts_before = 0  # calls made on the routes it left
 
     # -- pykka hooks ---------------------------------------------------------
 
@@ -109,7 +119,7 @@ class StageActor(PooledThreadingActor):
         # calls neither on_failure nor on_stop); _call makes the client again, where a
         # failure becomes this stage's CRASHED error.
         try:
-            self._client = ChatClient(self._settings, self._base_url, self._abort)
+            self._client = self._new_client()
         except Exception as err:
             logger.opt(exception=err).error("{} {}: no client yet", self.job_id, self.spec.name)
 
@@ -201,11 +211,13 @@ class StageActor(PooledThreadingActor):
     def _request_token(self) -> None:
         if self._finished or (self._abort is not None and self._abort.aborted):
             return
+        self._skip_open_circuits()
         self._asked = True
         self._limiter.tell(
             RequestToken(
                 job_id=self.job_id,
                 stage=self.spec.name,
+                endpoint=self._route.endpoint,
                 requester=self.actor_urn,
                 priority=self._priority,
                 admitted_at=self._admitted_at,
@@ -232,7 +244,14 @@ class StageActor(PooledThreadingActor):
         # StageStarted is told once the request is on the wire (on_sent), else before the
         # attempt's outcome: the coordinator it wakes would compete with this thread for
         # the interpreter while the request is built and written (every call's critical path).
-        self._started = StageStarted(job_id=self.job_id, stage=self.spec.name, attempt=attempt)
+        route = self._route
+        self._started = StageStarted(
+            job_id=self.job_id,
+            stage=self.spec.name,
+            attempt=attempt,
+            endpoint=route.endpoint,
+            model=route.model,
+        )
         try:
             completion = self._call()
         except CallError as err:
@@ -246,6 +265,7 @@ class StageActor(PooledThreadingActor):
             self._tell_started()
         used = completion.usage.prompt_tokens + completion.usage.completion_tokens
         self._release("success", used_tokens=used or None, limits=completion.limits)
+        self._routing.breakers.succeeded(route.endpoint)
         self._add_usage(completion)
         try:
             document = extract_document(self.spec, completion.text)
@@ -264,14 +284,23 @@ class StageActor(PooledThreadingActor):
                 elapsed_ms=self._elapsed_ms(),
                 attempts=attempt,
                 usage=self._usage,
+                served_by=f"{route.endpoint}:{completion.model or route.model}",
             )
         )
 
     def _call(self) -> Completion:
         """The HTTP call (a seam for tests that need a stage to crash)."""
         if self._client is None:
-            self._client = ChatClient(self._settings, self._base_url, self._abort)
-        body = build_request(self.spec, self._prompt, self._settings, self._extra_messages)
+            self._client = self._new_client()
+        route = self._route
+        body = build_request(
+            self.spec,
+            self._prompt,
+            self._settings,
+            self._extra_messages,
+            endpoint=self._routing.endpoints[route.endpoint],
+            model=route.model,
+        )
         return self._client.complete(
             body, job_id=self.job_id, stage=self.spec.name, on_sent=self._tell_started
         )
@@ -287,17 +316,29 @@ class StageActor(PooledThreadingActor):
             self._fail(err.to_pipeline_error(self.spec.name))
             return
         attempt = self._attempt
+        endpoint = self._route.endpoint
+        if counts_against(err):
+            self._routing.breakers.failed(endpoint, f"{err.code}: {err.message}")
+        else:
+            self._routing.breakers.released(endpoint)
+        has_next = self._route_at + 1 < len(self._routes)
+        rate_limited = isinstance(err, StatusError) and err.code is ErrorCode.RATE_LIMITED
+        if has_next and fails_over(err, self._settings.failover_after_s):
+            if rate_limited and self._settings.rate_limit_cooldown:
+                self._report_rate_limit(endpoint, getattr(err, "retry_after", None) or 0.0)
+            self._fail_over(err)
+            return
         try:
             assert self._driver is not None
             wait_s = self._driver.failed(err)
         except CallError:
+            if has_next and fails_over_after_retries(err):
+                self._fail_over(err)
+                return
             self._fail(err.to_pipeline_error(self.spec.name))
             return
-        cooldown = self._settings.rate_limit_cooldown
-        if isinstance(err, StatusError) and err.code is ErrorCode.RATE_LIMITED and cooldown:
-            self._limiter.tell(
-                ReportRateLimit(job_id=self.job_id, stage=self.spec.name, retry_after_s=wait_s)
-            )
+        if rate_limited and self._settings.rate_limit_cooldown:
+            self._report_rate_limit(endpoint, wait_s)
         self._report(
             StageRetrying(
                 job_id=self.job_id,
@@ -312,6 +353,73 @@ class StageActor(PooledThreadingActor):
             wait_s,
             ResumeStage(job_id=self.job_id, stage=self.spec.name, attempt=attempt + 1),
         )
+
+    def _report_rate_limit(self, endpoint: str, wait_s: float) -> None:
+        self._limiter.tell(
+            ReportRateLimit(
+                job_id=self.job_id, stage=self.spec.name, endpoint=endpoint, retry_after_s=wait_s
+            )
+        )
+
+    # -- routes --------------------------------------------------------------
+
+    @property
+    def _route(self) -> Route:
+        return self._routes[self._route_at]
+
+    def _new_client(self) -> ChatClient:
+        route = self._route
+        return ChatClient(
+            self._settings,
+            self._base_url,
+            self._abort,
+            endpoint=self._routing.endpoints[route.endpoint],
+            model=route.model,
+            api_key=self._routing.key(route.endpoint),
+        )
+
+    def _move_to(self, index: int, reason: PipelineError, *, skipped: bool) -> None:
+        """Leave the current route for ``index``: a new client, a fresh retry budget."""
+        left = self._route
+        self._route_at = index
+        if self._client is not None:
+            self._client.close()
+        self._client = None
+        if self._driver is not None:
+            self._attempts_before += self._driver.attempt
+            self._driver = RetryDriver(make_retrying(self._settings))
+        self._report(
+            StageFailedOver(
+                job_id=self.job_id,
+                stage=self.spec.name,
+                from_route=str(left),
+                to_route=str(self._route),
+                reason=reason,
+                skipped=skipped,
+            )
+        )
+
+    def _fail_over(self, err: CallError) -> None:
+        """Another endpoint could fix ``err``: ask for a token there now, no backoff."""
+        self._move_to(self._route_at + 1, err.to_pipeline_error(self.spec.name), skipped=False)
+        self._request_token()
+
+    def _skip_open_circuits(self) -> None:
+        """Move past routes whose endpoint's breaker is open, while a later one would take
+        the call; with none open (or none left), the current route is called anyway."""
+        breakers = self._routing.breakers
+        for index in range(self._route_at, len(self._routes)):
+            if breakers.allow(self._routes[index].endpoint):
+                if index != self._route_at:
+                    skipped = self._route.endpoint
+                    reason = PipelineError(
+                        stage=self.spec.name,
+                        code=ErrorCode.CONNECTION,
+                        message=f"endpoint {skipped}'s circuit breaker is open",
+                        hint="it failed repeatedly; tried again after BRIEFD_BREAKER_COOLDOWN_S",
+                    )
+                    self._move_to(index, reason, skipped=True)
+                return
 
     def _reask(self, text: str, err: InvalidOutputError) -> None:
         """One more call that quotes the validation error (BRIEFD_REASK_INVALID_JSON)."""
@@ -388,7 +496,7 @@ class StageActor(PooledThreadingActor):
 
     @property
     def _attempt(self) -> int:
-        return self._driver.attempt if self._driver is not None else 0
+        return self._attempts_before + (self._driver.attempt if self._driver is not None else 0)
 
     def _elapsed_ms(self) -> int:
         since = self._started_at

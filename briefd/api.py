@@ -101,7 +101,7 @@ class Pipeline:
         """Start the provider (the local model when no base URL is set) and the shared actors."""
         if self._limiter is not None:
             return self
-        self._provider = open_provider(self.settings)
+        self._provider = open_provider(self.settings, self.pipeline.stages)
         self.settings = self.settings.model_copy(
             update={
                 "model": self._provider.model,
@@ -109,6 +109,8 @@ class Pipeline:
             }
         )
         self._metrics = MetricsActor.start()
+        breaker_observers = [metrics_observer(self._metrics), *self._extra_observers]
+        self._provider.routing.breakers.on_change = lambda e: publish(e, breaker_observers)
         self._limiter = LimiterSupervisor(
             capacity=self.settings.max_concurrent,
             observers=[metrics_observer(self._metrics), *self._extra_observers],
@@ -262,11 +264,13 @@ class Pipeline:
         run.deliver = deliver
         run.observers = (metrics_observer(self._metrics), *self._extra_observers, *observers)
         base_url, limiter = self._provider.base_url, self._limiter
+        routing = self._provider.routing
         run.start = lambda: CoordinatorActor.start(
             job=spec,
             pipeline=self.pipeline,
             settings=self.settings,
             base_url=base_url,
+            routing=routing,
             limiter=limiter,
             observers=[*run.observers, on_event],
             on_done=on_done,

@@ -41,7 +41,16 @@ class StageSpec(BaseModel):
     fallback: str | None = Field(default=None, description="Job field used when the stage fails.")
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0)
-    params: dict[str, Any] = Field(default_factory=dict, description="Extra request fields.")
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Extra request fields; sent only to endpoints of kind compatible (the "
+        "OpenAI API refuses what it does not document).",
+    )
+    model: str | None = Field(
+        default=None,
+        min_length=1,
+        description="A model alias of BRIEFD_ENDPOINTS (or endpoint:model); unset: BRIEFD_MODEL.",
+    )
 
     @model_validator(mode="after")
     def _checks(self) -> StageSpec:

@@ -42,6 +42,7 @@ from briefd.messages.daemon import (
     RollbackTripped,
     SuspendJobs,
 )
+from briefd.messages.endpoint import EndpointCircuitChanged, StageFailedOver
 from briefd.messages.errors import ErrorCode, PipelineError
 from briefd.messages.job import (
     JOB_ID_PATTERN,
@@ -100,6 +101,8 @@ AnyMessage = Annotated[
     | StageFailed
     | StageActorStopped
     | StageFellBack
+    | StageFailedOver
+    | EndpointCircuitChanged
     | RequestToken
     | TokenGranted
     | ReleaseToken
@@ -161,6 +164,7 @@ __all__ = [
     "DaemonStopping",
     "DailyBudgetReleased",
     "DailyBudgetSpent",
+    "EndpointCircuitChanged",
     "ErrorCode",
     "Event",
     "FinishJob",
@@ -197,6 +201,7 @@ __all__ = [
     "SetCapacity",
     "StageActorStopped",
     "StageFailed",
+    "StageFailedOver",
     "StageFellBack",
     "StageRetrying",
     "StageStarted",

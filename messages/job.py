@@ -53,6 +53,11 @@ class JobSpec(Frozen):
         description="The most tokens (prompt + completion) this job may use; as max_cost_usd. "
         "Unset: BRIEFD_MAX_JOB_TOKENS.",
     )
+    models: dict[str, str] = Field(
+        default_factory=dict,
+        description="Per stage, the model alias (of BRIEFD_ENDPOINTS, or endpoint:model) to call "
+        'instead of the pipeline\'s; e.g. {"ANNEX_JSON": "fast"}.',
+    )
 
 
 class SchemaSource(StrEnum):

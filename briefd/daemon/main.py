@@ -129,7 +129,7 @@ class Daemon(DaemonBackend):
         self.journal.files.sweep()  # temporary files a crash left between write and rename
         self.journal.files.probe()  # an unwritable jobs/ shows on /healthz from the start
         sock = bind_loopback(s.listen)
-        self._provider = open_provider(s)
+        self._provider = open_provider(s, self.pipeline.stages)
         self.settings = s = s.model_copy(
             update={
                 "model": self._provider.model,
@@ -137,6 +137,8 @@ class Daemon(DaemonBackend):
             }
         )
         self.metrics = MetricsActor.start()
+        metrics_only = [metrics_observer(self.metrics)]
+        self._provider.routing.breakers.on_change = lambda e: publish(e, metrics_only)
         claims: ClaimKeeper | None = None
         if s.database_url is not None:  # a cluster: one queue, one token budget
             self.daemon_id = new_daemon_id(s.data_dir)
@@ -165,6 +167,7 @@ class Daemon(DaemonBackend):
             pipeline=self.pipeline,
             settings=s,
             base_url=self._provider.base_url,
+            routing=self._provider.routing,
             limiter=self.limiter,
             observers=[metrics_observer(self.metrics), journal_observer(self.journal_ref)],
             stage_actor_cls=with_fatal_hook(StageActor, self._on_fatal),

@@ -32,6 +32,7 @@ import ssl
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
 import requests
 from urllib3.exceptions import HTTPError, NewConnectionError
@@ -39,7 +40,8 @@ from urllib3.exceptions import SSLError as Urllib3SSLError
 from urllib3.exceptions import TimeoutError as Urllib3Timeout
 from urllib3.response import BaseHTTPResponse
 
-from briefd.config import Settings, StageSpec
+from briefd.config import Settings
+from briefd.config.endpoints import EndpointSpec
 from briefd.limits.headers import parse_rate_limits
 from briefd.llm.abort import CallAbort, bound
 from briefd.llm.answer import Completion as Completion  # re-exported: callers import it here
@@ -55,6 +57,7 @@ from briefd.llm.errors import (
     TLSError,
     TransportError,
 )
+from briefd.llm.kinds import build_request as build_request  # re-exported: callers import it here
 from briefd.messages import ErrorCode
 from briefd.redaction import register_secret
 from briefd.timers import call_later
@@ -63,45 +66,6 @@ _MAX_BODY = 16 * 1024 * 1024
 _TIMEOUTS = (requests.Timeout, Urllib3Timeout)
 """A connect or read timeout, from urllib3 (the pool) or requests (through a proxy)."""
 _TLS_ERRORS = (requests.exceptions.SSLError, Urllib3SSLError)
-
-
-def build_request(
-    stage: StageSpec,
-    prompt: str,
-    settings: Settings,
-    extra_messages: list[dict[str, str]] | None = None,
-) -> dict[str, Any]:
-    """The chat-completions body for one stage.
-
-    JSON stages ask for JSON the way the server understands: ``json_schema``
-    (OpenAI, vLLM, Ollama) or ``json_object`` with an inline ``schema``
-    (llama.cpp's server, which refuses ``json_schema``).
-    """
-    model = settings.model
-    messages: list[dict[str, str]] = []
-    if stage.system:
-        messages.append({"role": "system", "content": stage.system})
-    messages.append({"role": "user", "content": prompt})
-    messages.extend(extra_messages or [])
-    body: dict[str, Any] = {**stage.params, "messages": messages}
-    if model:
-        body["model"] = model
-    if stage.max_tokens is not None:
-        body["max_tokens"] = stage.max_tokens
-    if stage.temperature is not None:
-        body["temperature"] = stage.temperature
-    style = stage.response_format or settings.response_format or "json_schema"
-    if stage.kind == "json" and style != "none":
-        if style == "json_schema" and stage.schema_ is not None:
-            body["response_format"] = {
-                "type": "json_schema",
-                "json_schema": {"name": stage.name.lower(), "schema": stage.schema_},
-            }
-        elif stage.schema_ is not None:
-            body["response_format"] = {"type": "json_object", "schema": stage.schema_}
-        else:
-            body["response_format"] = {"type": "json_object"}
-    return body
 
 
 def parse_retry_after(
@@ -136,15 +100,29 @@ class ChatClient:
     https, handshaking) per call.
     """
 
-    def __init__(self, settings: Settings, base_url: str, abort: CallAbort | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        base_url: str,
+        abort: CallAbort | None = None,
+        *,
+        endpoint: EndpointSpec | None = None,
+        model: str = "",
+        api_key: str | None = None,
+    ) -> None:
+        """A client of ``base_url`` (or of ``endpoint``, for ``model``: Azure names the
+        deployment in the URL). ``api_key`` is the endpoint's key (default ``BRIEFD_API_KEY``)."""
         self._settings = settings
-        self._url = base_url.rstrip("/") + "/chat/completions"
+        self._url = chat_url(endpoint, model) if endpoint is not None else chat_url_of(base_url)
         self._shown_url = _without_userinfo(self._url)
         self._abort = abort
-        key = settings.api_key_value()
+        self._spec = endpoint
+        key = api_key if api_key is not None else settings.api_key_value()
         if key:
             register_secret(key)
-        self._endpoint = endpoint_for(self._url, settings.max_concurrent, key)
+        auth = "api-key" if endpoint is not None and endpoint.kind == "azure" else "Authorization"
+        extra = tuple(sorted(endpoint.headers.items())) if endpoint is not None else ()
+        self._endpoint = endpoint_for(self._url, settings.max_concurrent, key, auth, extra)
 
     @property
     def _session(self) -> requests.Session:
@@ -283,6 +261,25 @@ class ChatClient:
             code=ErrorCode.TIMEOUT,
             hint="raise BRIEFD_TIMEOUT_MS or check the server's load",
         )
+
+
+def chat_url_of(base_url: str) -> str:
+    """``{base_url}/chat/completions``, a query string (Azure's api-version) kept after it."""
+    parts = urlsplit(base_url)
+    path = parts.path.rstrip("/") + "/chat/completions"
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+
+
+def chat_url(endpoint: EndpointSpec, model: str) -> str:
+    """Where ``endpoint`` takes a chat call for ``model``.
+
+    Azure OpenAI: ``{base_url}/openai/deployments/{deployment}/chat/completions?api-version=``.
+    """
+    if endpoint.kind == "azure":
+        query = urlencode({"api-version": endpoint.api_version or ""})
+        deployment = quote(model, safe="")
+        return f"{endpoint.base_url}/openai/deployments/{deployment}/chat/completions?{query}"
+    return chat_url_of(endpoint.base_url)
 
 
 def _cut(resp: BaseHTTPResponse) -> None:

@@ -142,26 +142,47 @@ class Endpoint:
         return raw
 
 
-def endpoint_for(url: str, size: int, api_key: str | None) -> Endpoint:
-    """The shared :class:`Endpoint` of ``url`` with this key, as the environment is now."""
+def endpoint_for(
+    url: str,
+    size: int,
+    api_key: str | None,
+    auth_header: str = "Authorization",
+    extra_headers: tuple[tuple[str, str], ...] = (),
+) -> Endpoint:
+    """The shared :class:`Endpoint` of ``url`` with this key, as the environment is now.
+
+    The key goes in ``auth_header``: ``Authorization: Bearer`` (OpenAI and most), or
+    Azure OpenAI's ``api-key``. ``extra_headers`` are an endpoint's own (OpenRouter's
+    ``HTTP-Referer``, ``OpenAI-Project``).
+    """
     adapter = shared_adapter(url, size)
-    found = _endpoint(url, size, api_key, env_key())
+    found = _endpoint(url, size, api_key, env_key(), auth_header, extra_headers)
     if found.adapter is not adapter:  # the process's pools moved on (an eviction)
         _endpoint.cache_clear()
-        found = _endpoint(url, size, api_key, env_key())
+        found = _endpoint(url, size, api_key, env_key(), auth_header, extra_headers)
     return found
 
 
 @functools.lru_cache(maxsize=64)
-def _endpoint(url: str, size: int, api_key: str | None, env: tuple[str | None, ...]) -> Endpoint:
+def _endpoint(
+    url: str,
+    size: int,
+    api_key: str | None,
+    env: tuple[str | None, ...],
+    auth_header: str = "Authorization",
+    extra_headers: tuple[tuple[str, str], ...] = (),
+) -> Endpoint:
     session = requests.Session()
     adapter = shared_adapter(url, size)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     session.headers["User-Agent"] = "briefd"
     session.headers["Accept-Encoding"] = ACCEPT_ENCODING
+    for name, value in extra_headers:
+        session.headers[name] = value
     if api_key:
-        session.headers["Authorization"] = f"Bearer {api_key}"
+        bearer = auth_header.lower() == "authorization"
+        session.headers[auth_header] = f"Bearer {api_key}" if bearer else api_key
     # The environment (proxies, NO_PROXY, REQUESTS_CA_BUNDLE) is not re-read on every
     # call, as requests does with trust_env on (profiled at 11-45 % of the client's CPU
     # per call). ~/.netrc is not consulted: the Authorization header is set above.

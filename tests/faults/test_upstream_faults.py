@@ -367,7 +367,9 @@ def test_an_untrusted_certificate_is_one_attempt_and_a_tls_error(
     ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
     with FakeUpstream(tls=server_ctx) as up:
         events: list[Event] = []
-        with briefd.Pipeline(settings_for(up), observers=[events.append]) as p:
+        # The model is named: with none, the start itself would be refused (it asks /models).
+        settings = settings_for(up).model_copy(update={"model": "upstream-model"})
+        with briefd.Pipeline(settings, observers=[events.append]) as p:
             result = p.submit(make_job("tls-1")).get(timeout=p.job_timeout_s())
         assert result.status is JobStatus.FAILED
         assert [e for e in events if isinstance(e, JobCompleted)] != []

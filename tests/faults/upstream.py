@@ -81,6 +81,8 @@ from faults.behaviours import (
     unknown_encoding,
 )
 
+MODELS_PATH = "/v1/models"
+
 __all__ = [
     "CHAT_PATH",
     "ESCAPES",
@@ -274,6 +276,12 @@ class FakeUpstream:
                     return
             request = _read_request(sock)
             if request is None:
+                return
+            if request.method == "GET" and request.path == MODELS_PATH:
+                # What a real upstream answers a client that names no model (briefd asks it
+                # once at start); not a chat call, so not counted among the requests.
+                ex = Exchange(request, sock, self._stop, self._max_wait_s)
+                respond(ex, 200, {"object": "list", "data": [{"id": "upstream-model"}]})
                 return
             with self._lock:
                 self._counters.requests.append(request)

@@ -1,0 +1,110 @@
+"""What each kind of endpoint accepts, and the request body built for it.
+
+The OpenAI API refuses any top-level argument it does not document
+(``400 Unrecognized request argument supplied: repeat_penalty``), and Azure
+OpenAI follows it. Servers of kind ``compatible`` (vLLM, Ollama, llama.cpp, LM
+Studio) ignore what they do not know and honour extras such as
+``repeat_penalty``. So a stage's extra ``params`` go only where they are
+accepted; :func:`dropped_params` lists the rest, which the caller says once at
+start rather than on every call.
+
+The embedded model (SmolLM2 through llama.cpp) loops without a repeat
+penalty: briefd adds its own sampling extras for it (:data:`EMBEDDED_MARKDOWN_PARAMS`),
+so the built-in pipeline carries none and runs unchanged on a strict endpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from briefd.config import Settings, StageSpec
+from briefd.config.endpoints import EndpointSpec
+
+OPENAI_CHAT_ARGUMENTS = frozenset({
+    "messages", "model", "modalities", "reasoning_effort", "max_completion_tokens",
+    "max_tokens", "frequency_penalty", "presence_penalty", "web_search_options",
+    "logprobs", "top_logprobs", "response_format", "audio", "store", "stream",
+    "stream_options", "stop", "logit_bias", "n", "prediction", "seed", "service_tier",
+    "temperature", "top_p", "tools", "tool_choice", "parallel_tool_calls", "user",
+    "metadata", "prompt_cache_key", "prompt_cache_retention", "safety_identifier",
+    "verbosity", "function_call", "functions",
+})  # fmt: skip
+"""``CreateChatCompletionRequest``'s documented top-level properties (openai/openai-openapi)."""
+
+EMBEDDED_MARKDOWN_PARAMS: dict[str, Any] = {"repeat_penalty": 1.3, "seed": 42}
+"""What the embedded SmolLM2 needs to write prose without looping (JSON stages go without)."""
+
+_DEFAULT_FORMAT = {"embedded": "json_object"}
+"""How JSON is asked for when nothing says: json_schema, but llama-cpp-python's server answers
+500 to it, so the embedded model gets json_object with an inline schema."""
+
+
+def accepted(endpoint: EndpointSpec | None, name: str) -> bool:
+    """Whether ``endpoint`` takes the top-level argument ``name``."""
+    if endpoint is None or endpoint.accepts_extra_params:
+        return True
+    return name in OPENAI_CHAT_ARGUMENTS
+
+
+def dropped_params(stages: Iterable[StageSpec], endpoint: EndpointSpec) -> list[tuple[str, str]]:
+    """``(stage, param)`` pairs a stage declares that ``endpoint``'s kind would refuse."""
+    return [
+        (stage.name, name)
+        for stage in stages
+        for name in stage.params
+        if not accepted(endpoint, name)
+    ]
+
+
+def build_request(
+    stage: StageSpec,
+    prompt: str,
+    settings: Settings,
+    extra_messages: list[dict[str, str]] | None = None,
+    *,
+    endpoint: EndpointSpec | None = None,
+    model: str | None = None,
+) -> dict[str, Any]:
+    """The chat-completions body for one stage, as ``endpoint``'s kind accepts it.
+
+    JSON stages ask for JSON the way the server understands: ``json_schema``
+    (OpenAI, Azure, vLLM, Ollama) or ``json_object``, with an inline ``schema``
+    only for servers that read one (llama.cpp's); the OpenAI API refuses it there.
+    ``model`` is the route's (else ``BRIEFD_MODEL``); Azure names it in the URL.
+    """
+    kind = endpoint.kind if endpoint is not None else None
+    chosen = model if model is not None else settings.model
+    messages: list[dict[str, str]] = []
+    if stage.system:
+        messages.append({"role": "system", "content": stage.system})
+    messages.append({"role": "user", "content": prompt})
+    messages.extend(extra_messages or [])
+    params = {k: v for k, v in stage.params.items() if accepted(endpoint, k)}
+    if kind == "embedded" and stage.kind == "markdown":
+        params = {**EMBEDDED_MARKDOWN_PARAMS, **params}
+    body: dict[str, Any] = {**params, "messages": messages}
+    if chosen and kind != "azure":
+        body["model"] = chosen
+    if stage.max_tokens is not None:
+        body["max_tokens"] = stage.max_tokens
+    if stage.temperature is not None:
+        body["temperature"] = stage.temperature
+    style = (
+        stage.response_format
+        or (endpoint.response_format if endpoint is not None else None)
+        or settings.response_format
+        or _DEFAULT_FORMAT.get(kind or "", "json_schema")
+    )
+    if stage.kind == "json" and style != "none":
+        inline_schema = kind not in ("openai", "azure")
+        if style == "json_schema" and stage.schema_ is not None:
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": stage.name.lower(), "schema": stage.schema_},
+            }
+        elif stage.schema_ is not None and inline_schema:
+            body["response_format"] = {"type": "json_object", "schema": stage.schema_}
+        else:
+            body["response_format"] = {"type": "json_object"}
+    return body
