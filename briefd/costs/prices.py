@@ -82,7 +82,7 @@ def _warn_unpriced(model: str, source: str) -> None:
         if (source, model) in _warned:
             return
         _warned.add((source, model))
-    name = repr(model) if model else "'' (none configured, none reported by the server)"
+    name = repr(model) if model else "'' (no model name to price by)"
     logger.warning(
         "no price for model {} in {} and no default entry: its calls count as $0 "
         "(add it to the table named by BRIEFD_PRICES)",
