@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from daemon_helpers import HTTP, Daemon
+from prometheus_client.parser import text_string_to_metric_families
 
 import briefd
 from briefd.config import ConfigError, Settings, load_pipeline
@@ -364,3 +366,36 @@ def test_briefd_serve_with_a_bad_price_table_exits_2_before_touching_its_data_di
     )
     _one_line_exit_2(proc, bad_prices)
     assert not data.exists()  # no token file, no journal: nothing was started
+
+
+def test_the_daemon_counts_cached_and_reasoning_tokens_on_metrics(
+    proxy: _Proxy, make_job: Any, tmp_path: Path
+) -> None:
+    """``briefd_llm_tokens_total{kind}`` has cached and reasoning beside input and output,
+    each the sum of the job's reported usage; the spend uses cached_input."""
+    prices = tmp_path / "prices.toml"
+    prices.write_text('["gpt-4o"]\ninput = 1000.0\ncached_input = 100.0\noutput = 4000.0\n')
+    daemon = Daemon(tmp_path, proxy.base_url, model="gpt-4o", prices=prices).start()
+    try:
+        with daemon.client() as client:
+            client.submit(make_job("metered"))
+            result = client.result("metered", timeout=30)
+        resp = HTTP.get(f"{daemon.url}/metrics", headers=daemon.headers(), timeout=5)
+    finally:
+        daemon.stop()
+    assert result.status == "succeeded", result.errors
+    tokens: dict[str, float] = {}
+    for family in text_string_to_metric_families(resp.text):
+        for s in family.samples:
+            if s.name == "briefd_llm_tokens_total":
+                tokens[s.labels["kind"]] = tokens.get(s.labels["kind"], 0.0) + s.value
+    usages = result.metrics.usage.values()
+    assert tokens == {
+        "input": sum(u.prompt_tokens for u in usages),
+        "output": sum(u.completion_tokens for u in usages),
+        "cached": sum(u.cached_tokens for u in usages),
+        "reasoning": sum(u.reasoning_tokens for u in usages),
+    }
+    assert tokens["cached"] > 0 and tokens["reasoning"] > 0
+    full_price = sum(u.prompt_tokens * 1000.0 + u.completion_tokens * 4000.0 for u in usages)
+    assert result.total_cost_usd < full_price / 1e6  # the cache discount was applied
