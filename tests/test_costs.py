@@ -42,8 +42,10 @@ def test_dated_snapshots_find_their_family_and_nothing_else(log_lines: list[str]
     assert table.price("gpt-4.1-nano-2025-04-14") == table.price("gpt-4.1-nano")
     assert table.price("o3-mini-2025-01-31") == table.price("o3-mini")
     assert table.price("openai/gpt-4o-mini") == table.price("gpt-4o-mini")  # a gateway's name
-    mine = PriceTable({"gpt-4": Price(30.0, 60.0)}, "mine")
+    mine = PriceTable({"gpt-4": Price(30.0, 60.0), "claude-3-5-haiku": Price(0.8, 4.0)}, "mine")
     assert mine.price("gpt-4-0613") == Price(30.0, 60.0)  # an older date style
+    assert mine.price("claude-3-5-haiku-20241022") == Price(0.8, 4.0)  # Anthropic's
+    assert mine.lookup("gpt-4-06") is None and mine.lookup("gpt-4-2024-08") is None
     assert mine.price("gpt-4-turbo") == FREE  # not gpt-4's price: another model
     assert mine.lookup("gpt-4o-audio-preview") is None
     assert any("no price for model 'gpt-4-turbo' in mine" in line for line in log_lines)
@@ -61,10 +63,10 @@ def test_an_unpriced_model_is_warned_about_once_and_costs_zero(log_lines: list[s
     assert stage_cost(usage, "", table) == 0.0
     assert sum("no price for model ''" in line for line in log_lines) == 1
     # A default entry prices it quietly; a listed zero price is a choice, not warned.
-    quiet = PriceTable({"default": Price(1.0, 2.0), "free-model": Price(0.0, 0.0)}, "q")
+    quiet = PriceTable({"default": Price(1.0, 2.0), "free-model": Price(0.0, 0.0)}, "quiet-t")
     assert stage_cost(usage, "llama-3-70b", quiet) == pytest.approx(0.003)
     assert stage_cost(usage, "free-model", quiet) == 0.0
-    assert not any("in q" in line for line in log_lines)
+    assert not any("quiet-t" in line for line in log_lines)
 
 
 def test_cached_input_and_reasoning_tokens_are_priced_as_billed() -> None:

@@ -42,8 +42,9 @@ DEFAULT_KEY = "default"
 PER = 1_000_000
 KEYS = ("input", "cached_input", "output")
 
-# A snapshot's suffix: OpenAI dates its snapshots (gpt-4o-2024-08-06, gpt-4-0613).
-_SNAPSHOT = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{4})")
+# A snapshot's suffix, a date: OpenAI's (gpt-4o-2024-08-06, gpt-4-0613), Anthropic's
+# (claude-3-5-haiku-20241022), Mistral's (mistral-large-2411).
+_SNAPSHOT = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{8}|\d{4})")
 
 
 @dataclass(frozen=True)
