@@ -137,6 +137,8 @@ class MetricsActor(LeanThreadingActor):
                 self._calls += n
                 self._usage["prompt_tokens"] += u.prompt_tokens
                 self._usage["completion_tokens"] += u.completion_tokens
+                self._usage["cached_tokens"] += u.cached_tokens
+                self._usage["reasoning_tokens"] += u.reasoning_tokens
             case StageFailed(error=e, attempts=n):
                 self._errors[e.code.value] += 1
                 self._calls += n

@@ -492,6 +492,8 @@ class StageActor(PooledThreadingActor):
         self._usage = Usage(
             prompt_tokens=self._usage.prompt_tokens + completion.usage.prompt_tokens,
             completion_tokens=self._usage.completion_tokens + completion.usage.completion_tokens,
+            cached_tokens=self._usage.cached_tokens + completion.usage.cached_tokens,
+            reasoning_tokens=self._usage.reasoning_tokens + completion.usage.reasoning_tokens,
         )
 
     @property

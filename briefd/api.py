@@ -36,6 +36,7 @@ from briefd.actors.limiter_supervisor import LimiterSupervisor
 from briefd.actors.metrics import metrics_observer
 from briefd.actors.rate_limiter import LimiterStats
 from briefd.config import ConfigError, PipelineSpec, Settings, load_pipeline
+from briefd.costs import load_prices
 from briefd.jobs import load_job_file, validate_job
 from briefd.llm.extract import check_schema
 from briefd.local.provider import Provider, open_provider
@@ -75,6 +76,7 @@ class Pipeline:
         self.pipeline = pipeline if pipeline is not None else load_pipeline(self.settings.pipeline)
         for stage in self.pipeline.stages:
             check_schema(stage)
+        load_prices(self.settings.prices)  # a bad BRIEFD_PRICES is bad input now, not a crash
         self._extra_observers = tuple(observers)
         self._stage_cls = stage_actor_cls
         self._provider: Provider | None = None

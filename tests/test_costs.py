@@ -9,17 +9,85 @@ import pytest
 
 from briefd import run
 from briefd.config import ConfigError
-from briefd.costs import FREE, Price, PriceTable, load_prices, stage_cost
+from briefd.costs import (
+    FREE,
+    Price,
+    PriceTable,
+    estimate_cost,
+    load_prices,
+    stage_cost,
+    usage_cost,
+)
 from briefd.messages import JobResult, Usage
 from briefd.sim.server import SimServer
 
 
-def test_built_in_table_prices_known_models_and_defaults_to_zero() -> None:
+def test_built_in_table_prices_known_models_with_cached_input() -> None:
     table = load_prices()
-    assert table.price("gpt-4o-mini") == Price(0.15, 0.60)
-    # A dated snapshot finds its family by the longest prefix, not "gpt-4o".
-    assert table.price("gpt-4o-mini-2024-07-18") == Price(0.15, 0.60)
-    assert table.price("some-local-model") == FREE
+    assert table.price("gpt-4o-mini") == Price(0.15, 0.60, cached_input=0.075)
+    assert table.price("gpt-4o") == Price(2.50, 10.00, cached_input=1.25)
+    # Every built-in entry has a cached price below its input price (they are examples,
+    # but a cache discount that costs more would be a typo).
+    for name, price in table.prices.items():
+        assert price.cached_input is not None and price.cached_input <= price.input, name
+
+
+def test_dated_snapshots_find_their_family_and_nothing_else(log_lines: list[str]) -> None:
+    """gpt-4o-2024-08-06 is gpt-4o; gpt-4o-mini-2024-07-18 is gpt-4o-mini, not gpt-4o;
+    a name that only starts like a listed one is another model, unpriced (and said so)."""
+    table = load_prices()
+    assert table.price("gpt-4o-2024-08-06") == table.price("gpt-4o")
+    assert table.price("gpt-4o-mini-2024-07-18") == table.price("gpt-4o-mini")
+    assert table.price("gpt-4o-mini-2024-07-18") != table.price("gpt-4o")
+    assert table.price("gpt-4.1-nano-2025-04-14") == table.price("gpt-4.1-nano")
+    assert table.price("o3-mini-2025-01-31") == table.price("o3-mini")
+    assert table.price("openai/gpt-4o-mini") == table.price("gpt-4o-mini")  # a gateway's name
+    mine = PriceTable({"gpt-4": Price(30.0, 60.0), "claude-3-5-haiku": Price(0.8, 4.0)}, "mine")
+    assert mine.price("gpt-4-0613") == Price(30.0, 60.0)  # an older date style
+    assert mine.price("claude-3-5-haiku-20241022") == Price(0.8, 4.0)  # Anthropic's
+    assert mine.lookup("gpt-4-06") is None and mine.lookup("gpt-4-2024-08") is None
+    assert mine.price("gpt-4-turbo") == FREE  # not gpt-4's price: another model
+    assert mine.lookup("gpt-4o-audio-preview") is None
+    assert any("no price for model 'gpt-4-turbo' in mine" in line for line in log_lines)
+
+
+def test_an_unpriced_model_is_warned_about_once_and_costs_zero(log_lines: list[str]) -> None:
+    table = PriceTable({"m": Price(1.0, 1.0)}, "prices file t.toml")
+    usage = Usage(prompt_tokens=1_000, completion_tokens=1_000)
+    for _ in range(3):
+        assert stage_cost(usage, "llama-3-70b", table) == 0.0
+    warned = [line for line in log_lines if "no price for model 'llama-3-70b'" in line]
+    assert len(warned) == 1 and "t.toml" in warned[0] and "WARNING" in warned[0], log_lines
+    # A model nobody named (no BRIEFD_MODEL, nothing reported) is said so, once too.
+    assert stage_cost(usage, "", table) == 0.0
+    assert stage_cost(usage, "", table) == 0.0
+    assert sum("no price for model ''" in line for line in log_lines) == 1
+    # A default entry prices it quietly; a listed zero price is a choice, not warned.
+    quiet = PriceTable({"default": Price(1.0, 2.0), "free-model": Price(0.0, 0.0)}, "quiet-t")
+    assert stage_cost(usage, "llama-3-70b", quiet) == pytest.approx(0.003)
+    assert stage_cost(usage, "free-model", quiet) == 0.0
+    assert not any("quiet-t" in line for line in log_lines)
+
+
+def test_cached_input_and_reasoning_tokens_are_priced_as_billed() -> None:
+    """(prompt - cached) x input + cached x cached_input + completion x output; reasoning
+    tokens are part of completion_tokens, so they are output and never counted twice."""
+    price = Price(input=2.0, output=8.0, cached_input=0.5)
+    usage = Usage(
+        prompt_tokens=10_000, completion_tokens=3_000, cached_tokens=6_000, reasoning_tokens=2_000
+    )
+    expected = (4_000 * 2.0 + 6_000 * 0.5 + 3_000 * 8.0) / 1e6
+    assert usage_cost(usage, price) == pytest.approx(expected)
+    table = PriceTable({"gpt-4.1": price})
+    assert stage_cost(usage, "gpt-4.1-2025-04-14", table) == pytest.approx(expected)
+    # No cached_input: cached tokens cost the input price (a table from before caching).
+    plain = Price(input=2.0, output=8.0)
+    assert usage_cost(usage, plain) == pytest.approx((10_000 * 2.0 + 3_000 * 8.0) / 1e6)
+    # A cached count above the prompt's (a server's nonsense) is held to the prompt.
+    odd = Usage(prompt_tokens=100, completion_tokens=0, cached_tokens=500)
+    assert usage_cost(odd, price) == pytest.approx(100 * 0.5 / 1e6)
+    # The estimate before a call assumes nothing cached: the worst case.
+    assert estimate_cost(1_000, 500, price) == pytest.approx((1_000 * 2.0 + 500 * 8.0) / 1e6)
 
 
 def test_stage_cost_is_per_million_and_local_is_free() -> None:
@@ -36,6 +104,13 @@ def test_user_file_replaces_the_table_and_errors_name_file_and_key(tmp_path: Pat
     table = load_prices(good)
     assert table.price("my-model") == Price(3.0, 0.0)
     assert table.price("gpt-4o") == Price(1.0, 2.0)  # not taken from the built-in file
+    cached = tmp_path / "cached.toml"
+    cached.write_text('["m"]\ninput = 1\ncached_input = 0.1\noutput = 2\n')
+    assert load_prices(cached).price("m") == Price(1.0, 2.0, cached_input=0.1)
+    neg = tmp_path / "neg.toml"
+    neg.write_text('["m"]\ninput = 1\ncached_input = -0.1\n')
+    with pytest.raises(ConfigError, match=r"neg\.toml.*'m'.*cached_input"):
+        load_prices(neg)
     bad = tmp_path / "bad.toml"
     bad.write_text('["gpt-4o"]\ninput = -1\n')
     with pytest.raises(ConfigError, match=r"bad\.toml.*gpt-4o.*input"):

@@ -49,7 +49,12 @@ class DailyLedger:
             key = (result.model, stage)
             self.by_model_stage[key] = round(self.by_model_stage.get(key, 0.0) + usd, 6)
         for stage, usage in result.metrics.usage.items():
-            for kind, n in (("input", usage.prompt_tokens), ("output", usage.completion_tokens)):
+            for kind, n in (
+                ("input", usage.prompt_tokens),
+                ("output", usage.completion_tokens),
+                ("cached", usage.cached_tokens),  # of input
+                ("reasoning", usage.reasoning_tokens),  # of output
+            ):
                 k = (result.model, stage, kind)
                 self.tokens_by_model_stage[k] = self.tokens_by_model_stage.get(k, 0) + n
 

@@ -112,6 +112,7 @@ class Daemon(DaemonBackend):
     def start(self) -> None:
         """Build everything, resume unfinished jobs, listen; ConfigError on a bad set-up."""
         s = self.settings
+        load_prices(s.prices)  # a bad price table stops the start, named (exit 2), first
         try:
             private_dir(s.data_dir)
         except OSError as err:
@@ -122,7 +123,6 @@ class Daemon(DaemonBackend):
         self.pipeline = load_pipeline(s.pipeline)
         for stage in self.pipeline.stages:
             check_schema(stage)
-        load_prices(s.prices)  # a bad price table stops the start, named (exit 2)
         breaker = breaker_from_settings(s)
         # First, before paying for anything: a damaged journal stops the start (exit 2).
         self.journal = open_store(s, self.pipeline, on_finished=self._notify_finished)

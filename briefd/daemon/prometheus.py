@@ -134,7 +134,9 @@ def _guard_rails(root: RootStats) -> Iterator[Metric]:
     yield cost
     tokens = CounterMetricFamily(
         "briefd_llm_tokens",
-        "Tokens the API reported since start, by model, stage and kind (input, output).",
+        "Tokens the API reported since start, by model, stage and kind (input, output; "
+        "cached is the part of input read from the prompt cache, reasoning the part of output "
+        "the model spent thinking: do not add them to input and output).",
         labels=["model", "stage", "kind"],
     )
     for (model, stage, kind), n in sorted(root.tokens_by_model_stage.items()):

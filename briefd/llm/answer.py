@@ -3,8 +3,11 @@
 Split from :mod:`briefd.llm.call` (the wire) so that each stays small. Upstream
 text enters briefd here, so it is made safe here: the completion's text is
 made encodable (:mod:`briefd.llm.text`), and an error message quoting the
-server is one line and cut short. A malformed ``usage`` counts as zero tokens
-and the document is kept: the tokens were spent either way.
+server is one line and cut short, and so is the name of the model the server
+says answered (``model``: the name to price by, often a dated snapshot). A
+malformed ``usage`` counts as zero tokens and the document is kept: the tokens
+were spent either way. Its details (cached prompt tokens, reasoning tokens) are
+parts of the prompt and completion counts, so they are kept within them.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from briefd.messages import Usage
 from briefd.messages.token import RateLimits
 
 _DETAIL_CHARS = 300
+_MODEL_CHARS = 200  # longer than any real model name; a longer one is cut, not refused
 _MAX_TOKENS_COUNT = 2**53  # larger "token counts" are nonsense, and not exact as JSON numbers
 
 
@@ -73,14 +77,37 @@ def _token_count(value: Any) -> int:
     return value if isinstance(value, int) and 0 <= value <= _MAX_TOKENS_COUNT else 0
 
 
+def _detail(usage: dict[str, Any], section: str, key: str, whole: int) -> int:
+    """``usage[section][key]`` (OpenAI's ``*_tokens_details``), at most ``whole``; else 0."""
+    details = usage.get(section)
+    return min(_token_count(details.get(key)), whole) if isinstance(details, dict) else 0
+
+
 def _usage(value: Any) -> Usage:
-    """What the call cost, as far as the server said; malformed parts count zero."""
+    """What the call cost, as far as the server said; malformed parts count zero.
+
+    Cached tokens are of the prompt's and reasoning tokens of the completion's, so
+    neither is taken above its whole: a server's nonsense never makes a negative price.
+    """
     if not isinstance(value, dict):
         return Usage()
+    prompt = _token_count(value.get("prompt_tokens"))
+    completion = _token_count(value.get("completion_tokens"))
     return Usage(
-        prompt_tokens=_token_count(value.get("prompt_tokens")),
-        completion_tokens=_token_count(value.get("completion_tokens")),
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        cached_tokens=_detail(value, "prompt_tokens_details", "cached_tokens", prompt),
+        reasoning_tokens=_detail(
+            value, "completion_tokens_details", "reasoning_tokens", completion
+        ),
     )
+
+
+def _model(value: Any) -> str | None:
+    """The model the server says answered, made safe (one line, redacted, cut); else None."""
+    if not isinstance(value, str):
+        return None
+    return one_line(value.strip(), _MODEL_CHARS) or None
 
 
 def parse_completion(raw: bytes) -> Completion:
@@ -99,4 +126,9 @@ def parse_completion(raw: bytes) -> Completion:
             f"the model stopped at its token limit after {usage.completion_tokens} tokens"
         )
     finish_reason = encodable(finish) if isinstance(finish, str) else None
-    return Completion(text=encodable(text), finish_reason=finish_reason, usage=usage)
+    return Completion(
+        text=encodable(text),
+        finish_reason=finish_reason,
+        usage=usage,
+        model=_model(data.get("model")),
+    )
