@@ -17,10 +17,12 @@ from typing import Any
 import pykka
 
 from briefd.messages import (
+    EndpointCircuitChanged,
     ErrorCode,
     Event,
     JobCompleted,
     StageFailed,
+    StageFailedOver,
     StageRetrying,
     StageSucceeded,
     TokenGranted,
@@ -28,7 +30,16 @@ from briefd.messages import (
 )
 from briefd.threads import LeanThreadingActor
 
-AGGREGATED = (StageSucceeded, StageFailed, StageRetrying, TokenGranted, TokenReleased, JobCompleted)
+AGGREGATED = (
+    StageSucceeded,
+    StageFailed,
+    StageRetrying,
+    TokenGranted,
+    TokenReleased,
+    JobCompleted,
+    StageFailedOver,
+    EndpointCircuitChanged,
+)
 """The events :class:`MetricsActor` counts; the rest it would only read and drop."""
 SAMPLES = 2048
 STAGE_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -109,6 +120,12 @@ class MetricsSnapshot:
     tokens_in_use: int
     usage_tokens: dict[str, int] = field(default_factory=dict)
     stage_histograms: dict[str, Histogram] = field(default_factory=dict)
+    served_by: dict[str, int] = field(default_factory=dict)
+    """Documents per ``endpoint:model`` that produced them."""
+    failovers: dict[tuple[str, str], int] = field(default_factory=dict)
+    """Stages moved from one endpoint to another: ``(from, to)`` -> count."""
+    circuits: dict[str, str] = field(default_factory=dict)
+    """Each endpoint's breaker state, as last changed (absent: never opened: closed)."""
 
 
 class MetricsActor(LeanThreadingActor):
@@ -128,6 +145,9 @@ class MetricsActor(LeanThreadingActor):
         self._retries = 0
         self._tokens_in_use = 0
         self._histograms: dict[str, _HistogramCounter] = defaultdict(_HistogramCounter)
+        self._served: Counter[str] = Counter()
+        self._failovers: Counter[tuple[str, str]] = Counter()
+        self._circuits: dict[str, str] = {}
 
     def on_receive(self, message: Any) -> Any:
         match message:
@@ -139,6 +159,12 @@ class MetricsActor(LeanThreadingActor):
                 self._usage["completion_tokens"] += u.completion_tokens
                 self._usage["cached_tokens"] += u.cached_tokens
                 self._usage["reasoning_tokens"] += u.reasoning_tokens
+                if message.served_by:
+                    self._served[message.served_by] += 1
+            case StageFailedOver(from_route=a, to_route=b):
+                self._failovers[(a.partition(":")[0], b.partition(":")[0])] += 1
+            case EndpointCircuitChanged(endpoint=endpoint, state=state):
+                self._circuits[endpoint] = state
             case StageFailed(error=e, attempts=n):
                 self._errors[e.code.value] += 1
                 self._calls += n
@@ -173,6 +199,9 @@ class MetricsActor(LeanThreadingActor):
             tokens_in_use=self._tokens_in_use,
             usage_tokens=dict(self._usage),
             stage_histograms={k: v.freeze() for k, v in self._histograms.items()},
+            served_by=dict(self._served),
+            failovers=dict(self._failovers),
+            circuits=dict(self._circuits),
         )
 
 

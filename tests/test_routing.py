@@ -81,11 +81,15 @@ def _settings(path: Path, **overrides: Any) -> Settings:
     return Settings(**values)
 
 
-def _run(settings: Settings, jobs: list[dict[str, Any]]) -> tuple[list[Any], list[Event]]:
+def _run(
+    settings: Settings, jobs: list[dict[str, Any]], snaps: list[Any] | None = None
+) -> tuple[list[Any], list[Event]]:
     events: list[Event] = []
     with briefd.Pipeline(settings, observers=[events.append]) as pipeline:
         futures = [pipeline.submit(job) for job in jobs]
         results = [f.get(timeout=60) for f in futures]
+        if snaps is not None:
+            snaps.append(pipeline.metrics())
     return results, events
 
 
@@ -123,8 +127,15 @@ def test_an_open_breaker_is_skipped_without_a_call(
         breaker_cooldown_s=300,
         parallel=False,
     )
-    results, events = _run(settings, [make_job("br-1"), make_job("br-2")])
+    snaps: list[Any] = []
+    results, events = _run(settings, [make_job("br-1"), make_job("br-2")], snaps)
     assert all(r.status == "succeeded" for r in results), [r.errors for r in results]
+    # The same story in the metrics (/metrics reads them): a's breaker open, 8 moves a -> b,
+    # 8 documents served by b.
+    (snap,) = snaps
+    assert snap.circuits == {"a": "open"}
+    assert snap.failovers == {("a", "b"): 8}
+    assert sum(n for route, n in snap.served_by.items() if route.startswith("b:")) == 8
     opened = [e for e in events if isinstance(e, EndpointCircuitChanged) and e.state == "open"]
     assert [e.endpoint for e in opened] == ["a"]
     calls_to_a = sim.stats().total_requests

@@ -101,8 +101,42 @@ class _FiguresCollector(Collector):
             buckets = [(f"{b:g}", float(c)) for b, c in zip(h.bounds, h.counts, strict=True)]
             hist.add_metric([stage], [*buckets, ("+Inf", float(h.count))], sum_value=h.sum_s)
         yield hist
+        yield from _endpoints(snap)
         yield from _guard_rails(root)
         yield from _cluster(root, limiter)
+
+
+_CIRCUIT_STATES = ("closed", "half_open", "open")
+
+
+def _endpoints(snap: MetricsSnapshot) -> Iterator[Metric]:
+    """Which endpoint served what, failovers between endpoints, each breaker's state."""
+    served = CounterMetricFamily(
+        "briefd_documents_served",
+        "Documents by the endpoint and model (as the server named it) that produced them.",
+        labels=["endpoint", "model"],
+    )
+    for route, n in sorted(snap.served_by.items()):
+        endpoint, _, model = route.partition(":")
+        served.add_metric([endpoint, model], float(n))
+    yield served
+    moved = CounterMetricFamily(
+        "briefd_stage_failovers",
+        "Stages that left an endpoint for the next entry of their model alias.",
+        labels=["from_endpoint", "to_endpoint"],
+    )
+    for (a, b), n in sorted(snap.failovers.items()):
+        moved.add_metric([a, b], float(n))
+    yield moved
+    circuit = GaugeMetricFamily(
+        "briefd_endpoint_circuit",
+        "1 for each endpoint's breaker state (closed: calls go; open: skipped; half_open: probe).",
+        labels=["endpoint", "state"],
+    )
+    for endpoint, state in sorted(snap.circuits.items()):
+        for name in _CIRCUIT_STATES:
+            circuit.add_metric([endpoint, name], 1.0 if name == state else 0.0)
+    yield circuit
 
 
 def _cluster(root: RootStats, limiter: LimiterStats) -> Iterator[Metric]:
