@@ -155,7 +155,8 @@ def test_connection_refused_is_a_connection_error(make_job: Any, make_settings: 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    settings = make_settings(base_url=f"http://127.0.0.1:{port}/v1", max_retries=1)
+    # The model is named: with none, the start itself is refused (briefd asks /models).
+    settings = make_settings(base_url=f"http://127.0.0.1:{port}/v1", max_retries=1, model="m")
     result = briefd.run(make_job(procurement_metrics=None), settings)
     assert result.status is JobStatus.FAILED
     assert {e.code for e in result.errors} == {ErrorCode.CONNECTION}
