@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 NOMINAL_RPM = 10_000
 NOMINAL_TPM = 30_000_000
+_EPSILON = 1e-9  # refills are float sums: 0.1 s at 10/s must make one whole request
 
 
 def format_duration(seconds: float) -> str:
@@ -57,7 +58,7 @@ class TokenBucket:
     def wait_for(self, amount: float, now: float) -> float:
         """Seconds until ``amount`` is available (0 if now, or if not enforced)."""
         self._refill(now)
-        if not self.enforced or self._level >= amount:
+        if not self.enforced or self._level + _EPSILON >= amount:
             return 0.0
         return (min(amount, self.capacity) - self._level) / self.rate
 
