@@ -543,7 +543,9 @@ def test_cli_strict_flags(tmp_path: Path, briefd_cmd: Any, child_env: Any) -> No
         auth = {"Authorization": "Bearer k-123"}
         listed = requests.get(url + "/models", headers=auth, timeout=5).json()
         assert [m["id"] for m in listed["data"]] == ["gpt-4o"]
-        unknown = requests.post(url + "/chat/completions", json=minimal(top_k=1), headers=auth)
+        unknown = requests.post(
+            url + "/chat/completions", json=minimal(top_k=1), headers=auth, timeout=5
+        )
         dead = requests.post(url + "/chat/completions", json=minimal(), headers=auth, timeout=5)
         assert unknown.status_code == 400 and dead.status_code == 503
         assert dead.headers["x-ratelimit-limit-requests"] == "5"

@@ -17,14 +17,12 @@ under its dated name, Structured Outputs rules, keys, Azure deployment routes, a
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import select
 import socket
-import sys
 import threading
 from collections.abc import Mapping, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from types import TracebackType
 from typing import Any
 
@@ -45,6 +43,7 @@ from briefd.sim.faults import (
     load_profile,
 )
 from briefd.sim.gateway import Gateway, Route, chat_route, estimate_tokens
+from briefd.sim.httpd import SimHTTPServer
 from briefd.sim.ratelimit import SimRateLimits, rate_limited_message
 
 __all__ = [
@@ -62,58 +61,12 @@ __all__ = [
 _POLL_S = 0.05  # how often a hang checks whether its client went away
 
 
-class _SimHTTPServer(ThreadingHTTPServer):
-    """ThreadingHTTPServer that knows its ledger and tracks open sockets for a prompt stop."""
-
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(
-        self,
-        addr: tuple[str, int],
-        ledger: SimLedger,
-        stop: threading.Event,
-        gateway: Gateway,
-    ) -> None:
-        self.ledger = ledger
-        self.gateway = gateway
-        self.stop_event = stop
-        self.request_ids = itertools.count(1)
-        self._conns: set[socket.socket] = set()
-        self._conns_lock = threading.Lock()
-        super().__init__(addr, _Handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self._conns_lock:
-            self._conns.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self._conns_lock:
-            self._conns.discard(request)
-        super().shutdown_request(request)
-
-    def close_connections(self) -> None:
-        """Shut every open client socket so idle keep-alive handler threads end too."""
-        with self._conns_lock:
-            conns = list(self._conns)
-        for conn in conns:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """Clients vanishing is part of the job; only real bugs get a traceback."""
-        if isinstance(sys.exc_info()[1], OSError):
-            return
-        super().handle_error(request, client_address)
-
-
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     # Headers and body go out in separate writes; with Nagle on, a keep-alive client's
     # delayed ACK adds ~40 ms to every answer after the first.
     disable_nagle_algorithm = True
-    server: _SimHTTPServer
+    server: SimHTTPServer
     _status: int | None = None
     _rec: LiveRequest | None = None
     _extra: dict[str, str] | None = None  # rate-limit and request-id headers of this answer
@@ -368,7 +321,7 @@ class SimServer:
         )
         self._ledger = SimLedger(profile or SimProfile())
         self._stop = threading.Event()
-        self._httpd = _SimHTTPServer((host, port), self._ledger, self._stop, gateway)
+        self._httpd = SimHTTPServer((host, port), self._ledger, self._stop, gateway, _Handler)
         self.strict = strict
         self.host = host
         self.port: int = int(self._httpd.socket.getsockname()[1])
