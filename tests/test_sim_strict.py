@@ -160,6 +160,15 @@ def test_reasoning_models_report_reasoning_tokens_and_refuse_max_tokens(
     assert refused.status_code == 400
     assert refused.json()["error"]["code"] == "unsupported_parameter"
     assert refused.json()["error"]["param"] == "max_tokens"
+    hot = post(strict, minimal(model="o4-mini", temperature=0.3)).json()["error"]
+    assert (hot["param"], hot["code"]) == ("temperature", "unsupported_value")
+    effort = post(strict, minimal(model="o4-mini", reasoning_effort="low"))
+    assert effort.status_code == 200
+    not_reasoning = post(strict, minimal(reasoning_effort="low")).json()["error"]
+    assert (not_reasoning["param"], not_reasoning["code"]) == (
+        "reasoning_effort",
+        "unsupported_parameter",
+    )
 
 
 def test_cached_tokens_follow_the_prompt_prefix(strict: SimServer) -> None:
@@ -468,6 +477,8 @@ def test_an_enforced_request_rate_answers_429_with_openais_headers() -> None:
     """--rps 10 --burst 2: the third request at once is refused with a wait of ~100 ms."""
     with SimServer(SimProfile(scale=0.0), rps=10, burst=2) as server:
         answers = [post(server, {"messages": [{"role": "user", "content": "x"}]}) for _ in range(3)]
+        assert server.wait_until_idle(5.0)
+        assert server.stats().by_status == {200: 2, 429: 1}
     assert [a.status_code for a in answers[:2]] == [200, 200]
     refused = answers[2]
     assert refused.status_code == 429

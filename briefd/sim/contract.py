@@ -238,4 +238,11 @@ def validate_chat(
         error = _response_format(body["response_format"], body["messages"])
     if error is None and is_reasoning(served):
         error = _reasoning_rules(body)
+    elif error is None and body.get("reasoning_effort") is not None:
+        error = ApiError(
+            400,
+            "Unsupported parameter: 'reasoning_effort' is not supported with this model.",
+            param="reasoning_effort",
+            code="unsupported_parameter",
+        )
     return served, error
