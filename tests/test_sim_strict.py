@@ -582,3 +582,14 @@ def test_cli_bad_flags_exit_2_with_one_line(
     assert main(["--port", "0", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert needle in err and "\n" not in err and err.startswith("briefd sim: error:")
+
+
+def test_answer_headers_do_not_leak_into_the_next_request_on_a_connection(
+    strict: SimServer,
+) -> None:
+    """One handler serves a keep-alive connection: a stats answer carries no chat headers."""
+    with requests.Session() as session:
+        chat = session.post(f"{strict.base_url}/chat/completions", json=minimal(), timeout=5)
+        stats = session.get(f"{strict.base_url.removesuffix('/v1')}/_sim/stats", timeout=5)
+    assert "x-request-id" in chat.headers
+    assert stats.status_code == 200 and "x-request-id" not in stats.headers

@@ -111,9 +111,9 @@ class _Handler(BaseHTTPRequestHandler):
             return True
 
     def do_GET(self) -> None:
+        self._extra = None  # one handler serves a keep-alive connection's every request
         path = self.path.split("?", 1)[0]
         if path == "/v1/models":
-            self._extra = None
             error = self.server.gateway.check_access(Route(azure=False), self.headers)
             if error is not None:
                 self._send_json(error.status, error.body())
@@ -125,6 +125,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(404, error_body(404, f"no route for GET {path}"))
 
     def do_POST(self) -> None:
+        self._extra = None
         path = self.path.split("?", 1)[0]
         raw = self._read_body()
         if raw is None:
