@@ -593,3 +593,21 @@ def test_answer_headers_do_not_leak_into_the_next_request_on_a_connection(
         stats = session.get(f"{strict.base_url.removesuffix('/v1')}/_sim/stats", timeout=5)
     assert "x-request-id" in chat.headers
     assert stats.status_code == 200 and "x-request-id" not in stats.headers
+
+
+def test_stream_true_is_answered_as_server_sent_events(strict: SimServer) -> None:
+    """Chunks carry the content in pieces; include_usage adds a usage chunk before [DONE]."""
+    plain = post(strict, minimal()).json()
+    resp = post(strict, minimal(stream=True, stream_options={"include_usage": True}))
+    assert resp.status_code == 200
+    assert resp.headers["Content-Type"].startswith("text/event-stream")
+    events = [line[6:] for line in resp.text.split("\n\n") if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert {c["object"] for c in chunks} == {"chat.completion.chunk"}
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert text == plain["choices"][0]["message"]["content"]
+    assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["prompt_tokens"] == 2
+    refused = post(strict, minimal(stream_options={"include_usage": True}))
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "stream_options"

@@ -233,6 +233,12 @@ def validate_chat(
             error = _argument(name, value)
             if error is not None:
                 return served, error
+    if body.get("stream_options") is not None and body.get("stream") is not True:
+        return served, ApiError(
+            400,
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+            param="stream_options",
+        )
     error = _messages(body["messages"])
     if error is None and body.get("response_format") is not None:
         error = _response_format(body["response_format"], body["messages"])

@@ -30,7 +30,14 @@ from pydantic import ValidationError
 
 from briefd.sim import errors
 from briefd.sim.catalog import Catalog
-from briefd.sim.content import MODEL_ID, completion_body, error_body, parse_chat, render_content
+from briefd.sim.content import (
+    MODEL_ID,
+    completion_body,
+    error_body,
+    parse_chat,
+    render_content,
+    stream_body,
+)
 from briefd.sim.errors import ApiError
 from briefd.sim.faults import (
     Fault,
@@ -85,10 +92,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _send_head(self, status: int, length: int, headers: dict[str, str] | None = None) -> None:
         self._status = status
         self.send_response(status)
-        for key, value in {**(self._extra or {}), **(headers or {})}.items():
-            self.send_header(key, value)
+        merged = {"Content-Type": "application/json", **(self._extra or {}), **(headers or {})}
+        for key, value in merged.items():
+            if status != 204 or key != "Content-Type":
+                self.send_header(key, value)
         if status != 204:
-            self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(length))
         self.end_headers()
 
@@ -260,6 +268,12 @@ class _Handler(BaseHTTPRequestHandler):
         )
         answer["usage"] = gateway.usage(body, answer["model"], answer["usage"]["completion_tokens"])
         data = json.dumps(answer).encode("utf-8")
+        if gateway.strict and body.get("stream") is True:
+            data = stream_body(answer, body.get("stream_options"))
+            self._extra = {
+                **(self._extra or {}),
+                "Content-Type": "text/event-stream; charset=utf-8",
+            }
         if fault is None or fault.drip_s is None:
             self._settle(200, True)
             self._send_head(200, len(data))

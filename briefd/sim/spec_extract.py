@@ -5,6 +5,7 @@ from the public reference, not from memory. Run::
 
     git -C <mirror of github.com/openai/openai-openapi> show HEAD:openapi.json > openapi.json
     python -m briefd.sim.spec_extract openapi.json <commit> > briefd/sim/openai_spec.py
+    ruff format briefd/sim/openai_spec.py
 
 Only the parts the simulator checks are kept: the top-level request arguments (including
 those inherited through ``allOf``) with their JSON types and bounds, the message roles
