@@ -109,6 +109,7 @@ def _add_contract_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cached-fraction",
         type=_fraction,
+        metavar="F",
         help="report this share of every prompt as cached (default: OpenAI's prefix rule)",
     )
     parser.add_argument("--rps", type=_positive, help="enforced requests per second (429 beyond)")
