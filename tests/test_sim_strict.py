@@ -73,20 +73,25 @@ def test_unknown_top_level_arguments_are_refused_as_openai_words_it(strict: SimS
     assert post(strict, minimal(seed=42)).status_code == 200
 
 
-def test_builtin_pipeline_body_is_refused_for_repeat_penalty(strict: SimServer) -> None:
-    """The body briefd builds for the built-in Markdown stages carries a llama.cpp extra.
+def test_builtin_markdown_stages_with_repeat_penalty_are_refused(strict: SimServer) -> None:
+    """What briefd built for the built-in Markdown stages before issue 17 is refused.
 
-    Documents the bug issue 17 fixes: OpenAI refuses it, so BRIEFING_MD and PLAYS_MD fail.
+    ``config/pipeline.toml`` gave BRIEFING_MD and PLAYS_MD ``params = {repeat_penalty = 1.3,
+    seed = 42}`` (llama.cpp's extras, now the embedded model's own): OpenAI refuses the
+    body with this exact message, so both stages failed. The same stage without the
+    extra is accepted (``seed`` is a documented argument).
     """
     settings = Settings(base_url=strict.base_url, model="gpt-4o")
     pipeline = load_pipeline()
     for name in ("BRIEFING_MD", "PLAYS_MD"):
-        body = build_request(pipeline.by_name[name], "Write it.", settings)
+        stage = pipeline.by_name[name]
+        before = stage.model_copy(update={"params": {"repeat_penalty": 1.3, "seed": 42}})
+        body = build_request(before, "Write it.", settings)
         resp = post(strict, body)
         assert resp.status_code == 400, name
         assert resp.json() == openai_error("Unrecognized request argument supplied: repeat_penalty")
-    without = {k: v for k, v in body.items() if k != "repeat_penalty"}
-    assert post(strict, without).status_code == 200
+        without = {k: v for k, v in body.items() if k != "repeat_penalty"}
+        assert post(strict, without).status_code == 200, name
 
 
 def test_unknown_keys_inside_response_format_are_refused(strict: SimServer) -> None:
