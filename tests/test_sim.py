@@ -221,7 +221,9 @@ def test_bad_bodies_get_400_and_keep_alive_works(sim: SimServer) -> None:
     assert not_json.status_code == no_messages.status_code == 400
     assert no_messages.json()["error"]["type"] == "invalid_request_error"
     assert good.status_code == 200 and good.json()["model"] == "briefd-sim"
-    assert models.json() == {"object": "list", "data": [{"id": "briefd-sim", "object": "model"}]}
+    listed = models.json()
+    assert listed["object"] == "list" and [m["id"] for m in listed["data"]] == ["briefd-sim"]
+    assert listed["data"][0]["object"] == "model" and listed["data"][0]["owned_by"]
 
 
 def test_stats_record_stage_job_and_authorization(sim: SimServer) -> None:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import signal
 import sys
 import threading
 from types import FrameType
 from typing import NoReturn
 
-from briefd.sim.faults import ProfileError, SimProfile, load_profile
+from briefd.sim.catalog import DATED_NAMES
+from briefd.sim.faults import Fault, ProfileError, SimProfile, load_profile
 from briefd.sim.server import SimServer
 
 
@@ -34,6 +36,93 @@ def _non_negative(text: str) -> float:
 _non_negative.__name__ = "non-negative number"  # argparse names the type in its error
 
 
+def _positive(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(text)
+    return value
+
+
+_positive.__name__ = "positive number"
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+_count.__name__ = "positive integer"
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(text)
+    return value
+
+
+_fraction.__name__ = "fraction in [0, 1]"
+
+
+def _pairs(values: list[str] | None, flag: str, need_value: bool) -> dict[str, str] | None:
+    """``NAME=VALUE`` flags (``--model gpt-4o``, ``--model my=my-2025-01-01``) as a map."""
+    if not values:
+        return None
+    out: dict[str, str] = {}
+    for item in values:
+        name, sep, value = item.partition("=")
+        if not name or (need_value and not (sep and value)):
+            form = "NAME=MODEL" if need_value else "NAME or NAME=DATED_NAME"
+            raise _ArgError(f"argument {flag}: expected {form}, got {item!r}")
+        out[name] = value if sep else DATED_NAMES.get(name, name)
+    return out
+
+
+def _add_contract_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags that make the simulator a faithful OpenAI / Azure OpenAI endpoint."""
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse what OpenAI refuses (unknown arguments, no model, strict-schema rules), "
+        "answer dated model names, always send x-ratelimit-* headers",
+    )
+    parser.add_argument(
+        "--model",
+        action="append",
+        metavar="NAME[=DATED]",
+        help="a model served (repeat; default with --strict: gpt-4o, gpt-4o-mini, "
+        "gpt-4.1-mini, o4-mini)",
+    )
+    parser.add_argument(
+        "--deployment",
+        action="append",
+        metavar="NAME=MODEL",
+        help="an Azure deployment of a served model (repeat; default: one per model, same name)",
+    )
+    parser.add_argument(
+        "--api-key-env",
+        metavar="VAR",
+        help="require the key held in this environment variable (Bearer; Azure: api-key)",
+    )
+    parser.add_argument(
+        "--cached-fraction",
+        type=_fraction,
+        metavar="F",
+        help="report this share of every prompt as cached (default: OpenAI's prefix rule)",
+    )
+    parser.add_argument("--rps", type=_positive, help="enforced requests per second (429 beyond)")
+    parser.add_argument("--burst", type=_count, help="requests allowed at once (default: --rps)")
+    parser.add_argument("--tpm", type=_count, help="enforced tokens per minute (429 beyond)")
+    parser.add_argument(
+        "--fail-status",
+        type=int,
+        metavar="CODE",
+        help="answer every chat request with this error status (e.g. 503: a dead endpoint)",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """``briefd sim``: serve until SIGINT/SIGTERM; exit 2 with one line on bad input."""
     parser = _Parser(
@@ -46,10 +135,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0, help="port to bind (0: pick a free one)")
     parser.add_argument("--scale", type=_non_negative, default=None, help="latency multiplier")
     parser.add_argument("--faults", metavar="FILE.json", help="JSON list of faults or a profile")
+    _add_contract_flags(parser)
     try:
         args = parser.parse_args(argv)
         if not 0 <= args.port <= 65535:
             raise _ArgError(f"argument --port: {args.port} is not in 0..65535")
+        if args.burst is not None and args.rps is None:
+            raise _ArgError("argument --burst: needs --rps")
+        if args.fail_status is not None and not 400 <= args.fail_status <= 599:
+            raise _ArgError(f"argument --fail-status: {args.fail_status} is not in 400..599")
+        api_key = None
+        if args.api_key_env is not None:
+            api_key = os.environ.get(args.api_key_env)
+            if not api_key:
+                raise _ArgError(f"argument --api-key-env: {args.api_key_env} is not set")
+        models = _pairs(args.model, "--model", need_value=False)
+        deployments = _pairs(args.deployment, "--deployment", need_value=True)
         profile = load_profile(args.faults) if args.faults else SimProfile()
     except (_ArgError, ProfileError) as exc:
         print(f"briefd sim: error: {exc}", file=sys.stderr)
@@ -58,8 +159,26 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 0
     if args.scale is not None:
         profile = profile.model_copy(update={"scale": args.scale})
+    if args.fail_status is not None:
+        dead = Fault(status=args.fail_status, times=None)
+        profile = profile.model_copy(update={"faults": [dead, *profile.faults]})
     try:
-        server = SimServer(profile, host=args.host, port=args.port)
+        server = SimServer(
+            profile,
+            host=args.host,
+            port=args.port,
+            strict=args.strict,
+            models=models,
+            deployments=deployments,
+            api_key=api_key,
+            cached_fraction=args.cached_fraction,
+            rps=args.rps,
+            burst=args.burst,
+            tpm=args.tpm,
+        )
+    except ValueError as exc:  # a deployment naming a model not served
+        print(f"briefd sim: error: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"briefd sim: error: cannot bind {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
@@ -78,7 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     idle = threading.Event()
     try:
         server.start()
-        print(f"briefd sim listening on {server.base_url}", flush=True)
+        mode = " (strict: OpenAI's contract)" if args.strict else ""
+        # The URL stays the line's last word: scripts and tests read it from there.
+        print(f"briefd sim{mode} listening on {server.base_url}", flush=True)
         while not stopping:
             idle.wait(0.1)
     except KeyboardInterrupt:

@@ -11,38 +11,86 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from typing import Any
 
 from briefd.sim.faults import Fault
 
+_FORMAT_EXAMPLES = {
+    "date-time": "2024-01-02T03:04:05Z",
+    "date": "2024-01-02",
+    "time": "03:04:05",
+    "duration": "P1D",
+    "email": "someone@example.com",
+    "hostname": "example.com",
+    "ipv4": "192.0.2.1",
+    "ipv6": "2001:db8::1",
+    "uuid": "00000000-0000-4000-8000-000000000000",
+    "uri": "https://example.com/",
+}
 
-def example_for_schema(schema: Any, words: list[str], path: str = "$") -> Any:
-    """A value valid for the common subset of JSON Schema (type, properties, items, enum)."""
+
+def _deref(schema: Any, root: Any) -> Any:
+    """Follow a local ``$ref`` (``#/$defs/X``, ``#/definitions/X``, ``#``) within ``root``."""
+    seen = 0
+    while isinstance(schema, dict) and isinstance(schema.get("$ref"), str) and seen < 32:
+        node: Any = root
+        for part in schema["$ref"].lstrip("#").strip("/").split("/"):
+            if part:
+                node = node.get(part) if isinstance(node, dict) else None
+        schema, seen = node, seen + 1
+    return schema
+
+
+def example_for_schema(schema: Any, words: list[str], path: str = "$", root: Any = None) -> Any:
+    """A value valid for the JSON Schema subset models are constrained to.
+
+    Covers type, properties, items (with minItems/maxItems), enum, const, anyOf/oneOf,
+    local $ref, numeric bounds and string formats: what OpenAI's strict mode accepts.
+    """
+    root = schema if root is None else root
+    schema = _deref(schema, root)
     if not isinstance(schema, dict):
         return None
     if schema.get("enum"):
         return schema["enum"][0]
     if "const" in schema:
         return schema["const"]
+    for keyword in ("anyOf", "oneOf"):
+        branches = [_deref(b, root) for b in schema.get(keyword) or []]
+        if branches:
+            pick = next((b for b in branches if b.get("type") != "null"), branches[0])
+            return example_for_schema(pick, words, path, root)
     kind = schema.get("type", "object" if "properties" in schema else "string")
     if isinstance(kind, list):
         kind = next((k for k in kind if k != "null"), "null")
     seed = int(hashlib.sha256(path.encode()).hexdigest()[:8], 16)
     if kind == "object":
         props = schema.get("properties", {})
-        return {k: example_for_schema(sub, words, f"{path}.{k}") for k, sub in props.items()}
+        return {k: example_for_schema(sub, words, f"{path}.{k}", root) for k, sub in props.items()}
     if kind == "array":
         count = max(int(schema.get("minItems", 0)), 2)
+        if "maxItems" in schema:
+            count = min(count, int(schema["maxItems"]))
         item = schema.get("items", {})
-        return [example_for_schema(item, words, f"{path}[{i}]") for i in range(count)]
+        return [example_for_schema(item, words, f"{path}[{i}]", root) for i in range(count)]
     if kind == "string":
+        if schema.get("format") in _FORMAT_EXAMPLES:
+            return _FORMAT_EXAMPLES[schema["format"]]
         pick = words[seed % len(words)] if words else "text"
         return f"{pick} ({path.rsplit('.', 1)[-1]})"
-    if kind == "integer":
-        return seed % 1000
-    if kind == "number":
-        return round((seed % 100000) / 10, 1)
+    if kind in ("integer", "number"):
+        value: float = seed % 1000 if kind == "integer" else round((seed % 100000) / 10, 1)
+        low = schema.get("minimum", schema.get("exclusiveMinimum"))
+        high = schema.get("maximum", schema.get("exclusiveMaximum"))
+        if low is not None or high is not None:
+            lo = float(low) if low is not None else float(high or 0) - 1000
+            hi = float(high) if high is not None else lo + 1000
+            value = lo + (hi - lo) / 2 if hi > lo else lo
+            if kind == "integer":
+                value = math.floor(value)
+        return int(value) if kind == "integer" else value
     if kind == "boolean":
         return seed % 2 == 0
     return None
@@ -85,11 +133,14 @@ def render_content(
     json_mode: bool,
     invalid_json: bool = False,
     schema: dict[str, Any] | None = None,
+    fenced: bool = True,
 ) -> str:
     """Deterministic assistant content for (stage, last user message).
 
-    JSON answers are a bare fenced block; markdown answers have a sentence outside the
-    fence, so a client that does not extract the fence is caught by its own parser.
+    JSON answers are a bare fenced block (or, with ``fenced=False``, the JSON alone, as a
+    provider constraining output to a ``response_format`` answers); markdown answers have
+    a sentence outside the fence, so a client that does not extract the fence is caught
+    by its own parser.
     """
     digest = hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:16]
     lines = [ln.strip().replace("```", "'''")[:100] for ln in prompt.splitlines() if ln.strip()]
@@ -101,7 +152,7 @@ def render_content(
         text = json.dumps(obj, indent=2, ensure_ascii=False)
         if invalid_json:  # drop the closing brace and leave a dangling comma
             text = text[: text.rfind("}")].rstrip() + ',\n  "items": ['
-        return f"```json\n{text}\n```"
+        return f"```json\n{text}\n```" if fenced else text
     base = stage[:-3] if stage.endswith("_MD") else stage
     title = base.replace("_", " ").strip().title() or "Document"
     bullets = "\n".join(f"- {ln}" for ln in lines[:5]) or "- (empty prompt)"
@@ -138,9 +189,19 @@ def parse_chat(raw: bytes) -> tuple[dict[str, Any], str | None]:
 
 
 def completion_body(
-    stage: str, body: dict[str, Any], fault: Fault | None, request_id: int
+    stage: str,
+    body: dict[str, Any],
+    fault: Fault | None,
+    request_id: int,
+    *,
+    served_model: str | None = None,
+    strict: bool = False,
 ) -> dict[str, Any]:
-    """The ``chat.completion`` object for a parsed request, with content faults applied."""
+    """The ``chat.completion`` object for a parsed request, with content faults applied.
+
+    ``strict`` answers as OpenAI does: the JSON of a ``response_format`` request is the
+    whole content (no fence), and ``served_model`` (the dated name) is the answer's model.
+    """
     messages: list[dict[str, Any]] = body["messages"]
     users = [m for m in messages if m.get("role") == "user"]
     prompt = _text_of(users[-1].get("content")) if users else ""
@@ -154,6 +215,7 @@ def completion_body(
         json_mode=json_mode,
         invalid_json=bool(fault and fault.invalid_json),
         schema=_requested_schema(fmt),
+        fenced=not (strict and isinstance(fmt, dict) and fmt.get("type") != "text"),
     )
     finish = "stop"
     if fault is not None and fault.truncate:
@@ -165,7 +227,7 @@ def completion_body(
         "id": f"chatcmpl-sim-{request_id}",
         "object": "chat.completion",
         "created": int(time.time()),
-        "model": model if isinstance(model, str) and model else MODEL_ID,
+        "model": served_model or (model if isinstance(model, str) and model else MODEL_ID),
         "choices": [
             {
                 "index": 0,
@@ -179,3 +241,30 @@ def completion_body(
             "total_tokens": prompt_tokens + completion_tokens,
         },
     }
+
+
+def stream_body(answer: dict[str, Any], options: Any) -> bytes:
+    """``answer`` as OpenAI streams it: ``chat.completion.chunk`` events, then ``[DONE]``.
+
+    A first chunk with the role, the content in pieces, a last chunk with the finish
+    reason and, with ``stream_options.include_usage``, a chunk with empty ``choices`` and
+    the ``usage`` (the only place a streaming client learns it).
+    """
+    choice = answer["choices"][0]
+    content: str = choice["message"]["content"]
+    head = {k: answer[k] for k in ("id", "created", "model")}
+    head["object"] = "chat.completion.chunk"
+
+    def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+        return {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+    step = max(1, len(content) // 4)
+    events = [chunk({"role": "assistant", "content": ""}, None)]
+    events += [
+        chunk({"content": content[i : i + step]}, None) for i in range(0, len(content), step)
+    ]
+    events.append(chunk({}, choice["finish_reason"]))
+    if isinstance(options, dict) and options.get("include_usage"):
+        events.append({**head, "choices": [], "usage": answer["usage"]})
+    lines = [f"data: {json.dumps(e, ensure_ascii=False)}\n\n" for e in events]
+    return ("".join(lines) + "data: [DONE]\n\n").encode("utf-8")

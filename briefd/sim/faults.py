@@ -12,6 +12,7 @@ import json
 import math
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,6 +124,7 @@ class SimStats(BaseModel):
     completed: int
     last_authorization: str | None
     requests: list[RequestRecord]
+    by_status: dict[int, int] = Field(default_factory=dict)  # finished requests per status
 
 
 @dataclass(slots=True)
@@ -261,6 +263,7 @@ class SimLedger:
                     )
                     for r in self._records
                 ],
+                by_status=dict(Counter(r.status for r in self._records if r.status is not None)),
             )
 
 

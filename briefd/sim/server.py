@@ -6,24 +6,39 @@ demand. This server answers ``POST /v1/chat/completions`` deterministically afte
 per-stage latency, injects :class:`Fault`s matched on briefd's ``X-Briefd-Stage`` /
 ``X-Briefd-Job`` headers, and counts requests exactly so tests can verify client-side
 concurrency caps. Stdlib HTTP only, so it runs anywhere the package installs.
+
+Lenient by default (answers anything chat-shaped, as llama.cpp or vLLM do); with
+``strict=True`` it holds clients to OpenAI's real contract (:mod:`briefd.sim.gateway`,
+:mod:`briefd.sim.contract`): unknown arguments refused, ``model`` required and served
+under its dated name, Structured Outputs rules, keys, Azure deployment routes, and
+``x-ratelimit-*`` headers from real token buckets (:mod:`briefd.sim.ratelimit`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import select
 import socket
-import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Mapping, Sequence
+from http.server import BaseHTTPRequestHandler
 from types import TracebackType
 from typing import Any
 
 from pydantic import ValidationError
 
-from briefd.sim.content import MODEL_ID, completion_body, error_body, parse_chat, render_content
+from briefd.sim import errors
+from briefd.sim.catalog import Catalog
+from briefd.sim.content import (
+    MODEL_ID,
+    completion_body,
+    error_body,
+    parse_chat,
+    render_content,
+    stream_body,
+)
+from briefd.sim.errors import ApiError
 from briefd.sim.faults import (
     Fault,
     LiveRequest,
@@ -34,6 +49,9 @@ from briefd.sim.faults import (
     SimStats,
     load_profile,
 )
+from briefd.sim.gateway import Gateway, Route, chat_route, estimate_tokens
+from briefd.sim.httpd import SimHTTPServer
+from briefd.sim.ratelimit import SimRateLimits, rate_limited_message
 
 __all__ = [
     "MODEL_ID",
@@ -50,53 +68,15 @@ __all__ = [
 _POLL_S = 0.05  # how often a hang checks whether its client went away
 
 
-class _SimHTTPServer(ThreadingHTTPServer):
-    """ThreadingHTTPServer that knows its ledger and tracks open sockets for a prompt stop."""
-
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, addr: tuple[str, int], ledger: SimLedger, stop: threading.Event) -> None:
-        self.ledger = ledger
-        self.stop_event = stop
-        self.request_ids = itertools.count(1)
-        self._conns: set[socket.socket] = set()
-        self._conns_lock = threading.Lock()
-        super().__init__(addr, _Handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self._conns_lock:
-            self._conns.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self._conns_lock:
-            self._conns.discard(request)
-        super().shutdown_request(request)
-
-    def close_connections(self) -> None:
-        """Shut every open client socket so idle keep-alive handler threads end too."""
-        with self._conns_lock:
-            conns = list(self._conns)
-        for conn in conns:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """Clients vanishing is part of the job; only real bugs get a traceback."""
-        if isinstance(sys.exc_info()[1], OSError):
-            return
-        super().handle_error(request, client_address)
-
-
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     # Headers and body go out in separate writes; with Nagle on, a keep-alive client's
     # delayed ACK adds ~40 ms to every answer after the first.
     disable_nagle_algorithm = True
-    server: _SimHTTPServer
+    server: SimHTTPServer
     _status: int | None = None
     _rec: LiveRequest | None = None
+    _extra: dict[str, str] | None = None  # rate-limit and request-id headers of this answer
 
     def log_message(self, format: str, *args: Any) -> None:
         """Silence the per-request access log: it would drown test and demo output."""
@@ -112,10 +92,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _send_head(self, status: int, length: int, headers: dict[str, str] | None = None) -> None:
         self._status = status
         self.send_response(status)
-        for key, value in (headers or {}).items():
-            self.send_header(key, value)
+        merged = {"Content-Type": "application/json", **(self._extra or {}), **(headers or {})}
+        for key, value in merged.items():
+            if status != 204 or key != "Content-Type":
+                self.send_header(key, value)
         if status != 204:
-            self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(length))
         self.end_headers()
 
@@ -138,21 +119,28 @@ class _Handler(BaseHTTPRequestHandler):
             return True
 
     def do_GET(self) -> None:
+        self._extra = None  # one handler serves a keep-alive connection's every request
         path = self.path.split("?", 1)[0]
         if path == "/v1/models":
-            self._send_json(200, {"object": "list", "data": [{"id": MODEL_ID, "object": "model"}]})
+            error = self.server.gateway.check_access(Route(azure=False), self.headers)
+            if error is not None:
+                self._send_json(error.status, error.body())
+            else:
+                self._send_json(200, self.server.gateway.catalog.listing())
         elif path == "/_sim/stats":
             self._send_json(200, self.server.ledger.snapshot().model_dump(mode="json"))
         else:
             self._send_json(404, error_body(404, f"no route for GET {path}"))
 
     def do_POST(self) -> None:
+        self._extra = None
         path = self.path.split("?", 1)[0]
         raw = self._read_body()
         if raw is None:
             return
-        if path == "/v1/chat/completions":
-            self._chat(raw)
+        route = chat_route(self.path)
+        if route is not None:
+            self._chat(raw, route)
         elif path == "/_sim/faults":
             try:
                 self.server.ledger.inject(Fault.model_validate_json(raw or b"null"))
@@ -174,16 +162,17 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send_json(404, error_body(404, f"no route for POST {path}"))
 
-    def _chat(self, raw: bytes) -> None:
+    def _chat(self, raw: bytes, route: Route) -> None:
         """Count the request around its whole answer, so in_flight includes hangs and drips."""
         ledger = self.server.ledger
         stage = self.headers.get("X-Briefd-Stage") or "UNKNOWN"
         job_id = self.headers.get("X-Briefd-Job") or "-"
         self._rec = ledger.begin(stage, job_id, self.headers.get("Authorization"))
         self._status = None
+        self._extra = {"x-request-id": f"req_sim{next(self.server.request_ids)}"}
         completed = False
         try:
-            completed = self._serve_chat(raw, stage, job_id)
+            completed = self._serve_chat(raw, route, stage, job_id)
         except OSError:  # client went away mid-answer (BrokenPipe, ConnectionReset, ...)
             self.close_connection = True
         finally:
@@ -200,13 +189,53 @@ class _Handler(BaseHTTPRequestHandler):
             rec, self._rec = self._rec, None
             self.server.ledger.finish(rec, status, completed)
 
-    def _serve_chat(self, raw: bytes, stage: str, job_id: str) -> bool:
+    def _refuse(self, error: ApiError, headers: dict[str, str] | None = None) -> bool:
+        self._settle(error.status, False)
+        self._send_json(error.status, error.body(), headers)
+        return False
+
+    def _admit(self, gateway: Gateway, body: Any, model: str) -> bool:
+        """Take from the rate-limit buckets; False once a 429 has been sent."""
+        limits = gateway.limits
+        if limits is None:
+            return True
+        cost = estimate_tokens(body)
+        verdict = limits.admit(cost)
+        if gateway.sends_rate_headers:
+            self._extra = {**(self._extra or {}), **verdict.headers}
+        if verdict.allowed:
+            return True
+        requested = 1 if verdict.exhausted == "requests" else cost
+        message = rate_limited_message(model, verdict, requested)
+        error = ApiError(429, message, type=verdict.exhausted, code="rate_limit_exceeded")
+        return self._refuse(error, verdict.headers)
+
+    def _serve_chat(self, raw: bytes, route: Route, stage: str, job_id: str) -> bool:
         """Answer one chat request; True when a 200 body was written in full."""
-        ledger, stop = self.server.ledger, self.server.stop_event
-        body, problem = parse_chat(raw)
-        if problem is not None:
-            self._settle(400, False)
-            self._send_json(400, error_body(400, problem))
+        ledger, stop, gateway = self.server.ledger, self.server.stop_event, self.server.gateway
+        if gateway.sends_rate_headers and gateway.limits is not None:
+            self._extra = {**(self._extra or {}), **gateway.limits.peek()}
+        error = gateway.check_access(route, self.headers)
+        if error is not None:
+            return self._refuse(error)
+        served: str | None = None
+        if gateway.strict:
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                return self._refuse(errors.NOT_JSON)
+            served, error = gateway.check_body(route, body)
+            if error is not None:
+                return self._refuse(error)
+        else:
+            body, problem = parse_chat(raw)
+            if problem is not None:
+                self._settle(400, False)
+                self._send_json(400, error_body(400, problem))
+                return False
+            if route.deployment is not None:
+                served = gateway.catalog.resolve(gateway.catalog.deployments[route.deployment])
+        if not self._admit(gateway, body, served or str(body.get("model") or MODEL_ID)):
             return False
         fault = ledger.take_fault(stage, job_id)
         if fault is not None and fault.hang:
@@ -229,9 +258,22 @@ class _Handler(BaseHTTPRequestHandler):
             self._settle(fault.status, False)
             self._send_json(fault.status, error_body(fault.status, message), headers)
             return False
-        data = json.dumps(
-            completion_body(stage, body, fault, next(self.server.request_ids))
-        ).encode("utf-8")
+        answer = completion_body(
+            stage,
+            body,
+            fault,
+            next(self.server.request_ids),
+            served_model=served,
+            strict=gateway.strict,
+        )
+        answer["usage"] = gateway.usage(body, answer["model"], answer["usage"]["completion_tokens"])
+        data = json.dumps(answer).encode("utf-8")
+        if gateway.strict and body.get("stream") is True:
+            data = stream_body(answer, body.get("stream_options"))
+            self._extra = {
+                **(self._extra or {}),
+                "Content-Type": "text/event-stream; charset=utf-8",
+            }
         if fault is None or fault.drip_s is None:
             self._settle(200, True)
             self._send_head(200, len(data))
@@ -257,11 +299,45 @@ class SimServer:
     """
 
     def __init__(
-        self, profile: SimProfile | None = None, host: str = "127.0.0.1", port: int = 0
+        self,
+        profile: SimProfile | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        strict: bool = False,
+        models: Sequence[str] | Mapping[str, str] | None = None,
+        deployments: Mapping[str, str] | None = None,
+        api_key: str | None = None,
+        cached_fraction: float | None = None,
+        rps: float | None = None,
+        burst: int | None = None,
+        tpm: int | None = None,
     ) -> None:
+        """``strict`` holds clients to OpenAI's contract; the rest apply in either mode.
+
+        ``models``: names served (dated by :data:`briefd.sim.catalog.DATED_NAMES`) or a
+        name → dated-name map; default gpt-4o, gpt-4o-mini, gpt-4.1-mini, o4-mini when
+        strict, ``briefd-sim`` when lenient. ``deployments``: Azure deployment → model
+        (default: each model is a deployment of its own name). ``api_key``: required as
+        ``Authorization: Bearer`` (Azure: ``api-key``). ``cached_fraction``: that share of
+        every prompt is reported cached (default: OpenAI's prefix rule). ``rps``/``burst``
+        and ``tpm``: enforced token buckets answering 429.
+        """
+        if cached_fraction is not None and not 0.0 <= cached_fraction <= 1.0:
+            raise ValueError(f"cached_fraction must be in [0, 1], got {cached_fraction}")
+        served = models if models is not None else (None if strict else (MODEL_ID,))
+        limited = strict or rps is not None or tpm is not None
+        gateway = Gateway(
+            strict=strict,
+            catalog=Catalog.build(served, deployments),
+            api_key=api_key,
+            cached_fraction=cached_fraction,
+            limits=SimRateLimits(rps, burst, tpm) if limited else None,
+        )
         self._ledger = SimLedger(profile or SimProfile())
         self._stop = threading.Event()
-        self._httpd = _SimHTTPServer((host, port), self._ledger, self._stop)
+        self._httpd = SimHTTPServer((host, port), self._ledger, self._stop, gateway, _Handler)
+        self.strict = strict
         self.host = host
         self.port: int = int(self._httpd.socket.getsockname()[1])
         self._thread: threading.Thread | None = None
@@ -273,6 +349,11 @@ class SimServer:
         """OpenAI-style base URL (ends in ``/v1``) to hand to a client."""
         host = "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host
         return f"http://{host}:{self.port}/v1"
+
+    @property
+    def azure_endpoint(self) -> str:
+        """Azure-style resource endpoint: ``{this}/openai/deployments/{name}/...``."""
+        return self.base_url.removesuffix("/v1")
 
     @property
     def profile(self) -> SimProfile:
