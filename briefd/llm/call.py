@@ -212,9 +212,34 @@ class ChatClient:
                 retry_after=limits.retry_after_s,
                 upstream_code=code,
                 limits=limits,
+                **self._hint_context(body),
             )
         limits = parse_rate_limits(headers, maximum=self._settings.retry_after_max_s)
         return dataclasses.replace(parse_completion(raw), limits=limits)
+
+    endpoint_kind: str = ""
+    """What the endpoint speaks (openai, azure, compatible), for error hints; '' = unknown,
+    or with ``BRIEFD_BASE_URL`` alone, ``BRIEFD_ENDPOINT_KIND``."""
+    key_env: str = ""
+    """The variable that holds the endpoint's key, for error hints; '' = ``BRIEFD_API_KEY``."""
+
+    def _hint_context(self, body: dict[str, Any]) -> dict[str, Any]:
+        """What sharpens an error status's hint (:func:`~briefd.llm.hints.status_hint`)."""
+        settings = self._settings
+        single = settings.base_url is not None and settings.endpoints is None
+        model = body.get("model")
+        messages = body.get("messages")
+        chars = sum(
+            len(m.get("content") or "")
+            for m in (messages if isinstance(messages, list) else [])
+            if isinstance(m, dict) and isinstance(m.get("content"), str)
+        )
+        return {
+            "endpoint_kind": self.endpoint_kind or (settings.endpoint_kind if single else ""),
+            "key_env": self.key_env or ("BRIEFD_API_KEY" if single else ""),
+            "model": model if isinstance(model, str) else "",
+            "prompt_chars": chars or None,
+        }
 
     def _unreachable(self, err: BaseException) -> TransportError:
         return TransportError(
