@@ -267,7 +267,8 @@ class StageActor(PooledThreadingActor):
         try:
             document = extract_document(self.spec, completion.text)
         except InvalidOutputError as err:
-            if self._settings.reask_invalid_json and not self._reasked:
+            reask = self._settings.reask_invalid_json and not self._reasked
+            if reask and not deadlines.passed(self._deadline_at):  # no new call past it
                 self._reask(completion.text, err)
                 return
             self._after_failure(err)

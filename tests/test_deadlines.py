@@ -42,8 +42,8 @@ LATER = ("PROCUREMENT_JSON", "ANNEX_JSON")
 
 @pytest.fixture
 def slow_sim() -> Iterator[SimServer]:
-    """Every stage answers after 1.2 s."""
-    latency = {s: 1.2 for s in (*ROOTS, *LATER)}
+    """Every stage answers after 2.5 s."""
+    latency = {s: 2.5 for s in (*ROOTS, *LATER)}
     with SimServer(SimProfile(latency_s=latency, scale=1.0)) as server:
         yield server
 
@@ -90,12 +90,12 @@ def _errors(result: JobResult) -> dict[str, Any]:
 def test_past_the_deadline_a_stage_waiting_for_a_token_ends_and_the_call_in_flight_is_kept(
     slow_sim: SimServer, make_job: Any
 ) -> None:
-    """One token, slow stages, a 0.5 s deadline: the root stage on the wire finishes and its
+    """One token, slow stages, a 1 s deadline: the root stage on the wire finishes and its
     document is kept; the other root, waiting for the token, ends DEADLINE_EXCEEDED at the
     deadline (before that call ends) and withdraws its request (one grant in all); the
     stages not started end so too, and the fallback applies."""
     settings = _settings(slow_sim, max_concurrent=1)
-    result, events = _run(settings, make_job("late", deadline_s=0.5))
+    result, events = _run(settings, make_job("late", deadline_s=1.0))
 
     assert slow_sim.stats().total_requests == 1
     kept = [s for s in ROOTS if result.documents[s] is not None]
@@ -105,7 +105,7 @@ def test_past_the_deadline_a_stage_waiting_for_a_token_ends_and_the_call_in_flig
     assert set(errors) == {waited, *LATER}
     assert all(e.code is ErrorCode.DEADLINE_EXCEEDED for e in errors.values())
     assert "waiting for an execution token" in errors[waited].message
-    assert "0.5s after its submission" in errors[waited].message
+    assert "1s after its submission" in errors[waited].message
     assert "the job has run" in errors[waited].message
     assert "deadline_s" in errors[waited].hint and "BRIEFD_JOB_DEADLINE_S" in errors[waited].hint
     assert all("had not started" in errors[s].message for s in LATER)
@@ -127,7 +127,7 @@ def test_the_daemons_drainable_stages_keep_the_deadline(slow_sim: SimServer, mak
     timer before any drain: the stage waiting for the token ends DEADLINE_EXCEEDED."""
     cls = drainable_stage_actor(StageActor, threading.Event())
     settings = _settings(slow_sim, max_concurrent=1)
-    result, _events = _run(settings, make_job("daemon", deadline_s=0.5), stage_actor_cls=cls)
+    result, _events = _run(settings, make_job("daemon", deadline_s=1.0), stage_actor_cls=cls)
     assert slow_sim.stats().total_requests == 1
     waiting = [e for e in result.errors if "waiting for an execution token" in e.message]
     assert len(waiting) == 1 and waiting[0].code is ErrorCode.DEADLINE_EXCEEDED
@@ -139,9 +139,9 @@ def test_a_call_that_fails_after_the_deadline_is_not_retried(
     """BRIEFING_MD's call is on the wire when the deadline passes and then fails with a 500:
     no retry (one call), DEADLINE_EXCEEDED quoting the failure; PLAYS_MD, done before the
     deadline, keeps its document."""
-    fast_sim.inject(Fault(stage="BRIEFING_MD", status=500, delay_s=1.0, times=None))
+    fast_sim.inject(Fault(stage="BRIEFING_MD", status=500, delay_s=2.0, times=None))
     settings = _settings(fast_sim, max_retries=3)
-    result, events = _run(settings, make_job("on-the-wire", deadline_s=0.5))
+    result, events = _run(settings, make_job("on-the-wire", deadline_s=1.0))
 
     assert fast_sim.stats().by_stage == {"BRIEFING_MD": 1, "PLAYS_MD": 1}
     errors = _errors(result)
@@ -149,6 +149,20 @@ def test_a_call_that_fails_after_the_deadline_is_not_retried(
     assert "HTTP 500" in errors["BRIEFING_MD"].message
     assert result.documents["PLAYS_MD"] is not None
     assert all(errors[s].code is ErrorCode.DEADLINE_EXCEEDED for s in LATER)
+    assert not [e for e in events if isinstance(e, StageRetrying)]
+
+
+def test_no_reask_past_the_deadline(fast_sim: SimServer, make_job: Any) -> None:
+    """With BRIEFD_REASK_INVALID_JSON, an invalid answer that arrives past the deadline is not
+    asked again: the stage keeps its own error (INVALID_JSON), after one call."""
+    fast_sim.inject(Fault(stage="PROCUREMENT_JSON", invalid_json=True, delay_s=2.0, times=None))
+    settings = _settings(fast_sim, reask_invalid_json=True)
+    result, events = _run(settings, make_job("reask", deadline_s=1.0))
+
+    assert fast_sim.stats().by_stage["PROCUREMENT_JSON"] == 1
+    errors = _errors(result)
+    assert errors["PROCUREMENT_JSON"].code is ErrorCode.INVALID_JSON
+    assert errors["ANNEX_JSON"].code is ErrorCode.DEADLINE_EXCEEDED
     assert not [e for e in events if isinstance(e, StageRetrying)]
 
 
