@@ -22,6 +22,7 @@ from typing import Any
 import pykka
 from loguru import logger
 
+from briefd import deadlines
 from briefd.actors.rate_limiter import LimiterRef
 from briefd.actors.stage import StageActor
 from briefd.config import PipelineSpec, Settings
@@ -94,6 +95,8 @@ class CoordinatorActor(PooledThreadingActor):
         # When the job was submitted (Unix time), not when this run started: the limiter
         # serves older jobs first, so a job resumed after a restart keeps its place.
         self._admitted_at = time.time() if admitted_at is None else admitted_at
+        # The job's deadline counts from that submission too (a resumed job keeps it).
+        self._deadline_at = deadlines.deadline_at(job, settings, self._admitted_at)
         # The cost ledger: prices read once (a bad BRIEFD_PRICES fails the start, named).
         self._prices = prices if prices is not None else load_prices(settings.prices)
         # Where each stage's calls go (the routes of its model alias), and which
@@ -264,7 +267,7 @@ class CoordinatorActor(PooledThreadingActor):
                 continue
             if not self._settings.parallel and in_flight:
                 return
-            refused = self._over_budget(name)
+            refused = self._past_deadline(name) or self._over_budget(name)
             if refused is not None:  # never called: no token, no HTTP
                 self._told.add(name)
                 self._stage_failed(refused)
@@ -320,6 +323,16 @@ class CoordinatorActor(PooledThreadingActor):
             return None
         return StageFailed(job_id=self.job.job_id, stage=name, error=error)
 
+    def _past_deadline(self, name: str) -> StageFailed | None:
+        """A ``DEADLINE_EXCEEDED`` failure if the job's deadline passed before ``name`` started."""
+        if not deadlines.passed(self._deadline_at):
+            return None
+        assert self._deadline_at is not None
+        error = deadlines.deadline_error(
+            name, at=self._deadline_at, admitted_at=self._admitted_at, what="it had not started"
+        )
+        return StageFailed(job_id=self.job.job_id, stage=name, error=error)
+
     def _start_stage(self, name: str) -> None:
         self._told.add(name)
         self._records[name].started_at = time.monotonic()
@@ -346,6 +359,7 @@ class CoordinatorActor(PooledThreadingActor):
             downstream=downstream_graph(
                 {s.name: s.depends_on for s in self._pipeline.stages}, name
             ),
+            deadline_at=self._deadline_at,
         )
 
     def _end(

@@ -24,7 +24,8 @@ def drainable_stage_actor(base: type[StageActor], drain: threading.Event) -> typ
     While draining, a stage that has not started never starts and a token
     granted too late goes straight back; a call already in flight finishes and
     reports. ``Tick`` is answered as a no-op so the daemon can ``ask`` it as a
-    barrier ("everything you had to say is told"). The daemon thread lets the
+    barrier ("everything you had to say is told"); before the drain it is the
+    stage's own (its deadline's timer). The daemon thread lets the
     process exit when the grace period ends with a call still in flight.
     """
 
@@ -36,9 +37,9 @@ def drainable_stage_actor(base: type[StageActor], drain: threading.Event) -> typ
             self._drain_limiter: AnyRef = kwargs["limiter"]
 
         def on_receive(self, message: Any) -> Any:
-            if isinstance(message, Tick):
-                return None
             if drain.is_set():
+                if isinstance(message, Tick):  # no deadline is enforced while draining
+                    return None
                 if isinstance(message, StartStage | ResumeStage):
                     return None
                 if isinstance(message, TokenGranted):

@@ -8,7 +8,10 @@ Its life, all by message, never blocking on another actor::
                -> tenacity says stop  -> StageFailed
 
 The token is held only while the HTTP call is in flight, never during a
-backoff. Any unexpected exception becomes ``StageFailed`` with code
+backoff. Past the job's deadline (``deadline_at``, :mod:`briefd.deadlines`) a
+stage waiting for a token or in a backoff ends ``DEADLINE_EXCEEDED``, woken by a
+``Tick`` its timer tells it then; a call on the wire is left to finish, and not
+retried if it fails. Any unexpected exception becomes ``StageFailed`` with code
 ``CRASHED``: a stage's failure stays in the stage. A ``SystemExit`` or
 ``KeyboardInterrupt`` is not a stage's failure but the process going down: it
 is passed on (through :meth:`StageActor.on_fatal`) to whoever owns the process.
@@ -24,6 +27,7 @@ from typing import Any
 import pykka
 from loguru import logger
 
+from briefd import deadlines
 from briefd.actors.rate_limiter import LimiterRef
 from briefd.config import Settings, StageSpec
 from briefd.config.endpoints import Route
@@ -81,6 +85,7 @@ class StageActor(PooledThreadingActor):
         downstream: dict[str, list[str]] | None = None,
         routing: Routing | None = None,
         model: str | None = None,
+        deadline_at: float | None = None,
     ) -> None:
         super().__init__()
         self.job_id = job_id
@@ -95,6 +100,7 @@ class StageActor(PooledThreadingActor):
         self._job_priority = job_priority
         self._downstream = downstream or {}
         self._abort = abort  # set by the coordinator when the job is cancelled
+        self._deadline_at = deadline_at  # Unix time (admitted_at's clock); None: no deadline
         self._client: ChatClient | None = None
         self._driver: RetryDriver | None = None  # made in the actor's own thread
         self._timers = Timers()
@@ -129,13 +135,15 @@ class StageActor(PooledThreadingActor):
                 case StartStage():
                     self._started_at = time.monotonic()
                     self._driver = RetryDriver(make_retrying(self._settings))
+                    self._arm_deadline()
                     self._request_token()
                 case ResumeStage():
                     self._request_token()
                 case TokenGranted():
                     self._on_token(message)
                 case Tick():
-                    pass  # a no-op: an ask of it is a barrier behind what is queued
+                    # the deadline's timer (else a no-op: an ask of it is a barrier)
+                    self._check_deadline()
                 case _:
                     logger.warning("{} {}: unexpected {!r}", self.job_id, self.spec.name, message)
         except Exception as err:  # the stage's failure stays in the stage
@@ -211,6 +219,9 @@ class StageActor(PooledThreadingActor):
     def _request_token(self) -> None:
         if self._finished or (self._abort is not None and self._abort.aborted):
             return
+        if deadlines.passed(self._deadline_at):
+            self._end_at_deadline(f"attempt {self._attempt} was not started")
+            return
         self._skip_open_circuits()
         self._asked = True
         self._limiter.tell(
@@ -238,6 +249,12 @@ class StageActor(PooledThreadingActor):
             self._limiter.tell(
                 ReleaseToken(job_id=self.job_id, stage=self.spec.name, lease_id=granted.lease_id)
             )
+            return
+        if deadlines.passed(self._deadline_at):  # granted, but too late to spend anything
+            self._limiter.tell(
+                ReleaseToken(job_id=self.job_id, stage=self.spec.name, lease_id=granted.lease_id)
+            )
+            self._end_at_deadline(f"attempt {self._attempt} got its token after it")
             return
         self._lease = granted.lease_id
         attempt = self._attempt
@@ -270,7 +287,8 @@ class StageActor(PooledThreadingActor):
         try:
             document = extract_document(self.spec, completion.text)
         except InvalidOutputError as err:
-            if self._settings.reask_invalid_json and not self._reasked:
+            reask = self._settings.reask_invalid_json and not self._reasked
+            if reask and not deadlines.passed(self._deadline_at):  # no new call past it
                 self._reask(completion.text, err)
                 return
             self._after_failure(err)
@@ -339,6 +357,8 @@ class StageActor(PooledThreadingActor):
             return
         if rate_limited and self._settings.rate_limit_cooldown:
             self._report_rate_limit(endpoint, wait_s)
+        if self._retry_misses_deadline(wait_s, attempt, err):
+            return
         self._report(
             StageRetrying(
                 job_id=self.job_id,
@@ -442,6 +462,62 @@ class StageActor(PooledThreadingActor):
             )
         )
         self._request_token()
+
+    # -- the job's deadline ---------------------------------------------------
+
+    def _arm_deadline(self) -> None:
+        """Wake this stage (a ``Tick``) when the job's deadline passes."""
+        if self._deadline_at is not None:
+            delay = self._deadline_at - time.time()
+            if delay > 0:
+                self._timers.tell_later(self.actor_ref, delay, Tick())
+
+    def _check_deadline(self) -> None:
+        """At the deadline: a stage waiting for a token or in a backoff ends now.
+
+        A call in flight holds this actor's thread, so a ``Tick`` is never handled
+        during one: the call ends first, and its failure is not retried
+        (:meth:`_retry_misses_deadline`).
+        """
+        if self._finished or self._started_at is None or not deadlines.passed(self._deadline_at):
+            return
+        if self._asked:
+            self._end_at_deadline(f"attempt {self._attempt} was waiting for an execution token")
+        else:
+            self._end_at_deadline(f"attempt {self._attempt} was waiting to be retried")
+
+    def _retry_misses_deadline(self, wait_s: float, attempt: int, err: CallError) -> bool:
+        """End the stage instead of retrying when the retry would start past the deadline."""
+        at = self._deadline_at
+        if at is None or time.time() + wait_s < at:
+            return False
+        why = err.to_pipeline_error(self.spec.name).message
+        if deadlines.passed(at):
+            self._end_at_deadline(f"attempt {attempt}, made before it, failed ({why})")
+        else:
+            retry = f"its retry in {wait_s:.1f}s would start after it"
+            self._end_at_deadline(f"attempt {attempt} failed ({why}) and {retry}")
+        return True
+
+    def _end_at_deadline(self, what: str) -> None:
+        """Fail ``DEADLINE_EXCEEDED``: withdraw a token request, drop the timers."""
+        if self._finished:
+            return
+        if self._asked:
+            self._asked = False
+            with contextlib.suppress(pykka.ActorDeadError):
+                self._limiter.tell(
+                    CancelTokenRequest(
+                        job_id=self.job_id, stage=self.spec.name, requester=self.actor_urn
+                    )
+                )
+        self._timers.close()  # a backoff's ResumeStage: nothing is retried past the deadline
+        assert self._deadline_at is not None
+        self._fail(
+            deadlines.deadline_error(
+                self.spec.name, at=self._deadline_at, admitted_at=self._admitted_at, what=what
+            )
+        )
 
     # -- helpers -------------------------------------------------------------
 

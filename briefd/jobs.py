@@ -1,7 +1,9 @@
 """Reading and checking job input against a pipeline.
 
 Bad input is refused whole, with a message that names the field
-(``prompts.PLAYS_MD``) or the file, before anything runs.
+(``prompts.PLAYS_MD``, ``models.ANNEX_JSON``, ``deadline_s``) or the file, before
+anything runs. A job's ``models`` (per-stage model override) is only checked here
+(known stages, non-empty names); what an alias means is the endpoints' business.
 """
 
 from __future__ import annotations
@@ -42,6 +44,14 @@ def validate_job(data: Any, pipeline: PipelineSpec, *, where: str = "job") -> Jo
             f"{where}: prompts.{unknown[0]}: no such stage in pipeline {pipeline.name} "
             f"(stages: {', '.join(pipeline.names)})"
         )
+    for name, model in job.models.items():
+        if name not in pipeline.by_name:
+            raise ConfigError(
+                f"{where}: models.{name}: no such stage in pipeline {pipeline.name} "
+                f"(stages: {', '.join(pipeline.names)})"
+            )
+        if not model.strip():
+            raise ConfigError(f"{where}: models.{name}: empty model name")
     for name, schema in job.schemas.items():
         stage = pipeline.by_name.get(name)
         if stage is None or stage.kind != "json":

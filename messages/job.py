@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -53,10 +53,18 @@ class JobSpec(Frozen):
         description="The most tokens (prompt + completion) this job may use; as max_cost_usd. "
         "Unset: BRIEFD_MAX_JOB_TOKENS.",
     )
-    models: dict[str, str] = Field(
+    deadline_s: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="Seconds from the job's submission: past them, stages not started, waiting "
+        "for a token or in a backoff end DEADLINE_EXCEEDED (a call already made is left to "
+        "finish). Unset: BRIEFD_JOB_DEADLINE_S (unset: none).",
+    )
+    models: dict[str, Annotated[str, Field(min_length=1)]] = Field(
         default_factory=dict,
-        description="Per stage, the model alias (of BRIEFD_ENDPOINTS, or endpoint:model) to call "
-        'instead of the pipeline\'s; e.g. {"ANNEX_JSON": "fast"}.',
+        description="Per-stage model override: stage name -> the model alias (BRIEFD_ENDPOINTS) or "
+        "model name that stage uses instead of the pipeline's or BRIEFD_MODEL.",
     )
 
 

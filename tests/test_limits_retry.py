@@ -6,7 +6,7 @@ import pytest
 
 from briefd.config import Settings
 from briefd.llm.errors import StatusError, TransportError
-from briefd.llm.retry import MAX_RATE_LIMITED_RETRIES, RetryDriver, make_retrying, outcome_of
+from briefd.llm.retry import RetryDriver, make_retrying, outcome_of
 from briefd.messages import ErrorCode
 
 
@@ -23,12 +23,19 @@ def test_429s_do_not_count_toward_max_retries() -> None:
         driver.failed(StatusError(502, "bad gateway"))
 
 
-def test_a_server_that_429s_forever_still_ends_the_stage() -> None:
-    driver = RetryDriver(make_retrying(_settings(max_retries=2)))
-    for _ in range(MAX_RATE_LIMITED_RETRIES):
+@pytest.mark.parametrize("bound", [0, 2, 20])
+def test_a_server_that_429s_forever_ends_the_stage_after_the_setting(bound: int) -> None:
+    """BRIEFD_MAX_RATE_LIMITED bounds the 429 retries: ``bound`` retries, then give up."""
+    driver = RetryDriver(make_retrying(_settings(max_retries=2, max_rate_limited=bound)))
+    for _ in range(bound):
         driver.failed(StatusError(429, "slow down", retry_after=0.0))
     with pytest.raises(StatusError):
         driver.failed(StatusError(429, "slow down", retry_after=0.0))
+    assert driver.attempt == bound + 1
+
+
+def test_the_429_bound_defaults_to_20() -> None:
+    assert Settings(base_url="http://127.0.0.1:9/v1").max_rate_limited == 20
 
 
 def test_retry_disabled_means_one_call_even_for_a_429() -> None:

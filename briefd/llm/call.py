@@ -41,7 +41,7 @@ from urllib3.exceptions import TimeoutError as Urllib3Timeout
 from urllib3.response import BaseHTTPResponse
 
 from briefd.config import Settings
-from briefd.config.endpoints import EndpointSpec
+from briefd.config.endpoints import DEFAULT_ENDPOINT, EndpointSpec
 from briefd.limits.headers import parse_rate_limits
 from briefd.llm.abort import CallAbort, bound
 from briefd.llm.answer import Completion as Completion  # re-exported: callers import it here
@@ -120,6 +120,12 @@ class ChatClient:
         key = api_key if api_key is not None else settings.api_key_value()
         if key:
             register_secret(key)
+        if endpoint is not None:  # for error hints: the kind, the key's variable, the model
+            self.endpoint_kind = endpoint.kind
+            self.key_env = endpoint.api_key_env or (
+                "BRIEFD_API_KEY" if endpoint.name == DEFAULT_ENDPOINT else ""
+            )
+        self._model = model
         auth = "api-key" if endpoint is not None and endpoint.kind == "azure" else "Authorization"
         extra = tuple(sorted(endpoint.headers.items())) if endpoint is not None else ()
         self._endpoint = endpoint_for(self._url, settings.max_concurrent, key, auth, extra)
@@ -190,9 +196,34 @@ class ChatClient:
                 retry_after=limits.retry_after_s,
                 upstream_code=code,
                 limits=limits,
+                **self._hint_context(body),
             )
         limits = parse_rate_limits(headers, maximum=self._settings.retry_after_max_s)
         return dataclasses.replace(parse_completion(raw), limits=limits)
+
+    endpoint_kind: str = ""
+    """What the endpoint speaks (openai, azure, compatible), for error hints; '' = unknown,
+    or with ``BRIEFD_BASE_URL`` alone, ``BRIEFD_ENDPOINT_KIND``."""
+    key_env: str = ""
+    """The variable that holds the endpoint's key, for error hints; '' = ``BRIEFD_API_KEY``."""
+
+    def _hint_context(self, body: dict[str, Any]) -> dict[str, Any]:
+        """What sharpens an error status's hint (:func:`~briefd.llm.hints.status_hint`)."""
+        settings = self._settings
+        single = settings.base_url is not None and settings.endpoints is None
+        model = body.get("model") or self._model  # Azure names it in the URL, not the body
+        messages = body.get("messages")
+        chars = sum(
+            len(m.get("content") or "")
+            for m in (messages if isinstance(messages, list) else [])
+            if isinstance(m, dict) and isinstance(m.get("content"), str)
+        )
+        return {
+            "endpoint_kind": self.endpoint_kind or (settings.endpoint_kind if single else ""),
+            "key_env": self.key_env or ("BRIEFD_API_KEY" if single else ""),
+            "model": model if isinstance(model, str) else "",
+            "prompt_chars": chars or None,
+        }
 
     def _unreachable(self, err: BaseException) -> TransportError:
         return TransportError(

@@ -22,12 +22,23 @@ characters escaped, lone surrogates replaced), so a server that echoes the
 
 from __future__ import annotations
 
+from briefd.llm.hints import QUOTA_CODES, status_hint
 from briefd.llm.text import one_line
 from briefd.messages import ErrorCode, PipelineError
 from briefd.messages.token import RateLimits
 
-QUOTA_CODES = frozenset({"insufficient_quota"})
-"""Upstream error codes (OpenAI's ``error.code`` / ``error.type``) for an exhausted quota."""
+__all__ = [
+    "QUOTA_CODES",
+    "BadResponseError",
+    "CallCancelled",
+    "CallError",
+    "InvalidOutputError",
+    "StatusError",
+    "TLSError",
+    "TransportError",
+    "TruncatedError",
+    "status_hint",
+]
 
 
 class CallError(Exception):
@@ -75,7 +86,10 @@ class StatusError(CallError):
     ``upstream_code`` is the body's ``error.code`` (or ``error.type``) when it has one:
     a 429 that says ``insufficient_quota`` is an exhausted quota or unpaid bill, which
     no amount of waiting fixes, so it is QUOTA_EXCEEDED and not retried (and, not being
-    RATE_LIMITED, it does not pause the other stages' grants either).
+    RATE_LIMITED, it does not pause the other stages' grants either). Any other 4xx
+    but 429 is HTTP_ERROR and not retried: the same request gets the same answer.
+    The hint is chosen from the provider's own message (:func:`status_hint`); the
+    keyword arguments after ``limits`` only sharpen it.
     """
 
     def __init__(
@@ -86,6 +100,10 @@ class StatusError(CallError):
         retry_after: float | None = None,
         upstream_code: str | None = None,
         limits: RateLimits | None = None,
+        endpoint_kind: str = "",
+        key_env: str = "",
+        model: str = "",
+        prompt_chars: int | None = None,
     ) -> None:
         self.status = status
         self.retry_after = retry_after
@@ -93,25 +111,21 @@ class StatusError(CallError):
         self.limits = limits  # the server's rate-limit headers, for the limiter
         if upstream_code in QUOTA_CODES:
             self.code, self.retryable = ErrorCode.QUOTA_EXCEEDED, False
-            hint = (
-                "the API account's quota is used up or its billing needs attention: "
-                "retrying will not help; check the plan and billing with the provider"
-            )
         elif status == 429:
             self.code, self.retryable = ErrorCode.RATE_LIMITED, True
-            hint = "the API's rate limit: lower BRIEFD_MAX_CONCURRENT or raise your quota"
         elif status in (500, 502, 503, 504):
             self.code, self.retryable = ErrorCode.SERVER_ERROR, True
-            hint = "the API is failing or overloaded; retried automatically"
-        elif status in (401, 403):
-            self.code, self.retryable = ErrorCode.HTTP_ERROR, False
-            hint = "check BRIEFD_API_KEY"
-        elif status == 404:
-            self.code, self.retryable = ErrorCode.HTTP_ERROR, False
-            hint = "check BRIEFD_BASE_URL (it should end in /v1) and BRIEFD_MODEL"
         else:
             self.code, self.retryable = ErrorCode.HTTP_ERROR, False
-            hint = "the API refused the request; check the prompt size and model limits"
+        hint = status_hint(
+            status,
+            detail,
+            upstream_code,
+            endpoint_kind=endpoint_kind,
+            key_env=key_env,
+            model=model,
+            prompt_chars=prompt_chars,
+        )
         super().__init__(f"HTTP {status}: {detail}".rstrip(": "), hint=hint)
 
 

@@ -9,8 +9,9 @@ timer; a result -> done; an exception -> give up).
 A 429 does not spend the stage's retry budget (``BRIEFD_MAX_RETRIES``): it says
 the server is busy, not that this call is bad, and the limiter already slows
 everyone down for it. So 429s are counted apart, against a larger bound
-(:data:`MAX_RATE_LIMITED_RETRIES`), so that a server that answers 429 forever
-still ends the stage (RATE_LIMITED) instead of holding its job for ever.
+(``BRIEFD_MAX_RATE_LIMITED``, 20 by default), so that a server that answers 429
+forever still ends the stage (RATE_LIMITED) instead of holding its job for ever:
+with ``max_rate_limited = N`` a stage makes at most N + 1 calls that are answered 429.
 """
 
 from __future__ import annotations
@@ -24,10 +25,6 @@ from briefd.config import Settings
 from briefd.llm.errors import CallError, StatusError, TransportError
 from briefd.messages import ErrorCode
 from briefd.messages.token import Outcome
-
-MAX_RATE_LIMITED_RETRIES = 20
-"""429s a stage takes before it gives up, apart from BRIEFD_MAX_RETRIES (with the limiter's
-cool-down honouring each Retry-After, up to BRIEFD_RETRY_AFTER_MAX_S apiece)."""
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -57,7 +54,8 @@ def is_rate_limited(exc: BaseException | None) -> bool:
 
 
 class _StopAfter(tenacity.stop.stop_base):
-    """Stop after ``attempts`` calls that were not 429s, or ``rate_limited`` 429s.
+    """Stop after ``attempts`` calls that were not 429s, or once more than ``rate_limited``
+    calls were 429s (``rate_limited`` retries of a 429, ``BRIEFD_MAX_RATE_LIMITED``).
 
     tenacity asks once per failed attempt; each attempt is counted once (by its number).
     """
@@ -79,7 +77,7 @@ def make_retrying(settings: Settings) -> tenacity.Retrying:
     """The retry policy for one stage, from settings (``BRIEFD_RETRY_ENABLED``, ...)."""
     if settings.retry_enabled:
         stop: tenacity.stop.stop_base = _StopAfter(
-            settings.max_retries + 1, MAX_RATE_LIMITED_RETRIES
+            settings.max_retries + 1, settings.max_rate_limited
         )
     else:
         stop = tenacity.stop_after_attempt(1)

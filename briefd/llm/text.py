@@ -15,8 +15,10 @@ the call that brought it, so each is handled here, at the boundary:
   every output. :func:`one_line` redacts (:mod:`briefd.redaction`).
 - **Control characters.** An error message is reported as one line (result.json,
   the CLI's stderr, the console): escape sequences, CR and LF in a server's text
-  could drive a terminal or forge a log line. :func:`one_line` escapes them
-  (``\\u001b``, ``\\r``, ``\\n``) so they stay visible but inert.
+  could drive a terminal or forge a log line. :func:`one_line` turns each run of
+  line breaks and tabs (with the blanks around it) into one space, as a reader
+  would (a provider's multi-line message was printed with literal ``\\n``), and
+  escapes every other control character (``\\u001b``) so it stays visible but inert.
 
 Documents themselves are only made encodable: their content (escape sequences
 included) belongs to the client, and the event log never prints it.
@@ -31,6 +33,8 @@ from briefd.ops.eventlog import escape_control
 from briefd.redaction import redact
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_BREAKS = re.compile("[ ]*[\t\n\v\f\r\x1c-\x1e\x85\u2028\u2029]+[ ]*")
+"""A run of line breaks and tabs, and the blanks around it: one space in a one-line message."""
 
 
 def encodable(text: str) -> str:
@@ -54,7 +58,12 @@ def scrub(value: Any) -> Any:
 
 
 def one_line(text: str, limit: int | None = None) -> str:
-    """Upstream text fit for a message: encodable, redacted, control characters escaped,
-    cut to ``limit`` characters (after redaction, so a cut never leaves part of a key)."""
-    out = escape_control(redact(encodable(text)))
+    """Upstream text fit for a message: encodable, redacted, line breaks made spaces, other
+    control characters escaped, cut to ``limit`` characters (after redaction, so a cut never
+    leaves part of a key).
+
+    Redaction sees the text with its line breaks (a header line ``Authorization: ...``
+    ends at one), and breaks become spaces only after it.
+    """
+    out = escape_control(_BREAKS.sub(" ", redact(encodable(text))))
     return out if limit is None else out[:limit]
