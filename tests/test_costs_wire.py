@@ -131,7 +131,7 @@ def test_malformed_usage_details_count_zero_or_are_held_to_their_whole(
         (None, None),
         ("", None),
         ({"id": "gpt-4o"}, None),
-        ("evil\r\nINFO forged line\x1b[31m", "evil\\r\\nINFO forged line\\u001b[31m"),
+        ("evil\r\nINFO forged line\x1b[31m", "evil INFO forged line\\u001b[31m"),
         ("m" * 5000, "m" * 200),
     ],
 )

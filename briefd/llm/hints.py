@@ -138,9 +138,10 @@ def _argument_hint(detail: str, endpoint_kind: str) -> str:
 
 
 def _model_hint(detail: str, upstream_code: str | None, endpoint_kind: str, model: str) -> str:
-    if _MODEL_MISSING.search(detail) and not model:
+    if _MODEL_MISSING.search(detail):
+        sent = f"the server did not take the model {model!r}" if model else "no model was sent"
         return (
-            "no model was sent: set BRIEFD_MODEL to a model the server serves (its /models "
+            f"{sent}: set BRIEFD_MODEL to a model the server serves (its /models "
             "lists them), or name a model alias with BRIEFD_ENDPOINTS"
         )
     if upstream_code not in _MODEL_CODES and not _MODEL_UNKNOWN.search(detail):

@@ -20,17 +20,12 @@ from typing import Any
 
 from briefd.config import Settings, StageSpec
 from briefd.config.endpoints import EndpointSpec
+from briefd.sim.openai_spec import CHAT_ARGUMENTS
 
-OPENAI_CHAT_ARGUMENTS = frozenset({
-    "messages", "model", "modalities", "reasoning_effort", "max_completion_tokens",
-    "max_tokens", "frequency_penalty", "presence_penalty", "web_search_options",
-    "logprobs", "top_logprobs", "response_format", "audio", "store", "stream",
-    "stream_options", "stop", "logit_bias", "n", "prediction", "seed", "service_tier",
-    "temperature", "top_p", "tools", "tool_choice", "parallel_tool_calls", "user",
-    "metadata", "prompt_cache_key", "prompt_cache_retention", "safety_identifier",
-    "verbosity", "function_call", "functions",
-})  # fmt: skip
-"""``CreateChatCompletionRequest``'s documented top-level properties (openai/openai-openapi)."""
+OPENAI_CHAT_ARGUMENTS = frozenset(CHAT_ARGUMENTS)
+"""``CreateChatCompletionRequest``'s documented top-level properties: the one copy, extracted from
+the public ``openai/openai-openapi`` document (:mod:`briefd.sim.openai_spec`, which the strict
+simulator enforces too), so what briefd sends and what the simulator refuses cannot drift."""
 
 EMBEDDED_MARKDOWN_PARAMS: dict[str, Any] = {"repeat_penalty": 1.3, "seed": 42}
 """What the embedded SmolLM2 needs to write prose without looping (JSON stages go without)."""
