@@ -114,7 +114,9 @@ class RootRuns:
         if self.drain_event.is_set():
             return  # suspend() puts it back in the queue
         try:
-            job = validate_job(msg.job, self._pipeline, where=f"job {msg.job_id}")
+            job = validate_job(
+                msg.job, self._pipeline, where=f"job {msg.job_id}", routing=self._routing
+            )
         except ConfigError as err:
             self._close(
                 msg.job_id,

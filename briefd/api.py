@@ -233,7 +233,7 @@ class Pipeline:
         """
         if self._limiter is None or self._provider is None or self._metrics is None:
             raise RuntimeError("Pipeline is not started: use it as a context manager")
-        spec = validate_job(job, self.pipeline)
+        spec = validate_job(job, self.pipeline, routing=self._provider.routing)
         future: pykka.Future[JobResult] = pykka.ThreadingFuture()
         streaming = on_document is not None and not self.settings.buffer_results
         run = JobRun(job=spec)

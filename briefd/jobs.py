@@ -18,11 +18,15 @@ from pydantic import ValidationError
 
 from briefd.config import ConfigError, PipelineSpec, StageSpec
 from briefd.config.errors import describe_validation
+from briefd.llm.routing import Routing
 from briefd.messages import JobSpec, SchemaSource
 
 
-def validate_job(data: Any, pipeline: PipelineSpec, *, where: str = "job") -> JobSpec:
-    """A :class:`JobSpec` with a non-empty prompt for each stage of ``pipeline``."""
+def validate_job(
+    data: Any, pipeline: PipelineSpec, *, where: str = "job", routing: Routing | None = None
+) -> JobSpec:
+    """A :class:`JobSpec` with a non-empty prompt for each stage of ``pipeline``; with
+    ``routing``, each model the job names is one it can call (an alias, endpoint:model)."""
     if isinstance(data, JobSpec):
         job = data
     else:
@@ -52,6 +56,8 @@ def validate_job(data: Any, pipeline: PipelineSpec, *, where: str = "job") -> Jo
             )
         if not model.strip():
             raise ConfigError(f"{where}: models.{name}: empty model name")
+        if routing is not None:
+            routing.check(model, f"{where}: models.{name}")
     for name, schema in job.schemas.items():
         stage = pipeline.by_name.get(name)
         if stage is None or stage.kind != "json":

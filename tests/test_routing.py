@@ -254,3 +254,14 @@ def test_breaker_opens_probes_once_and_closes() -> None:
     b.succeeded("a")
     assert b.allow("a") and b.allow("a")
     assert [e.state for e in seen] == ["open", "half_open", "closed"]
+
+
+def test_a_job_naming_an_unknown_model_is_refused_before_it_starts(
+    sim: SimServer, second_sim: SimServer, tmp_path: Path, make_job: Any, monkeypatch: Any
+) -> None:
+    monkeypatch.setenv("B_KEY", "sk-test-b")
+    settings = _settings(_endpoints_file(tmp_path, sim.base_url, second_sim.base_url))
+    with briefd.Pipeline(settings) as pipeline, pytest.raises(ConfigError) as caught:
+        pipeline.submit(make_job("bad-model", models={"ANNEX_JSON": "nope"}))
+    assert "models.ANNEX_JSON" in str(caught.value) and "'nope'" in str(caught.value)
+    assert sim.stats().total_requests == second_sim.stats().total_requests == 0

@@ -17,6 +17,7 @@ from briefd.actors.limiter_supervisor import LimiterSupervisor
 from briefd.config import PipelineSpec
 from briefd.daemon.prometheus import DaemonFigures, MetricsExporter
 from briefd.jobs import validate_job
+from briefd.llm.routing import Routing
 from briefd.messages import JobInfo, JobResult, JobSpec, JobState
 from briefd.store import JournalStore
 from briefd.store.base import StoreUnavailable
@@ -35,8 +36,10 @@ class DaemonBackend:
     _stopping: threading.Event
     _exporter: MetricsExporter
 
+    routing: Routing | None = None
+
     def validate(self, data: Any) -> JobSpec:
-        return validate_job(data, self.pipeline, where="job")
+        return validate_job(data, self.pipeline, where="job", routing=self.routing)
 
     def submit(self, job: JobSpec) -> Admission:
         try:

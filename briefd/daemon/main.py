@@ -130,6 +130,7 @@ class Daemon(DaemonBackend):
         self.journal.files.probe()  # an unwritable jobs/ shows on /healthz from the start
         sock = bind_loopback(s.listen)
         self._provider = open_provider(s, self.pipeline.stages)
+        self.routing = self._provider.routing  # a job's models are checked against it
         self.settings = s = s.model_copy(
             update={
                 "model": self._provider.model,
