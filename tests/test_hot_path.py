@@ -116,7 +116,7 @@ def test_a_request_never_sent_still_reports_its_start_first(make_settings: Any) 
     """A refused connection (nothing written): every attempt's StageStarted still comes
     before its StageRetrying or the StageFailed that ends it."""
     events: list[Event] = []
-    settings = make_settings(base_url="http://127.0.0.1:9/v1", max_retries=1)
+    settings = make_settings(base_url="http://127.0.0.1:9/v1", max_retries=1, model="m")
     with briefd.Pipeline(settings) as pipeline:
         job = {
             "job_id": "refused",
