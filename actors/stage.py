@@ -29,8 +29,8 @@ from loguru import logger
 
 from briefd import deadlines
 from briefd.actors.rate_limiter import LimiterRef
+from briefd.actors.stage_parts import StageDeadline, StageRoutes
 from briefd.config import Settings, StageSpec
-from briefd.config.endpoints import Route
 from briefd.limits.gcra import estimate_tokens
 from briefd.llm.abort import CallAbort
 from briefd.llm.call import ChatClient, Completion, build_request
@@ -44,12 +44,10 @@ from briefd.messages import (
     Event,
     PipelineError,
     ReleaseToken,
-    ReportRateLimit,
     RequestToken,
     ResumeStage,
     StageActorStopped,
     StageFailed,
-    StageFailedOver,
     StageRetrying,
     StageStarted,
     StageSucceeded,
@@ -65,7 +63,7 @@ from briefd.timers import Timers
 AnyRef = pykka.ActorRef[Any]
 
 
-class StageActor(PooledThreadingActor):
+class StageActor(StageRoutes, StageDeadline, PooledThreadingActor):
     """Runs one stage of one job; reports to its coordinator by ``tell``."""
 
     def __init__(
@@ -256,6 +254,12 @@ class StageActor(PooledThreadingActor):
             )
             self._end_at_deadline(f"attempt {self._attempt} got its token after it")
             return
+        if self._circuit_opened_while_waiting():  # the token is the old endpoint's: give it
+            self._limiter.tell(  # back unused, and ask for one at the next route
+                ReleaseToken(job_id=self.job_id, stage=self.spec.name, lease_id=granted.lease_id)
+            )
+            self._request_token()
+            return
         self._lease = granted.lease_id
         attempt = self._attempt
         # StageStarted is told once the request is on the wire (on_sent), else before the
@@ -374,73 +378,6 @@ class StageActor(PooledThreadingActor):
             ResumeStage(job_id=self.job_id, stage=self.spec.name, attempt=attempt + 1),
         )
 
-    def _report_rate_limit(self, endpoint: str, wait_s: float) -> None:
-        self._limiter.tell(
-            ReportRateLimit(
-                job_id=self.job_id, stage=self.spec.name, endpoint=endpoint, retry_after_s=wait_s
-            )
-        )
-
-    # -- routes --------------------------------------------------------------
-
-    @property
-    def _route(self) -> Route:
-        return self._routes[self._route_at]
-
-    def _new_client(self) -> ChatClient:
-        route = self._route
-        return ChatClient(
-            self._settings,
-            self._base_url,
-            self._abort,
-            endpoint=self._routing.endpoints[route.endpoint],
-            model=route.model,
-            api_key=self._routing.key(route.endpoint),
-        )
-
-    def _move_to(self, index: int, reason: PipelineError, *, skipped: bool) -> None:
-        """Leave the current route for ``index``: a new client, a fresh retry budget."""
-        left = self._route
-        self._route_at = index
-        if self._client is not None:
-            self._client.close()
-        self._client = None
-        if self._driver is not None:
-            self._attempts_before += self._driver.attempt
-            self._driver = RetryDriver(make_retrying(self._settings))
-        self._report(
-            StageFailedOver(
-                job_id=self.job_id,
-                stage=self.spec.name,
-                from_route=str(left),
-                to_route=str(self._route),
-                reason=reason,
-                skipped=skipped,
-            )
-        )
-
-    def _fail_over(self, err: CallError) -> None:
-        """Another endpoint could fix ``err``: ask for a token there now, no backoff."""
-        self._move_to(self._route_at + 1, err.to_pipeline_error(self.spec.name), skipped=False)
-        self._request_token()
-
-    def _skip_open_circuits(self) -> None:
-        """Move past routes whose endpoint's breaker is open, while a later one would take
-        the call; with none open (or none left), the current route is called anyway."""
-        breakers = self._routing.breakers
-        for index in range(self._route_at, len(self._routes)):
-            if breakers.allow(self._routes[index].endpoint):
-                if index != self._route_at:
-                    skipped = self._route.endpoint
-                    reason = PipelineError(
-                        stage=self.spec.name,
-                        code=ErrorCode.CONNECTION,
-                        message=f"endpoint {skipped}'s circuit breaker is open",
-                        hint="it failed repeatedly; tried again after BRIEFD_BREAKER_COOLDOWN_S",
-                    )
-                    self._move_to(index, reason, skipped=True)
-                return
-
     def _reask(self, text: str, err: InvalidOutputError) -> None:
         """One more call that quotes the validation error (BRIEFD_REASK_INVALID_JSON)."""
         self._reasked = True
@@ -462,62 +399,6 @@ class StageActor(PooledThreadingActor):
             )
         )
         self._request_token()
-
-    # -- the job's deadline ---------------------------------------------------
-
-    def _arm_deadline(self) -> None:
-        """Wake this stage (a ``Tick``) when the job's deadline passes."""
-        if self._deadline_at is not None:
-            delay = self._deadline_at - time.time()
-            if delay > 0:
-                self._timers.tell_later(self.actor_ref, delay, Tick())
-
-    def _check_deadline(self) -> None:
-        """At the deadline: a stage waiting for a token or in a backoff ends now.
-
-        A call in flight holds this actor's thread, so a ``Tick`` is never handled
-        during one: the call ends first, and its failure is not retried
-        (:meth:`_retry_misses_deadline`).
-        """
-        if self._finished or self._started_at is None or not deadlines.passed(self._deadline_at):
-            return
-        if self._asked:
-            self._end_at_deadline(f"attempt {self._attempt} was waiting for an execution token")
-        else:
-            self._end_at_deadline(f"attempt {self._attempt} was waiting to be retried")
-
-    def _retry_misses_deadline(self, wait_s: float, attempt: int, err: CallError) -> bool:
-        """End the stage instead of retrying when the retry would start past the deadline."""
-        at = self._deadline_at
-        if at is None or time.time() + wait_s < at:
-            return False
-        why = err.to_pipeline_error(self.spec.name).message
-        if deadlines.passed(at):
-            self._end_at_deadline(f"attempt {attempt}, made before it, failed ({why})")
-        else:
-            retry = f"its retry in {wait_s:.1f}s would start after it"
-            self._end_at_deadline(f"attempt {attempt} failed ({why}) and {retry}")
-        return True
-
-    def _end_at_deadline(self, what: str) -> None:
-        """Fail ``DEADLINE_EXCEEDED``: withdraw a token request, drop the timers."""
-        if self._finished:
-            return
-        if self._asked:
-            self._asked = False
-            with contextlib.suppress(pykka.ActorDeadError):
-                self._limiter.tell(
-                    CancelTokenRequest(
-                        job_id=self.job_id, stage=self.spec.name, requester=self.actor_urn
-                    )
-                )
-        self._timers.close()  # a backoff's ResumeStage: nothing is retried past the deadline
-        assert self._deadline_at is not None
-        self._fail(
-            deadlines.deadline_error(
-                self.spec.name, at=self._deadline_at, admitted_at=self._admitted_at, what=what
-            )
-        )
 
     # -- helpers -------------------------------------------------------------
 

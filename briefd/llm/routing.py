@@ -105,6 +105,12 @@ class Breakers:
         with self._lock:
             return {name: b.state for name, b in self._state.items()}
 
+    def is_open(self, endpoint: str) -> bool:
+        """Open and still cooling down (no probe due yet); reads, changes nothing."""
+        with self._lock:
+            b = self._state.get(endpoint)
+            return b is not None and b.state == "open" and self._clock() < b.retry_at
+
     def allow(self, endpoint: str) -> bool:
         """May a call go to ``endpoint`` now? Open: no, until its cool-down has passed;
         then one caller (the probe) is let through, half-open, and the rest wait on its word."""
