@@ -80,6 +80,8 @@ def test_anthropic_headers_with_rfc3339_resets() -> None:
 def test_garbage_headers_are_ignored_one_by_one() -> None:
     got = parse_rate_limits(
         {
+            "x-ratelimit-limit-requests": "many",
+            "x-ratelimit-limit-tokens": "1e9",
             "x-ratelimit-remaining-requests": "lots",
             "x-ratelimit-remaining-tokens": "-1",
             "x-ratelimit-reset-requests": "whenever",
@@ -91,6 +93,8 @@ def test_garbage_headers_are_ignored_one_by_one() -> None:
         now=NOW,
     )
     assert got.model_dump() == {
+        "limit_requests": None,
+        "limit_tokens": None,
         "remaining_requests": None,
         "remaining_tokens": None,
         "reset_requests_s": None,
