@@ -156,3 +156,36 @@ def test_a_restarted_limiter_keeps_every_lane(inbox: Any) -> None:
         assert sup.proxy().stats().get(timeout=5).endpoints["a"].waiting == 1
     finally:
         sup.stop()
+
+
+def test_metrics_show_each_endpoint_with_a_label(inbox: Any) -> None:
+    """/metrics keeps the unlabelled limiter series and adds briefd_endpoint_* series with an
+    ``endpoint`` label, the budget in force saying whether it was learned."""
+    from prometheus_client import generate_latest
+    from prometheus_client.core import CollectorRegistry
+
+    from briefd.daemon.prometheus import _endpoints
+
+    ref, got = inbox
+    limiter = RateLimiterActor.start(capacity=4, rpm=120, endpoints={"b": EndpointLimits(tpm=9e4)})
+    limiter.tell(_req(ref.actor_urn, "j1", "a"))
+    lease = got.get(timeout=5).lease_id
+    limits = RateLimits(limit_requests=10, remaining_requests=9, reset_requests_s=1.0)
+    limiter.tell(ReleaseToken(job_id="j1", stage="A", lease_id=lease, limits=limits))
+    limiter.tell(ReportRateLimit(job_id="x", stage="A", endpoint="b", retry_after_s=30.0))
+    stats = _stats(limiter)
+
+    class One:
+        def collect(self) -> Any:
+            return _endpoints(stats)
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(One())  # type: ignore[arg-type]
+    text = generate_latest(registry).decode()
+    assert 'briefd_endpoint_tokens_granted_total{endpoint="a"} 1.0' in text
+    assert 'briefd_endpoint_limiter_pauses_total{endpoint="b"} 1.0' in text
+    assert 'briefd_endpoint_rpm{endpoint="",learned="false"} 120.0' in text
+    assert 'briefd_endpoint_rpm{endpoint="a",learned="true"}' in text
+    assert 'briefd_endpoint_tpm{endpoint="b",learned="false"} 90000.0' in text
+    assert 'briefd_endpoint_cooldown_seconds{endpoint="b"} 2' in text  # 29.9...
+    assert 'briefd_endpoint_max_concurrent{endpoint="a"} 4.0' in text

@@ -55,7 +55,7 @@ RESERVE = 0.5
 MAX_RESET_S = 60.0
 """A reset further off than this is a daily budget (or clamped by ``BRIEFD_RETRY_AFTER_MAX_S``):
 not used to learn a rate (a clamped one would overstate it); its clock reading still counts."""
-_SLACK_S = 0.0005  # a reset printed in whole milliseconds is up to half of one off
+_SLACK_S = 0.001  # a reset printed in whole milliseconds (rounded, or up) is up to one off
 _SLACK = 0.01  # and any reset a percent, for the time the answer took to be written
 
 
