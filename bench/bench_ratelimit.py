@@ -11,7 +11,8 @@ client called before the ``Retry-After`` had passed.
 With ``--burst B`` the server is a token bucket instead: B requests at once,
 refilled at R a second, and *every* answer carries ``x-ratelimit-limit-requests``
 (B), ``-remaining-requests`` (whole requests left) and ``-reset-requests``
-(until the bucket is full again, in ms, as OpenAI writes it), and the same for
+(until the bucket is full again, in ms, as OpenAI writes it), read as the call
+was admitted, and the same for
 tokens (a bucket of 1,000,000 refilled in a minute, charged 15 per call); a 429
 adds ``retry-after-ms`` and ``retry-after`` (until one request is back). No
 ``BRIEFD_RPM`` is set: what briefd knows of the budget it learns from those
@@ -176,7 +177,10 @@ def make_handler(ledger: Ledger, latency_s: float) -> type[BaseHTTPRequestHandle
                     429, {"error": {"message": "rate limit reached", "type": "requests"}}, headers
                 )
                 return
-            threading.Event().wait(latency_s)  # the model "generating": a server-side delay
+            # The bucket as it admitted the call (as OpenAI's headers say it), then the model
+            # "generating": a server-side delay.
+            rate_headers = ledger.answer() if isinstance(ledger, Bucket) else {}
+            threading.Event().wait(latency_s)
             request = json.loads(body or b"{}")
             json_stage = "response_format" in request
             text = '```json\n{"ok": true}\n```' if json_stage else "```markdown\n# ok\n```"
@@ -190,7 +194,7 @@ def make_handler(ledger: Ledger, latency_s: float) -> type[BaseHTTPRequestHandle
                 "usage": {"prompt_tokens": 10, "completion_tokens": 5},
             }  # fmt: skip
             ledger.served()
-            self._send(200, answer, ledger.answer() if isinstance(ledger, Bucket) else {})
+            self._send(200, answer, rate_headers)
 
         def _send(self, status: int, obj: Any, headers: dict[str, str]) -> None:
             data = json.dumps(obj).encode()

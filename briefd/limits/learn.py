@@ -34,8 +34,12 @@ is the bucket's size less :data:`RESERVE` units: calls are sent when the server
 should have a unit and a half left, so a call that reaches the server a little
 early (network jitter, a timer firing late for the one before) still finds a
 whole unit. Every answer also sets the budget's clock to the server's own
-reading (the bucket is full ``reset`` seconds from now) plus the calls sent
-after the one answered, which the server may not have counted yet. So an
+reading: the bucket is full ``reset`` seconds after the call was sent (a
+server reads its bucket when a call arrives, as it admits it), plus the calls
+sent after that one, which that reading did not count. (A server that reads
+its bucket when it answers counts those later calls itself, but its reading is
+then later by the call's duration, in which about as many units were sent at
+the pace: the two errors about cancel.) So an
 estimate a little off, another client spending the same budget, calls refused
 at the start before anything was learned (charged here, not there) are all
 corrected at the next answer: with answers coming back faster than the budget
@@ -98,11 +102,13 @@ def relearn(
     remaining: int | None,
     reset_s: float | None,
     clock: Callable[[], float],
+    sent_at: float | None = None,
     later: float = 0.0,
 ) -> Gcra | None:
     """``budget`` after one answer: ``refill`` learns from it, the budget takes the rate and
-    the bucket's size, and its clock is set to the server's reading plus ``later`` (units
-    charged for calls sent after the one answered). None while nothing is known."""
+    the bucket's size, and its clock is set to the server's reading as of ``sent_at`` (when
+    the call answered was sent, on ``clock``; None: now) plus ``later`` (units charged for
+    calls sent after it). None while nothing is known."""
     refill.observe(limit, remaining, reset_s)
     rate = refill.rate
     if rate is None:
@@ -110,7 +116,8 @@ def relearn(
     interval = 1.0 / rate
     tat = budget.tat if budget is not None else 0.0
     if remaining is not None and reset_s is not None:
-        tat = clock() + reset_s + later * interval  # the server's bucket is full again then
+        read_at = clock() if sent_at is None else sent_at
+        tat = read_at + reset_s + later * interval  # the server's bucket is full again then
     return Gcra(
         rate * 60.0,
         burst_s=max(0.0, refill.limit - RESERVE) * interval,

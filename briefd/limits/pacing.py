@@ -128,8 +128,9 @@ class Pacer:
         later_calls: int = 0,
         later_tokens: int = 0,
     ) -> None:
-        """Learn from one call that ended (``in_flight`` counts it; ``later_calls`` of those
-        in flight, estimated at ``later_tokens``, were sent after it)."""
+        """Learn from one call that ended ``elapsed_s`` after it was sent (``in_flight``
+        counts it; ``later_calls`` of those in flight, estimated at ``later_tokens``, were
+        sent after it)."""
         if outcome == "success":
             self.latencies.observe(stage, elapsed_s)
         elif outcome == "rate_limited":
@@ -139,9 +140,21 @@ class Pacer:
         if tokens is not None and used_tokens is not None:
             tokens.settle(est_tokens, used_tokens)
         if limits is not None:
-            self.obey(limits, later_calls=later_calls, later_tokens=later_tokens)
+            self.obey(
+                limits,
+                sent_at=self.clock() - elapsed_s,
+                later_calls=later_calls,
+                later_tokens=later_tokens,
+            )
 
-    def obey(self, limits: RateLimits, *, later_calls: int = 0, later_tokens: int = 0) -> None:
+    def obey(
+        self,
+        limits: RateLimits,
+        *,
+        sent_at: float | None = None,
+        later_calls: int = 0,
+        later_tokens: int = 0,
+    ) -> None:
         """What the server says is left of its budgets, until their reset.
 
         No requests left (``remaining_requests`` 0) pauses every call until the
@@ -153,12 +166,13 @@ class Pacer:
         With ``learn``, a budget whose size the server sends too (``limit``) is
         learned and paced instead (:meth:`_learn`), and neither rule applies to
         it: waiting for the whole bucket to refill would waste most of it. The
-        server's reading did not count calls sent after the one answered
-        (``later_calls``, ``later_tokens``): they are added to it.
+        server's reading is taken as of when the call answered was sent
+        (``sent_at``, on this pacer's clock; None: now), and did not count the
+        calls sent after it (``later_calls``, ``later_tokens``): they are added.
         """
         now = self.clock()
         if self.learn:
-            self._learn(limits, later_calls, later_tokens)
+            self._learn(limits, now if sent_at is None else sent_at, later_calls, later_tokens)
         if limits.remaining_tokens is not None and limits.reset_tokens_s:
             self.tokens_left = limits.remaining_tokens
             self.tokens_reset_at = now + limits.reset_tokens_s
@@ -173,7 +187,9 @@ class Pacer:
             self.pause_until = until
             self.pauses += 1
 
-    def _learn(self, limits: RateLimits, later_calls: int, later_tokens: int) -> None:
+    def _learn(
+        self, limits: RateLimits, sent_at: float, later_calls: int, later_tokens: int
+    ) -> None:
         """Learn each budget not configured from ``limits`` (:mod:`briefd.limits.learn`)."""
         if self.rpm is None:
             self.learned_rpm = relearn(
@@ -183,6 +199,7 @@ class Pacer:
                 remaining=limits.remaining_requests,
                 reset_s=limits.reset_requests_s,
                 clock=self.clock,
+                sent_at=sent_at,
                 later=later_calls,
             )
         if self.tpm is None:
@@ -193,6 +210,7 @@ class Pacer:
                 remaining=limits.remaining_tokens,
                 reset_s=limits.reset_tokens_s,
                 clock=self.clock,
+                sent_at=sent_at,
                 later=later_tokens,
             )
 
