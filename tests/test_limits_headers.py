@@ -102,3 +102,25 @@ def test_garbage_headers_are_ignored_one_by_one() -> None:
         "retry_after_s": None,
     }
     assert parse_rate_limits({}, maximum=1).remaining_requests is None
+
+
+def test_budget_sizes_from_openai_and_anthropic_headers() -> None:
+    """``limit`` (what a budget holds when full), which the limiter learns a refill rate from."""
+    openai = parse_rate_limits(
+        {"x-ratelimit-limit-requests": "500", "X-RateLimit-Limit-Tokens": "30000"},
+        maximum=120,
+        now=NOW,
+    )
+    assert (openai.limit_requests, openai.limit_tokens) == (500, 30000)
+    anthropic = parse_rate_limits(
+        {
+            "anthropic-ratelimit-requests-limit": "50",
+            "anthropic-ratelimit-tokens-limit": "40000",
+            "anthropic-ratelimit-requests-remaining": "49",
+            "anthropic-ratelimit-requests-reset": "2025-08-21T12:40:01Z",
+        },
+        maximum=120,
+        now=NOW,
+    )
+    assert (anthropic.limit_requests, anthropic.limit_tokens) == (50, 40000)
+    assert anthropic.reset_requests_s == pytest.approx(1.0)

@@ -148,3 +148,49 @@ def test_paced_by_what_it_learned_a_client_gets_the_servers_rate_without_refusal
             refused += not ok
     assert admitted >= 0.9 * 10.0 * 20.0
     assert refused <= 1
+
+
+def test_the_servers_reading_counts_from_when_the_call_was_sent() -> None:
+    """A reading taken on admission, answered 0.4 s later: the bucket was full again 0.2 s
+    ago, so the next call goes now; calls sent after the answered one (not in that reading)
+    are added to it."""
+    clock = Clock()
+    pacer = Pacer.new(4, clock=clock, learn=True)
+    spent = RateLimits(limit_requests=2, remaining_requests=0, reset_requests_s=0.2)
+    pacer.obey(spent)
+    assert pacer.delay(1) > 0
+    pacer.obey(spent, sent_at=clock.now - 0.4)
+    assert pacer.delay(1) == 0.0
+    pacer.obey(spent, sent_at=clock.now - 0.4, later_calls=5)
+    assert pacer.delay(1) > 0.2
+
+
+def test_with_slow_answers_many_calls_in_flight_still_get_the_rate_without_refusals() -> None:
+    """Answers take 0.4 s (four refills) and carry the bucket as it admitted the call; the
+    client keeps up to 16 calls in flight. From its second second on it still gets at least
+    0.9 of the rate and no refusal: each answer is read as of its call's sending, plus the
+    calls sent after it."""
+    clock = Clock()
+    server = Bucket(clock, size=2, rate=10.0)
+    pacer = Pacer.new(16, clock=clock, learn=True)
+    in_flight: list[tuple[float, float, int, RateLimits, bool]] = []  # due, sent, seq, ...
+    start, admitted, refused, seq = clock.now + 1.0, 0, 0, 0
+    while clock.now < start + 20.0:
+        for call in sorted(c for c in in_flight if c[0] <= clock.now):
+            in_flight.remove(call)
+            _, sent, n, limits, ok = call
+            later = sum(1 for c in in_flight if c[2] > n)
+            pacer.obey(limits, sent_at=sent, later_calls=later)
+            if sent >= start:
+                admitted += ok
+                refused += not ok
+        if len(in_flight) < 16 and pacer.delay(0) <= 0:
+            pacer.spend(0)
+            ok, limits = server.call()
+            seq += 1
+            in_flight.append((clock.now + 0.4, clock.now, seq, limits, ok))
+            continue
+        due = min((c[0] for c in in_flight), default=math.inf)
+        clock.now = min(due, clock.now + max(pacer.delay(0), 0.001))
+    assert admitted >= 0.9 * 10.0 * 19.6
+    assert refused == 0
