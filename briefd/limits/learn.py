@@ -25,8 +25,10 @@ not agree with one rate (each new sample then starts the estimate afresh).
 ``remaining`` is a whole number (the calls that may start now), so one answer
 only bounds the rate: the bucket lacks more than ``limit - remaining - 1`` and
 at most ``limit - remaining`` units. :class:`Refill` intersects those bounds
-over answers (a handful narrow it to a few percent) and uses the middle; an
-answer outside them means the budget changed, and starts again from it. An
+over answers and uses the middle (a large bucket's first answer pins the rate;
+a bucket of 2 needs answers at different fill levels, and was measured within
+5 % of the truth); an answer outside them means the budget changed, and starts
+again from it. An
 answer from a full bucket, or with no reset, says nothing of the rate.
 
 The budget is then a GCRA (:mod:`briefd.limits.gcra`) at that rate whose burst
@@ -39,11 +41,9 @@ server reads its bucket when a call arrives, as it admits it), plus the calls
 sent after that one, which that reading did not count. (A server that reads
 its bucket when it answers counts those later calls itself, but its reading is
 then later by the call's duration, in which about as many units were sent at
-the pace: the two errors about cancel.) So an
-estimate a little off, another client spending the same budget, calls refused
-at the start before anything was learned (charged here, not there) are all
-corrected at the next answer: with answers coming back faster than the budget
-refills, the pace is the server's whatever the estimate.
+the pace: the two errors about cancel.) So an estimate a little off, another
+client spending the same budget, calls refused at the start before anything
+was learned (charged here, not there) are all corrected at the next answer.
 """
 
 from __future__ import annotations
