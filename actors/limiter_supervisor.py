@@ -21,13 +21,14 @@ import contextlib
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence, Sized
+from collections.abc import Callable, Mapping, Sequence, Sized
 from typing import TYPE_CHECKING, Any, Protocol
 
 import pykka
 from loguru import logger
 
 from briefd.actors.rate_limiter import RESTARTS_PER_MINUTE, LimiterState, RateLimiterActor
+from briefd.limits.lanes import EndpointLimits
 from briefd.ops.events import Observer
 
 if TYPE_CHECKING:
@@ -59,7 +60,8 @@ class LimiterSupervisor:
     their threads, the owner calls :meth:`check` from its watch loop and
     :meth:`proxy` for figures. After :meth:`stop` nothing is restarted.
 
-    By default it supervises a :class:`RateLimiterActor` of ``capacity`` tokens. Given
+    By default it supervises a :class:`RateLimiterActor` of ``capacity`` tokens (``endpoints``:
+    each endpoint's own limits, :mod:`briefd.limits.lanes`). Given
     ``state`` and ``start`` (a function that starts a limiter actor on that state), it
     supervises that limiter instead, and the other arguments are unused.
     """
@@ -72,6 +74,7 @@ class LimiterSupervisor:
         adaptive: bool = True,
         rpm: float | None = None,
         tpm: float | None = None,
+        endpoints: Mapping[str, EndpointLimits] | None = None,
         state: SupervisedState | None = None,
         start: Callable[[], pykka.ActorRef[Any]] | None = None,
     ) -> None:
@@ -79,7 +82,9 @@ class LimiterSupervisor:
             raise ValueError("give both state and start, or neither")
         self._observers = tuple(observers)
         if state is None or start is None:
-            local = LimiterState(capacity=capacity, adaptive=adaptive, rpm=rpm, tpm=tpm)
+            local = LimiterState(
+                capacity=capacity, adaptive=adaptive, rpm=rpm, tpm=tpm, endpoints=endpoints
+            )
             observed = self._observers
             self._state: SupervisedState = local
             self._start: Callable[[], pykka.ActorRef[Any]] = lambda: RateLimiterActor.start(

@@ -1,20 +1,27 @@
 """The rate limiter: a sack of execution tokens, handed out by message.
 
 It never blocks. ``RequestToken`` joins a queue; ``TokenGranted`` is told to
-the requester when every gate is open, checked in this order:
+the requester when every gate of its endpoint's *lane* is open
+(:mod:`briefd.limits.lanes`; one lane per endpoint, ``''`` for the single
+``BRIEFD_BASE_URL``), and fewer than K (``BRIEFD_MAX_CONCURRENT``) calls of all
+lanes are in flight. A lane's gates, in this order:
 
-* **pause**: a 429 (``ReportRateLimit``) pauses all grants until the server's
-  ``Retry-After`` (the limit is the server's, not one stage's); a server that
-  says a budget's ``remaining`` is 0 pauses them until its reset;
-* **window**: at most W calls in flight, W adapted between 1 and the ceiling
-  (``BRIEFD_MAX_CONCURRENT``) from each call's outcome (:mod:`briefd.limits.window`);
-* **budgets**: ``BRIEFD_RPM``/``BRIEFD_TPM`` as GCRA (:mod:`briefd.limits.gcra`);
-  when one says "not yet" a timer wakes the limiter then (it never sleeps).
+* **pause**: a 429 (``ReportRateLimit``) pauses the lane's grants until the
+  server's ``Retry-After`` (the limit is the server's, not one stage's); a
+  server that says a budget's ``remaining`` is 0 pauses them until its reset;
+* **window**: at most W calls in flight, W adapted between 1 and the lane's
+  ceiling (its ``max_concurrent``, at most K) from each call's outcome
+  (:mod:`briefd.limits.window`);
+* **budgets**: its RPM/TPM as GCRA (:mod:`briefd.limits.gcra`), configured or
+  learned from the headers (:mod:`briefd.limits.learn`); when one says
+  "not yet" a timer wakes the limiter then (it never sleeps).
 
 Which waiting request goes first: the oldest admitted job (after its priority,
 which ages), then the stage with the longest latency-weighted path to its
-job's end (:mod:`briefd.limits.order`). The request picked waits for a budget
-rather than letting a cheaper one pass it, so a large prompt is not starved.
+job's end (:mod:`briefd.limits.order`), among the requests whose lane is open.
+The request picked waits for its lane's budget rather than letting a cheaper
+one of the same lane pass it, so a large prompt is not starved; requests for
+other endpoints go meanwhile.
 
 A token is a lease: if its holder dies without ``ReleaseToken``, a periodic
 check reclaims it. ``ReleaseToken`` says how the call ended (``outcome``), what
@@ -32,14 +39,15 @@ died every stage waiting for a token would wait forever. Two walls:
   successor first, and the owner's watch calls :meth:`LimiterSupervisor.check`.
 
 The successor takes over the predecessor's :class:`LimiterState`: the leases
-(calls still in flight), the waiting requests, the cool-down, the messages left
-unread. Stages are not asked to re-register: one holding a token is blocked in
-its HTTP call, so a successor that started empty would hand out ``capacity``
-fresh tokens beside the old calls, breaking the cap the API is paid by. The
-state is never shared by two live limiters (the successor waits, bounded, until
-the predecessor has left it). One gap remains, in pykka: a ``tell`` that found
-the limiter alive but landed after its inbox was handed over is lost (its stage
-waits until its job is cancelled); its window is a few instructions wide.
+(calls still in flight), the waiting requests, every lane (window, budgets,
+cool-down), the messages left unread. Stages are not asked to re-register: one
+holding a token is blocked in its HTTP call, so a successor that started empty
+would hand out ``capacity`` fresh tokens beside the old calls, breaking the cap
+the API is paid by. The state is never shared by two live limiters (the
+successor waits, bounded, until the predecessor has left it). One gap remains,
+in pykka: a ``tell`` that found the limiter alive but landed after its inbox was
+handed over is lost (its stage waits until its job is cancelled); its window is
+a few instructions wide.
 """
 
 from __future__ import annotations
@@ -47,7 +55,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -55,8 +63,8 @@ import pykka
 from loguru import logger
 
 from briefd.actors.succession import hand_over, take_over
-from briefd.limits.order import Waiting, pick
-from briefd.limits.pacing import Pacer
+from briefd.limits.lanes import EndpointLimits, EndpointStats, Lane, Lanes
+from briefd.limits.order import Waiting
 from briefd.messages import (
     CancelTokenRequest,
     Event,
@@ -96,13 +104,19 @@ class Lease:
     stage: str
     requester: str
     granted_at: float
-    epoch: int = 0  # the window's epoch when the call started
+    epoch: int = 0  # the lane's window's epoch when the call started
     est_tokens: int = 0  # charged to the token budget at the grant
+    endpoint: str = ""  # its lane
 
 
 @dataclass(frozen=True)
 class LimiterStats:
-    """A snapshot for ``ask``-ers outside the actor system (tests, /metrics)."""
+    """A snapshot for ``ask``-ers outside the actor system (tests, /metrics).
+
+    The figures before ``endpoints`` are the whole limiter's: counts are summed over the
+    lanes, waits and lags are the longest lane's, ``window`` is the lanes' windows summed
+    (at most ``capacity``). ``endpoints`` has each lane's own.
+    """
 
     capacity: int
     in_use: int
@@ -118,6 +132,7 @@ class LimiterStats:
     paused_for_s: float = 0.0  # a server's remaining=0 until its reset
     pauses_total: int = 0
     rate_limited_total: int = 0
+    endpoints: Mapping[str, EndpointStats] = field(default_factory=dict)
 
 
 @dataclass
@@ -129,29 +144,35 @@ class LimiterState:
 
     capacity: int
     adaptive: bool = True
-    rpm: float | None = None
+    rpm: float | None = None  # the '' lane's (BRIEFD_RPM)
     tpm: float | None = None
+    endpoints: Mapping[str, EndpointLimits] | None = None
     leases: dict[int, Lease] = field(default_factory=dict)
     waiting: list[Waiting] = field(default_factory=list)
     seq: itertools.count[int] = field(default_factory=itertools.count)
     lease_ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
-    cooldown_until: float = 0.0
     granted_total: int = 0
     reclaimed_total: int = 0
     restarts: int = 0
     wake_at: float = 0.0  # a timer will Tick the limiter then
-    pacer: Pacer = field(init=False)  # the window, the budgets, the server's pause
+    lanes: Lanes = field(init=False)  # per endpoint: the window, budgets, pause, cool-down
     unread: list[Any] = field(default_factory=list)  # envelopes a dead limiter never read
     retired: bool = False  # its owner stopped it on purpose: nothing to hand over
     vacated: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
         self.vacated.set()  # nobody holds a fresh state
-        self.pacer = Pacer.new(self.capacity, adaptive=self.adaptive, rpm=self.rpm, tpm=self.tpm)
+        self.lanes = Lanes.new(
+            self.capacity, self.endpoints, adaptive=self.adaptive, rpm=self.rpm, tpm=self.tpm
+        )
 
 
 class RateLimiterActor(LeanThreadingActor):
-    """Hands out up to ``capacity`` execution tokens (default 2): the window's ceiling."""
+    """Hands out up to ``capacity`` execution tokens (default 2), across every endpoint.
+
+    ``endpoints`` gives endpoints their own limits (:class:`EndpointLimits`); ``rpm`` and
+    ``tpm`` are the ``''`` endpoint's. None: one lane, ``''``, as with a single endpoint.
+    """
 
     def __init__(
         self,
@@ -162,10 +183,13 @@ class RateLimiterActor(LeanThreadingActor):
         adaptive: bool = True,
         rpm: float | None = None,
         tpm: float | None = None,
+        endpoints: Mapping[str, EndpointLimits] | None = None,
     ) -> None:
         super().__init__()
         if state is None:
-            state = LimiterState(capacity=capacity, adaptive=adaptive, rpm=rpm, tpm=tpm)
+            state = LimiterState(
+                capacity=capacity, adaptive=adaptive, rpm=rpm, tpm=tpm, endpoints=endpoints
+            )
         self._s = state
         self._observers = tuple(observers)
         self._timers = Timers()
@@ -224,21 +248,21 @@ class RateLimiterActor(LeanThreadingActor):
             case RequestToken():
                 s.waiting.append(Waiting(next(s.seq), message, time.monotonic()))
             case ReleaseToken(lease_id=lease_id):
-                lease = s.leases.pop(lease_id, None)
+                lease = self._drop(lease_id)
                 if lease is not None:
                     self._settle(lease, message)
                     self._released(lease, reclaimed=False)
             case CancelTokenRequest(requester=urn):
                 s.waiting = [w for w in s.waiting if w.request.requester != urn]
                 for lease in [x for x in s.leases.values() if x.requester == urn]:
-                    del s.leases[lease.lease_id]
+                    self._drop(lease.lease_id)
                     self._released(lease, reclaimed=False)
             case ReportRateLimit():
                 self._cool_down(message)
             case SetCapacity(capacity=c):
                 logger.info("token capacity {} -> {}", s.capacity, c)
                 s.capacity = c
-                s.pacer.window.set_ceiling(c)
+                s.lanes.set_capacity(c)
             case Tick():
                 self._reap()
             case _:
@@ -247,73 +271,85 @@ class RateLimiterActor(LeanThreadingActor):
     def stats(self) -> LimiterStats:
         """Current figures (call through ``proxy()`` from outside, with a timeout)."""
         s = self._s
-        now = time.monotonic()
-        window = s.pacer.window
-        rpm_lag, tpm_lag = s.pacer.lags()
+        lanes = s.lanes.stats(s.waiting)
+        each = lanes.values()
         return LimiterStats(
             capacity=s.capacity,
             in_use=len(s.leases),
             waiting=len(s.waiting),
             granted_total=s.granted_total,
             reclaimed_total=s.reclaimed_total,
-            cooling_down_for_s=max(0.0, s.cooldown_until - now),
+            cooling_down_for_s=max(x.cooling_down_for_s for x in each),
             restarts=s.restarts,
-            window=window.w if window.adaptive else float(window.ceiling),
+            window=min(float(s.capacity), sum(x.window for x in each)),
             in_flight=len(s.leases),
-            rpm_lag_s=rpm_lag,
-            tpm_lag_s=tpm_lag,
-            paused_for_s=max(0.0, s.pacer.pause_until - now),
-            pauses_total=s.pacer.pauses,
-            rate_limited_total=s.pacer.rate_limited,
+            rpm_lag_s=max(x.rpm_lag_s for x in each),
+            tpm_lag_s=max(x.tpm_lag_s for x in each),
+            paused_for_s=max(x.paused_for_s for x in each),
+            pauses_total=sum(x.pauses_total for x in each),
+            rate_limited_total=sum(x.rate_limited_total for x in each),
+            endpoints=lanes,
         )
 
     def _grant(self) -> None:
         s = self._s
-        now = time.monotonic()
-        if now < s.cooldown_until:
-            return  # the cool-down's own timer wakes the limiter
         wall = time.time()  # the clock of admitted_at (order.rank)
-        while s.waiting and len(s.leases) < s.pacer.window.limit:
-            i = pick(s.waiting, wall, s.pacer.latencies)
+        while True:
+            i, wake = s.lanes.next_grant(s.waiting, len(s.leases), wall)
+            if i is None:
+                if wake < float("inf"):
+                    self._wake(wake)  # a lane's head waits for its budget; nobody passes it
+                return
             req, queued_at = s.waiting[i].request, s.waiting[i].queued_at
             ref = self._requester(req.requester)
-            if ref is None:
-                del s.waiting[i]  # the requester died while waiting
-                continue
-            delay = s.pacer.delay(req.est_tokens)
-            if delay > 0:
-                self._wake(delay)  # the head waits; nobody passes it
-                return
             del s.waiting[i]
+            if ref is None:
+                continue  # the requester died while waiting
+            lane = s.lanes.get(req.endpoint)
             lease = Lease(
                 next(s.lease_ids),
                 req.job_id,
                 req.stage,
                 req.requester,
                 time.monotonic(),
-                epoch=s.pacer.window.epoch,
+                epoch=lane.pacer.window.epoch,
                 est_tokens=req.est_tokens,
+                endpoint=req.endpoint,
             )
             s.leases[lease.lease_id] = lease
-            s.pacer.spend(lease.est_tokens)
-            s.granted_total += 1
+            lane.in_flight += 1
+            lane.pacer.spend(lease.est_tokens)
             granted = TokenGranted(
                 job_id=req.job_id,
                 stage=req.stage,
+                endpoint=req.endpoint,
                 lease_id=lease.lease_id,
                 in_use=len(s.leases),
                 capacity=s.capacity,
                 waiting=len(s.waiting),
                 waited_ms=int((lease.granted_at - queued_at) * 1000),
-                window=s.pacer.window.limit,
+                window=lane.pacer.window.limit,
             )
             try:
                 ref.tell(granted)
             except pykka.ActorDeadError:
-                del s.leases[lease.lease_id]
-                s.pacer.refund(lease.est_tokens)
+                self._drop(lease.lease_id)
+                lane.pacer.refund(lease.est_tokens)
                 continue
+            s.granted_total += 1
+            lane.granted_total += 1
             self._emit(granted)
+
+    def _drop(self, lease_id: int) -> Lease | None:
+        """End lease ``lease_id`` (None if there is none): it no longer counts in its lane."""
+        lease = self._s.leases.pop(lease_id, None)
+        if lease is not None:
+            lane = self._s.lanes.get(lease.endpoint)
+            lane.in_flight = max(0, lane.in_flight - 1)
+        return lease
+
+    def _lane(self, endpoint: str) -> Lane:
+        return self._s.lanes.get(endpoint)
 
     def _wake(self, delay_s: float) -> None:
         """Tick the limiter in ``delay_s`` unless a timer already will by then."""
@@ -326,16 +362,26 @@ class RateLimiterActor(LeanThreadingActor):
         self._timers.tell_later(self.actor_ref, delay_s, Tick())
 
     def _settle(self, lease: Lease, msg: ReleaseToken) -> None:
-        """Learn from how the call ended (the window, the stage's latency, budgets, headers)."""
-        self._s.pacer.ended(
+        """Learn from how the call ended (its lane's window and budgets, the stage's latency,
+        the headers)."""
+        lane = self._lane(lease.endpoint)
+        later_calls = later_tokens = 0
+        if msg.limits is not None:  # the calls its server may not have counted in its headers
+            for other in self._s.leases.values():
+                if other.endpoint == lease.endpoint and other.lease_id > lease.lease_id:
+                    later_calls += 1
+                    later_tokens += other.est_tokens
+        lane.pacer.ended(
             stage=lease.stage,
             outcome=msg.outcome,
             epoch=lease.epoch,
-            in_flight=len(self._s.leases) + 1,
+            in_flight=lane.in_flight + 1,
             elapsed_s=time.monotonic() - lease.granted_at,
             est_tokens=lease.est_tokens,
             used_tokens=msg.used_tokens,
             limits=msg.limits,
+            later_calls=later_calls,
+            later_tokens=later_tokens,
         )
 
     def _released(self, lease: Lease, *, reclaimed: bool) -> None:
@@ -351,14 +397,14 @@ class RateLimiterActor(LeanThreadingActor):
                 capacity=s.capacity,
                 waiting=len(s.waiting),
                 reclaimed=reclaimed,
-                window=s.pacer.window.limit,
+                window=self._lane(lease.endpoint).pacer.window.limit,
             )
         )
 
     def _reap(self) -> None:
         for lease in list(self._s.leases.values()):
             if self._requester(lease.requester) is None:
-                del self._s.leases[lease.lease_id]
+                self._drop(lease.lease_id)
                 self._released(lease, reclaimed=True)
         self._refs = {urn: ref for urn, ref in self._refs.items() if ref.is_alive()}
 
@@ -372,15 +418,18 @@ class RateLimiterActor(LeanThreadingActor):
         return ref
 
     def _cool_down(self, msg: ReportRateLimit) -> None:
+        """A 429 from ``msg.endpoint``: pause that lane, and only it, for its Retry-After."""
+        lane = self._lane(msg.endpoint)
         until = time.monotonic() + msg.retry_after_s
-        if until <= self._s.cooldown_until:
+        if until <= lane.cooldown_until:
             return
-        self._s.cooldown_until = until
-        self._s.pacer.pauses += 1
+        lane.cooldown_until = until
+        lane.pacer.pauses += 1
         self._emit(
             RateLimitCooldown(
                 job_id=msg.job_id,
                 stage=msg.stage,
+                endpoint=msg.endpoint,
                 retry_after_s=msg.retry_after_s,
                 until=time.time() + msg.retry_after_s,
             )

@@ -119,6 +119,7 @@ class Pipeline:
             adaptive=self.settings.adaptive,
             rpm=self.settings.rpm,
             tpm=self.settings.tpm,
+            endpoints=self._provider.routing.limits(),
         )
         self._closing.clear()
         self._watcher = threading.Thread(target=self._watch, name="briefd-watch", daemon=True)

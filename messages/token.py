@@ -25,6 +25,8 @@ class RateLimits(Frozen):
     headers (:mod:`briefd.limits.headers`); ``None`` where the server said nothing.
     """
 
+    limit_requests: int | None = Field(default=None, description="The requests budget's size.")
+    limit_tokens: int | None = Field(default=None, description="The tokens budget's size.")
     remaining_requests: int | None = Field(default=None, description="Requests left.")
     remaining_tokens: int | None = Field(default=None, description="Tokens left.")
     reset_requests_s: float | None = Field(default=None, description="Until requests refill.")

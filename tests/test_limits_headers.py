@@ -80,6 +80,8 @@ def test_anthropic_headers_with_rfc3339_resets() -> None:
 def test_garbage_headers_are_ignored_one_by_one() -> None:
     got = parse_rate_limits(
         {
+            "x-ratelimit-limit-requests": "many",
+            "x-ratelimit-limit-tokens": "1e9",
             "x-ratelimit-remaining-requests": "lots",
             "x-ratelimit-remaining-tokens": "-1",
             "x-ratelimit-reset-requests": "whenever",
@@ -91,6 +93,8 @@ def test_garbage_headers_are_ignored_one_by_one() -> None:
         now=NOW,
     )
     assert got.model_dump() == {
+        "limit_requests": None,
+        "limit_tokens": None,
         "remaining_requests": None,
         "remaining_tokens": None,
         "reset_requests_s": None,
@@ -98,3 +102,25 @@ def test_garbage_headers_are_ignored_one_by_one() -> None:
         "retry_after_s": None,
     }
     assert parse_rate_limits({}, maximum=1).remaining_requests is None
+
+
+def test_budget_sizes_from_openai_and_anthropic_headers() -> None:
+    """``limit`` (what a budget holds when full), which the limiter learns a refill rate from."""
+    openai = parse_rate_limits(
+        {"x-ratelimit-limit-requests": "500", "X-RateLimit-Limit-Tokens": "30000"},
+        maximum=120,
+        now=NOW,
+    )
+    assert (openai.limit_requests, openai.limit_tokens) == (500, 30000)
+    anthropic = parse_rate_limits(
+        {
+            "anthropic-ratelimit-requests-limit": "50",
+            "anthropic-ratelimit-tokens-limit": "40000",
+            "anthropic-ratelimit-requests-remaining": "49",
+            "anthropic-ratelimit-requests-reset": "2025-08-21T12:40:01Z",
+        },
+        maximum=120,
+        now=NOW,
+    )
+    assert (anthropic.limit_requests, anthropic.limit_tokens) == (50, 40000)
+    assert anthropic.reset_requests_s == pytest.approx(1.0)

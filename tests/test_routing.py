@@ -270,3 +270,22 @@ def test_a_job_naming_an_unknown_model_is_refused_before_it_starts(
         pipeline.submit(make_job("bad-model", models={"ANNEX_JSON": "nope"}))
     assert "models.ANNEX_JSON" in str(caught.value) and "'nope'" in str(caught.value)
     assert sim.stats().total_requests == second_sim.stats().total_requests == 0
+
+
+def test_an_endpoints_own_cap_holds_under_the_global_one(
+    sim: SimServer, second_sim: SimServer, tmp_path: Path, make_job: Any, monkeypatch: Any
+) -> None:
+    """max_concurrent = 1 on endpoint a: at K=4 with several jobs, a never has two calls
+    in flight, while b (no cap of its own) takes up to K."""
+    monkeypatch.setenv("B_KEY", "sk-test-b")
+    path = _endpoints_file(tmp_path, sim.base_url, second_sim.base_url)
+    text = path.read_text().replace(
+        'kind = "compatible"\n', 'kind = "compatible"\nmax_concurrent = 1\n'
+    )
+    path.write_text(text)
+    settings = _settings(path, max_concurrent=4)
+    jobs = [make_job(f"cap-{i}", models={"ANNEX_JSON": "fast"}) for i in range(4)]
+    results, _ = _run(settings, jobs)
+    assert all(r.status == "succeeded" for r in results)
+    assert sim.stats().max_in_flight == 1
+    assert sim.stats().completed == 4 * 3

@@ -159,6 +159,7 @@ class Daemon(DaemonBackend):
                 adaptive=s.adaptive,
                 rpm=s.rpm,
                 tpm=s.tpm,
+                endpoints=self._provider.routing.limits(),
             )
         self.server = ApiServer(self, sock, token=token, max_body=s.max_body_bytes)
         self.journal_ref = JournalActor.start(self.journal)

@@ -28,6 +28,7 @@ from briefd.actors.admission import RootStats
 from briefd.actors.metrics import MetricsSnapshot
 from briefd.actors.rate_limiter import LimiterStats
 from briefd.cluster.state import ClusterLimiterStats
+from briefd.limits.lanes import EndpointStats
 
 __all__ = ["CONTENT_TYPE_LATEST", "DaemonFigures", "MetricsExporter"]
 
@@ -101,7 +102,8 @@ class _FiguresCollector(Collector):
             buckets = [(f"{b:g}", float(c)) for b, c in zip(h.bounds, h.counts, strict=True)]
             hist.add_metric([stage], [*buckets, ("+Inf", float(h.count))], sum_value=h.sum_s)
         yield hist
-        yield from _endpoints(snap)
+        yield from _routes(snap)
+        yield from _endpoints(limiter)
         yield from _guard_rails(root)
         yield from _cluster(root, limiter)
 
@@ -109,7 +111,7 @@ class _FiguresCollector(Collector):
 _CIRCUIT_STATES = ("closed", "half_open", "open")
 
 
-def _endpoints(snap: MetricsSnapshot) -> Iterator[Metric]:
+def _routes(snap: MetricsSnapshot) -> Iterator[Metric]:
     """Which endpoint served what, failovers between endpoints, each breaker's state."""
     served = CounterMetricFamily(
         "briefd_documents_served",
@@ -137,6 +139,55 @@ def _endpoints(snap: MetricsSnapshot) -> Iterator[Metric]:
         for name in _CIRCUIT_STATES:
             circuit.add_metric([endpoint, name], 1.0 if name == state else 0.0)
     yield circuit
+
+
+def _endpoints(limiter: LimiterStats) -> Iterator[Metric]:
+    """Each endpoint's lane (``endpoint`` label; ``""`` is the single ``BRIEFD_BASE_URL``).
+
+    The unlabelled series above stay the whole limiter's; these are per endpoint. The
+    budgets in force (configured, or learned from the headers: ``learned`` says which)
+    appear only for lanes that have one.
+    """
+    lanes = sorted(limiter.endpoints.items())
+    if not lanes:
+        return
+    gauges: list[tuple[str, str, Callable[[EndpointStats], float]]] = [
+        ("calls_in_flight", "API calls in flight.", lambda e: e.in_flight),
+        ("token_waiting", "Stages waiting for a token.", lambda e: e.waiting),
+        ("token_window", "Adaptive window W (calls allowed in flight).", lambda e: e.window),
+        ("max_concurrent", "Its window's ceiling: min(max_concurrent, K).", lambda e: e.ceiling),
+        ("rpm_lag_seconds", "How far its requests budget runs ahead.", lambda e: e.rpm_lag_s),
+        ("tpm_lag_seconds", "How far its tokens budget runs ahead.", lambda e: e.tpm_lag_s),
+        ("paused_seconds", "Left of a pause for remaining=0.", lambda e: e.paused_for_s),
+        ("cooldown_seconds", "Left of a 429's Retry-After.", lambda e: e.cooling_down_for_s),
+    ]
+    for name, doc, value in gauges:
+        family = GaugeMetricFamily(f"briefd_endpoint_{name}", doc, labels=["endpoint"])
+        for endpoint, e in lanes:
+            family.add_metric([endpoint], value(e))
+        yield family
+    counters: list[tuple[str, str, Callable[[EndpointStats], float]]] = [
+        ("tokens_granted", "Tokens granted for calls to it.", lambda e: e.granted_total),
+        ("limiter_pauses", "Its grant pauses (429, spent budget).", lambda e: e.pauses_total),
+        ("rate_limited", "Its calls answered 429 or 503.", lambda e: e.rate_limited_total),
+    ]
+    for name, doc, value in counters:
+        counter = CounterMetricFamily(f"briefd_endpoint_{name}", doc, labels=["endpoint"])
+        for endpoint, e in lanes:
+            counter.add_metric([endpoint], value(e))
+        yield counter
+    for unit, doc in (("rpm", "Requests"), ("tpm", "Tokens")):
+        budget = GaugeMetricFamily(
+            f"briefd_endpoint_{unit}",
+            f"{doc} per minute it is paced to (configured, or learned from its headers).",
+            labels=["endpoint", "learned"],
+        )
+        for endpoint, e in lanes:
+            per_minute = e.rpm if unit == "rpm" else e.tpm
+            learned = e.rpm_learned if unit == "rpm" else e.tpm_learned
+            if per_minute is not None:
+                budget.add_metric([endpoint, "true" if learned else "false"], per_minute)
+        yield budget
 
 
 def _cluster(root: RootStats, limiter: LimiterStats) -> Iterator[Metric]:

@@ -1,11 +1,12 @@
 """What a server says about its rate limits, from its response headers.
 
-OpenAI and most compatible gateways send ``x-ratelimit-remaining-requests``,
+OpenAI and most compatible gateways send ``x-ratelimit-limit-requests``/``-tokens``
+(the budget's size), ``x-ratelimit-remaining-requests``,
 ``x-ratelimit-remaining-tokens`` and ``x-ratelimit-reset-requests``/``-tokens``
 as Go-style durations (``6m0s``, ``1s``, ``12ms``, ``1h2m3.5s``); on a 429,
 ``retry-after-ms`` (Azure, OpenAI) and ``retry-after`` (seconds or an HTTP
-date). Anthropic sends ``anthropic-ratelimit-requests-remaining``,
-``-tokens-remaining`` and ``-reset`` as RFC 3339 times. Everything becomes
+date). Anthropic sends ``anthropic-ratelimit-requests-limit``/``-remaining``, the
+same for ``-tokens-``, and ``-reset`` as RFC 3339 times. Everything becomes
 seconds from now in one :class:`~briefd.messages.token.RateLimits`, so the
 limiter need not know who sent it.
 
@@ -107,6 +108,14 @@ def parse_rate_limits(
     anthropic_reset = parse_rfc3339_wait(h.get("anthropic-ratelimit-requests-reset"), now=at)
     anthropic_tokens_reset = parse_rfc3339_wait(h.get("anthropic-ratelimit-tokens-reset"), now=at)
     return RateLimits(
+        limit_requests=_first(
+            _count(h.get("x-ratelimit-limit-requests")),
+            _count(h.get("anthropic-ratelimit-requests-limit")),
+        ),
+        limit_tokens=_first(
+            _count(h.get("x-ratelimit-limit-tokens")),
+            _count(h.get("anthropic-ratelimit-tokens-limit")),
+        ),
         remaining_requests=_first(
             _count(h.get("x-ratelimit-remaining-requests")),
             _count(h.get("anthropic-ratelimit-requests-remaining")),

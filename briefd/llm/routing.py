@@ -25,6 +25,7 @@ from typing import Literal
 
 from briefd.config import ConfigError, Settings
 from briefd.config.endpoints import DEFAULT_ALIAS, DEFAULT_ENDPOINT, EndpointSpec, Route
+from briefd.limits.lanes import EndpointLimits
 from briefd.llm.errors import CallError, StatusError
 from briefd.messages import EndpointCircuitChanged, ErrorCode
 
@@ -216,6 +217,13 @@ class Routing:
 
     def key(self, endpoint: str) -> str | None:
         return self.keys.get(endpoint)
+
+    def limits(self) -> dict[str, EndpointLimits]:
+        """Each endpoint's own cap and budgets, for its lane in the rate limiter."""
+        return {
+            e.name: EndpointLimits(max_concurrent=e.max_concurrent, rpm=e.rpm, tpm=e.tpm)
+            for e in self.endpoints.values()
+        }
 
     @classmethod
     def single(
