@@ -289,3 +289,39 @@ def test_an_endpoints_own_cap_holds_under_the_global_one(
     assert all(r.status == "succeeded" for r in results)
     assert sim.stats().max_in_flight == 1
     assert sim.stats().completed == 4 * 3
+
+
+def test_the_console_shows_which_endpoint_served_and_whose_breaker_is_open(
+    sim: SimServer, second_sim: SimServer, tmp_path: Path, make_job: Any, monkeypatch: Any
+) -> None:
+    """The events of a failover run, as the log holds them, make one console line:
+    a open (skipped, left), b closed having served every document."""
+    import io
+
+    from rich.console import Console
+
+    from briefd.ops.console import render
+    from briefd.ops.eventlog import dumps_line, event_payload, level_for, line_of, parse_line
+    from briefd.ops.view import OpsView
+
+    monkeypatch.setenv("B_KEY", "sk-test-b")
+    sim.inject(Fault(status=503, times=None))
+    settings = _settings(
+        _endpoints_file(tmp_path, sim.base_url, second_sim.base_url),
+        max_retries=0,
+        breaker_failures=2,
+        breaker_cooldown_s=300,
+    )
+    _, events = _run(settings, [make_job("con-1"), make_job("con-2")])
+    view = OpsView()
+    for event in events:
+        line = dumps_line(line_of(event_payload(event), level_for(event.type), ""))
+        view.apply(parse_line(line))
+    snap = view.snapshot()
+    assert snap.endpoints["a"]["state"] == "open"
+    assert snap.endpoints["b"]["served"] == 8 and snap.endpoints["a"]["served"] == 0
+    assert snap.endpoints["a"]["failed_over"] + snap.endpoints["a"]["skipped"] == 8
+    out = io.StringIO()
+    Console(file=out, width=160, color_system=None).print(render(snap, source="test"))
+    line = next(x for x in out.getvalue().splitlines() if x.lstrip().startswith("endpoints"))
+    assert "a open" in line and "b closed, served 8" in line and "probe in" in line

@@ -153,7 +153,9 @@ class OutcomeTracker:
     the server.
     """
 
-    IGNORED = frozenset({"CANCELLED", "BUDGET_EXCEEDED"})
+    IGNORED = frozenset({"CANCELLED", "BUDGET_EXCEEDED", "DEADLINE_EXCEEDED"})
+    """Policy, not the server's health: a job's own budget or deadline refused the stage
+    (running sequentially would only miss more deadlines)."""
 
     def __init__(self) -> None:
         self._timeouts: dict[tuple[str, str], int] = {}

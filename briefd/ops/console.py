@@ -192,6 +192,26 @@ def _usd(value: float) -> str:
     return f"${value:,.4f}" if value < 100 else f"${value:,.2f}"
 
 
+def _endpoints(snap: Snapshot) -> Text | None:
+    """One line for the endpoints, shown once a job has named one or a failover happened:
+    who served what, who was left, whose breaker is open."""
+    if not snap.endpoints or (len(snap.endpoints) == 1 and not snap.totals.get("failovers")):
+        return None
+    text = Text.assemble(("endpoints ", "bold"))
+    for i, (name, e) in enumerate(snap.endpoints.items()):
+        if i:
+            text.append("  ·  ")
+        style = {"open": "bold red", "half_open": "yellow"}.get(e["state"], "green")
+        text.append_text(_t(name, "bold"))
+        text.append(f" {e['state'].replace('_', '-')}", style=style)
+        text.append(f", served {e['served']}")
+        if e["failed_over"] or e["skipped"]:
+            text.append(f", left {e['failed_over']}, skipped {e['skipped']}", style="yellow")
+        if e["state"] == "open" and isinstance(e.get("retry_at"), int | float):
+            text.append(f", probe in {max(0.0, e['retry_at'] - snap.as_of):.0f} s")
+    return text
+
+
 def _spend(snap: Snapshot) -> Text | None:
     """Spend from the jobs' results, and the daemon's guard rails as its events said."""
     sp, guard = snap.spend, snap.guard
@@ -288,7 +308,7 @@ def render(
         f"{snap.mean_speedup:.2f}x (mean over parallel jobs of sum of stage times / total)",
     )
     parts = [_header(snap, source, title, notes), _warnings(snap), _jobs(snap, job_rows)]
-    parts += [_capacity(snap), _spend(snap), side, speedup, _errors(snap)]
+    parts += [_capacity(snap), _endpoints(snap), _spend(snap), side, speedup, _errors(snap)]
     return Group(*(p for p in parts if p is not None))
 
 

@@ -80,6 +80,9 @@ class Snapshot:
     guard: dict[str, Any] = field(default_factory=dict)
     """The daemon's guard rails as its events last said: ``budget`` (held, spent, budget) and
     ``mode`` (parallel, sequential, probation, with the reason)."""
+    endpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per endpoint seen: documents ``served``, stages that ``failed_over`` from it or
+    ``skipped`` it (its breaker open), its breaker's ``state`` and next probe ``retry_at``."""
     sources: list[dict[str, Any]] = field(default_factory=list)
     """With several logs (a cluster), one entry per log: its daemon's ``name``, ``log``,
     ``status``, ``pid``, ``url``, ``tokens`` and ``active_jobs``; empty for a single log,

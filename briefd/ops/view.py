@@ -81,6 +81,8 @@ class OpsView:
         self._totals: Counter[str] = Counter()
         self._errors: deque[ErrorRow] = deque(maxlen=recent_errors)
         self._cooldowns = 0
+        # Per endpoint: documents served, failovers away from it, its breaker's last state.
+        self._endpoints: dict[str, dict[str, Any]] = {}
         self._cooldown_until = 0.0
         self._attempts, self._timeouts, self._outcomes = (_Series(window_s) for _ in range(3))
         self._stage_ms: dict[str, _Series] = {}
@@ -101,6 +103,8 @@ class OpsView:
             "TokenGranted": self._token,
             "TokenReleased": self._token,
             "RateLimitCooldown": self._cooldown,
+            "StageFailedOver": self._failed_over,
+            "EndpointCircuitChanged": self._circuit,
             "JobCompleted": self._completed,
             "JobCancelled": self._cancelled,
             "JobRestarted": self._restarted,
@@ -197,7 +201,27 @@ class OpsView:
         self._error(record, "reason", final=False)
         self._set_stage(record, "retrying")
 
+    def _endpoint(self, name: str) -> dict[str, Any]:
+        return self._endpoints.setdefault(
+            name, {"served": 0, "failed_over": 0, "skipped": 0, "state": "closed", "retry_at": None}
+        )
+
+    def _failed_over(self, record: Record) -> None:
+        self._totals["failovers"] += 1
+        left = _str(record.data.get("from_route")).partition(":")[0]
+        entry = self._endpoint(left)
+        entry["skipped" if record.data.get("skipped") else "failed_over"] += 1
+        self._endpoint(_str(record.data.get("to_route")).partition(":")[0])
+
+    def _circuit(self, record: Record) -> None:
+        entry = self._endpoint(_str(record.data.get("endpoint")))
+        entry["state"] = _str(record.data.get("state")) or "closed"
+        entry["retry_at"] = record.data.get("retry_at")
+
     def _stage_succeeded(self, record: Record) -> None:
+        served = _str(record.data.get("served_by"))
+        if served:
+            self._endpoint(served.partition(":")[0])["served"] += 1
         self._outcomes.add(record.ts, _OK)
         self._totals["stages_succeeded"] += 1
         self._set_stage(record, "complete")
@@ -207,7 +231,9 @@ class OpsView:
         self._set_stage(record, "failed")
         if code == "BUDGET_EXCEEDED":  # policy, not the server's health: no rollback signal
             self._totals["budget_refusals"] += 1
-        if code in ("CANCELLED", "BUDGET_EXCEEDED"):
+        if code == "DEADLINE_EXCEEDED":  # the job's own deadline: policy too
+            self._totals["deadline_refusals"] += 1
+        if code in ("CANCELLED", "BUDGET_EXCEEDED", "DEADLINE_EXCEEDED"):
             return
         self._totals["stages_failed"] += 1
         quality = code in QUALITY_CODES
@@ -392,6 +418,7 @@ class OpsView:
             signals=self._signals(),
             errors=list(reversed(self._errors)),
             window_s=self.window_s,
+            endpoints={k: dict(v) for k, v in sorted(self._endpoints.items())},
             spend={
                 **self._spend,
                 "by_model": dict(self._spend["by_model"]),
