@@ -69,8 +69,11 @@ exit codes:
 
 environment (or the same names, lower-case and without BRIEFD_, in --config's TOML):
   BRIEFD_BASE_URL        OpenAI-compatible base URL (unset: the embedded local model)
+  BRIEFD_ENDPOINT_KIND   openai (default: documented arguments only), azure, compatible
   BRIEFD_API_KEY         sent as "Authorization: Bearer ..."; never logged
-  BRIEFD_MODEL           model name sent to the API (default: the server's)
+  BRIEFD_MODEL           model name sent (default: the server's only model, from /models)
+  BRIEFD_ENDPOINTS       endpoints and model aliases with failover (docs/providers.md)
+  BRIEFD_JOB_DEADLINE_S  a job's deadline unless it sets deadline_s (default none)
   BRIEFD_MAX_CONCURRENT  API calls in flight at once (default 2)
   BRIEFD_PARALLEL        false: one stage at a time, in dependency order (default true)
   BRIEFD_TIMEOUT_MS      total deadline of one call (default 60000)
