@@ -18,31 +18,15 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from common import job
+from common import job, start_sim
 
 import briefd
 from briefd.config import Settings
-
-
-def _sim(scale: float, *extra: str) -> tuple[subprocess.Popen[str], str]:
-    child = subprocess.Popen(
-        [sys.executable, "-m", "briefd", "sim", "--port", "0", "--scale", str(scale), *extra],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert child.stdout is not None
-    line = child.stdout.readline()
-    if "listening on" not in line:
-        child.kill()
-        raise SystemExit(f"the simulator did not start: {line!r}")
-    return child, line.rsplit(" ", 1)[1].strip()
 
 
 def _endpoints(path: Path, a: str, b: str) -> None:
@@ -100,8 +84,8 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=0.02)
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
-    a, a_url = _sim(args.scale, "--fail-status", "503")
-    b, b_url = _sim(args.scale)
+    a, a_url = start_sim(args.scale, "--fail-status", "503")
+    b, b_url = start_sim(args.scale)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "endpoints.toml"

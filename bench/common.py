@@ -30,10 +30,11 @@ def job(job_id: str) -> dict[str, Any]:
     }
 
 
-def start_sim(scale: float) -> tuple[subprocess.Popen[str], str]:
-    """``briefd sim`` in a child process, and its base URL from the line it prints."""
+def start_sim(scale: float, *extra: str) -> tuple[subprocess.Popen[str], str]:
+    """``briefd sim`` in a child process (``extra``: more of its flags), and its base URL from
+    the line it prints."""
     child = subprocess.Popen(
-        [sys.executable, "-m", "briefd", "sim", "--port", "0", "--scale", str(scale)],
+        [sys.executable, "-m", "briefd", "sim", "--port", "0", "--scale", str(scale), *extra],
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -27,13 +27,12 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from briefd.config.errors import ConfigError
+from briefd.config.errors import ConfigError, read_toml
 
 Kind = Literal["openai", "azure", "compatible", "embedded"]
 KINDS: tuple[str, ...] = ("openai", "azure", "compatible")
@@ -96,14 +95,7 @@ class EndpointsFile:
 def load_endpoints(path: Path, environ: Mapping[str, str] | None = None) -> EndpointsFile:
     """Read and check an endpoints file; :class:`ConfigError` lists every mistake, one a line."""
     where = f"endpoints file {path}"
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise ConfigError(f"{where}: cannot read: {err.strerror or err}") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{where}: {err}") from None
+    data = read_toml(path, where)
     return parse_endpoints(data, where, os.environ if environ is None else environ)
 
 
@@ -144,6 +136,21 @@ def parse_endpoints(data: dict[str, Any], where: str, environ: Mapping[str, str]
     return EndpointsFile(endpoints, aliases, where)
 
 
+def _named(
+    entry: dict[str, Any], at: str, what: str, keys: set[str], errors: list[str]
+) -> tuple[str | None, str]:
+    """A table's ``name`` (None when bad, said in ``errors``), the place to name in later
+    messages (``endpoint 'x'``), and a line per unknown key."""
+    name = entry.get("name")
+    if not isinstance(name, str) or not _NAME.match(name):
+        errors.append(f"{at}: name: required, letters, digits, '_', '-', '.' (got {name!r})")
+        named = None
+    else:
+        named, at = name, f"{at.rsplit(':', 1)[0]}: {what} {name!r}"
+    errors += [f"{at}: unknown key {k!r}" for k in sorted(set(entry) - keys)]
+    return named, at
+
+
 def _endpoint(
     entry: object, at: str, environ: Mapping[str, str], errors: list[str]
 ) -> EndpointSpec | None:
@@ -151,13 +158,9 @@ def _endpoint(
         errors.append(f"{at}: must be a table")
         return None
     before = len(errors)
-    name = entry.get("name")
-    if not isinstance(name, str) or not _NAME.match(name):
-        errors.append(f"{at}: name: required, letters, digits, '_', '-', '.' (got {name!r})")
+    name, at = _named(entry, at, "endpoint", _ENDPOINT_KEYS, errors)
+    if name is None:
         name = f"#{at}"
-    else:
-        at = f"{at.rsplit(':', 1)[0]}: endpoint {name!r}"
-    errors += [f"{at}: unknown key {k!r}" for k in sorted(set(entry) - _ENDPOINT_KEYS)]
     kind = entry.get("kind")
     if kind not in KINDS:
         errors.append(f"{at}: kind: must be one of {', '.join(KINDS)} (got {kind!r})")
@@ -228,12 +231,9 @@ def _alias(
         errors.append(f"{at}: must be a table")
         return None
     before = len(errors)
-    name = entry.get("name")
-    if not isinstance(name, str) or not _NAME.match(name):
-        errors.append(f"{at}: name: required, letters, digits, '_', '-', '.' (got {name!r})")
+    name, at = _named(entry, at, "model", _MODEL_KEYS, errors)
+    if name is None:
         return None
-    at = f"{at.rsplit(':', 1)[0]}: model {name!r}"
-    errors += [f"{at}: unknown key {k!r}" for k in sorted(set(entry) - _MODEL_KEYS)]
     use = entry.get("use")
     if not isinstance(use, list) or not use or not all(isinstance(u, str) for u in use):
         errors.append(f'{at}: use: a list of "endpoint:model" strings, in failover order')

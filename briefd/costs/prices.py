@@ -26,7 +26,6 @@ from __future__ import annotations
 import math
 import re
 import threading
-import tomllib
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
@@ -35,6 +34,7 @@ from pathlib import Path
 from loguru import logger
 
 from briefd.config import ConfigError
+from briefd.config.errors import read_toml
 from briefd.messages import Usage
 
 BUILT_IN = "prices.toml"
@@ -173,17 +173,11 @@ def load_prices(path: Path | None = None) -> PriceTable:
     """
     if path is None:
         ref = resources.files("briefd.config").joinpath(BUILT_IN)
-        where, text = f"built-in {BUILT_IN}", ref.read_text(encoding="utf-8")
+        where = f"built-in {BUILT_IN}"
+        data = read_toml(None, where, text=ref.read_text(encoding="utf-8"))
     else:
         where = f"prices file {path}"
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as err:
-            raise ConfigError(f"{where}: cannot read: {err.strerror or err}") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{where}: {err}") from None
+        data = read_toml(path, where)
     return _parse(data, where)
 
 
