@@ -64,4 +64,6 @@ def open_store(
         private_dir(settings.data_dir)
     except OSError as err:
         raise ConfigError(f"BRIEFD_DATA_DIR {settings.data_dir}: {err.strerror or err}") from None
-    return PostgresStore(url, pipeline, jobs_dir=jobs_dir, on_finished=on_finished)
+    return PostgresStore(
+        url, pipeline, jobs_dir=jobs_dir, on_finished=on_finished, bound_s=settings.db_timeout
+    )

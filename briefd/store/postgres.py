@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,14 @@ from briefd.store.pg_claims import (
     notify,
 )
 from briefd.store.pg_reads import PgReads
-from briefd.store.pg_setup import one_line, open_schema_pool, redact_url, unavailable
+from briefd.store.pg_setup import (
+    DEFAULT_BOUND_S,
+    contended,
+    one_line,
+    open_schema_pool,
+    redact_url,
+    unavailable,
+)
 
 JOURNAL = "journal"
 """The area journal write failures are reported under (:class:`WriteHealth`)."""
@@ -90,6 +98,7 @@ class PostgresStore(PgClaims, PgReads, StageWrites):
         on_finished: Callable[[str], None] | None = None,
         pool_size: int = 4,
         timeout_s: float = 10.0,
+        bound_s: float = DEFAULT_BOUND_S,
     ) -> None:
         self.where = redact_url(url)
         self.jobs_dir = jobs_dir
@@ -98,28 +107,49 @@ class PostgresStore(PgClaims, PgReads, StageWrites):
         self._health = WriteHealth()
         self._fences = Fences()
         self.files = JobFiles(jobs_dir, pipeline, self._health)
-        self._pool = open_schema_pool(url, max_size=pool_size, timeout_s=timeout_s)
+        self.bound_s = bound_s
+        self._pool = open_schema_pool(url, max_size=pool_size, timeout_s=timeout_s, bound_s=bound_s)
 
     def close(self) -> None:
         """Close every connection; later calls raise StoreUnavailable."""
         self._pool.close()
 
     @contextlib.contextmanager
-    def _tx(self, *, write: bool = True) -> Iterator[Cursor]:
+    def _tx(
+        self, *, write: bool = True, one: bool = False, within_s: float | None = None
+    ) -> Iterator[Cursor]:
         """One transaction: committed, or rolled back and raised (StoreUnavailable when the
-        server or the link failed). Only writes count as the journal working again."""
+        server or the link failed, or a lock or statement passed the session's bound).
+
+        ``one``: the body runs one statement, which is its own transaction (autocommit):
+        its row locks end with it, whatever happens to this process afterwards.
+        ``within_s``: the whole of it, waiting for a connection included, must end within
+        this many seconds (the statement's ``statement_timeout`` is lowered to what is left),
+        else StoreUnavailable and nothing committed. Only writes that succeed count as the
+        journal working again; a lock or statement timeout is contention, not an outage.
+        """
+        assert not (one and within_s is not None), "a deadline needs a transaction"
+        deadline = None if within_s is None else time.monotonic() + within_s
         try:
-            with (
-                self._pool.connection() as conn,
-                conn.transaction(),
-                conn.cursor(row_factory=dict_row) as cur,
-            ):
+            with self._pool.connection(timeout=within_s) as conn, contextlib.ExitStack() as tx:
+                if not one:
+                    tx.enter_context(conn.transaction())
+                cur = tx.enter_context(conn.cursor(row_factory=dict_row))
+                if deadline is not None:
+                    left_ms = round((deadline - time.monotonic()) * 1000)
+                    if left_ms <= 0:
+                        raise psycopg.errors.QueryCanceled("the deadline passed")
+                    cur.execute(  # local: the session's own bound is back after it
+                        "SELECT set_config('statement_timeout', %s, true)",
+                        (str(min(left_ms, round(self.bound_s * 1000))),),
+                    )
                 yield cur
         except psycopg.Error as err:
             if not unavailable(err):
                 raise
             reason = f"{self.where}: {one_line(err)}"
-            self._health.failed(JOURNAL, reason)
+            if not contended(err):
+                self._health.failed(JOURNAL, reason)
             raise StoreUnavailable(f"journal {reason}") from err
         if write:
             self._health.ok(JOURNAL)
