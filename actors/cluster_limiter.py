@@ -130,6 +130,7 @@ class ClusterLimiterActor(LeanThreadingActor):
                     {CHANNEL: self._notified},
                     on_connect=self._caught_up,
                     name="briefd-listen-tokens",
+                    bound_s=self._tokens.bound_s,
                 ).start()
             self.actor_ref.tell(RenewTokens())  # a successor renews its leases first
         except BaseException:  # pykka calls no on_stop after a failed on_start
@@ -434,7 +435,9 @@ class ClusterLimiterActor(LeanThreadingActor):
 
     def _beat(self) -> None:
         """Renew; make again the requests the cluster reaped while it could not hear us."""
+        sent = time.monotonic()
         lost, gone = self._s.reconcile(self._tokens.heartbeat())
+        self._s.beat_at = sent
         if lost:
             logger.warning("cluster limiter: {} request(s) were reaped; queued again", lost)
         if gone:

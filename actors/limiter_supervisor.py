@@ -93,6 +93,11 @@ class LimiterSupervisor:
         self._ref: pykka.ActorRef[Any] = self._start()
 
     @property
+    def state(self) -> SupervisedState:
+        """The state the limiter keeps (read it for figures that must not wait on the actor)."""
+        return self._state
+
+    @property
     def ref(self) -> pykka.ActorRef[Any]:
         """The current limiter (may be dead until the next :meth:`check` or ``tell``)."""
         return self._ref

@@ -102,6 +102,7 @@ class ClusterLimiterState:
     figures_at: float = 0.0  # monotonic s when
     daemons: int = 0
     problem: str | None = None  # the database's last failure (None: it answered)
+    beat_at: float = 0.0  # monotonic s: when the last heartbeat that went through was sent
     failures: int = 0  # attempts failed in a row (the retry backoff)
     retry_at: float = 0.0  # monotonic s: while it fails, no attempt before
     granted_total: int = 0  # this daemon's
@@ -120,6 +121,17 @@ class ClusterLimiterState:
         """Requests of this daemon not granted yet (queued in the database or held here)."""
         queued = sum(isinstance(op, Enqueue) for op in self.outbox)
         return len(self.waiting) + queued + len(self.parked)
+
+    def health(self, lease_s: float) -> str | None:
+        """Why this daemon cannot take part in the token budget now (None: it can); from
+        memory, for ``/healthz``: the database failed, or no heartbeat went through for
+        longer than the lease (the cluster may have reclaimed this daemon's tokens)."""
+        if self.problem is not None:
+            return f"the database is not answering: {self.problem}"
+        late = time.monotonic() - self.beat_at
+        if self.beat_at and late > lease_s:
+            return f"its token leases were not renewed for {late:.1f}s (lease {lease_s:g}s)"
+        return None
 
     def may_call(self, job_id: str) -> bool:
         """Whether a call of ``job_id`` may start now: its claim is provable (:attr:`gate`)."""

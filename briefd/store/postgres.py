@@ -30,12 +30,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
+from loguru import logger
 from psycopg.rows import dict_row
 
 from briefd.config import PipelineSpec
@@ -108,6 +110,8 @@ class PostgresStore(PgClaims, PgReads, StageWrites):
         self._fences = Fences()
         self.files = JobFiles(jobs_dir, pipeline, self._health)
         self.bound_s = bound_s
+        self._probing = threading.Event()
+        self._wait_s = max(1.0, bound_s)  # for a pooled connection: an outage is not waited out
         self._pool = open_schema_pool(url, max_size=pool_size, timeout_s=timeout_s, bound_s=bound_s)
 
     def close(self) -> None:
@@ -130,8 +134,11 @@ class PostgresStore(PgClaims, PgReads, StageWrites):
         """
         assert not (one and within_s is not None), "a deadline needs a transaction"
         deadline = None if within_s is None else time.monotonic() + within_s
+        wait_s = self._wait_s if within_s is None else min(self._wait_s, within_s)
         try:
-            with self._pool.connection(timeout=within_s) as conn, contextlib.ExitStack() as tx:
+            if wait_s <= 0:
+                raise psycopg.errors.QueryCanceled("the deadline passed")
+            with self._pool.connection(timeout=wait_s) as conn, contextlib.ExitStack() as tx:
                 if not one:
                     tx.enter_context(conn.transaction())
                 cur = tx.enter_context(conn.cursor(row_factory=dict_row))
@@ -157,28 +164,42 @@ class PostgresStore(PgClaims, PgReads, StageWrites):
     # -- health ----------------------------------------------------------------------
 
     def write_problem(self) -> str | None:
-        """What cannot be written now (None: all can). An area that failed is tried again
-        (at most once a second) with a real write, so a server back (or promoted) clears it."""
-        if self._health.probe_due(JOURNAL):
+        """What cannot be written now (None: all can), from what is known: no database
+        round trip in the caller's thread (``/healthz`` answers at once). An area that
+        failed is tried again (at most once a second) with a real write, in a thread of
+        its own, so a server back (or promoted) clears it."""
+        if self._health.probe_due(JOURNAL) and not self._probing.is_set():
+            self._probing.set()
+            threading.Thread(target=self._probe, name="briefd-journal-probe", daemon=True).start()
+        if self._health.probe_due(FILES):
+            self.files.probe()
+        return self._health.problem()
+
+    def _probe(self) -> None:
+        try:
             with contextlib.suppress(StoreUnavailable), self._tx() as cur:
                 cur.execute(
                     "UPDATE briefd_schema SET applied_at = applied_at "
                     "WHERE version = (SELECT max(version) FROM briefd_schema)"
                 )
-        if self._health.probe_due(FILES):
-            self.files.probe()
-        return self._health.problem()
+        except Exception as err:  # a closed pool at shutdown: nothing to report
+            logger.debug("journal probe: {!r}", err)
+        finally:
+            self._probing.clear()
 
     # -- submission ------------------------------------------------------------------
 
-    def add_job(self, job: JobSpec) -> tuple[JobInfo, bool]:
+    def add_job(self, job: JobSpec, *, within_s: float | None = None) -> tuple[JobInfo, bool]:
         """Record ``job`` as queued (committed on return); ``False`` if the id already exists.
+
+        ``within_s``: the write ends within this many seconds, committed or not at all
+        (StoreUnavailable), so an HTTP answer given then matches what was stored.
 
         ``ON CONFLICT DO NOTHING`` makes racing submissions of one id (from threads or
         daemons) wait for the first one's commit, then add nothing. A new job is
         announced on :data:`JOBS_CHANNEL`: whichever daemon has room claims it.
         """
-        with self._tx() as cur:
+        with self._tx(within_s=within_s) as cur:
             cur.execute(
                 "INSERT INTO briefd_jobs (job_id, spec, state, priority) VALUES (%s, %s, %s, %s) "
                 "ON CONFLICT (job_id) DO NOTHING RETURNING seq",
