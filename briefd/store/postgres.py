@@ -82,6 +82,8 @@ from briefd.store.pg_setup import (
     unavailable,
 )
 
+POOL_WAIT_MAX_S = 2.0
+"""The longest a statement waits for a pooled connection (the server may be gone)."""
 JOURNAL = "journal"
 """The area journal write failures are reported under (:class:`WriteHealth`)."""
 _COMPLETE = f"'{StageState.COMPLETE.value}'"
@@ -111,7 +113,8 @@ class PostgresStore(PgClaims, PgReads, StageWrites):
         self.files = JobFiles(jobs_dir, pipeline, self._health)
         self.bound_s = bound_s
         self._probing = threading.Event()
-        self._wait_s = max(1.0, bound_s)  # for a pooled connection: an outage is not waited out
+        # A pooled connection is waited for briefly: an outage is not waited out by a reader.
+        self._wait_s = min(max(1.0, bound_s), POOL_WAIT_MAX_S)
         self._pool = open_schema_pool(url, max_size=pool_size, timeout_s=timeout_s, bound_s=bound_s)
 
     def close(self) -> None:
