@@ -70,7 +70,8 @@ from briefd.messages import (
 from briefd.messages.cluster import RenewTokens, TokensGranted
 from briefd.messages.jobs import Tick
 from briefd.ops.events import Observer, publish
-from briefd.store.pg_setup import one_line
+from briefd.store.pg_claims import VALID_MARGIN
+from briefd.store.pg_setup import contended, one_line
 from briefd.threads import LeanThreadingActor
 from briefd.timers import Timers
 
@@ -82,6 +83,9 @@ when shorter: a daemon must try at least as often as it must heartbeat). An atte
 the pool's whole timeout, and the actor answers nothing meanwhile."""
 
 
+RETRY_CONTENDED_S = 0.05
+"""A round that waited past the lock bound (another session held the limiter row) is tried
+again this soon: the row is free once PostgreSQL ends the holder's transaction."""
 DEFER_MAX = 16
 """Messages whose grant round may be left to the next message, in a row."""
 
@@ -126,6 +130,7 @@ class ClusterLimiterActor(LeanThreadingActor):
                     {CHANNEL: self._notified},
                     on_connect=self._caught_up,
                     name="briefd-listen-tokens",
+                    bound_s=self._tokens.bound_s,
                 ).start()
             self.actor_ref.tell(RenewTokens())  # a successor renews its leases first
         except BaseException:  # pykka calls no on_stop after a failed on_start
@@ -190,7 +195,11 @@ class ClusterLimiterActor(LeanThreadingActor):
         now = time.monotonic()
         match message:
             case RequestToken():
-                s.outbox.append(Enqueue(Queued(message, now)))
+                queued = Queued(message, now)
+                if s.may_call(message.job_id):
+                    s.outbox.append(Enqueue(queued))
+                else:  # no token for a claim this daemon cannot prove: held here
+                    s.parked.append(queued)
             case ReleaseToken(lease_id=lease_id):
                 lease = s.leases.pop(lease_id, None)
                 if lease is not None:
@@ -216,10 +225,11 @@ class ClusterLimiterActor(LeanThreadingActor):
                 s.outbox.append(SetCeiling(c))
             case Tick():
                 self._reap()
+                self._unpark()
             case TokensGranted():
                 s.wake_pending.clear()
             case RenewTokens():
-                pass
+                self._unpark()
             case _:
                 logger.warning("cluster limiter: unexpected message {!r}", type(message).__name__)
 
@@ -240,12 +250,18 @@ class ClusterLimiterActor(LeanThreadingActor):
                 self._beat()
             elif isinstance(message, TokensGranted):
                 self._flush()
-                self._deliver(self._tokens.take_grants())
+                self._take()
             elif isinstance(message, ReportRateLimit):
                 self._flush()
             elif isinstance(message, Tick) or not self._defer():
                 self._rounds(take=isinstance(message, Tick))
         except psycopg.Error as err:
+            if contended(err) and s.problem is None:
+                # Another session held the limiter row past the bound (a paused daemon, until
+                # PostgreSQL ends its transaction): not an outage; the round is tried again.
+                logger.debug("cluster limiter: {}; trying again", one_line(err))
+                self._wake(RETRY_CONTENDED_S)
+                return
             if s.problem is None:
                 logger.warning(
                     "cluster limiter: database {} out of reach ({}): no grants until it is back;"
@@ -279,6 +295,7 @@ class ClusterLimiterActor(LeanThreadingActor):
         s = self._s
         for _ in range(ROUNDS_PER_MESSAGE):
             ops, known = len(s.outbox), set(s.waiting)
+            sent = time.monotonic()
             try:  # the outbox and the round in one transaction: one commit per burst
                 with self._tokens.batch():
                     for op in s.outbox[:ops]:
@@ -290,9 +307,9 @@ class ClusterLimiterActor(LeanThreadingActor):
                 raise
             del s.outbox[:ops]
             self._seen(round_)
-            self._deliver(list(round_.mine))  # before anything else can fail: they are ours
+            self._deliver(list(round_.mine), sent)  # before anything else can fail: ours
             if take:
-                self._deliver(self._tokens.take_grants())
+                self._take()
             if not s.outbox:
                 return
 
@@ -340,17 +357,33 @@ class ClusterLimiterActor(LeanThreadingActor):
         if round_.wake_in_s is not None:
             self._wake(round_.wake_in_s)
 
-    def _deliver(self, grants: list[Grant]) -> None:
-        """Tell each grant to its requester; one that is gone is released at once."""
+    def _take(self) -> None:
+        """Read and deliver the grants other daemons made for this one."""
+        sent = time.monotonic()
+        self._deliver(self._tokens.take_grants(), sent)
+
+    def _deliver(self, grants: list[Grant], sent: float) -> None:
+        """Tell each grant to its requester; one that is gone is released at once.
+
+        ``sent``: when the transaction that read them began (this process's clock). A
+        grant is told only while it provably holds (its lease, read at ``sent``, has more
+        than the margin left now) and its job's claim is provable (:attr:`gate`): a daemon
+        paused or cut off between the grant and now starts no call for a job another
+        daemon may have taken over. Such a grant is given back and its request held here.
+        """
         s = self._s
+        margin = self._lease_s * VALID_MARGIN
         for g in grants:
             if g.lease_id in s.leases:
                 continue
             queued = s.waiting.pop(g.wait_id, None)
-            lease = HeldLease(
-                g.lease_id, g.wait_id, g.requester, g.job_id, g.stage, g.epoch, g.est_tokens,
-                time.monotonic(),
-            )  # fmt: skip
+            if queued is not None and (
+                time.monotonic() >= sent + g.left_s - margin or not s.may_call(g.job_id)
+            ):
+                s.outbox.append(Release(self._held(g), "unknown", 0.0))
+                s.parked.append(queued)
+                continue
+            lease = self._held(g)
             ref = pykka.ActorRegistry.get_by_urn(g.requester) if queued is not None else None
             if ref is None:  # withdrawn, or the requester died while it waited
                 s.outbox.append(Release(lease, "unknown", 0.0))
@@ -377,9 +410,34 @@ class ClusterLimiterActor(LeanThreadingActor):
                 continue
             publish(granted, self._observers)
 
+    @staticmethod
+    def _held(g: Grant) -> HeldLease:
+        return HeldLease(
+            g.lease_id, g.wait_id, g.requester, g.job_id, g.stage, g.epoch, g.est_tokens,
+            time.monotonic(),
+        )  # fmt: skip
+
+    def _unpark(self) -> None:
+        """Requests held for an unproven claim: queued once it is proven again, dropped when
+        their requester is gone (the root stopped a run whose claim was lost)."""
+        s = self._s
+        if not s.parked:
+            return
+        keep = []
+        for q in s.parked:
+            if pykka.ActorRegistry.get_by_urn(q.request.requester) is None:
+                continue
+            if s.may_call(q.request.job_id):
+                s.outbox.append(Enqueue(q))
+            else:
+                keep.append(q)
+        s.parked = keep
+
     def _beat(self) -> None:
         """Renew; make again the requests the cluster reaped while it could not hear us."""
+        sent = time.monotonic()
         lost, gone = self._s.reconcile(self._tokens.heartbeat())
+        self._s.beat_at = sent
         if lost:
             logger.warning("cluster limiter: {} request(s) were reaped; queued again", lost)
         if gone:

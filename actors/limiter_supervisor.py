@@ -93,6 +93,11 @@ class LimiterSupervisor:
         self._ref: pykka.ActorRef[Any] = self._start()
 
     @property
+    def state(self) -> SupervisedState:
+        """The state the limiter keeps (read it for figures that must not wait on the actor)."""
+        return self._state
+
+    @property
     def ref(self) -> pykka.ActorRef[Any]:
         """The current limiter (may be dead until the next :meth:`check` or ``tell``)."""
         return self._ref
@@ -154,7 +159,10 @@ class LimiterSupervisor:
 
 
 def cluster_limiter(
-    settings: Settings, daemon_id: str, observers: Sequence[Observer] = ()
+    settings: Settings,
+    daemon_id: str,
+    observers: Sequence[Observer] = (),
+    gate: Callable[[str], bool] | None = None,
 ) -> LimiterSupervisor:
     """The limiter of a daemon sharing one token budget with every daemon on
     ``settings.database_url``, supervised like the local one.
@@ -162,7 +170,8 @@ def cluster_limiter(
     Connects (ConfigError, one line and the URL redacted, if it cannot), makes the
     schema if needed, registers ``daemon_id`` and sets this daemon's K, adaptive,
     RPM and TPM as the cluster's (logged when they change another daemon's). Needs
-    the ``postgres`` extra, imported only here.
+    the ``postgres`` extra, imported only here. ``gate(job_id)``: whether this daemon can
+    prove its claim on the job now; no token is handed out for a job it cannot.
     """
     from briefd.actors.cluster_limiter import ClusterLimiterActor
     from briefd.cluster.state import ClusterLimiterState
@@ -171,7 +180,11 @@ def cluster_limiter(
     if not settings.database_url:
         raise ValueError("cluster_limiter needs settings.database_url")
     tokens = ClusterTokens(
-        settings.database_url, daemon_id, lease_s=settings.lease_s, timeout_s=CLUSTER_TIMEOUT_S
+        settings.database_url,
+        daemon_id,
+        lease_s=settings.lease_s,
+        timeout_s=CLUSTER_TIMEOUT_S,
+        bound_s=settings.db_timeout,
     )
     try:
         tokens.register()
@@ -181,7 +194,7 @@ def cluster_limiter(
     except BaseException:
         tokens.close()
         raise
-    state = ClusterLimiterState(capacity=settings.max_concurrent)
+    state = ClusterLimiterState(capacity=settings.max_concurrent, gate=gate)
     observed = tuple(observers)
 
     def start() -> pykka.ActorRef[Any]:

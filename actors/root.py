@@ -178,8 +178,18 @@ class RootActor(RootRuns, LeanThreadingActor):
 
     # -- the proxy API (outside callers, always with a timeout) ----------------------
 
-    def submit(self, job: JobSpec) -> Admission:
-        """Accept ``job`` (committed to the journal on return), or refuse it at once."""
+    def submit(self, job: JobSpec, deadline: float | None = None) -> Admission:
+        """Accept ``job`` (committed to the journal on return), or refuse it at once.
+
+        ``deadline`` (monotonic s): the caller stops waiting then and answers "not stored".
+        A submission handled after it (it waited in the inbox behind a database call) is
+        refused without a write, and with PostgreSQL the write itself must end by then
+        (StoreUnavailable otherwise, nothing committed): a job is never stored after its
+        client was told no.
+        """
+        late = Admission(job.job_id, JobState.QUEUED, False, "unavailable", 5)
+        if deadline is not None and time.monotonic() >= deadline:
+            return late
         existing = self._journal.get(job.job_id)
         if existing is not None:
             return Admission(job.job_id, existing.status, created=False)
@@ -191,7 +201,12 @@ class RootActor(RootRuns, LeanThreadingActor):
             return Admission(
                 job.job_id, JobState.QUEUED, False, "queue_full", min(max(wait, 1), 300)
             )
-        info, created = self._journal.add_job(job)
+        if deadline is not None and time.monotonic() >= deadline:
+            return late
+        if self._claims is not None and deadline is not None:  # PostgreSQL: bounded write
+            info, created = self._claims.store.add_job(job, within_s=deadline - time.monotonic())
+        else:
+            info, created = self._journal.add_job(job)
         if not created:
             return Admission(job.job_id, info.status, created=False)
         if self._claims is None:

@@ -21,7 +21,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 import platformdirs
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -195,7 +195,7 @@ class Settings(BaseSettings):
         "[postgres] extra; holds a password: never printed whole). Unset: SQLite in data_dir.",
     )
     lease_s: float = Field(
-        default=15.0,
+        default=5.0,
         ge=1.0,
         le=3600.0,
         description="With PostgreSQL: how long a daemon's claim on a job (and on an execution "
@@ -203,11 +203,20 @@ class Settings(BaseSettings):
         "over by another within about one lease plus one poll.",
     )
     poll_s: float = Field(
-        default=2.0,
+        default=1.0,
         gt=0,
         le=60.0,
         description="With PostgreSQL: the safety-net poll for new jobs and free tokens when no "
         "LISTEN/NOTIFY wake-up arrives (a notification wakes a daemon at once).",
+    )
+    db_timeout_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=600.0,
+        description="With PostgreSQL: the server-side bound on every briefd session "
+        "(lock_timeout, statement_timeout, idle_in_transaction_session_timeout) and the TCP "
+        "bound on a silent peer (tcp_user_timeout, keepalives). Unset: lease_s/2. A paused or "
+        "cut-off daemon's locks are freed by PostgreSQL within it; must be below lease_s.",
     )
 
     # Costs and budgets (config/prices.toml; README "Costs and budgets")
@@ -256,6 +265,22 @@ class Settings(BaseSettings):
                 got = f"{scheme}://..." if scheme else "no scheme"
                 raise ValueError(f"must be a postgresql:// URL (got {got})")
         return value
+
+    @field_validator("db_timeout_s")
+    @classmethod
+    def _db_timeout_below_lease(cls, value: float | None, info: ValidationInfo) -> float | None:
+        lease = info.data.get("lease_s")
+        if value is not None and lease is not None and value >= lease:
+            raise ValueError(
+                f"{value:g} must be below lease_s ({lease:g}): a lock held by a paused daemon "
+                "must be freed before its claims lapse"
+            )
+        return value
+
+    @property
+    def db_timeout(self) -> float:
+        """The database bound in effect: ``db_timeout_s``, or ``lease_s / 2``."""
+        return self.db_timeout_s if self.db_timeout_s is not None else self.lease_s / 2
 
     @field_validator("log_level", mode="before")
     @classmethod

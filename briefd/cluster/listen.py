@@ -26,16 +26,17 @@ import psycopg
 from loguru import logger
 from psycopg import sql
 
-from briefd.store.pg_setup import one_line, redact_url
+from briefd.store.pg_setup import DEFAULT_BOUND_S, client_bounds, one_line, redact_url
 
 Callback = Callable[[str], None]
 
 BACKOFF_MIN_S = 0.1
 BACKOFF_MAX_S = 5.0
 PROBE_EVERY_S = 10.0
-"""A quiet connection is probed (``SELECT 1``) this often: a server that vanished without
-closing the socket is noticed even when nothing is notified."""
-CONNECT_TIMEOUT_S = 5
+"""A quiet connection is probed (``SELECT 1``) at most this far apart (every ``bound_s``
+when shorter): a server that vanished without closing the socket is noticed even when
+nothing is notified, within about ``bound_s`` more (keepalives, ``tcp_user_timeout``), so
+``/healthz`` says it within seconds."""
 
 
 class Listener:
@@ -50,6 +51,7 @@ class Listener:
         timeout_s: float = 0.25,
         backoff_max_s: float = BACKOFF_MAX_S,
         name: str = "briefd-listen",
+        bound_s: float = DEFAULT_BOUND_S,
     ) -> None:
         if not channels:
             raise ValueError("a Listener needs at least one channel")
@@ -59,6 +61,8 @@ class Listener:
         self._on_connect = on_connect
         self._timeout_s = timeout_s
         self._backoff_max_s = backoff_max_s
+        self._bound_s = bound_s
+        self._probe_every_s = min(PROBE_EVERY_S, max(0.5, bound_s))
         self._stopping = threading.Event()
         self.listening = threading.Event()
         """Set while connected and listening (tests wait on it)."""
@@ -111,10 +115,11 @@ class Listener:
         self._problem = "stopped"
 
     def _listen(self) -> None:
-        kwargs: dict[str, Any] = {"autocommit": True, "application_name": "briefd-listen"}
-        given = psycopg.conninfo.conninfo_to_dict(self._url)
-        if "connect_timeout" not in given:
-            kwargs["connect_timeout"] = CONNECT_TIMEOUT_S
+        kwargs: dict[str, Any] = {
+            **client_bounds(self._url, self._bound_s),  # a silent server noticed in seconds
+            "autocommit": True,
+            "application_name": "briefd-listen",
+        }
         with psycopg.connect(self._url, **kwargs) as conn:
             for channel in self._channels:
                 conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
@@ -130,7 +135,7 @@ class Listener:
                     callback = self._channels.get(note.channel)
                     if callback is not None:
                         self._call(callback, note.payload)
-                if time.monotonic() - probed >= PROBE_EVERY_S:
+                if time.monotonic() - probed >= self._probe_every_s:
                     conn.execute("SELECT 1")
                     probed = time.monotonic()
 

@@ -17,6 +17,7 @@ class Grant:
     epoch: int  # the window's epoch when it was granted
     est_tokens: int
     waited_ms: int
+    left_s: float = float("inf")  # until its expires_at, on the database's clock when read
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,11 @@ from briefd.cluster.shared import Shared
 from briefd.limits.order import Waiting
 from briefd.messages.token import RequestToken
 
-LEASE_COLUMNS = "lease_id, wait_id, requester, job_id, stage, epoch, est_tokens, waited_ms"
-"""The columns of ``briefd_tokens`` a :class:`Grant` is read from."""
+LEASE_COLUMNS = (
+    "lease_id, wait_id, requester, job_id, stage, epoch, est_tokens, waited_ms, "
+    "extract(epoch FROM expires_at - clock_timestamp())::float8 AS left_s"
+)
+"""The columns of ``briefd_tokens`` a :class:`Grant` is read from (and how long it has left)."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,7 @@ def grant_of(row: Any) -> Grant:
         epoch=int(row["epoch"]),
         est_tokens=int(row["est_tokens"]),
         waited_ms=int(row["waited_ms"]),
+        left_s=float(row["left_s"]),
     )
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,13 +93,16 @@ class ClusterLimiterState:
     """Only the live cluster limiter touches it; ``vacated`` is set when its owner has left."""
 
     capacity: int
+    gate: Callable[[str], bool] | None = None  # job -> its claim is provable now (None: all are)
     waiting: dict[int, Queued] = field(default_factory=dict)  # wait_id -> request
+    parked: list[Queued] = field(default_factory=list)  # requests of jobs whose claim is unproven
     leases: dict[int, HeldLease] = field(default_factory=dict)  # delivered, not yet released
     outbox: list[Op] = field(default_factory=list)  # not written yet, in order
     figures: ClusterFigures | None = None  # the cluster as last seen
     figures_at: float = 0.0  # monotonic s when
     daemons: int = 0
     problem: str | None = None  # the database's last failure (None: it answered)
+    beat_at: float = 0.0  # monotonic s: when the last heartbeat that went through was sent
     failures: int = 0  # attempts failed in a row (the retry backoff)
     retry_at: float = 0.0  # monotonic s: while it fails, no attempt before
     granted_total: int = 0  # this daemon's
@@ -115,7 +119,23 @@ class ClusterLimiterState:
 
     def pending(self) -> int:
         """Requests of this daemon not granted yet (queued in the database or held here)."""
-        return len(self.waiting) + sum(isinstance(op, Enqueue) for op in self.outbox)
+        queued = sum(isinstance(op, Enqueue) for op in self.outbox)
+        return len(self.waiting) + queued + len(self.parked)
+
+    def health(self, lease_s: float) -> str | None:
+        """Why this daemon cannot take part in the token budget now (None: it can); from
+        memory, for ``/healthz``: the database failed, or no heartbeat went through for
+        longer than the lease (the cluster may have reclaimed this daemon's tokens)."""
+        if self.problem is not None:
+            return f"the database is not answering: {self.problem}"
+        late = time.monotonic() - self.beat_at
+        if self.beat_at and late > lease_s:
+            return f"its token leases were not renewed for {late:.1f}s (lease {lease_s:g}s)"
+        return None
+
+    def may_call(self, job_id: str) -> bool:
+        """Whether a call of ``job_id`` may start now: its claim is provable (:attr:`gate`)."""
+        return self.gate is None or self.gate(job_id)
 
     def forget(self, requester: str) -> list[HeldLease]:
         """Drop ``requester``'s requests (held or queued) and leases; the leases it held."""
@@ -125,6 +145,7 @@ class ClusterLimiterState:
             if not (isinstance(op, Enqueue) and op.queued.request.requester == requester)
         ]
         self.waiting = {k: q for k, q in self.waiting.items() if q.request.requester != requester}
+        self.parked = [q for q in self.parked if q.request.requester != requester]
         held = [x for x in self.leases.values() if x.requester == requester]
         for lease in held:
             del self.leases[lease.lease_id]

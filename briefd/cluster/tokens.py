@@ -76,13 +76,17 @@ class ClusterTokens:
         lease_s: float = 15.0,
         pool_size: int = 2,
         timeout_s: float = 5.0,
+        bound_s: float | None = None,
     ) -> None:
         self.url = url
         self.daemon_id = daemon_id
         self.lease_s = lease_s
         self.where = redact_url(url)
         self._pool_size, self._timeout_s = pool_size, timeout_s
-        self._pool = open_schema_pool(url, max_size=pool_size, timeout_s=timeout_s)
+        self.bound_s = bound_s if bound_s is not None else lease_s / 2
+        self._pool = open_schema_pool(
+            url, max_size=pool_size, timeout_s=timeout_s, bound_s=self.bound_s
+        )
         self._batch: Any = None  # the connection of an open batch(), else None
 
     def close(self) -> None:
@@ -98,7 +102,9 @@ class ClusterTokens:
         from the thread that uses this object.
         """
         try:
-            pool = open_pool(self.url, max_size=self._pool_size, timeout_s=self._timeout_s)
+            pool = open_pool(
+                self.url, max_size=self._pool_size, timeout_s=self._timeout_s, bound_s=self.bound_s
+            )
         except ConfigError as err:
             raise psycopg.OperationalError(str(err)) from None
         old, self._pool = self._pool, pool
@@ -118,16 +124,18 @@ class ClusterTokens:
 
     @contextmanager
     def _tx(self) -> Iterator[Any]:
-        """One transaction in pipeline mode: statements whose results are not read at once go
-        to the server together (a grant is a few round trips, not one per statement). Each
-        ``execute`` has a cursor of its own, so results are read in any order. Inside
-        :meth:`batch`, the batch's transaction."""
+        """One transaction (inside :meth:`batch`, the batch's). Not in pipeline mode: there
+        no Sync reaches the server between statements, so a daemon paused in the middle
+        of a round left its session ``active`` and PostgreSQL never armed
+        ``idle_in_transaction_session_timeout``: the limiter row stayed locked for as long
+        as the pause (86.8 s in the issue's test). Each ``execute`` has a cursor of its
+        own, so results are read in any order."""
         if self._batch is not None:
             yield self._batch
             return
         with self._pool.connection() as conn:
             conn.row_factory = dict_row  # type: ignore[assignment]  # our pool: no one else's
-            with conn.pipeline(), conn.transaction():
+            with conn.transaction():
                 yield conn
 
     # -- this daemon -----------------------------------------------------------------
@@ -289,16 +297,23 @@ class ClusterTokens:
             shared = load(db)
             if shared is None:
                 return GrantRound(mine=(), others={}, wake_in_s=None, figures=None)
-            reap = db.execute(  # one snapshot: the live count still sees what it deletes
-                """WITH gone AS (DELETE FROM briefd_tokens WHERE expires_at < clock_timestamp()
+            # One snapshot: the live count still sees what it deletes. SKIP LOCKED: a row
+            # another session holds (a paused daemon's heartbeat, mid-transaction) is not
+            # waited for; it counts as live until a later round reaps it.
+            reap = db.execute(
+                """WITH gone AS (DELETE FROM briefd_tokens WHERE lease_id IN (
+                        SELECT lease_id FROM briefd_tokens WHERE expires_at < clock_timestamp()
+                        FOR UPDATE SKIP LOCKED)
                     RETURNING 1)
                 SELECT (SELECT count(*) FROM gone) AS reaped,
                     (SELECT count(*) FROM briefd_tokens) - (SELECT count(*) FROM gone) AS live"""
             )
             db.execute(
-                """DELETE FROM briefd_token_waits w WHERE NOT EXISTS (
-                    SELECT 1 FROM briefd_daemons d WHERE d.daemon_id = w.daemon_id
-                    AND d.seen_at >= clock_timestamp() - make_interval(secs => %s))""",
+                """DELETE FROM briefd_token_waits WHERE wait_id IN (
+                    SELECT wait_id FROM briefd_token_waits w WHERE NOT EXISTS (
+                        SELECT 1 FROM briefd_daemons d WHERE d.daemon_id = w.daemon_id
+                        AND d.seen_at >= clock_timestamp() - make_interval(secs => %s))
+                    FOR UPDATE SKIP LOCKED)""",
                 (self.lease_s,),
             )
             waits = read_waits(db)
@@ -347,8 +362,10 @@ class ClusterTokens:
         w = head.waiting
         req = w.request
         mine = head.daemon_id == self.daemon_id
-        row = db.execute(  # no row when the wait was deleted meanwhile (a cancel)
-            f"""WITH gone AS (DELETE FROM briefd_token_waits WHERE wait_id = %s RETURNING 1)
+        row = db.execute(  # no row when the wait was deleted (a cancel), or is being
+            f"""WITH gone AS (DELETE FROM briefd_token_waits WHERE wait_id = (
+                SELECT wait_id FROM briefd_token_waits WHERE wait_id = %s
+                FOR UPDATE SKIP LOCKED) RETURNING 1)
             INSERT INTO briefd_tokens (lease_id, wait_id, daemon_id, requester, job_id,
                 stage, epoch, est_tokens, waited_ms, delivered, expires_at)
             SELECT nextval('briefd_token_fence'), %s, %s, %s, %s, %s, %s, %s, %s, %s,

@@ -8,20 +8,28 @@ reload, drain), which mixes this in.
 from __future__ import annotations
 
 import threading
-from typing import Any
+import time
+from typing import Any, cast
 
 import pykka
 
 from briefd.actors.admission import Admission, RootStats
 from briefd.actors.limiter_supervisor import LimiterSupervisor
-from briefd.config import PipelineSpec
+from briefd.cluster.state import ClusterLimiterState
+from briefd.config import PipelineSpec, Settings
 from briefd.daemon.prometheus import DaemonFigures, MetricsExporter
 from briefd.jobs import validate_job
 from briefd.messages import JobInfo, JobResult, JobSpec, JobState
 from briefd.store import JournalStore
-from briefd.store.base import StoreUnavailable
+from briefd.store.base import ClaimStore, StoreUnavailable
 
 ASK_TIMEOUT_S = 10.0
+SUBMIT_WITHIN_S = 5.0
+"""A submission is stored within this, or refused unstored (the ask waits up to
+:data:`ASK_TIMEOUT_S`: the margin covers a write cut off by TCP, bounded by the database
+timeouts)."""
+DETAILS_ASK_S = 0.05
+"""``/healthz`` asks the root this long at most for its details."""
 
 
 class DaemonBackend:
@@ -34,16 +42,31 @@ class DaemonBackend:
     metrics: pykka.ActorRef[Any]
     _stopping: threading.Event
     _exporter: MetricsExporter
+    settings: Settings
+    daemon_id: str | None
+    _root_stats: RootStats | None = None
+    _stats_asked: pykka.Future[RootStats] | None = None
+    _details_lock = threading.Lock()
 
     def validate(self, data: Any) -> JobSpec:
         return validate_job(data, self.pipeline, where="job")
 
     def submit(self, job: JobSpec) -> Admission:
+        """Stored and acknowledged, or refused and never stored.
+
+        The root gets a deadline (:data:`SUBMIT_WITHIN_S`) well inside the ask's timeout:
+        a submission it reaches later (it waited behind a database call) is refused
+        unwritten, and its write must end by then; so a ``pykka.Timeout`` here means
+        nothing was, or will be, stored, and the answer says the database is not answering.
+        """
+        deadline = time.monotonic() + SUBMIT_WITHIN_S
         try:
-            admission: Admission = self.root.proxy().submit(job).get(timeout=ASK_TIMEOUT_S)
+            admission: Admission = (
+                self.root.proxy().submit(job, deadline).get(timeout=ASK_TIMEOUT_S)
+            )
         except pykka.ActorDeadError:
             return Admission(job.job_id, JobState.QUEUED, False, "stopping", 5)
-        except StoreUnavailable:  # not written, so not acknowledged: /healthz says why
+        except (StoreUnavailable, pykka.Timeout):  # not written, so not acknowledged
             return Admission(job.job_id, JobState.QUEUED, False, "unavailable", 5)
         return admission
 
@@ -77,15 +100,25 @@ class DaemonBackend:
 
     def health(self) -> tuple[str, str]:
         """``("ok", "")``, ``("stopping", why)``, or ``("unhealthy", why)`` while the journal or
-        the output files cannot be written (each failing area is probed again on the way)."""
+        the output files cannot be written, or (a cluster) the database cannot be reached or
+        this daemon cannot prove its claims. From what the daemon already knows: no database
+        round trip and no actor asked, so it answers at once even when they are blocked."""
         if self._stopping.is_set():
             return "stopping", "the daemon is stopping"
         problem = self.journal.write_problem()
         if problem is not None:
             return "unhealthy", f"cannot write the {problem}"
+        if self.daemon_id is None:
+            return "ok", ""
         listener = getattr(self, "_listener", None)  # with PostgreSQL: the database's wake-ups
         if listener is not None and (lost := listener.problem()) is not None:
             return "unhealthy", f"the database cannot be reached: {lost}"
+        state = self.limiter.state
+        if isinstance(state, ClusterLimiterState) and (why := state.health(self.settings.lease_s)):
+            return "unhealthy", why
+        claims = cast(ClaimStore, self.journal).claims_problem()
+        if claims is not None:
+            return "unhealthy", claims
         return "ok", ""
 
     def healthy(self) -> bool:
@@ -93,9 +126,18 @@ class DaemonBackend:
 
     def health_details(self) -> dict[str, Any]:
         """What ``/healthz`` adds: the daily budget and the parallel mode. A daemon that holds
-        jobs by policy (budget spent, rolled back to sequential) is healthy: these say why."""
-        try:
-            r: RootStats = self.root.proxy().stats().get(timeout=ASK_TIMEOUT_S)
-        except (pykka.Timeout, pykka.ActorDeadError):
-            return {}
-        return r.healthz_fields()
+        jobs by policy (budget spent, rolled back to sequential) is healthy: these say why.
+        The root is asked once at a time and waited for :data:`DETAILS_ASK_S` at most; while
+        it is busy its last answer is used (and no second question piles up in its inbox)."""
+        with self._details_lock:
+            try:
+                if self._stats_asked is None:
+                    self._stats_asked = self.root.proxy().stats()
+                self._root_stats = self._stats_asked.get(timeout=DETAILS_ASK_S)
+                self._stats_asked = None
+            except pykka.Timeout:
+                pass
+            except pykka.ActorDeadError:
+                self._stats_asked = None
+            cached = self._root_stats
+        return cached.healthz_fields() if cached is not None else {}

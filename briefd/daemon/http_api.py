@@ -34,6 +34,7 @@ import threading
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any, Protocol
 
+import pykka
 import uvicorn
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -55,6 +56,7 @@ from briefd.daemon.http_conn import (
 from briefd.daemon.http_conn import bind_loopback as bind_loopback
 from briefd.daemon.prometheus import CONTENT_TYPE_LATEST
 from briefd.messages import JOB_ID_PATTERN, JobInfo, JobResult, JobSpec, JobState
+from briefd.store.base import StoreUnavailable
 
 MAX_WAIT_S = 60.0
 _JOB_ID = re.compile(JOB_ID_PATTERN)
@@ -201,7 +203,9 @@ def build_app(
     """
 
     async def healthz(request: Request) -> Response:
-        status, reason = await run_in_threadpool(backend.health)
+        # In the event loop, not the thread pool (which reads blocked on a lost database may
+        # fill): health() answers from memory, so /healthz answers at once, whatever blocks.
+        status, reason = backend.health()
         body: dict[str, Any] = {"status": status, **({"reason": reason} if reason else {})}
         details = getattr(backend, "health_details", None)  # budget and mode (the daemon's)
         if details is not None and status == "ok":
@@ -223,6 +227,9 @@ def build_app(
         if adm.refused == "queue_full":
             msg = "the queue is full (max_queued_jobs); try again later"
             return error(429, "queue_full", msg, retry_after=adm.retry_after_s)
+        if adm.refused == "unavailable":
+            msg = "the database is not answering; the job was not stored: try again"
+            return error(503, "unavailable", msg, retry_after=adm.retry_after_s)
         if adm.refused is not None:
             msg = "the daemon is stopping; try again when it is back"
             return error(503, "stopping", msg, retry_after=adm.retry_after_s)
@@ -292,6 +299,15 @@ def build_app(
         extra = {"field": "body"} if exc.status_code == 413 else {}
         return error(exc.status_code, codes.get(exc.status_code, "http_error"), detail, **extra)
 
+    async def on_unavailable(request: Request, exc: Exception) -> Response:
+        # The journal (a lost database) or an actor (blocked on it) did not answer in time:
+        # a clear 503, not an internal error. The message names no secret (URLs redacted).
+        if isinstance(exc, StoreUnavailable):
+            msg = f"the database is not answering ({exc}); try again"
+        else:
+            msg = "the daemon is busy waiting for its database; try again"
+        return error(503, "unavailable", msg, retry_after=5)
+
     async def on_crash(request: Request, exc: Exception) -> Response:
         return error(500, "internal", f"internal error ({type(exc).__name__}); see the log")
 
@@ -305,7 +321,12 @@ def build_app(
             Route("/v1/jobs/{job_id}", cancel, methods=["DELETE"]),
             Route("/v1/jobs/{job_id}/result", result, methods=["GET"]),
         ],
-        exception_handlers={HTTPException: on_http_error, Exception: on_crash},
+        exception_handlers={
+            HTTPException: on_http_error,
+            StoreUnavailable: on_unavailable,
+            pykka.Timeout: on_unavailable,
+            Exception: on_crash,
+        },
     )
     return _Guard(app, token, max_body_bytes, hosts)
 

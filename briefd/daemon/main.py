@@ -74,7 +74,7 @@ from briefd.ops.autorollback import breaker_from_settings
 from briefd.ops.events import publish
 from briefd.ops.logs import register_secret
 from briefd.private import private_dir
-from briefd.store import open_store
+from briefd.store import open_store, store_label
 from briefd.store.base import ClaimStore
 
 EXIT_FATAL = 70
@@ -146,8 +146,8 @@ class Daemon(DaemonBackend):
             if lapsed := store.release_predecessors(self.daemon_id, node_of(s.data_dir)):
                 logger.info("{} job(s) of this data dir's previous daemon resume now", lapsed)
             claims = ClaimKeeper(store, self.daemon_id, lease_s=s.lease_s, poll_s=s.poll_s)
-            self.limiter = cluster_limiter(
-                s, self.daemon_id, observers=[metrics_observer(self.metrics)]
+            self.limiter = cluster_limiter(  # no token for a job whose claim is unproven
+                s, self.daemon_id, [metrics_observer(self.metrics)], gate=store.claim_valid
             )
         else:
             self.limiter = LimiterSupervisor(
@@ -187,7 +187,13 @@ class Daemon(DaemonBackend):
                 daemon_id=self.daemon_id,
             )
         )
-        logger.info("briefd listening on {} (data in {})", self.server.url, s.data_dir)
+        logger.info(
+            "briefd listening on {} (data in {}; journal: {}{})",
+            self.server.url,
+            s.data_dir,
+            store_label(s),
+            f"; daemon {self.daemon_id}" if self.daemon_id else "",
+        )
         sd_notify(f"READY=1\nSTATUS=listening on {self.server.url}\nMAINPID={os.getpid()}")
         self._start_watchdog()
 
@@ -211,6 +217,7 @@ class Daemon(DaemonBackend):
             },
             on_connect=lambda: tell(ClaimJobs()),
             name="briefd-listen-jobs",
+            bound_s=self.settings.db_timeout,
         ).start()
 
     def _notify_finished(self, job_id: str) -> None:

@@ -29,6 +29,20 @@ class JournalStore(Store, Protocol):
     files: JobFiles
 
 
+def store_label(settings: Settings) -> str:
+    """Where the journal is, for the start-up line, never with a password:
+    ``PostgreSQL at host:port/dbname`` or ``SQLite at <path>``."""
+    url = settings.database_url
+    if url is None:
+        return f"SQLite at {settings.data_dir / JOURNAL_FILE}"
+    from urllib.parse import parse_qs, unquote, urlsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or (parse_qs(parts.query).get("host") or ["local socket"])[0]
+    port = f":{parts.port}" if parts.port else ""
+    return f"PostgreSQL at {host}{port}/{unquote(parts.path.lstrip('/')) or '(default db)'}"
+
+
 def open_store(
     settings: Settings,
     pipeline: PipelineSpec,
@@ -64,4 +78,6 @@ def open_store(
         private_dir(settings.data_dir)
     except OSError as err:
         raise ConfigError(f"BRIEFD_DATA_DIR {settings.data_dir}: {err.strerror or err}") from None
-    return PostgresStore(url, pipeline, jobs_dir=jobs_dir, on_finished=on_finished)
+    return PostgresStore(
+        url, pipeline, jobs_dir=jobs_dir, on_finished=on_finished, bound_s=settings.db_timeout
+    )

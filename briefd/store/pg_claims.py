@@ -30,7 +30,9 @@ when a cancel is asked of the daemon holding a job.
 
 from __future__ import annotations
 
+import math
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -53,6 +55,10 @@ FINISHED_CHANNEL = "briefd_finished"
 """Notified with the job id when a job's terminal state is committed."""
 CANCEL_CHANNEL = "briefd_cancel"
 """Notified with the job id when a cancel is asked of the daemon holding the job."""
+VALID_MARGIN = 0.1
+"""The share of the lease a daemon does not count on: a claim renewed at ``t`` is proven here
+until ``t + lease_s * (1 - VALID_MARGIN)``, a margin for clock rates and the moment between the
+check and the call leaving."""
 REMEMBERED = 4096
 """Claims given up or lost that a store still fences its late writes with (oldest forgotten)."""
 
@@ -80,37 +86,67 @@ RETURNING j.job_id, j.fence, extract(epoch FROM j.submitted_at)::float8 AS submi
           p.prev, j.cancel_requested, p.eff, j.seq
 """
 _RENEW = f"""
-WITH mine AS (
-    SELECT j.seq
-    FROM briefd_jobs j
-    JOIN unnest(%(ids)s::text[], %(fences)s::bigint[]) AS h(job_id, fence)
-      ON j.job_id = h.job_id AND j.fence = h.fence
-    WHERE j.claimed_by = %(owner)s AND j.state IN {LIVE}
-    ORDER BY j.job_id
-    FOR UPDATE OF j
-)
-UPDATE briefd_jobs SET lease_until = now() + make_interval(secs => %(lease)s)
-WHERE seq IN (SELECT seq FROM mine)
-RETURNING job_id
+UPDATE briefd_jobs j SET lease_until = now() + make_interval(secs => %(lease)s)
+FROM unnest(%(ids)s::text[], %(fences)s::bigint[]) AS h(job_id, fence)
+WHERE j.job_id = h.job_id AND j.fence = h.fence AND j.claimed_by = %(owner)s
+  AND j.state IN {LIVE}
+RETURNING j.job_id
 """
+"""One statement, run as its own transaction: the rows it extends are locked only while it
+runs (never across a pause of this process), so another daemon's claim skips them for
+milliseconds, not for a paused daemon's whole transaction."""
 
 
 class Fences:
-    """The fencing tokens of the claims a store holds, and of those it gave up or lost.
+    """The fencing tokens of the claims a store holds, and of those it gave up or lost; and,
+    for each claim held, until when this process can *prove* it (its own monotonic clock).
 
-    Thread-safe: the journal actor writes while the root claims and renews.
+    A claim confirmed by a statement sent at ``t`` holds in the database until at least
+    ``t + lease_s`` (the database extends it after receiving the statement), so this
+    process may count on it until ``t + lease_s - margin``; past that, another daemon may
+    have taken the job over and only the database can say. A claim found lost (a write
+    refused by the fence) is remembered as lost until :meth:`take_lost` reports it, so the
+    root stops the run instead of letting it go on, stage after stage, refused and paid.
+
+    Thread-safe: the journal actor writes while the root claims and renews, and the
+    limiter and ``/healthz`` ask :meth:`valid` and :meth:`unproven` from their threads.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._lock = threading.Lock()
+        self._clock = clock
         self._held: dict[str, int] = {}
+        self._valid: dict[str, float] = {}  # held job -> proven until (monotonic s)
         self._gone: OrderedDict[str, int] = OrderedDict()
+        self._lost: dict[str, None] = {}  # lost, not yet reported (ordered)
 
-    def hold(self, job_id: str, fence: int) -> None:
-        """This store now holds ``job_id`` under ``fence``."""
+    def hold(self, job_id: str, fence: int, valid_until: float = math.inf) -> None:
+        """This store now holds ``job_id`` under ``fence``, proven until ``valid_until``."""
         with self._lock:
             self._gone.pop(job_id, None)
+            self._lost.pop(job_id, None)
             self._held[job_id] = fence
+            self._valid[job_id] = valid_until
+
+    def confirm(self, job_ids: list[str], valid_until: float) -> None:
+        """A renewal confirmed these claims: proven until ``valid_until``."""
+        with self._lock:
+            for job_id in job_ids:
+                if job_id in self._held:
+                    self._valid[job_id] = max(self._valid.get(job_id, 0.0), valid_until)
+
+    def valid(self, job_id: str) -> bool:
+        """Whether this store holds ``job_id`` and can prove it now."""
+        now = self._clock()
+        with self._lock:
+            return job_id in self._held and self._valid.get(job_id, 0.0) > now
+
+    def unproven(self) -> tuple[int, float]:
+        """``(claims held that cannot be proven now, seconds since the oldest stopped being)``."""
+        now = self._clock()
+        with self._lock:
+            late = [now - v for v in self._valid.values() if v <= now]
+        return len(late), max(late, default=0.0)
 
     def of(self, job_id: str) -> int | None:
         """The fence this store's writes for ``job_id`` carry; None: it never claimed it."""
@@ -133,11 +169,34 @@ class Fences:
                 if fence is None or (only is not None and only.get(job_id) != fence):
                     continue
                 del self._held[job_id]
+                self._valid.pop(job_id, None)
                 self._gone[job_id] = fence
                 released.append(job_id)
             while len(self._gone) > REMEMBERED:
                 self._gone.popitem(last=False)
         return released
+
+    def lose(self, job_ids: list[str]) -> None:
+        """A write found these claims replaced: released, and kept to be reported."""
+        for job_id in self.release(job_ids):
+            with self._lock:
+                self._lost[job_id] = None
+
+    def lose_again(self, job_id: str) -> None:
+        """A loss taken but not reported after all (the renewal failed): report it later."""
+        with self._lock:
+            if job_id not in self._held:
+                self._lost[job_id] = None
+
+    def now(self) -> float:
+        """The clock validity is counted on (monotonic s)."""
+        return self._clock()
+
+    def take_lost(self) -> list[str]:
+        """The claims found lost since the last call (each reported once)."""
+        with self._lock:
+            lost, self._lost = list(self._lost), {}
+        return lost
 
 
 class PgClaims:
@@ -150,7 +209,9 @@ class PgClaims:
     _fences: Fences
     _on_finished: Callable[[str], None] | None
 
-    def _tx(self, *, write: bool = True) -> AbstractContextManager[Cursor]:
+    def _tx(
+        self, *, write: bool = True, one: bool = False, within_s: float | None = None
+    ) -> AbstractContextManager[Cursor]:
         raise NotImplementedError
 
     def _close_locked(
@@ -178,7 +239,8 @@ class PgClaims:
         """
         if limit <= 0:
             return []
-        with self._tx() as cur:
+        sent = self._fences.now()
+        with self._tx(one=True) as cur:  # one statement: its row locks end with it
             cur.execute(
                 _CLAIM,
                 {
@@ -201,8 +263,9 @@ class PgClaims:
             )
             for r in rows
         ]
+        until = sent + lease_s * (1 - VALID_MARGIN)
         for c in claims:
-            self._fences.hold(c.job_id, c.fence)
+            self._fences.hold(c.job_id, c.fence, until)
         return claims
 
     def queue_depth(self) -> int:
@@ -248,23 +311,58 @@ class PgClaims:
         return self._fences.held()
 
     def renew(self, owner: str, lease_s: float) -> list[str]:
-        """Extend every held claim's lease to ``lease_s`` from now; the jobs lost, forgotten.
+        """Extend every held claim's lease to ``lease_s`` from now; the jobs lost.
 
         A claim is extended only where the row still names ``owner`` and its fence:
         one that was taken over (it lapsed first) or ended elsewhere is lost, and
-        its later writes raise ClaimLost. StoreUnavailable: nothing extended, retry.
+        its later writes raise ClaimLost. The claims a write found lost since the
+        last renewal are reported here too, once. Each claim extended is proven
+        (:meth:`claim_valid`) until ``lease_s`` minus a margin after the statement was
+        sent. StoreUnavailable: nothing extended, nothing proven anew; retry.
         """
         held = self._fences.held()
+        lost = self._fences.take_lost()
         if not held:
-            return []
+            return lost
         ids = sorted(held)
-        with self._tx() as cur:
-            cur.execute(
-                _RENEW,
-                {"ids": ids, "fences": [held[j] for j in ids], "owner": owner, "lease": lease_s},
-            )
-            kept = {r["job_id"] for r in cur.fetchall()}
-        return self._fences.release([j for j in ids if j not in kept], only=held)
+        sent = self._fences.now()
+        try:
+            with self._tx(one=True) as cur:  # one statement: no row stays locked past it
+                cur.execute(
+                    _RENEW,
+                    {
+                        "ids": ids,
+                        "fences": [held[j] for j in ids],
+                        "owner": owner,
+                        "lease": lease_s,
+                    },
+                )
+                kept = [r["job_id"] for r in cur.fetchall()]
+        except BaseException:
+            for job_id in lost:  # not reported after all: the next renewal does
+                self._fences.lose_again(job_id)
+            raise
+        self._fences.confirm(kept, sent + lease_s * (1 - VALID_MARGIN))
+        gone = set(kept)
+        released = self._fences.release([j for j in ids if j not in gone], only=held)
+        return list(dict.fromkeys([*lost, *released]))
+
+    def claim_valid(self, job_id: str) -> bool:
+        """Whether this store holds ``job_id`` under a claim it can prove now: confirmed by
+        the database less than ``lease_s`` minus a margin ago (this process's clock). No call
+        may start for a job without it (the cluster limiter asks before each grant)."""
+        return self._fences.valid(job_id)
+
+    def claims_problem(self) -> str | None:
+        """Why this daemon cannot prove some of its claims now (None: it can prove all);
+        from memory, no database call (``/healthz``)."""
+        n, late_s = self._fences.unproven()
+        if n == 0:
+            return None
+        return (
+            f"cannot prove its claim on {n} job(s): no renewal confirmed for "
+            f"{late_s:.1f}s past the margin (its calls are held)"
+        )
 
     def _locked(self, cur: Cursor, job_id: str, *, share: bool = False) -> DictRow | None:
         """Lock the job's row (FOR UPDATE, or FOR SHARE) and return it (``state``, ``runs``,
@@ -287,7 +385,7 @@ class PgClaims:
         """ClaimLost if this store claimed ``job_id`` and the row's fence is no longer its own."""
         mine = self._fences.of(job_id)
         if mine is not None and found != mine:
-            self._fences.release([job_id])
+            self._fences.lose([job_id])  # reported by the next renew(): the run stops
             raise ClaimLost([job_id])
 
     def _ended(self, job_id: str) -> None:

@@ -10,6 +10,7 @@ start, in one line, instead of writing rows a newer briefd reads differently.
 
 from __future__ import annotations
 
+import math
 from typing import Any, LiteralString
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
@@ -24,10 +25,10 @@ SCHEMES = ("postgresql", "postgres")
 SCHEMA_VERSION = 2
 SCHEMA_LOCK = 0x62726965_66640001
 """The advisory lock (one bigint) held while the schema is checked and made: 'briefd' + 1."""
-LOCK_TIMEOUT_MS = 10_000
-"""A row lock waited for longer than this fails the write (StoreUnavailable, made again)."""
-IDLE_IN_TX_TIMEOUT_MS = 60_000
-"""A daemon stopped mid-transaction (SIGSTOP, a hung disk) loses its locks after this."""
+DEFAULT_BOUND_S = 2.5
+"""The database bound when none is given (half the default lease): see :func:`session_bounds`."""
+SCHEMA_BOUND_MS = 60_000
+"""Making or upgrading the schema may wait this long for another daemon doing it."""
 
 # Each version's statements, applied in order inside one transaction. Payloads are
 # JSON *text* (as Python's json writes it, NaN included, which PostgreSQL's json
@@ -185,38 +186,90 @@ def unavailable(err: psycopg.Error) -> bool:
     return isinstance(err, psycopg.OperationalError | psycopg.errors.ReadOnlySqlTransaction)
 
 
+def contended(err: psycopg.Error) -> bool:
+    """A lock or statement that passed the session's bound (another session held the rows,
+    or a deadline was given): try again, the server itself is fine."""
+    return isinstance(err, psycopg.errors.LockNotAvailable | psycopg.errors.QueryCanceled)
+
+
 def one_line(err: BaseException) -> str:
     """A driver message on one line (libpq's span several), any password in it redacted."""
     return redact(" ".join(str(err).split()))
 
 
-def open_pool(url: str, *, max_size: int, timeout_s: float) -> ConnectionPool:
+def session_bounds(bound_s: float) -> dict[str, str]:
+    """The server-side settings of every briefd session, from one bound (``db_timeout``).
+
+    PostgreSQL itself ends what a paused, frozen or cut-off daemon holds, whatever its
+    process does: a statement running longer than the bound (``statement_timeout``),
+    a lock waited for longer (``lock_timeout``: the waiter fails and tries again, it
+    does not wait on a paused daemon), and a transaction left open and idle longer
+    (``idle_in_transaction_session_timeout``: the session is ended and its row locks
+    freed; the limiter's row lock of a paused daemon is the case that froze a cluster).
+    The server's TCP settings notice a client host gone silent within the bound too.
+    """
+    ms = str(max(1, round(bound_s * 1000)))
+    return {
+        "lock_timeout": ms,
+        "statement_timeout": ms,
+        "idle_in_transaction_session_timeout": ms,
+        "tcp_keepalives_idle": str(max(1, int(bound_s / 2))),
+        "tcp_keepalives_interval": "1",
+        "tcp_keepalives_count": str(max(1, int(bound_s / 2))),
+        "tcp_user_timeout": ms,
+    }
+
+
+def client_bounds(url: str, bound_s: float) -> dict[str, Any]:
+    """libpq connection parameters that notice a silent server within about ``bound_s``
+    (TCP keepalives, ``tcp_user_timeout``, a connect timeout), unless the URL sets its own.
+    Without them a daemon cut off from the database waits in a read for minutes (the
+    kernel's defaults), holding its actor; with them the read fails and it says so."""
+    try:
+        given = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.Error:
+        given = {}
+    wanted: dict[str, Any] = {
+        "application_name": "briefd",
+        "connect_timeout": max(2, math.ceil(2 * bound_s)),
+        "keepalives": 1,
+        "keepalives_idle": max(1, int(bound_s / 2)),
+        "keepalives_interval": 1,
+        "keepalives_count": max(1, int(bound_s / 2)),
+        "tcp_user_timeout": max(1, round(bound_s * 1000)),
+    }
+    return {k: v for k, v in wanted.items() if k not in given}
+
+
+def open_pool(
+    url: str, *, max_size: int, timeout_s: float, bound_s: float = DEFAULT_BOUND_S
+) -> ConnectionPool:
     """An open pool to ``url`` (a first connection made); ConfigError, one line, if it cannot.
 
-    Connections wait at most :data:`LOCK_TIMEOUT_MS` for a row lock and are cut by
-    the server after :data:`IDLE_IN_TX_TIMEOUT_MS` idle inside a transaction, so
-    a daemon that hangs cannot hold another's writes forever.
+    Every connection is bounded by ``bound_s`` on both sides (:func:`session_bounds`,
+    :func:`client_bounds`) and in autocommit mode: a one-statement write (a renewal,
+    a claim) is its own transaction, committed by the server as the statement ends, so
+    its row locks never outlive it even if this process is paused right after; work of
+    several statements opens a transaction explicitly (``conn.transaction()``).
     """
     for secret in _passwords(url):
         register_secret(secret)
     where = redact_url(url)
-    defaults: dict[str, Any] = {"application_name": "briefd", "connect_timeout": 10}
     try:
-        given = psycopg.conninfo.conninfo_to_dict(url)
+        psycopg.conninfo.conninfo_to_dict(url)
     except psycopg.Error as err:
         raise ConfigError(f"BRIEFD_DATABASE_URL {where}: {one_line(err)}") from None
-    kwargs = {k: v for k, v in defaults.items() if k not in given}
+    kwargs = {**client_bounds(url, bound_s), "autocommit": True}
+    bounds = session_bounds(bound_s)
 
     def configure(conn: psycopg.Connection[Any]) -> None:
         conn.execute(
-            "SELECT set_config('lock_timeout', %s, false), "
-            "set_config('idle_in_transaction_session_timeout', %s, false)",
-            (str(LOCK_TIMEOUT_MS), str(IDLE_IN_TX_TIMEOUT_MS)),
+            "SELECT " + ", ".join("set_config(%s, %s, false)" for _ in bounds),
+            [x for kv in bounds.items() for x in kv],
         )
-        conn.commit()
 
     try:  # once by hand, to fail at once and with libpq's reason (the pool would retry)
-        psycopg.connect(url, **{"connect_timeout": max(1, round(timeout_s)), **kwargs}).close()
+        psycopg.connect(url, **{**kwargs, "connect_timeout": max(1, round(timeout_s))}).close()
     except psycopg.Error as err:
         raise ConfigError(f"BRIEFD_DATABASE_URL {where}: cannot connect: {one_line(err)}") from None
     pool = ConnectionPool(
@@ -240,10 +293,12 @@ def open_pool(url: str, *, max_size: int, timeout_s: float) -> ConnectionPool:
     return pool
 
 
-def open_schema_pool(url: str, *, max_size: int, timeout_s: float) -> ConnectionPool:
+def open_schema_pool(
+    url: str, *, max_size: int, timeout_s: float, bound_s: float = DEFAULT_BOUND_S
+) -> ConnectionPool:
     """:func:`open_pool`, then the schema made or upgraded (:func:`ensure_schema`) on one of
     its connections: what every part of briefd that uses the database starts with."""
-    pool = open_pool(url, max_size=max_size, timeout_s=timeout_s)
+    pool = open_pool(url, max_size=max_size, timeout_s=timeout_s, bound_s=bound_s)
     try:
         with pool.connection() as conn:
             ensure_schema(conn, redact_url(url))
@@ -258,6 +313,11 @@ def ensure_schema(conn: psycopg.Connection[Any], where: str) -> int:
     found. ConfigError if the database holds a newer one or refuses the DDL."""
     try:
         with conn.transaction():
+            conn.execute(  # another daemon may be making it: wait for it, not the usual bound
+                "SELECT set_config('lock_timeout', %s, true), "
+                "set_config('statement_timeout', %s, true)",
+                (str(SCHEMA_BOUND_MS), str(SCHEMA_BOUND_MS)),
+            )
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
             row = conn.execute("SELECT to_regclass('briefd_schema') IS NOT NULL").fetchone()
             found = 0

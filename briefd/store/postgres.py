@@ -30,11 +30,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
+from loguru import logger
 from psycopg.rows import dict_row
 
 from briefd.config import PipelineSpec
@@ -70,8 +73,17 @@ from briefd.store.pg_claims import (
     notify,
 )
 from briefd.store.pg_reads import PgReads
-from briefd.store.pg_setup import one_line, open_schema_pool, redact_url, unavailable
+from briefd.store.pg_setup import (
+    DEFAULT_BOUND_S,
+    contended,
+    one_line,
+    open_schema_pool,
+    redact_url,
+    unavailable,
+)
 
+POOL_WAIT_MAX_S = 2.0
+"""The longest a statement waits for a pooled connection (the server may be gone)."""
 JOURNAL = "journal"
 """The area journal write failures are reported under (:class:`WriteHealth`)."""
 _COMPLETE = f"'{StageState.COMPLETE.value}'"
@@ -90,6 +102,7 @@ class PostgresStore(PgClaims, PgReads, StageWrites):
         on_finished: Callable[[str], None] | None = None,
         pool_size: int = 4,
         timeout_s: float = 10.0,
+        bound_s: float = DEFAULT_BOUND_S,
     ) -> None:
         self.where = redact_url(url)
         self.jobs_dir = jobs_dir
@@ -98,28 +111,55 @@ class PostgresStore(PgClaims, PgReads, StageWrites):
         self._health = WriteHealth()
         self._fences = Fences()
         self.files = JobFiles(jobs_dir, pipeline, self._health)
-        self._pool = open_schema_pool(url, max_size=pool_size, timeout_s=timeout_s)
+        self.bound_s = bound_s
+        self._probing = threading.Event()
+        # A pooled connection is waited for briefly: an outage is not waited out by a reader.
+        self._wait_s = min(max(1.0, bound_s), POOL_WAIT_MAX_S)
+        self._pool = open_schema_pool(url, max_size=pool_size, timeout_s=timeout_s, bound_s=bound_s)
 
     def close(self) -> None:
         """Close every connection; later calls raise StoreUnavailable."""
         self._pool.close()
 
     @contextlib.contextmanager
-    def _tx(self, *, write: bool = True) -> Iterator[Cursor]:
+    def _tx(
+        self, *, write: bool = True, one: bool = False, within_s: float | None = None
+    ) -> Iterator[Cursor]:
         """One transaction: committed, or rolled back and raised (StoreUnavailable when the
-        server or the link failed). Only writes count as the journal working again."""
+        server or the link failed, or a lock or statement passed the session's bound).
+
+        ``one``: the body runs one statement, which is its own transaction (autocommit):
+        its row locks end with it, whatever happens to this process afterwards.
+        ``within_s``: the whole of it, waiting for a connection included, must end within
+        this many seconds (the statement's ``statement_timeout`` is lowered to what is left),
+        else StoreUnavailable and nothing committed. Only writes that succeed count as the
+        journal working again; a lock or statement timeout is contention, not an outage.
+        """
+        assert not (one and within_s is not None), "a deadline needs a transaction"
+        deadline = None if within_s is None else time.monotonic() + within_s
+        wait_s = self._wait_s if within_s is None else min(self._wait_s, within_s)
         try:
-            with (
-                self._pool.connection() as conn,
-                conn.transaction(),
-                conn.cursor(row_factory=dict_row) as cur,
-            ):
+            if wait_s <= 0:
+                raise psycopg.errors.QueryCanceled("the deadline passed")
+            with self._pool.connection(timeout=wait_s) as conn, contextlib.ExitStack() as tx:
+                if not one:
+                    tx.enter_context(conn.transaction())
+                cur = tx.enter_context(conn.cursor(row_factory=dict_row))
+                if deadline is not None:
+                    left_ms = round((deadline - time.monotonic()) * 1000)
+                    if left_ms <= 0:
+                        raise psycopg.errors.QueryCanceled("the deadline passed")
+                    cur.execute(  # local: the session's own bound is back after it
+                        "SELECT set_config('statement_timeout', %s, true)",
+                        (str(min(left_ms, round(self.bound_s * 1000))),),
+                    )
                 yield cur
         except psycopg.Error as err:
             if not unavailable(err):
                 raise
             reason = f"{self.where}: {one_line(err)}"
-            self._health.failed(JOURNAL, reason)
+            if not contended(err):
+                self._health.failed(JOURNAL, reason)
             raise StoreUnavailable(f"journal {reason}") from err
         if write:
             self._health.ok(JOURNAL)
@@ -127,28 +167,42 @@ class PostgresStore(PgClaims, PgReads, StageWrites):
     # -- health ----------------------------------------------------------------------
 
     def write_problem(self) -> str | None:
-        """What cannot be written now (None: all can). An area that failed is tried again
-        (at most once a second) with a real write, so a server back (or promoted) clears it."""
-        if self._health.probe_due(JOURNAL):
+        """What cannot be written now (None: all can), from what is known: no database
+        round trip in the caller's thread (``/healthz`` answers at once). An area that
+        failed is tried again (at most once a second) with a real write, in a thread of
+        its own, so a server back (or promoted) clears it."""
+        if self._health.probe_due(JOURNAL) and not self._probing.is_set():
+            self._probing.set()
+            threading.Thread(target=self._probe, name="briefd-journal-probe", daemon=True).start()
+        if self._health.probe_due(FILES):
+            self.files.probe()
+        return self._health.problem()
+
+    def _probe(self) -> None:
+        try:
             with contextlib.suppress(StoreUnavailable), self._tx() as cur:
                 cur.execute(
                     "UPDATE briefd_schema SET applied_at = applied_at "
                     "WHERE version = (SELECT max(version) FROM briefd_schema)"
                 )
-        if self._health.probe_due(FILES):
-            self.files.probe()
-        return self._health.problem()
+        except Exception as err:  # a closed pool at shutdown: nothing to report
+            logger.debug("journal probe: {!r}", err)
+        finally:
+            self._probing.clear()
 
     # -- submission ------------------------------------------------------------------
 
-    def add_job(self, job: JobSpec) -> tuple[JobInfo, bool]:
+    def add_job(self, job: JobSpec, *, within_s: float | None = None) -> tuple[JobInfo, bool]:
         """Record ``job`` as queued (committed on return); ``False`` if the id already exists.
+
+        ``within_s``: the write ends within this many seconds, committed or not at all
+        (StoreUnavailable), so an HTTP answer given then matches what was stored.
 
         ``ON CONFLICT DO NOTHING`` makes racing submissions of one id (from threads or
         daemons) wait for the first one's commit, then add nothing. A new job is
         announced on :data:`JOBS_CHANNEL`: whichever daemon has room claims it.
         """
-        with self._tx() as cur:
+        with self._tx(within_s=within_s) as cur:
             cur.execute(
                 "INSERT INTO briefd_jobs (job_id, spec, state, priority) VALUES (%s, %s, %s, %s) "
                 "ON CONFLICT (job_id) DO NOTHING RETURNING seq",
