@@ -313,7 +313,7 @@ class Feeder:
     that lasts exactly as long as a fault, so the cluster never runs out of work during it
     and has little left to finish after it. Submits through ``via`` in turn."""
 
-    def __init__(self, c: Cluster, via: Iterable[Member], prefix: str, depth: int = 2) -> None:
+    def __init__(self, c: Cluster, via: Iterable[Member], prefix: str, depth: int = 1) -> None:
         self._cluster = c
         self._clients = [m.daemon.client() for m in via]
         self._prefix, self._depth = prefix, depth
@@ -376,7 +376,14 @@ def cluster(
                 db_url = f"{url}{sep}application_name=chaos-{name}"
             folder = tmp / name
             folder.mkdir()
-            d = Daemon(folder, sim.base_url, database_url=db_url, log_level="DEBUG", **settings)
+            d = Daemon(
+                folder,
+                sim.base_url,
+                database_url=db_url,
+                log_level="DEBUG",
+                log_file=folder / "events.log",  # what `briefd console --log` reads
+                **settings,
+            )
             c.members.append(Member(name, d, sim, proxy))
         try:
             for m in c.members:  # all at once: each start is a second and more of imports

@@ -26,7 +26,7 @@ from cluster.chaos import Feeder, HealthProbe, act_holding, cluster, poll
 K = 2
 LEASE_S = 2.0
 POLL_S = 0.5
-CUT_S = 3 * LEASE_S
+CUT_S = 2 * LEASE_S + 1.0
 QUIET_BOUND_S = LEASE_S + 1.0
 """The cut-off daemon's tokens are the others' after one lease; its lock is freed sooner."""
 HEALTHZ_SLOW_S = 1.0

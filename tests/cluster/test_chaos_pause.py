@@ -24,8 +24,9 @@ from cluster.chaos import Feeder, Record, cluster, pause_holding, poll
 K = 2
 LEASE_S = 2.0
 POLL_S = 0.5
-PAUSE_S = 3 * LEASE_S
-"""Three leases: long enough that the paused daemon's claims and tokens lapse."""
+PAUSE_S = 2 * LEASE_S + 1.0
+"""Past one lease plus one poll and the takeover's slack: the paused daemon's claims and tokens
+lapse and are taken over while it is stopped."""
 QUIET_BOUND_S = LEASE_S + 1.0
 """The longest the others may go without a call: the paused daemon's tokens are theirs again
 after one lease; the lock it held is freed by the server sooner (``lease_s / 2``)."""
