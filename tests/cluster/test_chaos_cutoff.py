@@ -1,5 +1,5 @@
-"""One daemon of two cut off from PostgreSQL for three leases, through a TCP proxy that drops
-every packet (a partition) or resets every connection, while it runs jobs.
+"""One daemon of two cut off from PostgreSQL for over two leases, through a TCP proxy that
+drops every packet (a partition) or resets every connection, while it runs jobs.
 
 What the issue asks of a daemon that cannot prove its claims: it starts no call once its last
 confirmed renewal has run out (so none for a job another daemon took over and committed);

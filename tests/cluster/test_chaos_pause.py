@@ -1,6 +1,6 @@
 """A daemon of three paused with SIGSTOP (a GC pause, a frozen VM, a swap storm) at chosen
-points, for three leases: the rest of the cluster must keep calling, the paused daemon's jobs
-must move, and once resumed it must start no call for a job it lost.
+points, for over two leases: the rest of the cluster must keep calling, the paused daemon's
+jobs must move, and once resumed it must start no call for a job it lost.
 
 Issue 18 saw, with the same faults: the whole cluster idle for as long as a daemon was paused
 holding the limiter row (its pipeline-mode transaction is never ended by the server); the
