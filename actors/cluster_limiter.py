@@ -296,20 +296,20 @@ class ClusterLimiterActor(LeanThreadingActor):
         for _ in range(ROUNDS_PER_MESSAGE):
             ops, known = len(s.outbox), set(s.waiting)
             sent = time.monotonic()
-            try:  # the outbox and the round in one transaction: one commit per burst
+            try:  # the outbox, the round and the grants read: one transaction, one commit
                 with self._tokens.batch():
                     for op in s.outbox[:ops]:
                         self._apply(op)
                     round_ = self._tokens.grant()
+                    taken = self._tokens.take_grants() if take else []
             except BaseException:
                 for wait_id in set(s.waiting) - known:  # their rows were rolled back
                     del s.waiting[wait_id]
                 raise
             del s.outbox[:ops]
             self._seen(round_)
-            self._deliver(list(round_.mine), sent)  # before anything else can fail: ours
-            if take:
-                self._take()
+            self._deliver([*round_.mine, *taken], sent)  # before anything else can fail
+            take = False
             if not s.outbox:
                 return
 

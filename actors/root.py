@@ -126,6 +126,7 @@ class RootActor(RootRuns, LeanThreadingActor):
         self._timers = Timers()
         self._claims = claims  # None: this daemon owns its journal's queue (SQLite)
         self._rescued: dict[str, Slot] = {}  # a dead daemon's jobs claimed, waiting here
+        self._renew_failing = False  # logged once per outage
 
     # -- pykka hooks -----------------------------------------------------------------
 
@@ -351,9 +352,18 @@ class RootActor(RootRuns, LeanThreadingActor):
             return
         try:
             lost = self._claims.renew()
-        except StoreUnavailable as err:
-            logger.warning("root: cannot renew claims ({}); runs go on, writes wait", err)
+        except StoreUnavailable as err:  # tried again at the next tick
+            if not self._renew_failing:
+                logger.warning(
+                    "root: cannot renew claims ({}); calls in flight finish, no call starts "
+                    "for a job once its claim cannot be proven (lease less a margin)",
+                    err,
+                )
+            self._renew_failing = True
             return
+        if self._renew_failing:
+            logger.info("root: claims renewed again")
+            self._renew_failing = False
         for job_id in lost:
             if self._rescued.pop(job_id, None) is not None:
                 self._queue.remove(job_id)

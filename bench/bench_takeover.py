@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from daemon_helpers import Daemon, make_job, wait_for
 from pg import PgServer, server_bindir, server_user
 
+from briefd.config import Settings
 from briefd.sim.server import Fault, SimProfile, SimServer
 
 
@@ -44,7 +45,11 @@ def _daemons(
     tmp: Path, n: int, sim: SimServer, url: str | None, args: argparse.Namespace
 ) -> list[Daemon]:
     """``n`` daemons on database ``url`` (None: one on SQLite, the reference)."""
-    db = {"database_url": url, "lease_s": args.lease, "poll_s": args.poll} if url else {}
+    db: dict[str, object] = {"database_url": url} if url else {}
+    if url and args.lease is not None:
+        db["lease_s"] = args.lease
+    if url and args.poll is not None:
+        db["poll_s"] = args.poll
     out = []
     for i in range(n):
         folder = tmp / f"d{i}-{uuid.uuid4().hex[:6]}"
@@ -111,6 +116,27 @@ def takeover_round(daemons: list[Daemon], sim: SimServer, n: int) -> float:
     return float(took)
 
 
+def idle_load(url: str, daemons: int, seconds: float) -> float:
+    """Transactions per second per daemon on the database while ``daemons`` daemons idle
+    (``pg_stat_database``: commits and rollbacks, the statements run alone included)."""
+    import psycopg
+
+    def count() -> int:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("SELECT pg_stat_clear_snapshot()")
+            row = conn.execute(
+                "SELECT xact_commit + xact_rollback FROM pg_stat_database "
+                "WHERE datname = current_database()"
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    time.sleep(2.0)  # a benchmark, not a test: let start-up settle
+    before, began = count(), time.monotonic()
+    time.sleep(seconds)
+    after, took = count(), time.monotonic() - began
+    return (after - before - 2) / took / daemons  # minus this function's own two reads
+
+
 def throughput(daemons: list[Daemon], sim: SimServer, jobs: int, tag: str) -> tuple[float, int]:
     """Calls per second through ``daemons`` for ``jobs`` instant jobs, and the server's peak."""
     sim.reset()
@@ -127,8 +153,9 @@ def throughput(daemons: list[Daemon], sim: SimServer, jobs: int, tag: str) -> tu
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--lease", type=float, default=5.0)
-    parser.add_argument("--poll", type=float, default=2.0)
+    parser.add_argument("--lease", type=float, default=None, help="default: the daemon's")
+    parser.add_argument("--poll", type=float, default=None, help="default: the daemon's")
+    parser.add_argument("--idle-s", type=float, default=10.0, help="idle load window")
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--k", type=int, default=2)
     args = parser.parse_args()
@@ -140,7 +167,9 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="briefd-bench-"))
     try:
         with SimServer(SimProfile(scale=0.02)) as sim:
-            three = _daemons(tmp, 3, sim, _database(server), args)
+            url = _database(server)
+            three = _daemons(tmp, 3, sim, url, args)
+            idle = idle_load(url, 3, args.idle_s)
             takeovers = [takeover_round(three, sim, n) for n in range(args.rounds)]
             for d in three:
                 d.stop()
@@ -160,6 +189,9 @@ def main() -> None:
                 d.stop()
     finally:
         server.stop()
+    defaults = Settings.load()
+    args.lease = defaults.lease_s if args.lease is None else args.lease
+    args.poll = defaults.poll_s if args.poll is None else args.poll
     bound = args.lease + args.poll
     print(f"machine load (1/5/15 min) at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; 2 cores")
     print(
@@ -168,6 +200,10 @@ def main() -> None:
     print(
         f"  median {statistics.median(takeovers):.2f} s, max {max(takeovers):.2f} s "
         f"over {len(takeovers)} rounds: {', '.join(f'{t:.2f}' for t in takeovers)}"
+    )
+    print(
+        f"database load of an idle daemon (3 idle daemons, {args.idle_s:g} s): "
+        f"{idle:.1f} transactions/s each"
     )
     print(f"grants per second (K={args.k} for the cluster, {args.jobs} jobs x 4 instant calls):")
     for name, values in rates.items():

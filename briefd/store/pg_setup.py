@@ -263,9 +263,11 @@ def open_pool(
     bounds = session_bounds(bound_s)
 
     def configure(conn: psycopg.Connection[Any]) -> None:
-        conn.execute(
-            "SELECT " + ", ".join("set_config(%s, %s, false)" for _ in bounds),
-            [x for kv in bounds.items() for x in kv],
+        conn.execute(  # only those the server knows (tcp_user_timeout: PostgreSQL 12+)
+            "SELECT set_config(v.name, v.value, false) "
+            "FROM unnest(%s::text[], %s::text[]) AS v(name, value) "
+            "JOIN pg_settings s ON s.name = v.name",
+            (list(bounds), list(bounds.values())),
         )
 
     try:  # once by hand, to fail at once and with libpq's reason (the pool would retry)

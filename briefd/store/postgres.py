@@ -39,8 +39,9 @@ from typing import Any
 import psycopg
 from loguru import logger
 from psycopg.rows import dict_row
+from psycopg_pool import PoolClosed, PoolTimeout
 
-from briefd.config import PipelineSpec
+from briefd.config import ConfigError, PipelineSpec
 from briefd.messages import (
     ErrorCode,
     JobInfo,
@@ -77,6 +78,7 @@ from briefd.store.pg_setup import (
     DEFAULT_BOUND_S,
     contended,
     one_line,
+    open_pool,
     open_schema_pool,
     redact_url,
     unavailable,
@@ -116,6 +118,9 @@ class PostgresStore(PgClaims, PgReads, StageWrites):
         # A pooled connection is waited for briefly: an outage is not waited out by a reader.
         self._wait_s = min(max(1.0, bound_s), POOL_WAIT_MAX_S)
         self._pool = open_schema_pool(url, max_size=pool_size, timeout_s=timeout_s, bound_s=bound_s)
+        self._url, self._pool_size = url, pool_size  # to open a fresh pool after an outage
+        self._pool_lock = threading.Lock()
+        self._reopen_at = 0.0
 
     def close(self) -> None:
         """Close every connection; later calls raise StoreUnavailable."""
@@ -141,7 +146,14 @@ class PostgresStore(PgClaims, PgReads, StageWrites):
         try:
             if wait_s <= 0:
                 raise psycopg.errors.QueryCanceled("the deadline passed")
-            with self._pool.connection(timeout=wait_s) as conn, contextlib.ExitStack() as tx:
+            with contextlib.ExitStack() as tx:
+                pool = self._pool
+                try:
+                    conn = tx.enter_context(pool.connection(timeout=wait_s))
+                except (PoolTimeout, PoolClosed):  # replaced meanwhile, or to be replaced
+                    if self._pool is pool and not self._reopen():
+                        raise
+                    conn = tx.enter_context(self._pool.connection(timeout=wait_s))
                 if not one:
                     tx.enter_context(conn.transaction())
                 cur = tx.enter_context(conn.cursor(row_factory=dict_row))
@@ -163,6 +175,26 @@ class PostgresStore(PgClaims, PgReads, StageWrites):
             raise StoreUnavailable(f"journal {reason}") from err
         if write:
             self._health.ok(JOURNAL)
+
+    def _reopen(self) -> bool:
+        """Replace the pool with a fresh one, connected now; whether it could (at most once a
+        second). psycopg_pool retries a lost server with a backoff that doubles, so after an
+        outage of seconds its next attempt may come many seconds after the server is back:
+        a caller that found no connection checks now instead."""
+        with self._pool_lock:
+            if time.monotonic() < self._reopen_at or self._pool.closed:
+                return False
+            self._reopen_at = time.monotonic() + 1.0
+            try:
+                fresh = open_pool(
+                    self._url, max_size=self._pool_size, timeout_s=2.0, bound_s=self.bound_s
+                )
+            except ConfigError:
+                return False
+            old, self._pool = self._pool, fresh
+        logger.info("journal {}: connected again (a fresh pool)", self.where)
+        threading.Thread(target=old.close, args=(2.0,), daemon=True).start()
+        return True
 
     # -- health ----------------------------------------------------------------------
 

@@ -16,9 +16,11 @@ import time
 import psycopg
 
 from briefd.cluster.shared import load
+from briefd.cluster.tokens import ClusterTokens
 from briefd.messages.token import RequestToken
 from briefd.store.pg_setup import client_bounds, session_bounds
 
+from .conftest import until
 from .test_cluster_limiter import MakeLimiter, Requester
 from .test_cluster_limiter import make_limiter as make_limiter  # the fixture
 from .test_cluster_tokens import Factory
@@ -117,3 +119,38 @@ def test_a_paused_heartbeat_does_not_hold_up_the_reap(make_tokens: Factory, pg_u
     assert took < 0.5, f"the grant round waited {took:.2f}s on a paused daemon's rows"
     assert [g.requester for g in round_.mine] == ["ra"]
     assert lease.lease_id > 0
+
+
+def test_no_grant_for_a_job_whose_claim_is_unproven(pg_url: str) -> None:
+    """The limiter's gate: a request of a job this daemon cannot prove it holds is held here
+    (not queued, so it takes no token from the cluster); once the claim is proven again it
+    is queued and granted; a requester that dies while held is dropped."""
+    from briefd.actors.cluster_limiter import ClusterLimiterActor
+    from briefd.actors.limiter_supervisor import LimiterSupervisor
+    from briefd.cluster.state import ClusterLimiterState
+
+    proven: set[str] = set()
+    tokens = ClusterTokens(pg_url, "g", lease_s=LEASE_S, timeout_s=2.0)
+    tokens.register()
+    tokens.configure(2, adaptive=False)
+    state = ClusterLimiterState(capacity=2, gate=lambda job_id: job_id in proven)
+    sup = LimiterSupervisor(
+        2,
+        state=state,
+        start=lambda: ClusterLimiterActor.start(tokens, state, poll_s=0.2, lease_s=LEASE_S),
+    )
+    try:
+        held, doomed = Requester(sup, "held"), Requester(sup, "doomed")
+        held.request()
+        doomed.request()
+        held.nothing_for(1.0)  # several polls: never queued, never granted
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            row = admin.execute("SELECT count(*) FROM briefd_token_waits").fetchone()
+        assert row is not None and row[0] == 0, "an unproven job's request reached the cluster"
+        doomed.ref.stop(block=True, timeout=5)
+        proven.add("job-held")
+        grant = held.granted(5)
+        assert grant.job_id == "job-held"
+        until(lambda: not state.parked, 5, "the dead requester's request dropped")
+    finally:
+        sup.stop(5.0)

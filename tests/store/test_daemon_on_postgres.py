@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from daemon_helpers import STAGES, Daemon, make_job, wait_for
@@ -36,6 +37,11 @@ def test_a_daemon_on_postgres_keeps_jobs_across_kill_9(
                 lambda: client.status("pg-1").stages["PROCUREMENT_JSON"] is StageState.RUNNING,
                 15,
             )
+        log = d.log_path.read_text(encoding="utf-8")
+        started = [line for line in log.splitlines() if "briefd listening on" in line]
+        assert started and "journal: PostgreSQL at " in started[-1], started
+        assert f"/{urlsplit(pg_url).path.lstrip('/')}" in started[-1], started[-1]
+        assert "; daemon " in started[-1], "the start-up line names the daemon's identity"
         d.kill()
         assert not (d.data_dir / "briefd.sqlite3").exists(), "the journal is in PostgreSQL"
         d.start()

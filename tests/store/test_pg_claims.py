@@ -448,3 +448,46 @@ def test_a_dead_daemons_claimed_but_unstarted_job_is_taken_over_too(
     assert rescued.job_id == "waiting" and rescued.fence > dead.fence
     assert rescued.taken_over and rescued.previous_owner == "a"
     assert b.start_run("waiting").runs_died == 0, "it never ran, so no run died"
+
+
+def test_a_claim_lost_on_a_write_is_known_at_once_and_reported_by_renew(
+    two: tuple[PostgresStore, PostgresStore], spec: Spec, admin: psycopg.Connection[Any]
+) -> None:
+    """A write refused by the fence makes the claim unprovable at once, and the next renew
+    reports it (before, the refusal forgot the claim: renew never named it, so the root
+    never stopped the run, and every later stage was called and refused)."""
+    a, b = two
+    a.add_job(spec("z"))
+    (claim,) = a.claim("a", 1, 30.0)
+    assert a.claim_valid("z")
+    admin.execute("UPDATE briefd_jobs SET lease_until = now() - interval '1 s' WHERE job_id='z'")
+    assert [c.job_id for c in b.claim("b", 1, 30.0)] == ["z"]
+    with pytest.raises(ClaimLost):
+        a.stage_succeeded("z", BRIEFING, {"text": "late"}, 1)
+    assert not a.claim_valid("z"), "a claim found lost must not be provable"
+    assert a.renew("a", 30.0) == ["z"]
+    assert a.renew("a", 30.0) == [], "reported once"
+    with pytest.raises(ClaimLost):  # still fenced
+        a.stage_started("z", BRIEFING, 2)
+    assert claim.fence < b.held()["z"]
+
+
+def test_a_claim_is_proven_until_its_lease_less_the_margin(
+    pg: Backend, spec: Spec, admin: psycopg.Connection[Any]
+) -> None:
+    """On the daemon's own clock: valid after the claim, unprovable once lease minus margin
+    passed without a renewal (while the database still says it holds), valid again after a
+    renewal; the store says why for /healthz meanwhile."""
+    store = pg.open()
+    assert isinstance(store, PostgresStore)
+    store.add_job(spec("p"))
+    began = time.monotonic()
+    store.claim("p-daemon", 1, 1.0)
+    assert store.claim_valid("p") and store.claims_problem() is None
+    _until(lambda: not store.claim_valid("p"), 5)
+    assert time.monotonic() - began >= 0.9 * 1.0 - 0.05, "proven for less than lease - margin"
+    problem = store.claims_problem()
+    assert problem is not None and "1 job" in problem
+    assert not store.claim_valid("never-claimed")
+    assert store.renew("p-daemon", 30.0) == []
+    assert store.claim_valid("p") and store.claims_problem() is None
