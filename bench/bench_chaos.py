@@ -14,7 +14,8 @@ daemons on a fresh database, each calling a simulated OpenAI server of its own
 * **paused at a random moment**, 9 s, ``--runs`` times: runs where the resumed daemon
   started a call for a job another daemon had taken over, and takeover times;
 * **cut off** (the proxy drops, then resets) for 3 x lease: calls started for lost jobs,
-  stages called after their commit (targets: 0 and 0);
+  stages called after their commit (targets: 0 and 0), and how fast the cut-off daemon's
+  ``/healthz`` answers, probed every 0.1 s (target: 100 ms);
 * **kill -9 at the defaults** (no lease or poll set): seconds until another daemon claims
   the killed daemon's job (target: 7 s), ``--kills`` rounds.
 """
@@ -38,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from cluster.chaos import (
     Cluster,
     Feeder,
+    HealthProbe,
     act_holding,
     cluster,
     pause_holding,
@@ -149,12 +151,13 @@ def paused_random(b: Bench, seed: int) -> tuple[int, float]:
     return len(record.calls_after_replacement()), max(took, default=float("nan"))
 
 
-def cut_off(b: Bench, mode: str) -> tuple[int, int]:
+def cut_off(b: Bench, mode: str) -> tuple[int, int, list[float]]:
+    """Calls for lost jobs, stages called after their commit, /healthz answer times (s)."""
     with b.run(proxied=("a",), **SETTINGS) as c:
         a = c.by_name("a")
         assert a.proxy is not None
         proxy = a.proxy
-        with Feeder(c, c.members[1:], mode, depth=2):
+        with Feeder(c, c.members[1:], mode, depth=2), HealthProbe(a.daemon.url) as probe:
             _warm(c)
             if mode == "drop":
                 act_holding(
@@ -167,7 +170,8 @@ def cut_off(b: Bench, mode: str) -> tuple[int, int]:
             proxy.set("pass")
             threading.Event().wait(3.0)
         record = c.record()
-    return len(record.calls_after_replacement()), len(record.calls_after_commit())
+    took = [t for _, _, t in probe.seen]
+    return len(record.calls_after_replacement()), len(record.calls_after_commit()), took
 
 
 def kill_at_defaults(b: Bench, n: int) -> float:
@@ -235,10 +239,13 @@ def main() -> None:
         f"{sum(1 for n in lost if n)}, such calls {sum(lost)}; takeover median "
         f"{statistics.median(took):.2f} s, max {max(took):.2f} s"
     )
-    for mode, (lost_calls, rebought) in cuts.items():
+    for mode, (lost_calls, rebought, took) in cuts.items():
+        ms = sorted(t * 1000 for t in took)
         print(
             f"cut off ({mode}) for {3 * LEASE_S:g} s: calls started for lost jobs {lost_calls}, "
-            f"stages called after their commit {rebought} (targets 0, 0)"
+            f"stages called after their commit {rebought} (targets 0, 0); /healthz of the cut-off "
+            f"daemon, {len(ms)} answers: median {statistics.median(ms):.1f} ms, p95 "
+            f"{ms[int(0.95 * (len(ms) - 1))]:.1f} ms, max {ms[-1]:.1f} ms (target 100 ms)"
         )
     print(
         f"kill -9 at the defaults: takeover median {statistics.median(kills):.2f} s, max "
