@@ -161,9 +161,11 @@ def _capacity(snap: Snapshot) -> Text:
     tk = snap.tokens
     window = tk.get("window")
     adapted = f", window {window}" if window is not None and window < tk["capacity"] else ""
+    members = tk.get("cluster") or 0
+    shared = f" for the cluster of {members}" if members > 1 else ""
     text = Text.assemble(
         ("tokens ", "bold"),
-        f"{tk['in_use']}/{tk['capacity']}{adapted} (peak {tk['peak']})  ",
+        f"{tk['in_use']}/{tk['capacity']}{adapted}{shared} (peak {tk['peak']})  ",
         ("stages in flight ", "bold"),
         f"{snap.stages_running} (peak {snap.peak_stages_running})  ",
         ("queued jobs ", "bold"),
@@ -180,8 +182,13 @@ def _capacity(snap: Snapshot) -> Text:
         adapted = f", window {window}" if window is not None and window < each["capacity"] else ""
         text.append("\n  ")
         text.append_text(_t(src["name"], "bold"))
+        held = (  # a cluster's daemon holds some of the cluster's tokens, has no K of its own
+            f"holds {each['in_use']} (peak {each['peak']})"
+            if src.get("cluster")
+            else f"tokens {each['in_use']}/{each['capacity']}{adapted} (peak {each['peak']})"
+        )
         text.append(
-            f": tokens {each['in_use']}/{each['capacity']}{adapted} (peak {each['peak']}), "
+            f": {held}, "
             f"stages in flight {src['stages_running']}, active jobs {src['active_jobs']}, "
             f"last event {_clock(src['newest'])}"
         )

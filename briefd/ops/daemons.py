@@ -6,6 +6,15 @@ holding them and whether it is up, is kept per log (a *source*), so that one
 daemon's restart clears only its own figures, and summed for the whole. With a
 single log the figures are that log's own, exactly as before there were several.
 
+Daemons of one cluster (their ``DaemonStarted`` names a ``daemon_id``: they share a
+PostgreSQL database) share one budget: each one's token events say the *cluster's*
+K (and window W) beside the calls that daemon has in flight. The cluster's line is
+therefore K and W as the newest event said them, never their sum over daemons, and
+its calls in flight are the sum of each daemon's (a daemon whose jobs were taken
+over counts none). A daemon's ``waiting`` is its last word on its own queue: it is
+believed only up to the stages its active jobs still have to run, so it goes to 0
+when they end, with or without another token event.
+
 Sources are named here, by their daemon (``DaemonStarted``'s address, with its
 pid when two share one), else by the log's folder: the header and the jobs
 table must tell them apart in a few columns.
@@ -89,6 +98,9 @@ class Sources:
         self.by_key: dict[str, Source] = {}
         self.peak_running = 0
         self.peak_in_use = 0
+        self.cluster: dict[str, tuple[float, int]] = {}
+        """``capacity`` and ``window`` of the cluster: (time, value) of the newest event of
+        any cluster daemon that said it."""
 
     def __len__(self) -> int:
         return len(self.by_key)
@@ -110,6 +122,11 @@ class Sources:
             tokens["waiting"] = _int(record.data.get("waiting"))
         if isinstance(record.data.get("window"), int):  # the adaptive window W
             tokens["window"] = record.data["window"]
+        if source.daemon_id is not None:  # one budget for the cluster: its newest word
+            for name in ("capacity", "window"):
+                value = _int(record.data.get(name), -1)
+                if value >= 0 and record.ts >= self.cluster.get(name, (float("-inf"), 0))[0]:
+                    self.cluster[name] = (record.ts, value)
         if record.job_id is not None and record.stage is not None:
             key = (record.job_id, record.stage)
             if record.event == "TokenGranted":
@@ -165,22 +182,43 @@ class Sources:
         (source,) = self.by_key.values()
         return dict(source.daemon) if source.daemon else None
 
-    def tokens(self) -> dict[str, Any]:
-        """The one source's tokens, or their sums over sources (a cluster's whole capacity)."""
+    def tokens(self, unstarted: dict[str, int] | None = None) -> dict[str, Any]:
+        """The one source's tokens, or the whole's: a cluster's K and W once (its daemons
+        share them), other daemons' summed; calls in flight summed. ``unstarted``: per
+        source, the stages its active jobs have not started; a source's ``waiting`` is
+        believed up to that many (the jobs that were waiting may have ended since)."""
+
+        def waiting_of(s: Source) -> int | None:
+            w: int | None = s.tokens["waiting"]
+            if w is None or unstarted is None:
+                return w
+            return min(w, unstarted.get(s.key, 0))
+
         if len(self.by_key) <= 1:
-            return dict(next(iter(self.by_key.values())).tokens) if self.by_key else _fresh_tokens()
-        each = [s.tokens for s in self.by_key.values()]
-        waiting = [t["waiting"] for t in each if t["waiting"] is not None]
+            if not self.by_key:
+                return _fresh_tokens()
+            (one,) = self.by_key.values()
+            return {**one.tokens, "waiting": waiting_of(one)}
+        members = [s for s in self.by_key.values() if s.daemon_id is not None]
+        alone = [s for s in self.by_key.values() if s.daemon_id is None]
+        waiting = [w for s in self.by_key.values() if (w := waiting_of(s)) is not None]
+        capacity = sum(s.capacity() for s in alone)
+        if members:
+            said = self.cluster.get("capacity")
+            capacity += said[1] if said else max(s.capacity() for s in members)
         total: dict[str, Any] = {
-            "in_use": sum(t["in_use"] for t in each),
-            "capacity": sum(s.capacity() for s in self.by_key.values()),
+            "in_use": sum(s.tokens["in_use"] for s in self.by_key.values()),
+            "capacity": capacity,
             "peak": self.peak_in_use,
             "waiting": sum(waiting) if waiting else None,
+            "cluster": len(members),
         }
-        if any("window" in t for t in each):
-            total["window"] = sum(
-                s.tokens.get("window", s.capacity()) for s in self.by_key.values()
-            )
+        if any("window" in s.tokens for s in self.by_key.values()):
+            window = sum(s.tokens.get("window", s.capacity()) for s in alone)
+            if members:
+                said = self.cluster.get("window") or self.cluster.get("capacity")
+                window += said[1] if said else max(s.capacity() for s in members)
+            total["window"] = window
         return total
 
     def names(self) -> dict[str, str]:
@@ -219,6 +257,7 @@ class Sources:
                     "active_jobs": jobs.get(key, 0),
                     "stages_running": len(s.running),
                     "tokens": tokens,
+                    "cluster": s.daemon_id is not None,
                 }
             )
         return out

@@ -392,6 +392,10 @@ class OpsView:
         sources = self._sources
         names = sources.names() if len(sources) > 1 else {}
         owned = Counter(j.owner or "" for j in active)
+        unstarted: Counter[str] = Counter()  # stages that may still be waiting for a token
+        for j in active:
+            unstarted[j.owner or ""] += sum(1 for st in j.stages.values() if st == "pending")
+            unstarted[j.owner or ""] += sum(1 for st in j.stages.values() if st == "retrying")
         return Snapshot(
             as_of=now,
             daemon=sources.daemon(),
@@ -402,7 +406,7 @@ class OpsView:
             stages_running=sources.stages_running,
             peak_stages_running=sources.peak_running,
             tokens={
-                **sources.tokens(),
+                **sources.tokens(dict(unstarted)),
                 "cooldowns": self._cooldowns,
                 "cooling_down_s": round(max(0.0, self._cooldown_until - now), 3),
             },
