@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -37,18 +37,29 @@ from loguru import logger
 from psycopg.rows import dict_row
 
 import briefd
+from briefd.cluster import slots
 from briefd.cluster.records import Beat, ClusterFigures, Grant, GrantRound, HeldLease
 from briefd.cluster.rows import (
     LEASE_COLUMNS,
     QueuedRow,
-    count_rows,
     describe,
     figures_of,
     grant_of,
     read_waits,
 )
-from briefd.cluster.shared import Shared, create, load, save, set_budgets
+from briefd.cluster.shared import (
+    Shared,
+    configure_lane,
+    create,
+    create_global,
+    lane_names,
+    load,
+    read_global,
+    save,
+    write_global,
+)
 from briefd.config import ConfigError
+from briefd.limits.lanes import EndpointLimits, ceiling_of
 from briefd.limits.order import pick
 from briefd.messages.token import Outcome, RateLimits, RequestToken
 from briefd.store.pg_setup import open_pool, open_schema_pool, redact_url
@@ -88,6 +99,8 @@ class ClusterTokens:
             url, max_size=pool_size, timeout_s=timeout_s, bound_s=self.bound_s
         )
         self._batch: Any = None  # the connection of an open batch(), else None
+        self._limits: dict[str, EndpointLimits] = {}  # this daemon's endpoints (configure)
+        self._adaptive: bool | None = None
 
     def close(self) -> None:
         """Close the pool (a bounded wait for connections in use)."""
@@ -202,29 +215,68 @@ class ClusterTokens:
         adaptive: bool = True,
         rpm: float | None = None,
         tpm: float | None = None,
+        endpoints: Mapping[str, EndpointLimits] | None = None,
     ) -> None:
-        """This daemon's settings become the cluster's (at start): K, adaptive, RPM, TPM."""
+        """This daemon's settings become the cluster's (at start): K, adaptive, and each of its
+        endpoints' cap and budgets (``endpoints``, ``Routing.limits()``; ``rpm``/``tpm`` are
+        the ``''`` endpoint's, as in :meth:`briefd.limits.lanes.Lanes.new`). As for K, the
+        last daemon to configure an endpoint sets it, with a warning when it changes what
+        another daemon set."""
+        limits = dict(endpoints or {})
+        own = limits.get("", EndpointLimits())
+        limits[""] = EndpointLimits(
+            max_concurrent=own.max_concurrent,
+            rpm=own.rpm if own.rpm is not None else rpm,
+            tpm=own.tpm if own.tpm is not None else tpm,
+        )
+        self._limits, self._adaptive = limits, adaptive
         with self._tx() as db:
-            create(db, ceiling, adaptive, self.daemon_id)
-            shared = load(db)
-            assert shared is not None  # made just above
-            before = describe(shared)
-            shared.window.adaptive = adaptive
-            shared.window.set_ceiling(ceiling)
-            set_budgets(shared, rpm, tpm)
-            self._changed(shared, before)
-            save(db, shared)
+            self._set_k(db, ceiling, adaptive)
+            for name in sorted(set(limits) | lane_names(db)):  # one lock order for all
+                if name in limits:
+                    create(db, name, k=ceiling, adaptive=adaptive, daemon_id=self.daemon_id,
+                           limits=limits[name])  # fmt: skip
+                shared = load(db, name)
+                assert shared is not None  # made just above, or listed
+                before = describe(shared)
+                if name in limits:
+                    configure_lane(shared, ceiling, adaptive, limits[name])
+                    self._changed(shared, before)
+                else:
+                    kept = EndpointLimits(max_concurrent=shared.max_concurrent)
+                    shared.window.set_ceiling(ceiling_of(kept, ceiling))
+                save(db, shared)
 
     def set_ceiling(self, ceiling: int) -> None:
-        """A new K for the cluster (SIGHUP's ``SetCapacity``): W is clamped under it."""
+        """A new K for the cluster (SIGHUP's ``SetCapacity``): the slots follow it, and each
+        endpoint's window ceiling, ``min(max_concurrent, K)``, with W clamped under it."""
         with self._tx() as db:
-            create(db, ceiling, True, self.daemon_id)
-            shared = load(db)
-            assert shared is not None
-            before = describe(shared)
-            shared.window.set_ceiling(ceiling)
-            self._changed(shared, before)
-            save(db, shared)
+            self._set_k(db, ceiling, None)
+            for name in sorted(lane_names(db)):
+                shared = load(db, name)
+                if shared is None:
+                    continue
+                kept = EndpointLimits(max_concurrent=shared.max_concurrent)
+                shared.window.set_ceiling(ceiling_of(kept, ceiling))
+                save(db, shared)
+
+    def _set_k(self, db: Any, ceiling: int, adaptive: bool | None) -> None:
+        """K (and adaptive, unless None) in the cluster's row, and as many slots."""
+        create_global(db, ceiling, True if adaptive is None else adaptive, self.daemon_id)
+        found = read_global(db, lock=True)
+        assert found is not None  # made just above
+        k, was_adaptive, set_by = found
+        adaptive = was_adaptive if adaptive is None else adaptive
+        before, after = f"K={k} adaptive={was_adaptive}", f"K={ceiling} adaptive={adaptive}"
+        if after != before and set_by not in (None, self.daemon_id):
+            logger.warning(
+                "cluster tokens on {}: {} changes {} set by daemon {} to {}",
+                self.where, self.daemon_id, before, set_by, after,
+            )  # fmt: skip
+        elif after != before:
+            logger.info("cluster tokens: {} -> {}", before, after)
+        write_global(db, ceiling, adaptive, self.daemon_id)
+        slots.resize(db, ceiling)
 
     def _changed(self, shared: Shared, before: str) -> None:
         after = describe(shared)
@@ -241,6 +293,22 @@ class ClusterTokens:
             logger.info("cluster tokens: {} -> {}", before, after)
         shared.set_by = self.daemon_id
 
+    def _lane(self, db: Any, endpoint: str) -> Shared | None:
+        """``endpoint``'s row, locked; made on its first use with this daemon's limits for it
+        (none configured: the window's ceiling is K, no budgets). None before any daemon
+        configured the cluster."""
+        shared = load(db, endpoint)
+        if shared is not None:
+            return shared
+        found = read_global(db)
+        if found is None:
+            return None
+        k, adaptive, _ = found
+        limits = self._limits.get(endpoint, EndpointLimits())
+        adaptive = self._adaptive if self._adaptive is not None else adaptive
+        create(db, endpoint, k=k, adaptive=adaptive, daemon_id=self.daemon_id, limits=limits)
+        return load(db, endpoint)
+
     # -- requests ----------------------------------------------------------------------
 
     def enqueue(self, request: RequestToken, *, age_s: float | None) -> int:
@@ -248,9 +316,9 @@ class ClusterTokens:
         admitted (None: unknown), turned into the database's clock for every daemon's order."""
         with self._tx() as db:
             row = db.execute(
-                """INSERT INTO briefd_token_waits (daemon_id, requester, job_id, stage,
+                """INSERT INTO briefd_token_waits (daemon_id, requester, job_id, stage, endpoint,
                     job_priority, admitted_at, priority, downstream, est_tokens)
-                VALUES (%s, %s, %s, %s, %s,
+                VALUES (%s, %s, %s, %s, %s, %s,
                     CASE WHEN %s::float8 IS NULL THEN 0
                          ELSE extract(epoch from clock_timestamp()) - %s::float8 END,
                     %s, %s, %s)
@@ -260,6 +328,7 @@ class ClusterTokens:
                     request.requester,
                     request.job_id,
                     request.stage,
+                    request.endpoint,
                     request.job_priority,
                     age_s,
                     age_s,
@@ -286,15 +355,18 @@ class ClusterTokens:
 
     # -- grants --------------------------------------------------------------------------
 
-    def grant(self) -> GrantRound:
-        """Hand out every token the cluster may now; this daemon's grants come back delivered.
+    def grant(self, endpoint: str = "") -> GrantRound:
+        """Hand out every token ``endpoint`` may now; this daemon's grants come back delivered.
 
-        Other daemons' grants wait for them (``delivered`` false) and are announced on
-        :data:`CHANNEL`. ``wake_in_s`` says when a pause, cool-down or budget that
-        stopped the round lifts (None: nothing is held back by time).
+        Only ``endpoint``'s row is locked: rounds for other endpoints run meanwhile, and the
+        global K is kept by the slots each lease takes (:mod:`briefd.cluster.slots`). Other
+        daemons' grants wait for them (``delivered`` false) and are announced on
+        :data:`CHANNEL`. ``wake_in_s`` says when a pause, cool-down or budget that stopped
+        the round lifts (None: nothing is held back by time); ``starved`` that it stopped
+        with requests waiting because every slot was taken.
         """
         with self._tx() as db:
-            shared = load(db)
+            shared = self._lane(db, endpoint)
             if shared is None:
                 return GrantRound(mine=(), others={}, wake_in_s=None, figures=None)
             # One snapshot: the live count still sees what it deletes. SKIP LOCKED: a row
@@ -302,27 +374,33 @@ class ClusterTokens:
             # waited for; it counts as live until a later round reaps it.
             reap = db.execute(
                 """WITH gone AS (DELETE FROM briefd_tokens WHERE lease_id IN (
-                        SELECT lease_id FROM briefd_tokens WHERE expires_at < clock_timestamp()
-                        FOR UPDATE SKIP LOCKED)
+                        SELECT lease_id FROM briefd_tokens WHERE endpoint = %s
+                        AND expires_at < clock_timestamp() FOR UPDATE SKIP LOCKED)
                     RETURNING 1)
                 SELECT (SELECT count(*) FROM gone) AS reaped,
-                    (SELECT count(*) FROM briefd_tokens) - (SELECT count(*) FROM gone) AS live"""
+                    (SELECT count(*) FROM briefd_tokens WHERE endpoint = %s)
+                        - (SELECT count(*) FROM gone) AS live,
+                    (SELECT count(*) FROM briefd_tokens) - (SELECT count(*) FROM gone) AS all_live,
+                    (SELECT count(*) FROM briefd_token_waits) AS all_waiting""",
+                (endpoint, endpoint),
             )
             db.execute(
                 """DELETE FROM briefd_token_waits WHERE wait_id IN (
-                    SELECT wait_id FROM briefd_token_waits w WHERE NOT EXISTS (
+                    SELECT wait_id FROM briefd_token_waits w WHERE endpoint = %s AND NOT EXISTS (
                         SELECT 1 FROM briefd_daemons d WHERE d.daemon_id = w.daemon_id
                         AND d.seen_at >= clock_timestamp() - make_interval(secs => %s))
                     FOR UPDATE SKIP LOCKED)""",
-                (self.lease_s,),
+                (endpoint, self.lease_s),
             )
-            waits = read_waits(db)
+            waits = read_waits(db, endpoint)
             counts = reap.fetchone()
             shared.reclaimed_total += int(counts["reaped"])
-            live = int(counts["live"])
+            live, before = int(counts["live"]), len(waits)
             mine: list[Grant] = []
             others: dict[str, int] = {}
             wake: float | None = None
+            slot: int | None = None  # a free slot this round holds and has not used yet
+            starved = False
             now = shared.clock()
             cooling = now < shared.cooldown_until
             if cooling:
@@ -341,9 +419,15 @@ class ClusterTokens:
                     wake = delay  # the head waits; nobody passes it
                     waits.insert(i, head)
                     break
-                grant = self._lease(db, head, shared, now)
+                slot = slot if slot is not None else slots.take(db)
+                if slot is None:  # K calls in flight, every endpoint's: the head waits
+                    starved = True
+                    waits.insert(i, head)
+                    break
+                grant = self._lease(db, head, shared, now, slot)
                 if grant is None:
-                    continue  # withdrawn meanwhile
+                    continue  # withdrawn meanwhile; the slot is kept for the next
+                slot = None
                 shared.pacer.spend(req.est_tokens)
                 shared.granted_total += 1
                 live += 1
@@ -351,26 +435,43 @@ class ClusterTokens:
                     mine.append(grant)
                 else:
                     others[head.daemon_id] = others.get(head.daemon_id, 0) + 1
+            shared.starved = starved
             save(db, shared)
             for daemon in others:
                 db.execute("SELECT pg_notify(%s, %s)", (CHANNEL, daemon))
-            figures = figures_of(shared, live, len(waits))
-        return GrantRound(mine=tuple(mine), others=others, wake_in_s=wake, figures=figures)
+            granted = before - len(waits)
+            figures = figures_of(
+                shared,
+                live,
+                len(waits),
+                int(counts["all_live"]) + granted,
+                max(0, int(counts["all_waiting"]) - granted),
+            )
+        return GrantRound(
+            mine=tuple(mine), others=others, wake_in_s=wake, figures=figures, starved=starved
+        )
 
-    def _lease(self, db: Any, head: QueuedRow, shared: Shared, now: float) -> Grant | None:
-        """Turn ``head`` into a lease (None if its request was withdrawn meanwhile)."""
+    def _lease(
+        self, db: Any, head: QueuedRow, shared: Shared, now: float, slot: int
+    ) -> Grant | None:
+        """Turn ``head`` into a lease holding ``slot`` (None if its request was withdrawn
+        meanwhile: the slot stays free)."""
         w = head.waiting
         req = w.request
         mine = head.daemon_id == self.daemon_id
         row = db.execute(  # no row when the wait was deleted (a cancel), or is being
             f"""WITH gone AS (DELETE FROM briefd_token_waits WHERE wait_id = (
                 SELECT wait_id FROM briefd_token_waits WHERE wait_id = %s
-                FOR UPDATE SKIP LOCKED) RETURNING 1)
-            INSERT INTO briefd_tokens (lease_id, wait_id, daemon_id, requester, job_id,
-                stage, epoch, est_tokens, waited_ms, delivered, expires_at)
-            SELECT nextval('briefd_token_fence'), %s, %s, %s, %s, %s, %s, %s, %s, %s,
-                clock_timestamp() + make_interval(secs => %s) FROM gone
-            RETURNING {LEASE_COLUMNS}""",
+                FOR UPDATE SKIP LOCKED) RETURNING 1),
+            lease AS (INSERT INTO briefd_tokens (lease_id, wait_id, daemon_id, requester,
+                job_id, stage, endpoint, epoch, est_tokens, waited_ms, delivered, expires_at,
+                slot)
+            SELECT nextval('briefd_token_fence'), %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
+                clock_timestamp() + make_interval(secs => %s), %s FROM gone
+            RETURNING *),
+            held AS (UPDATE briefd_token_slots SET lease_id = (SELECT lease_id FROM lease)
+                WHERE slot = %s AND EXISTS (SELECT 1 FROM lease))
+            SELECT {LEASE_COLUMNS} FROM lease""",
             (
                 w.seq,
                 w.seq,
@@ -378,14 +479,44 @@ class ClusterTokens:
                 req.requester,
                 req.job_id,
                 req.stage,
+                shared.endpoint,
                 shared.window.epoch,
                 req.est_tokens,
                 max(0, int((now - w.queued_at) * 1000)),
                 mine,
                 self.lease_s,
+                slot,
+                slot,
             ),
         ).fetchone()
         return None if row is None else grant_of(row)
+
+    def busy_endpoints(self, *, due: bool = False) -> list[str]:
+        """Endpoints with requests waiting (and, ``due``, with leases past their expiry, to be
+        reaped by their round), sorted: the rounds a safety-net ``Tick`` runs."""
+        with self._tx() as db:
+            rows = db.execute(
+                """SELECT DISTINCT endpoint FROM briefd_token_waits
+                UNION SELECT DISTINCT endpoint FROM briefd_tokens
+                    WHERE %s AND expires_at < clock_timestamp()
+                ORDER BY 1""",
+                (due,),
+            ).fetchall()
+        return [r["endpoint"] for r in rows]
+
+    def starved_endpoints(self) -> list[str]:
+        """Endpoints whose last round stopped for want of a slot while one is free now: a
+        round of theirs may grant. Read after a commit that freed slots (or after a round of
+        one's own starved), so a round that starved as this daemon freed a slot is seen by
+        one of the two: either it sees the slot free, or this read sees it starved."""
+        with self._tx() as db:
+            rows = db.execute(
+                """SELECT endpoint FROM briefd_limiter_endpoints
+                WHERE starved AND EXISTS (SELECT 1 FROM briefd_token_slots
+                    WHERE lease_id IS NULL AND NOT doomed)
+                ORDER BY 1"""
+            ).fetchall()
+        return [r["endpoint"] for r in rows]
 
     def take_grants(self) -> list[Grant]:
         """This daemon's grants made by other daemons, marked delivered as they are read."""
@@ -411,13 +542,13 @@ class ClusterTokens:
         """End ``lease`` and learn from its call (window, latency, TPM, the server's headers);
         False if the lease had already been reclaimed (its outcome still counts)."""
         with self._tx() as db:
-            shared = load(db)
+            shared = load(db, lease.endpoint)
             counts = db.execute(
                 """WITH gone AS (DELETE FROM briefd_tokens WHERE lease_id = %s AND daemon_id = %s
                     RETURNING 1)
                 SELECT (SELECT count(*) FROM gone) AS gone,
-                    (SELECT count(*) FROM briefd_tokens) AS live""",
-                (lease.lease_id, self.daemon_id),
+                    (SELECT count(*) FROM briefd_tokens WHERE endpoint = %s) AS live""",
+                (lease.lease_id, self.daemon_id, lease.endpoint),
             ).fetchone()  # one snapshot: "live" still counts the lease it deletes
             if shared is not None:
                 shared.pacer.ended(
@@ -433,11 +564,11 @@ class ClusterTokens:
                 save(db, shared)
         return bool(counts["gone"])
 
-    def cool_down(self, retry_after_s: float) -> bool:
-        """A 429's ``Retry-After``: no grant anywhere before it has passed. True if it moved
-        the cluster's cool-down later."""
+    def cool_down(self, retry_after_s: float, endpoint: str = "") -> bool:
+        """A 429's ``Retry-After`` from ``endpoint``: no grant for it, from any daemon, before
+        it has passed (other endpoints grant on). True if it moved the cool-down later."""
         with self._tx() as db:
-            shared = load(db)
+            shared = self._lane(db, endpoint)
             if shared is None:
                 return False
             until = shared.clock() + retry_after_s
@@ -448,12 +579,24 @@ class ClusterTokens:
             save(db, shared)
         return True
 
-    def figures(self) -> ClusterFigures | None:
-        """The cluster as it is now (no lock taken); None before any daemon configured it."""
+    def figures(self, endpoint: str = "") -> ClusterFigures | None:
+        """``endpoint`` and the cluster as they are now (no lock taken); None before any
+        daemon used the endpoint."""
         with self._tx() as db:
-            shared = load(db, lock=False)
+            shared = load(db, endpoint, lock=False)
             if shared is None:
                 return None
-            live = count_rows(db, "briefd_tokens")
-            waiting = count_rows(db, "briefd_token_waits")
-            return figures_of(shared, live, waiting)
+            row = db.execute(
+                """SELECT (SELECT count(*) FROM briefd_tokens WHERE endpoint = %s) AS live,
+                    (SELECT count(*) FROM briefd_token_waits WHERE endpoint = %s) AS waiting,
+                    (SELECT count(*) FROM briefd_tokens) AS all_live,
+                    (SELECT count(*) FROM briefd_token_waits) AS all_waiting""",
+                (endpoint, endpoint),
+            ).fetchone()
+            return figures_of(
+                shared,
+                int(row["live"]),
+                int(row["waiting"]),
+                int(row["all_live"]),
+                int(row["all_waiting"]),
+            )
