@@ -24,14 +24,18 @@ from __future__ import annotations
 from typing import Any
 
 
-def take(db: Any) -> int | None:
-    """A free slot, locked by this transaction until it commits (None: K leases are live, or
-    every free slot is being taken by another round right now)."""
-    row = db.execute(
+def take(db: Any, n: int) -> list[int]:
+    """Up to ``n`` free slots, locked by this transaction until it commits (fewer: K leases
+    are live, or the other free slots are being taken by other rounds right now). One
+    statement for a round's grants; a slot the round does not use stays free."""
+    if n <= 0:
+        return []
+    rows = db.execute(
         """SELECT slot FROM briefd_token_slots WHERE lease_id IS NULL AND NOT doomed
-        ORDER BY slot LIMIT 1 FOR UPDATE SKIP LOCKED"""
-    ).fetchone()
-    return None if row is None else int(row["slot"])
+        ORDER BY slot LIMIT %s FOR UPDATE SKIP LOCKED""",
+        (n,),
+    ).fetchall()
+    return [int(r["slot"]) for r in rows]
 
 
 def any_free(db: Any) -> bool:

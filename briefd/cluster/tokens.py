@@ -399,12 +399,15 @@ class ClusterTokens:
             mine: list[Grant] = []
             others: dict[str, int] = {}
             wake: float | None = None
-            slot: int | None = None  # a free slot this round holds and has not used yet
             starved = False
             now = shared.clock()
             cooling = now < shared.cooldown_until
             if cooling:
                 wake = shared.cooldown_until - now
+            room = min(len(waits), shared.window.limit - live, MAX_GRANTS_PER_ROUND)
+            wanted = 0 if cooling else room
+            free = slots.take(db, wanted)  # locked till commit; those not used stay free
+            taken = len(free)
             while (
                 waits
                 and not cooling
@@ -419,15 +422,14 @@ class ClusterTokens:
                     wake = delay  # the head waits; nobody passes it
                     waits.insert(i, head)
                     break
-                slot = slot if slot is not None else slots.take(db)
-                if slot is None:  # K calls in flight, every endpoint's: the head waits
+                if not free:  # K calls in flight, every endpoint's: the head waits
                     starved = True
                     waits.insert(i, head)
                     break
-                grant = self._lease(db, head, shared, now, slot)
+                grant = self._lease(db, head, shared, now, free[0])
                 if grant is None:
                     continue  # withdrawn meanwhile; the slot is kept for the next
-                slot = None
+                free.pop(0)
                 shared.pacer.spend(req.est_tokens)
                 shared.granted_total += 1
                 live += 1
@@ -448,7 +450,12 @@ class ClusterTokens:
                 max(0, int(counts["all_waiting"]) - granted),
             )
         return GrantRound(
-            mine=tuple(mine), others=others, wake_in_s=wake, figures=figures, starved=starved
+            mine=tuple(mine),
+            others=others,
+            wake_in_s=wake,
+            figures=figures,
+            starved=starved,
+            spared=bool(free) and taken > 0,
         )
 
     def _lease(

@@ -221,17 +221,18 @@ MIGRATIONS: dict[int, tuple[LiteralString, ...]] = {
             IF OLD.slot IS NULL THEN
                 RETURN NULL;
             END IF;
-            DELETE FROM briefd_token_slots WHERE slot = OLD.slot AND doomed;
-            IF FOUND THEN
+            UPDATE briefd_token_slots SET lease_id = NULL WHERE slot = OLD.slot AND NOT doomed;
+            IF NOT FOUND THEN
+                DELETE FROM briefd_token_slots WHERE slot = OLD.slot;
                 RETURN NULL;
             END IF;
-            UPDATE briefd_token_slots SET doomed = false WHERE slot = (
-                SELECT slot FROM briefd_token_slots WHERE doomed AND lease_id IS NOT NULL
-                ORDER BY slot LIMIT 1 FOR UPDATE SKIP LOCKED);
-            IF FOUND THEN
-                DELETE FROM briefd_token_slots WHERE slot = OLD.slot;
-            ELSE
-                UPDATE briefd_token_slots SET lease_id = NULL WHERE slot = OLD.slot;
+            IF EXISTS (SELECT 1 FROM briefd_token_slots WHERE doomed) THEN
+                UPDATE briefd_token_slots SET doomed = false WHERE slot = (
+                    SELECT slot FROM briefd_token_slots WHERE doomed
+                    ORDER BY slot LIMIT 1 FOR UPDATE SKIP LOCKED);
+                IF FOUND THEN
+                    DELETE FROM briefd_token_slots WHERE slot = OLD.slot;
+                END IF;
             END IF;
             RETURN NULL;
         END $$""",
