@@ -347,7 +347,7 @@ class ClusterLimiterActor(LeanThreadingActor):
             for round_ in rounds:
                 self._seen(round_)
             self._deliver([g for r in rounds for g in r.mine] + taken, sent)  # before all else
-            if freed or any(r.starved or r.spared for r in rounds):
+            if freed or any(r.starved for r in rounds):
                 self._starved()
             take = every = False
             if not s.outbox:
@@ -356,9 +356,7 @@ class ClusterLimiterActor(LeanThreadingActor):
     def _starved(self) -> None:
         """Rounds for the endpoints that stopped for want of a slot while one is free now: a
         slot this daemon freed (its commit is done) serves another endpoint's requests, and
-        a round of its own that found none is tried again if one was freed meanwhile. Also
-        after a round held slots it did not use (a budget stopped it): a round of another
-        endpoint may have found them locked."""
+        a round of its own that found none is tried again if one was freed meanwhile."""
         sent = time.monotonic()
         rounds = [self._tokens.grant(e) for e in self._tokens.starved_endpoints()]
         for round_ in rounds:

@@ -73,7 +73,6 @@ class GrantRound:
     wake_in_s: float | None  # a pause, cool-down or budget lifts then (None: none held back)
     figures: ClusterFigures | None  # None: no daemon has configured the cluster
     starved: bool = False  # it stopped with requests waiting and no free slot (K reached)
-    spared: bool = False  # it held free slots it did not use (another round may have missed)
 
 
 @dataclass(frozen=True)

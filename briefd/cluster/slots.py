@@ -23,19 +23,12 @@ from __future__ import annotations
 
 from typing import Any
 
-
-def take(db: Any, n: int) -> list[int]:
-    """Up to ``n`` free slots, locked by this transaction until it commits (fewer: K leases
-    are live, or the other free slots are being taken by other rounds right now). One
-    statement for a round's grants; a slot the round does not use stays free."""
-    if n <= 0:
-        return []
-    rows = db.execute(
-        """SELECT slot FROM briefd_token_slots WHERE lease_id IS NULL AND NOT doomed
-        ORDER BY slot LIMIT %s FOR UPDATE SKIP LOCKED""",
-        (n,),
-    ).fetchall()
-    return [int(r["slot"]) for r in rows]
+TAKE = """SELECT slot FROM briefd_token_slots WHERE lease_id IS NULL AND NOT doomed
+    ORDER BY slot LIMIT 1 FOR UPDATE SKIP LOCKED"""
+"""A free slot, locked by the transaction until it commits (no row: K leases are live, or
+the other free slots are being taken by other rounds right now): the first step of a
+grant's one statement (``ClusterTokens._lease``). SKIP LOCKED skips only other sessions'
+locks, so a slot this transaction locked and left free is found again."""
 
 
 def any_free(db: Any) -> bool:

@@ -377,11 +377,11 @@ class ClusterTokens:
                         SELECT lease_id FROM briefd_tokens WHERE endpoint = %s
                         AND expires_at < clock_timestamp() FOR UPDATE SKIP LOCKED)
                     RETURNING 1)
-                SELECT (SELECT count(*) FROM gone) AS reaped,
-                    (SELECT count(*) FROM briefd_tokens WHERE endpoint = %s)
-                        - (SELECT count(*) FROM gone) AS live,
-                    (SELECT count(*) FROM briefd_tokens) - (SELECT count(*) FROM gone) AS all_live,
-                    (SELECT count(*) FROM briefd_token_waits) AS all_waiting""",
+                SELECT n.reaped, t.live - n.reaped AS live, t.all_live - n.reaped AS all_live,
+                    (SELECT count(*) FROM briefd_token_waits) AS all_waiting
+                FROM (SELECT count(*) AS reaped FROM gone) AS n,
+                    (SELECT count(*) FILTER (WHERE endpoint = %s) AS live, count(*) AS all_live
+                    FROM briefd_tokens) AS t""",
                 (endpoint, endpoint),
             )
             db.execute(
@@ -404,10 +404,6 @@ class ClusterTokens:
             cooling = now < shared.cooldown_until
             if cooling:
                 wake = shared.cooldown_until - now
-            room = min(len(waits), shared.window.limit - live, MAX_GRANTS_PER_ROUND)
-            wanted = 0 if cooling else room
-            free = slots.take(db, wanted)  # locked till commit; those not used stay free
-            taken = len(free)
             while (
                 waits
                 and not cooling
@@ -422,14 +418,13 @@ class ClusterTokens:
                     wake = delay  # the head waits; nobody passes it
                     waits.insert(i, head)
                     break
-                if not free:  # K calls in flight, every endpoint's: the head waits
+                slot, grant = self._lease(db, head, shared, now)
+                if slot is None:  # K calls in flight, every endpoint's: the head waits
                     starved = True
                     waits.insert(i, head)
                     break
-                grant = self._lease(db, head, shared, now, free[0])
                 if grant is None:
-                    continue  # withdrawn meanwhile; the slot is kept for the next
-                free.pop(0)
+                    continue  # withdrawn meanwhile (its slot stays free)
                 shared.pacer.spend(req.est_tokens)
                 shared.granted_total += 1
                 live += 1
@@ -455,30 +450,33 @@ class ClusterTokens:
             wake_in_s=wake,
             figures=figures,
             starved=starved,
-            spared=bool(free) and taken > 0,
         )
 
     def _lease(
-        self, db: Any, head: QueuedRow, shared: Shared, now: float, slot: int
-    ) -> Grant | None:
-        """Turn ``head`` into a lease holding ``slot`` (None if its request was withdrawn
-        meanwhile: the slot stays free)."""
+        self, db: Any, head: QueuedRow, shared: Shared, now: float
+    ) -> tuple[int | None, Grant | None]:
+        """Turn ``head`` into a lease holding a free slot, in one statement: (the slot, the
+        grant). No slot: K leases are live (or the free ones are being taken by other rounds
+        right now). A slot and no grant: the request was withdrawn meanwhile; the slot stays
+        free (this transaction's lock on it lets its next lease take it again)."""
         w = head.waiting
         req = w.request
         mine = head.daemon_id == self.daemon_id
-        row = db.execute(  # no row when the wait was deleted (a cancel), or is being
-            f"""WITH gone AS (DELETE FROM briefd_token_waits WHERE wait_id = (
+        row = db.execute(  # no lease when the wait was deleted (a cancel), or is being
+            f"""WITH free AS ({slots.TAKE}),
+            gone AS (DELETE FROM briefd_token_waits WHERE wait_id = (
                 SELECT wait_id FROM briefd_token_waits WHERE wait_id = %s
-                FOR UPDATE SKIP LOCKED) RETURNING 1),
+                FOR UPDATE SKIP LOCKED) AND EXISTS (SELECT 1 FROM free) RETURNING 1),
             lease AS (INSERT INTO briefd_tokens (lease_id, wait_id, daemon_id, requester,
                 job_id, stage, endpoint, epoch, est_tokens, waited_ms, delivered, expires_at,
                 slot)
             SELECT nextval('briefd_token_fence'), %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
-                clock_timestamp() + make_interval(secs => %s), %s FROM gone
-            RETURNING *),
+                clock_timestamp() + make_interval(secs => %s), (SELECT slot FROM free)
+            FROM gone RETURNING *),
             held AS (UPDATE briefd_token_slots SET lease_id = (SELECT lease_id FROM lease)
-                WHERE slot = %s AND EXISTS (SELECT 1 FROM lease))
-            SELECT {LEASE_COLUMNS} FROM lease""",
+                WHERE slot = (SELECT slot FROM lease))
+            SELECT (SELECT slot FROM free) AS free_slot, {LEASE_COLUMNS}
+            FROM (SELECT 1) AS one LEFT JOIN lease ON true""",
             (
                 w.seq,
                 w.seq,
@@ -492,11 +490,11 @@ class ClusterTokens:
                 max(0, int((now - w.queued_at) * 1000)),
                 mine,
                 self.lease_s,
-                slot,
-                slot,
             ),
         ).fetchone()
-        return None if row is None else grant_of(row)
+        if row is None or row["free_slot"] is None:
+            return None, None
+        return int(row["free_slot"]), None if row["lease_id"] is None else grant_of(row)
 
     def busy_endpoints(self, *, due: bool = False) -> list[str]:
         """Endpoints with requests waiting (and, ``due``, with leases past their expiry, to be
