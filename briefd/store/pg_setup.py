@@ -190,16 +190,16 @@ MIGRATIONS: dict[int, tuple[LiteralString, ...]] = {
             reclaimed_total, latencies, set_by FROM briefd_limiter""",
         "ALTER TABLE briefd_token_waits ADD COLUMN endpoint text NOT NULL DEFAULT 'default'",
         "ALTER TABLE briefd_tokens ADD COLUMN endpoint text NOT NULL DEFAULT 'default'",
-        "ALTER TABLE briefd_tokens ADD COLUMN slot integer UNIQUE",
-        "CREATE INDEX briefd_token_waits_by_endpoint ON briefd_token_waits (endpoint)",
-        "CREATE INDEX briefd_tokens_by_endpoint ON briefd_tokens (endpoint, expires_at)",
+        "ALTER TABLE briefd_tokens ADD COLUMN slot integer",
         """CREATE TABLE briefd_token_slots (
             slot     integer PRIMARY KEY,
-            lease_id bigint UNIQUE,
+            lease_id bigint,
             doomed   boolean NOT NULL DEFAULT false
         )""",
         """COMMENT ON TABLE briefd_token_slots IS
             'K slots: a lease holds one (lease_id), so never more than K leases live'""",
+        # No index but the key: taking and freeing a slot are HOT updates, pruned in place,
+        # so the small table does not grow with dead rows between vacuums.
         """COMMENT ON COLUMN briefd_token_slots.doomed IS
             'K was lowered under the live leases: the slot goes when its lease ends'""",
         """UPDATE briefd_tokens t SET slot = n.rn FROM (
