@@ -31,15 +31,6 @@ grant's one statement (``ClusterTokens._lease``). SKIP LOCKED skips only other s
 locks, so a slot this transaction locked and left free is found again."""
 
 
-def any_free(db: Any) -> bool:
-    """Whether a slot is free as of this statement (no lock taken)."""
-    row = db.execute(
-        """SELECT EXISTS (SELECT 1 FROM briefd_token_slots
-            WHERE lease_id IS NULL AND NOT doomed) AS free"""
-    ).fetchone()
-    return bool(row and row["free"])
-
-
 def resize(db: Any, k: int) -> None:
     """Make the slots K: undo dooms or add slots when K grows; when it falls, drop free slots
     and doom as many occupied ones as there are still too many.

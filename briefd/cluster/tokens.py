@@ -4,19 +4,25 @@ Two daemons with K=2 each would make four calls where the provider account allow
 two, so the tokens, the adaptive window and the RPM/TPM budgets are kept in
 PostgreSQL and every decision on them is one short transaction:
 
-* a request is a row of ``briefd_token_waits`` (any daemon may grant it);
-* a **grant** locks the one ``briefd_limiter`` row (``FOR UPDATE``: every daemon's
-  grants and releases are serialised by it, so check-and-reserve is one atomic
-  step and the count of live leases is never raced), reclaims leases past their
-  ``expires_at`` and the requests of daemons not seen for ``lease_s``, then, while
-  requests wait, live leases < W and the pause, the cool-down and the budgets
-  allow, picks the next request by :func:`briefd.limits.order.pick` (the very rule
-  one daemon uses: priority with aging, oldest job, longest path, arrival), turns
-  it into a ``briefd_tokens`` row numbered from ``briefd_token_fence`` (the fence),
-  and ``pg_notify('briefd_tokens', daemon_id)`` wakes each daemon that got one;
-* a **release** deletes the lease and applies the call's outcome to the shared
-  window with the lease's epoch (:meth:`Pacer.ended`), so one daemon's cut is every
-  daemon's, and the 429s of one burst, from any number of daemons, cut once.
+* a request is a row of ``briefd_token_waits``, with its endpoint (any daemon may
+  grant it);
+* a **grant round is per endpoint**: it locks that endpoint's one
+  ``briefd_limiter_endpoints`` row (``FOR UPDATE``: every daemon's grants and releases
+  on that endpoint are serialised by it, so the endpoint's check-and-reserve is one
+  atomic step and its count of live leases is never raced; rounds for other endpoints
+  run meanwhile), reclaims its leases past their ``expires_at`` and its requests of
+  daemons not seen for ``lease_s``, then, while requests wait, its live leases < W and
+  its pause, cool-down and budgets allow, picks the next request by
+  :func:`briefd.limits.order.pick` (the very rule one daemon uses: priority with aging,
+  oldest job, longest path, arrival), turns it into a ``briefd_tokens`` row numbered
+  from ``briefd_token_fence`` (the fence) holding one of the K slots
+  (:mod:`briefd.cluster.slots`: the global K without a global lock; no free slot, the
+  round stops and its endpoint is marked ``starved``), and
+  ``pg_notify('briefd_tokens', daemon_id)`` wakes each daemon that got one;
+* a **release** deletes the lease (its slot freed by a trigger) and applies the call's
+  outcome to its endpoint's window with the lease's epoch (:meth:`Pacer.ended`), so one
+  daemon's cut is every daemon's, and the 429s of one burst, from any number of
+  daemons, cut once.
 
 Leases expire unless their daemon's heartbeat extends them: a daemon that dies
 (or loses the database for longer than ``lease_s``) gives its tokens back to the
@@ -33,33 +39,22 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
-from loguru import logger
 from psycopg.rows import dict_row
 
 import briefd
-from briefd.cluster import slots
+from briefd.cluster import settings, slots
 from briefd.cluster.records import Beat, ClusterFigures, Grant, GrantRound, HeldLease
 from briefd.cluster.rows import (
     LEASE_COLUMNS,
     QueuedRow,
-    describe,
     figures_of,
     grant_of,
     read_waits,
 )
-from briefd.cluster.shared import (
-    Shared,
-    configure_lane,
-    create,
-    create_global,
-    lane_names,
-    load,
-    read_global,
-    save,
-    write_global,
-)
+from briefd.cluster.settings import own_limits
+from briefd.cluster.shared import Shared, load, save
 from briefd.config import ConfigError
-from briefd.limits.lanes import EndpointLimits, ceiling_of
+from briefd.limits.lanes import EndpointLimits
 from briefd.limits.order import pick
 from briefd.messages.token import Outcome, RateLimits, RequestToken
 from briefd.store.pg_setup import open_pool, open_schema_pool, redact_url
@@ -221,93 +216,26 @@ class ClusterTokens:
         endpoints' cap and budgets (``endpoints``, ``Routing.limits()``; ``rpm``/``tpm`` are
         the ``''`` endpoint's, as in :meth:`briefd.limits.lanes.Lanes.new`). As for K, the
         last daemon to configure an endpoint sets it, with a warning when it changes what
-        another daemon set."""
-        limits = dict(endpoints or {})
-        own = limits.get("", EndpointLimits())
-        limits[""] = EndpointLimits(
-            max_concurrent=own.max_concurrent,
-            rpm=own.rpm if own.rpm is not None else rpm,
-            tpm=own.tpm if own.tpm is not None else tpm,
-        )
-        self._limits, self._adaptive = limits, adaptive
+        another daemon set (:mod:`briefd.cluster.settings`)."""
+        self._limits = own_limits(endpoints, rpm, tpm)
+        self._adaptive = adaptive
         with self._tx() as db:
-            self._set_k(db, ceiling, adaptive)
-            for name in sorted(set(limits) | lane_names(db)):  # one lock order for all
-                if name in limits:
-                    create(db, name, k=ceiling, adaptive=adaptive, daemon_id=self.daemon_id,
-                           limits=limits[name])  # fmt: skip
-                shared = load(db, name)
-                assert shared is not None  # made just above, or listed
-                before = describe(shared)
-                if name in limits:
-                    configure_lane(shared, ceiling, adaptive, limits[name])
-                    self._changed(shared, before)
-                else:
-                    kept = EndpointLimits(max_concurrent=shared.max_concurrent)
-                    shared.window.set_ceiling(ceiling_of(kept, ceiling))
-                save(db, shared)
+            settings.configure(db, self._who, ceiling, adaptive, self._limits)
 
     def set_ceiling(self, ceiling: int) -> None:
         """A new K for the cluster (SIGHUP's ``SetCapacity``): the slots follow it, and each
         endpoint's window ceiling, ``min(max_concurrent, K)``, with W clamped under it."""
         with self._tx() as db:
-            self._set_k(db, ceiling, None)
-            for name in sorted(lane_names(db)):
-                shared = load(db, name)
-                if shared is None:
-                    continue
-                kept = EndpointLimits(max_concurrent=shared.max_concurrent)
-                shared.window.set_ceiling(ceiling_of(kept, ceiling))
-                save(db, shared)
+            settings.set_ceiling(db, self._who, ceiling)
 
-    def _set_k(self, db: Any, ceiling: int, adaptive: bool | None) -> None:
-        """K (and adaptive, unless None) in the cluster's row, and as many slots."""
-        create_global(db, ceiling, True if adaptive is None else adaptive, self.daemon_id)
-        found = read_global(db, lock=True)
-        assert found is not None  # made just above
-        k, was_adaptive, set_by = found
-        adaptive = was_adaptive if adaptive is None else adaptive
-        before, after = f"K={k} adaptive={was_adaptive}", f"K={ceiling} adaptive={adaptive}"
-        if after != before and set_by not in (None, self.daemon_id):
-            logger.warning(
-                "cluster tokens on {}: {} changes {} set by daemon {} to {}",
-                self.where, self.daemon_id, before, set_by, after,
-            )  # fmt: skip
-        elif after != before:
-            logger.info("cluster tokens: {} -> {}", before, after)
-        write_global(db, ceiling, adaptive, self.daemon_id)
-        slots.resize(db, ceiling)
-
-    def _changed(self, shared: Shared, before: str) -> None:
-        after = describe(shared)
-        if after != before and shared.set_by not in (None, self.daemon_id):
-            logger.warning(
-                "cluster tokens on {}: {} changes {} set by daemon {} to {}",
-                self.where,
-                self.daemon_id,
-                before,
-                shared.set_by,
-                after,
-            )
-        elif after != before:
-            logger.info("cluster tokens: {} -> {}", before, after)
-        shared.set_by = self.daemon_id
+    @property
+    def _who(self) -> settings.Who:
+        return settings.Who(self.daemon_id, self.where)
 
     def _lane(self, db: Any, endpoint: str) -> Shared | None:
         """``endpoint``'s row, locked; made on its first use with this daemon's limits for it
-        (none configured: the window's ceiling is K, no budgets). None before any daemon
-        configured the cluster."""
-        shared = load(db, endpoint)
-        if shared is not None:
-            return shared
-        found = read_global(db)
-        if found is None:
-            return None
-        k, adaptive, _ = found
-        limits = self._limits.get(endpoint, EndpointLimits())
-        adaptive = self._adaptive if self._adaptive is not None else adaptive
-        create(db, endpoint, k=k, adaptive=adaptive, daemon_id=self.daemon_id, limits=limits)
-        return load(db, endpoint)
+        (:func:`briefd.cluster.settings.lane`)."""
+        return settings.lane(db, self.daemon_id, endpoint, self._limits, self._adaptive)
 
     # -- requests ----------------------------------------------------------------------
 
