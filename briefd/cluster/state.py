@@ -82,7 +82,9 @@ Op = Enqueue | Release | Cancel | CoolDown | SetCeiling
 @dataclass(frozen=True)
 class ClusterLimiterStats(LimiterStats):
     """:class:`LimiterStats` for this daemon (``in_use``: its calls in flight, which its
-    shutdown waits for), with the cluster's figures beside them."""
+    shutdown waits for), with the cluster's figures beside them. ``endpoints`` has each
+    endpoint's figures as the cluster's row for it holds them (in flight and waiting:
+    every daemon's), as this daemon's last round on that endpoint read them."""
 
     cluster_in_use: int = 0  # live leases, every daemon's
     cluster_waiting: int = 0  # requests queued, every daemon's

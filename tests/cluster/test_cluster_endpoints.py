@@ -22,6 +22,7 @@ from briefd.cluster.records import Grant, HeldLease
 from briefd.cluster.shared import load
 from briefd.cluster.state import ClusterLimiterState, ClusterLimiterStats
 from briefd.cluster.tokens import ClusterTokens
+from briefd.daemon.prometheus import _endpoints
 from briefd.limits.lanes import EndpointLimits
 from briefd.messages import ReleaseToken, ReportRateLimit, RequestToken
 from briefd.store.pg_setup import MIGRATIONS, contended, ensure_schema
@@ -318,6 +319,11 @@ def test_a_slot_freed_on_one_endpoint_serves_another_daemons_endpoint(
     each = stats(a).endpoints  # a ran B's round: its figures are a's latest view of B
     assert each["B"].in_flight == 1 and each["B"].granted_total == 1
     assert each["A"].in_flight == 0 and stats(a).cluster_in_use == 1
+    series = {  # what /metrics exports from them
+        (m.name, x.labels["endpoint"]): x.value for m in _endpoints(stats(a)) for x in m.samples
+    }
+    assert series[("briefd_endpoint_calls_in_flight", "B")] == 1.0
+    assert series[("briefd_endpoint_max_concurrent", "A")] == 1.0
 
 
 def test_a_429_on_one_endpoint_holds_only_its_requests_in_the_cluster(
