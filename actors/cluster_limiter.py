@@ -75,6 +75,20 @@ from briefd.store.pg_setup import contended, one_line
 from briefd.threads import LeanThreadingActor
 from briefd.timers import Timers
 
+
+def _endpoints_of(op: Op) -> tuple[str, ...]:
+    """The endpoints whose rounds ``op`` calls for: a request's, a released lease's, the
+    leases a cancel ended (a cool-down or a new K grants nothing more)."""
+    match op:
+        case Enqueue(queued=q):
+            return (q.request.endpoint,)
+        case Release(lease=lease):
+            return (lease.endpoint,)
+        case Cancel(endpoints=ended):
+            return ended
+    return ()
+
+
 ROUNDS_PER_MESSAGE = 3
 """Grant rounds one message may run (a grant to a dead requester is released and granted on)."""
 RETRY_MAX_S = 5.0
@@ -214,11 +228,14 @@ class ClusterLimiterActor(LeanThreadingActor):
                     )
                     self._released(lease, reclaimed=False)
             case CancelTokenRequest(requester=urn):
-                for lease in s.forget(urn):
+                ended = s.forget(urn)
+                for lease in ended:
                     self._released(lease, reclaimed=False)
-                s.outbox.append(Cancel(urn))
+                s.outbox.append(Cancel(urn, tuple(sorted({x.endpoint for x in ended}))))
             case ReportRateLimit():
-                s.outbox.append(CoolDown(message.job_id, message.stage, message.retry_after_s))
+                s.outbox.append(
+                    CoolDown(message.job_id, message.stage, message.retry_after_s, message.endpoint)
+                )
                 self._timers.tell_later(self.actor_ref, message.retry_after_s, Tick())
             case SetCapacity(capacity=c):
                 s.capacity = c
@@ -253,8 +270,10 @@ class ClusterLimiterActor(LeanThreadingActor):
                 self._take()
             elif isinstance(message, ReportRateLimit):
                 self._flush()
-            elif isinstance(message, Tick) or not self._defer():
-                self._rounds(take=isinstance(message, Tick))
+            elif isinstance(message, Tick):
+                self._rounds(take=True, every=True)
+            elif not self._defer():
+                self._rounds(take=False)
         except psycopg.Error as err:
             if contended(err) and s.problem is None:
                 # Another session held the limiter row past the bound (a paused daemon, until
@@ -290,28 +309,59 @@ class ClusterLimiterActor(LeanThreadingActor):
         self._deferred = 0
         return False
 
-    def _rounds(self, *, take: bool) -> None:
-        """Flush, grant, deliver; again while delivering released something (a dead requester)."""
+    def _rounds(self, *, take: bool, every: bool = False) -> None:
+        """Flush, grant, deliver; again while delivering released something (a dead requester).
+
+        A round is per endpoint (:meth:`ClusterTokens.grant`): those the outbox's requests,
+        releases and cancels are for, and with ``every`` (the safety-net ``Tick``) every
+        endpoint with requests waiting or leases to reap. When all of it concerns one
+        endpoint, the outbox, its round and the grants read are one transaction (one commit
+        on its row); otherwise each is its own, so no transaction holds two endpoints' rows
+        (two daemons locking them in opposite orders would deadlock).
+        """
         s = self._s
         for _ in range(ROUNDS_PER_MESSAGE):
-            ops, known = len(s.outbox), set(s.waiting)
+            ops = s.outbox[: len(s.outbox)]
+            lanes = {e for op in ops for e in _endpoints_of(op)}
+            every = every or any(isinstance(op, SetCeiling) for op in ops)  # K moved: all may
+            todo = sorted(lanes | set(self._tokens.busy_endpoints(due=True))) if every else lanes
+            freed = any(isinstance(op, Release | Cancel) for op in ops)
+            known = set(s.waiting)
             sent = time.monotonic()
-            try:  # the outbox, the round and the grants read: one transaction, one commit
-                with self._tokens.batch():
-                    for op in s.outbox[:ops]:
-                        self._apply(op)
-                    round_ = self._tokens.grant()
-                    taken = self._tokens.take_grants() if take else []
-            except BaseException:
-                for wait_id in set(s.waiting) - known:  # their rows were rolled back
-                    del s.waiting[wait_id]
-                raise
-            del s.outbox[:ops]
-            self._seen(round_)
-            self._deliver([*round_.mine, *taken], sent)  # before anything else can fail
-            take = False
+            if len(todo) <= 1 and not any(isinstance(op, CoolDown | SetCeiling) for op in ops):
+                try:  # the outbox, the round and the grants read: one transaction, one commit
+                    with self._tokens.batch():
+                        for op in ops:
+                            self._apply(op)
+                        rounds = [self._tokens.grant(e) for e in sorted(todo)]
+                        taken = self._tokens.take_grants() if take else []
+                except BaseException:
+                    for wait_id in set(s.waiting) - known:  # their rows were rolled back
+                        del s.waiting[wait_id]
+                    raise
+                del s.outbox[: len(ops)]
+            else:
+                self._flush()
+                rounds = [self._tokens.grant(e) for e in sorted(todo)]
+                taken = self._tokens.take_grants() if take else []
+            for round_ in rounds:
+                self._seen(round_)
+            self._deliver([g for r in rounds for g in r.mine] + taken, sent)  # before all else
+            if freed or any(r.starved for r in rounds):
+                self._starved()
+            take = every = False
             if not s.outbox:
                 return
+
+    def _starved(self) -> None:
+        """Rounds for the endpoints that stopped for want of a slot while one is free now: a
+        slot this daemon freed (its commit is done) serves another endpoint's requests, and
+        a round of its own that found none is tried again if one was freed meanwhile."""
+        sent = time.monotonic()
+        rounds = [self._tokens.grant(e) for e in self._tokens.starved_endpoints()]
+        for round_ in rounds:
+            self._seen(round_)
+        self._deliver([g for r in rounds for g in r.mine], sent)
 
     def _flush(self) -> None:
         """Write the outbox in order; stops at the first failure (raised), keeping the rest."""
@@ -338,11 +388,12 @@ class ClusterLimiterActor(LeanThreadingActor):
             case Cancel(requester=urn):
                 tokens.cancel(urn)
             case CoolDown():
-                if tokens.cool_down(op.retry_after_s):
+                if tokens.cool_down(op.retry_after_s, op.endpoint):
                     publish(
                         RateLimitCooldown(
                             job_id=op.job_id,
                             stage=op.stage,
+                            endpoint=op.endpoint,
                             retry_after_s=op.retry_after_s,
                             until=time.time() + op.retry_after_s,
                         ),
@@ -353,7 +404,7 @@ class ClusterLimiterActor(LeanThreadingActor):
 
     def _seen(self, round_: GrantRound) -> None:
         if round_.figures is not None:
-            self._s.figures, self._s.figures_at = round_.figures, time.monotonic()
+            self._s.seen(round_.figures)
         if round_.wake_in_s is not None:
             self._wake(round_.wake_in_s)
 
@@ -390,10 +441,11 @@ class ClusterLimiterActor(LeanThreadingActor):
                 continue
             s.leases[g.lease_id] = lease
             s.granted_total += 1
-            fig = s.figures
+            fig = s.lanes.get(g.endpoint)
             granted = TokenGranted(
                 job_id=g.job_id,
                 stage=g.stage,
+                endpoint=g.endpoint,
                 lease_id=g.lease_id,
                 in_use=len(s.leases),
                 capacity=fig.capacity if fig else s.capacity,
@@ -414,7 +466,7 @@ class ClusterLimiterActor(LeanThreadingActor):
     def _held(g: Grant) -> HeldLease:
         return HeldLease(
             g.lease_id, g.wait_id, g.requester, g.job_id, g.stage, g.epoch, g.est_tokens,
-            time.monotonic(),
+            time.monotonic(), g.endpoint,
         )  # fmt: skip
 
     def _unpark(self) -> None:
@@ -470,7 +522,7 @@ class ClusterLimiterActor(LeanThreadingActor):
         s = self._s
         if reclaimed:
             s.reclaimed_total += 1
-        fig = s.figures
+        fig = s.lanes.get(lease.endpoint)
         publish(
             TokenReleased(
                 job_id=lease.job_id,

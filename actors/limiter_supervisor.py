@@ -168,6 +168,7 @@ def cluster_limiter(
     daemon_id: str,
     observers: Sequence[Observer] = (),
     gate: Callable[[str], bool] | None = None,
+    endpoints: Mapping[str, EndpointLimits] | None = None,
 ) -> LimiterSupervisor:
     """The limiter of a daemon sharing one token budget with every daemon on
     ``settings.database_url``, supervised like the local one.
@@ -177,6 +178,8 @@ def cluster_limiter(
     RPM and TPM as the cluster's (logged when they change another daemon's). Needs
     the ``postgres`` extra, imported only here. ``gate(job_id)``: whether this daemon can
     prove its claim on the job now; no token is handed out for a job it cannot.
+    ``endpoints``: each endpoint's own cap and budgets (``Routing.limits()``), set as the
+    cluster's for that endpoint's row.
     """
     from briefd.actors.cluster_limiter import ClusterLimiterActor
     from briefd.cluster.state import ClusterLimiterState
@@ -194,7 +197,11 @@ def cluster_limiter(
     try:
         tokens.register()
         tokens.configure(
-            settings.max_concurrent, adaptive=settings.adaptive, rpm=settings.rpm, tpm=settings.tpm
+            settings.max_concurrent,
+            adaptive=settings.adaptive,
+            rpm=settings.rpm,
+            tpm=settings.tpm,
+            endpoints=endpoints,
         )
     except BaseException:
         tokens.close()

@@ -7,7 +7,7 @@ daemons on a fresh database, each calling a simulated OpenAI server of its own
 0.3-0.7 s, jobs submitted so that two always wait unclaimed while a fault lasts.
 
 * **paused holding the limiter lock**: daemon a is stopped (SIGSTOP) while its transaction
-  holds the ``briefd_limiter`` row (landed with ``pgrowlocks``), for ``--pause`` seconds:
+  holds its endpoint's limiter row (landed with ``pgrowlocks``), for ``--pause`` seconds:
   the longest time the two others had no call on the wire (target: lease + 2 s);
 * **paused while renewing**: stopped mid-renewal of its claims: seconds until its jobs are
   taken over (target: lease + poll + 2 s), the pause ending 2 s after the last one;
@@ -37,6 +37,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from cluster.chaos import (
+    LIMITER_ROW,
     Cluster,
     Feeder,
     HealthProbe,
@@ -58,11 +59,7 @@ SETTINGS: dict[str, Any] = {
 }
 SCALE = 0.08
 """Stages of 0.4-0.56 s at the simulator's 5-7 s profile."""
-LIMITER = {
-    "table": "briefd_limiter",
-    "lock_sql": "SELECT 1 FROM briefd_limiter WHERE id = 1 FOR UPDATE",
-    "query_has": "briefd_limiter",
-}
+LIMITER = LIMITER_ROW
 
 
 class Bench:

@@ -18,6 +18,7 @@ class Grant:
     est_tokens: int
     waited_ms: int
     left_s: float = float("inf")  # until its expires_at, on the database's clock when read
+    endpoint: str = ""  # the endpoint whose row granted it
 
 
 @dataclass(frozen=True)
@@ -32,17 +33,19 @@ class HeldLease:
     epoch: int
     est_tokens: int
     granted_at: float  # this process's monotonic clock: the call's elapsed time
+    endpoint: str = ""  # whose row its release updates
 
 
 @dataclass(frozen=True)
 class ClusterFigures:
-    """The cluster's limiter as one transaction saw it (times in seconds from then)."""
+    """One endpoint's row of the cluster's limiter as one transaction saw it (times in seconds
+    from then), and the cluster's counts beside it."""
 
-    capacity: int  # K, the window's ceiling
-    window: float  # W
-    limit: int  # calls allowed in flight now
-    in_use: int  # live leases, every daemon's
-    waiting: int  # requests queued, every daemon's
+    capacity: int  # K, the cluster's
+    window: float  # W, the endpoint's
+    limit: int  # calls allowed in flight now on the endpoint
+    in_use: int  # live leases on the endpoint, every daemon's
+    waiting: int  # requests queued for the endpoint, every daemon's
     granted_total: int
     reclaimed_total: int
     cooling_for_s: float
@@ -53,6 +56,12 @@ class ClusterFigures:
     rate_limited: int
     epoch: int
     cuts: int
+    endpoint: str = ""
+    ceiling: int = 0  # the endpoint's window ceiling, min(max_concurrent, K)
+    rpm: float | None = None  # its budgets, per minute
+    tpm: float | None = None
+    cluster_in_use: int = 0  # live leases, every endpoint's
+    cluster_waiting: int = 0  # requests queued, every endpoint's
 
 
 @dataclass(frozen=True)
@@ -63,6 +72,7 @@ class GrantRound:
     others: dict[str, int]  # grants per other daemon (each was notified)
     wake_in_s: float | None  # a pause, cool-down or budget lifts then (None: none held back)
     figures: ClusterFigures | None  # None: no daemon has configured the cluster
+    starved: bool = False  # it stopped with requests waiting and no free slot (K reached)
 
 
 @dataclass(frozen=True)

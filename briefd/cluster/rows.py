@@ -12,7 +12,7 @@ from briefd.limits.order import Waiting
 from briefd.messages.token import RequestToken
 
 LEASE_COLUMNS = (
-    "lease_id, wait_id, requester, job_id, stage, epoch, est_tokens, waited_ms, "
+    "lease_id, wait_id, requester, job_id, stage, endpoint, epoch, est_tokens, waited_ms, "
     "extract(epoch FROM expires_at - clock_timestamp())::float8 AS left_s"
 )
 """The columns of ``briefd_tokens`` a :class:`Grant` is read from (and how long it has left)."""
@@ -26,21 +26,23 @@ class QueuedRow:
     waiting: Waiting
 
 
-def read_waits(db: Any) -> list[QueuedRow]:
-    """Every daemon's waiting requests, rebuilt as the ``RequestToken`` each stands for, so
-    :func:`briefd.limits.order.pick` ranks them exactly as one daemon's limiter would
+def read_waits(db: Any, endpoint: str) -> list[QueuedRow]:
+    """Every daemon's waiting requests for ``endpoint``, rebuilt as the ``RequestToken`` each
+    stands for, so :func:`briefd.limits.order.pick` ranks them exactly as one daemon's limiter would
     (``admitted_at`` and ``queued_at`` are on the database's clock, the same for all)."""
     rows = db.execute(
         """SELECT wait_id, daemon_id, requester, job_id, stage, job_priority, admitted_at,
             priority, downstream, est_tokens,
             extract(epoch from requested_at)::float8 AS requested
-        FROM briefd_token_waits"""
+        FROM briefd_token_waits WHERE endpoint = %s""",
+        (endpoint,),
     ).fetchall()
     out = []
     for r in rows:
         request = RequestToken.model_construct(  # our own rows: no second validation
             job_id=r["job_id"],
             stage=r["stage"],
+            endpoint=endpoint,
             requester=r["requester"],
             priority=int(r["priority"]),
             admitted_at=float(r["admitted_at"]),
@@ -71,16 +73,20 @@ def grant_of(row: Any) -> Grant:
         est_tokens=int(row["est_tokens"]),
         waited_ms=int(row["waited_ms"]),
         left_s=float(row["left_s"]),
+        endpoint=row["endpoint"],
     )
 
 
-def figures_of(shared: Shared, live: int, waiting: int) -> ClusterFigures:
-    """The cluster's figures from a loaded row and the two counts."""
+def figures_of(
+    shared: Shared, live: int, waiting: int, cluster_live: int, cluster_waiting: int
+) -> ClusterFigures:
+    """An endpoint's figures from its loaded row, its two counts and the cluster's."""
     now = shared.clock()
     rpm_lag, tpm_lag = shared.pacer.lags()
     w = shared.window
+    p = shared.pacer
     return ClusterFigures(
-        capacity=w.ceiling,
+        capacity=shared.k or w.ceiling,
         window=w.w if w.adaptive else float(w.ceiling),
         limit=w.limit,
         in_use=live,
@@ -95,6 +101,12 @@ def figures_of(shared: Shared, live: int, waiting: int) -> ClusterFigures:
         rate_limited=shared.pacer.rate_limited,
         epoch=w.epoch,
         cuts=w.cuts,
+        endpoint=shared.endpoint,
+        ceiling=w.ceiling,
+        rpm=p.rpm.per_minute if p.rpm else None,
+        tpm=p.tpm.per_minute if p.tpm else None,
+        cluster_in_use=cluster_live,
+        cluster_waiting=cluster_waiting,
     )
 
 
@@ -103,7 +115,10 @@ def describe(shared: Shared) -> str:
     p = shared.pacer
     rpm = p.rpm.per_minute if p.rpm else None
     tpm = p.tpm.per_minute if p.tpm else None
-    return f"K={p.window.ceiling} adaptive={p.window.adaptive} rpm={rpm} tpm={tpm}"
+    return (
+        f"endpoint {shared.endpoint!r}: ceiling={p.window.ceiling} adaptive={p.window.adaptive} "
+        f"rpm={rpm} tpm={tpm}"
+    )
 
 
 def downstream_of(text: str | None) -> dict[str, list[str]]:

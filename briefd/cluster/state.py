@@ -21,6 +21,7 @@ from typing import Any
 
 from briefd.actors.rate_limiter import LimiterStats
 from briefd.cluster.records import Beat, ClusterFigures, HeldLease
+from briefd.limits.lanes import EndpointStats
 from briefd.messages.token import Outcome, RateLimits, RequestToken
 
 
@@ -55,6 +56,7 @@ class Cancel:
     """Withdraw a requester's waits and leases."""
 
     requester: str
+    endpoints: tuple[str, ...] = ()  # those of the leases it ends (their rounds run after)
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ class CoolDown:
     job_id: str
     stage: str
     retry_after_s: float
+    endpoint: str = ""
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,9 @@ Op = Enqueue | Release | Cancel | CoolDown | SetCeiling
 @dataclass(frozen=True)
 class ClusterLimiterStats(LimiterStats):
     """:class:`LimiterStats` for this daemon (``in_use``: its calls in flight, which its
-    shutdown waits for), with the cluster's figures beside them."""
+    shutdown waits for), with the cluster's figures beside them. ``endpoints`` has each
+    endpoint's figures as the cluster's row for it holds them (in flight and waiting:
+    every daemon's), as this daemon's last round on that endpoint read them."""
 
     cluster_in_use: int = 0  # live leases, every daemon's
     cluster_waiting: int = 0  # requests queued, every daemon's
@@ -98,8 +103,8 @@ class ClusterLimiterState:
     parked: list[Queued] = field(default_factory=list)  # requests of jobs whose claim is unproven
     leases: dict[int, HeldLease] = field(default_factory=dict)  # delivered, not yet released
     outbox: list[Op] = field(default_factory=list)  # not written yet, in order
-    figures: ClusterFigures | None = None  # the cluster as last seen
-    figures_at: float = 0.0  # monotonic s when
+    lanes: dict[str, ClusterFigures] = field(default_factory=dict)  # each endpoint, as last seen
+    lanes_at: dict[str, float] = field(default_factory=dict)  # monotonic s when
     daemons: int = 0
     problem: str | None = None  # the database's last failure (None: it answered)
     beat_at: float = 0.0  # monotonic s: when the last heartbeat that went through was sent
@@ -161,27 +166,73 @@ class ClusterLimiterState:
             self.outbox.append(Enqueue(self.waiting.pop(wait_id)))
         return len(lost), sum(1 for x in self.leases if x not in beat.leases)
 
+    @property
+    def figures(self) -> ClusterFigures | None:
+        """The endpoint seen last (its cluster-wide counts are the newest)."""
+        if not self.lanes:
+            return None
+        return self.lanes[max(self.lanes_at, key=lambda e: self.lanes_at[e])]
+
+    def seen(self, fig: ClusterFigures) -> None:
+        """Keep an endpoint's figures, as a round just read them."""
+        self.lanes[fig.endpoint] = fig
+        self.lanes_at[fig.endpoint] = time.monotonic()
+        self.capacity = fig.capacity
+
+    def endpoint_stats(self) -> dict[str, EndpointStats]:
+        """Each endpoint's figures as last seen (times aged since then): the cluster's, every
+        daemon's leases and requests on it, as its row in the database holds them."""
+        now = time.monotonic()
+        out = {}
+        for name, fig in sorted(self.lanes.items()):
+            ago = now - self.lanes_at[name]
+            out[name] = EndpointStats(
+                endpoint=name,
+                ceiling=fig.ceiling or fig.capacity,
+                window=fig.window,
+                in_flight=fig.in_use,
+                waiting=fig.waiting,
+                granted_total=fig.granted_total,
+                rpm=fig.rpm,
+                tpm=fig.tpm,
+                rpm_learned=False,  # the cluster's rows keep no learned budget
+                tpm_learned=False,
+                rpm_lag_s=max(0.0, fig.rpm_lag_s - ago),
+                tpm_lag_s=max(0.0, fig.tpm_lag_s - ago),
+                paused_for_s=max(0.0, fig.paused_for_s - ago),
+                cooling_down_for_s=max(0.0, fig.cooling_for_s - ago),
+                pauses_total=fig.pauses,
+                rate_limited_total=fig.rate_limited,
+            )
+        return out
+
     def stats(self) -> ClusterLimiterStats:
-        """This daemon's figures and the cluster's as last seen (times aged since then)."""
+        """This daemon's figures and the cluster's as last seen (times aged since then); the
+        whole limiter's as the local limiter sums its lanes (window: summed, at most K;
+        waits and lags: the longest endpoint's)."""
         fig = self.figures
-        ago = time.monotonic() - self.figures_at
+        each = self.endpoint_stats()
+        lanes = each.values()
         return ClusterLimiterStats(
-            capacity=fig.capacity if fig else self.capacity,
+            capacity=self.capacity,
             in_use=len(self.leases),
             waiting=self.pending(),
             granted_total=self.granted_total,
             reclaimed_total=self.reclaimed_total,
-            cooling_down_for_s=max(0.0, fig.cooling_for_s - ago) if fig else 0.0,
+            cooling_down_for_s=max((x.cooling_down_for_s for x in lanes), default=0.0),
             restarts=self.restarts,
-            window=fig.window if fig else float(self.capacity),
+            window=min(float(self.capacity), sum(x.window for x in lanes))
+            if each
+            else float(self.capacity),
             in_flight=len(self.leases),
-            rpm_lag_s=max(0.0, fig.rpm_lag_s - ago) if fig else 0.0,
-            tpm_lag_s=max(0.0, fig.tpm_lag_s - ago) if fig else 0.0,
-            paused_for_s=max(0.0, fig.paused_for_s - ago) if fig else 0.0,
-            pauses_total=fig.pauses if fig else 0,
-            rate_limited_total=fig.rate_limited if fig else 0,
-            cluster_in_use=fig.in_use if fig else 0,
-            cluster_waiting=fig.waiting if fig else 0,
+            rpm_lag_s=max((x.rpm_lag_s for x in lanes), default=0.0),
+            tpm_lag_s=max((x.tpm_lag_s for x in lanes), default=0.0),
+            paused_for_s=max((x.paused_for_s for x in lanes), default=0.0),
+            pauses_total=sum(x.pauses_total for x in lanes),
+            rate_limited_total=sum(x.rate_limited_total for x in lanes),
+            endpoints=each,
+            cluster_in_use=fig.cluster_in_use if fig else 0,
+            cluster_waiting=fig.cluster_waiting if fig else 0,
             daemons=self.daemons,
             db_problem=self.problem,
             held=len(self.outbox),

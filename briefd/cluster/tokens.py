@@ -4,19 +4,25 @@ Two daemons with K=2 each would make four calls where the provider account allow
 two, so the tokens, the adaptive window and the RPM/TPM budgets are kept in
 PostgreSQL and every decision on them is one short transaction:
 
-* a request is a row of ``briefd_token_waits`` (any daemon may grant it);
-* a **grant** locks the one ``briefd_limiter`` row (``FOR UPDATE``: every daemon's
-  grants and releases are serialised by it, so check-and-reserve is one atomic
-  step and the count of live leases is never raced), reclaims leases past their
-  ``expires_at`` and the requests of daemons not seen for ``lease_s``, then, while
-  requests wait, live leases < W and the pause, the cool-down and the budgets
-  allow, picks the next request by :func:`briefd.limits.order.pick` (the very rule
-  one daemon uses: priority with aging, oldest job, longest path, arrival), turns
-  it into a ``briefd_tokens`` row numbered from ``briefd_token_fence`` (the fence),
-  and ``pg_notify('briefd_tokens', daemon_id)`` wakes each daemon that got one;
-* a **release** deletes the lease and applies the call's outcome to the shared
-  window with the lease's epoch (:meth:`Pacer.ended`), so one daemon's cut is every
-  daemon's, and the 429s of one burst, from any number of daemons, cut once.
+* a request is a row of ``briefd_token_waits``, with its endpoint (any daemon may
+  grant it);
+* a **grant round is per endpoint**: it locks that endpoint's one
+  ``briefd_limiter_endpoints`` row (``FOR UPDATE``: every daemon's grants and releases
+  on that endpoint are serialised by it, so the endpoint's check-and-reserve is one
+  atomic step and its count of live leases is never raced; rounds for other endpoints
+  run meanwhile), reclaims its leases past their ``expires_at`` and its requests of
+  daemons not seen for ``lease_s``, then, while requests wait, its live leases < W and
+  its pause, cool-down and budgets allow, picks the next request by
+  :func:`briefd.limits.order.pick` (the very rule one daemon uses: priority with aging,
+  oldest job, longest path, arrival), turns it into a ``briefd_tokens`` row numbered
+  from ``briefd_token_fence`` (the fence) holding one of the K slots
+  (:mod:`briefd.cluster.slots`: the global K without a global lock; no free slot, the
+  round stops and its endpoint is marked ``starved``), and
+  ``pg_notify('briefd_tokens', daemon_id)`` wakes each daemon that got one;
+* a **release** deletes the lease (its slot freed by a trigger) and applies the call's
+  outcome to its endpoint's window with the lease's epoch (:meth:`Pacer.ended`), so one
+  daemon's cut is every daemon's, and the 429s of one burst, from any number of
+  daemons, cut once.
 
 Leases expire unless their daemon's heartbeat extends them: a daemon that dies
 (or loses the database for longer than ``lease_s``) gives its tokens back to the
@@ -28,27 +34,27 @@ from __future__ import annotations
 import json
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 import psycopg
-from loguru import logger
 from psycopg.rows import dict_row
 
 import briefd
+from briefd.cluster import settings, slots
 from briefd.cluster.records import Beat, ClusterFigures, Grant, GrantRound, HeldLease
 from briefd.cluster.rows import (
     LEASE_COLUMNS,
     QueuedRow,
-    count_rows,
-    describe,
     figures_of,
     grant_of,
     read_waits,
 )
-from briefd.cluster.shared import Shared, create, load, save, set_budgets
+from briefd.cluster.settings import own_limits
+from briefd.cluster.shared import Shared, load, save
 from briefd.config import ConfigError
+from briefd.limits.lanes import EndpointLimits
 from briefd.limits.order import pick
 from briefd.messages.token import Outcome, RateLimits, RequestToken
 from briefd.store.pg_setup import open_pool, open_schema_pool, redact_url
@@ -88,6 +94,8 @@ class ClusterTokens:
             url, max_size=pool_size, timeout_s=timeout_s, bound_s=self.bound_s
         )
         self._batch: Any = None  # the connection of an open batch(), else None
+        self._limits: dict[str, EndpointLimits] = {}  # this daemon's endpoints (configure)
+        self._adaptive: bool | None = None
 
     def close(self) -> None:
         """Close the pool (a bounded wait for connections in use)."""
@@ -202,44 +210,32 @@ class ClusterTokens:
         adaptive: bool = True,
         rpm: float | None = None,
         tpm: float | None = None,
+        endpoints: Mapping[str, EndpointLimits] | None = None,
     ) -> None:
-        """This daemon's settings become the cluster's (at start): K, adaptive, RPM, TPM."""
+        """This daemon's settings become the cluster's (at start): K, adaptive, and each of its
+        endpoints' cap and budgets (``endpoints``, ``Routing.limits()``; ``rpm``/``tpm`` are
+        the ``''`` endpoint's, as in :meth:`briefd.limits.lanes.Lanes.new`). As for K, the
+        last daemon to configure an endpoint sets it, with a warning when it changes what
+        another daemon set (:mod:`briefd.cluster.settings`)."""
+        self._limits = own_limits(endpoints, rpm, tpm)
+        self._adaptive = adaptive
         with self._tx() as db:
-            create(db, ceiling, adaptive, self.daemon_id)
-            shared = load(db)
-            assert shared is not None  # made just above
-            before = describe(shared)
-            shared.window.adaptive = adaptive
-            shared.window.set_ceiling(ceiling)
-            set_budgets(shared, rpm, tpm)
-            self._changed(shared, before)
-            save(db, shared)
+            settings.configure(db, self._who, ceiling, adaptive, self._limits)
 
     def set_ceiling(self, ceiling: int) -> None:
-        """A new K for the cluster (SIGHUP's ``SetCapacity``): W is clamped under it."""
+        """A new K for the cluster (SIGHUP's ``SetCapacity``): the slots follow it, and each
+        endpoint's window ceiling, ``min(max_concurrent, K)``, with W clamped under it."""
         with self._tx() as db:
-            create(db, ceiling, True, self.daemon_id)
-            shared = load(db)
-            assert shared is not None
-            before = describe(shared)
-            shared.window.set_ceiling(ceiling)
-            self._changed(shared, before)
-            save(db, shared)
+            settings.set_ceiling(db, self._who, ceiling)
 
-    def _changed(self, shared: Shared, before: str) -> None:
-        after = describe(shared)
-        if after != before and shared.set_by not in (None, self.daemon_id):
-            logger.warning(
-                "cluster tokens on {}: {} changes {} set by daemon {} to {}",
-                self.where,
-                self.daemon_id,
-                before,
-                shared.set_by,
-                after,
-            )
-        elif after != before:
-            logger.info("cluster tokens: {} -> {}", before, after)
-        shared.set_by = self.daemon_id
+    @property
+    def _who(self) -> settings.Who:
+        return settings.Who(self.daemon_id, self.where)
+
+    def _lane(self, db: Any, endpoint: str) -> Shared | None:
+        """``endpoint``'s row, locked; made on its first use with this daemon's limits for it
+        (:func:`briefd.cluster.settings.lane`)."""
+        return settings.lane(db, self.daemon_id, endpoint, self._limits, self._adaptive)
 
     # -- requests ----------------------------------------------------------------------
 
@@ -248,9 +244,9 @@ class ClusterTokens:
         admitted (None: unknown), turned into the database's clock for every daemon's order."""
         with self._tx() as db:
             row = db.execute(
-                """INSERT INTO briefd_token_waits (daemon_id, requester, job_id, stage,
+                """INSERT INTO briefd_token_waits (daemon_id, requester, job_id, stage, endpoint,
                     job_priority, admitted_at, priority, downstream, est_tokens)
-                VALUES (%s, %s, %s, %s, %s,
+                VALUES (%s, %s, %s, %s, %s, %s,
                     CASE WHEN %s::float8 IS NULL THEN 0
                          ELSE extract(epoch from clock_timestamp()) - %s::float8 END,
                     %s, %s, %s)
@@ -260,6 +256,7 @@ class ClusterTokens:
                     request.requester,
                     request.job_id,
                     request.stage,
+                    request.endpoint,
                     request.job_priority,
                     age_s,
                     age_s,
@@ -286,15 +283,18 @@ class ClusterTokens:
 
     # -- grants --------------------------------------------------------------------------
 
-    def grant(self) -> GrantRound:
-        """Hand out every token the cluster may now; this daemon's grants come back delivered.
+    def grant(self, endpoint: str = "") -> GrantRound:
+        """Hand out every token ``endpoint`` may now; this daemon's grants come back delivered.
 
-        Other daemons' grants wait for them (``delivered`` false) and are announced on
-        :data:`CHANNEL`. ``wake_in_s`` says when a pause, cool-down or budget that
-        stopped the round lifts (None: nothing is held back by time).
+        Only ``endpoint``'s row is locked: rounds for other endpoints run meanwhile, and the
+        global K is kept by the slots each lease takes (:mod:`briefd.cluster.slots`). Other
+        daemons' grants wait for them (``delivered`` false) and are announced on
+        :data:`CHANNEL`. ``wake_in_s`` says when a pause, cool-down or budget that stopped
+        the round lifts (None: nothing is held back by time); ``starved`` that it stopped
+        with requests waiting because every slot was taken.
         """
         with self._tx() as db:
-            shared = load(db)
+            shared = self._lane(db, endpoint)
             if shared is None:
                 return GrantRound(mine=(), others={}, wake_in_s=None, figures=None)
             # One snapshot: the live count still sees what it deletes. SKIP LOCKED: a row
@@ -302,27 +302,32 @@ class ClusterTokens:
             # waited for; it counts as live until a later round reaps it.
             reap = db.execute(
                 """WITH gone AS (DELETE FROM briefd_tokens WHERE lease_id IN (
-                        SELECT lease_id FROM briefd_tokens WHERE expires_at < clock_timestamp()
-                        FOR UPDATE SKIP LOCKED)
+                        SELECT lease_id FROM briefd_tokens WHERE endpoint = %s
+                        AND expires_at < clock_timestamp() FOR UPDATE SKIP LOCKED)
                     RETURNING 1)
-                SELECT (SELECT count(*) FROM gone) AS reaped,
-                    (SELECT count(*) FROM briefd_tokens) - (SELECT count(*) FROM gone) AS live"""
+                SELECT n.reaped, t.live - n.reaped AS live, t.all_live - n.reaped AS all_live,
+                    (SELECT count(*) FROM briefd_token_waits) AS all_waiting
+                FROM (SELECT count(*) AS reaped FROM gone) AS n,
+                    (SELECT count(*) FILTER (WHERE endpoint = %s) AS live, count(*) AS all_live
+                    FROM briefd_tokens) AS t""",
+                (endpoint, endpoint),
             )
             db.execute(
                 """DELETE FROM briefd_token_waits WHERE wait_id IN (
-                    SELECT wait_id FROM briefd_token_waits w WHERE NOT EXISTS (
+                    SELECT wait_id FROM briefd_token_waits w WHERE endpoint = %s AND NOT EXISTS (
                         SELECT 1 FROM briefd_daemons d WHERE d.daemon_id = w.daemon_id
                         AND d.seen_at >= clock_timestamp() - make_interval(secs => %s))
                     FOR UPDATE SKIP LOCKED)""",
-                (self.lease_s,),
+                (endpoint, self.lease_s),
             )
-            waits = read_waits(db)
+            waits = read_waits(db, endpoint)
             counts = reap.fetchone()
             shared.reclaimed_total += int(counts["reaped"])
-            live = int(counts["live"])
+            live, before = int(counts["live"]), len(waits)
             mine: list[Grant] = []
             others: dict[str, int] = {}
             wake: float | None = None
+            starved = False
             now = shared.clock()
             cooling = now < shared.cooldown_until
             if cooling:
@@ -341,9 +346,13 @@ class ClusterTokens:
                     wake = delay  # the head waits; nobody passes it
                     waits.insert(i, head)
                     break
-                grant = self._lease(db, head, shared, now)
+                slot, grant = self._lease(db, head, shared, now)
+                if slot is None:  # K calls in flight, every endpoint's: the head waits
+                    starved = True
+                    waits.insert(i, head)
+                    break
                 if grant is None:
-                    continue  # withdrawn meanwhile
+                    continue  # withdrawn meanwhile (its slot stays free)
                 shared.pacer.spend(req.est_tokens)
                 shared.granted_total += 1
                 live += 1
@@ -351,26 +360,51 @@ class ClusterTokens:
                     mine.append(grant)
                 else:
                     others[head.daemon_id] = others.get(head.daemon_id, 0) + 1
+            shared.starved = starved
             save(db, shared)
             for daemon in others:
                 db.execute("SELECT pg_notify(%s, %s)", (CHANNEL, daemon))
-            figures = figures_of(shared, live, len(waits))
-        return GrantRound(mine=tuple(mine), others=others, wake_in_s=wake, figures=figures)
+            granted = before - len(waits)
+            figures = figures_of(
+                shared,
+                live,
+                len(waits),
+                int(counts["all_live"]) + granted,
+                max(0, int(counts["all_waiting"]) - granted),
+            )
+        return GrantRound(
+            mine=tuple(mine),
+            others=others,
+            wake_in_s=wake,
+            figures=figures,
+            starved=starved,
+        )
 
-    def _lease(self, db: Any, head: QueuedRow, shared: Shared, now: float) -> Grant | None:
-        """Turn ``head`` into a lease (None if its request was withdrawn meanwhile)."""
+    def _lease(
+        self, db: Any, head: QueuedRow, shared: Shared, now: float
+    ) -> tuple[int | None, Grant | None]:
+        """Turn ``head`` into a lease holding a free slot, in one statement: (the slot, the
+        grant). No slot: K leases are live (or the free ones are being taken by other rounds
+        right now). A slot and no grant: the request was withdrawn meanwhile; the slot stays
+        free (this transaction's lock on it lets its next lease take it again)."""
         w = head.waiting
         req = w.request
         mine = head.daemon_id == self.daemon_id
-        row = db.execute(  # no row when the wait was deleted (a cancel), or is being
-            f"""WITH gone AS (DELETE FROM briefd_token_waits WHERE wait_id = (
+        row = db.execute(  # no lease when the wait was deleted (a cancel), or is being
+            f"""WITH free AS ({slots.TAKE}),
+            gone AS (DELETE FROM briefd_token_waits WHERE wait_id = (
                 SELECT wait_id FROM briefd_token_waits WHERE wait_id = %s
-                FOR UPDATE SKIP LOCKED) RETURNING 1)
-            INSERT INTO briefd_tokens (lease_id, wait_id, daemon_id, requester, job_id,
-                stage, epoch, est_tokens, waited_ms, delivered, expires_at)
-            SELECT nextval('briefd_token_fence'), %s, %s, %s, %s, %s, %s, %s, %s, %s,
-                clock_timestamp() + make_interval(secs => %s) FROM gone
-            RETURNING {LEASE_COLUMNS}""",
+                FOR UPDATE SKIP LOCKED) AND EXISTS (SELECT 1 FROM free) RETURNING 1),
+            lease AS (INSERT INTO briefd_tokens (lease_id, wait_id, daemon_id, requester,
+                job_id, stage, endpoint, epoch, est_tokens, waited_ms, delivered, expires_at,
+                slot)
+            SELECT nextval('briefd_token_fence'), %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
+                clock_timestamp() + make_interval(secs => %s), (SELECT slot FROM free)
+            FROM gone RETURNING *),
+            held AS (UPDATE briefd_token_slots SET lease_id = (SELECT lease_id FROM lease)
+                WHERE slot = (SELECT slot FROM lease))
+            SELECT (SELECT slot FROM free) AS free_slot, {LEASE_COLUMNS}
+            FROM (SELECT 1) AS one LEFT JOIN lease ON true""",
             (
                 w.seq,
                 w.seq,
@@ -378,6 +412,7 @@ class ClusterTokens:
                 req.requester,
                 req.job_id,
                 req.stage,
+                shared.endpoint,
                 shared.window.epoch,
                 req.est_tokens,
                 max(0, int((now - w.queued_at) * 1000)),
@@ -385,7 +420,36 @@ class ClusterTokens:
                 self.lease_s,
             ),
         ).fetchone()
-        return None if row is None else grant_of(row)
+        if row is None or row["free_slot"] is None:
+            return None, None
+        return int(row["free_slot"]), None if row["lease_id"] is None else grant_of(row)
+
+    def busy_endpoints(self, *, due: bool = False) -> list[str]:
+        """Endpoints with requests waiting (and, ``due``, with leases past their expiry, to be
+        reaped by their round), sorted: the rounds a safety-net ``Tick`` runs."""
+        with self._tx() as db:
+            rows = db.execute(
+                """SELECT DISTINCT endpoint FROM briefd_token_waits
+                UNION SELECT DISTINCT endpoint FROM briefd_tokens
+                    WHERE %s AND expires_at < clock_timestamp()
+                ORDER BY 1""",
+                (due,),
+            ).fetchall()
+        return [r["endpoint"] for r in rows]
+
+    def starved_endpoints(self) -> list[str]:
+        """Endpoints whose last round stopped for want of a slot while one is free now: a
+        round of theirs may grant. Read after a commit that freed slots (or after a round of
+        one's own starved), so a round that starved as this daemon freed a slot is seen by
+        one of the two: either it sees the slot free, or this read sees it starved."""
+        with self._tx() as db:
+            rows = db.execute(
+                """SELECT endpoint FROM briefd_limiter_endpoints
+                WHERE starved AND EXISTS (SELECT 1 FROM briefd_token_slots
+                    WHERE lease_id IS NULL AND NOT doomed)
+                ORDER BY 1"""
+            ).fetchall()
+        return [r["endpoint"] for r in rows]
 
     def take_grants(self) -> list[Grant]:
         """This daemon's grants made by other daemons, marked delivered as they are read."""
@@ -411,13 +475,13 @@ class ClusterTokens:
         """End ``lease`` and learn from its call (window, latency, TPM, the server's headers);
         False if the lease had already been reclaimed (its outcome still counts)."""
         with self._tx() as db:
-            shared = load(db)
+            shared = load(db, lease.endpoint)
             counts = db.execute(
                 """WITH gone AS (DELETE FROM briefd_tokens WHERE lease_id = %s AND daemon_id = %s
                     RETURNING 1)
                 SELECT (SELECT count(*) FROM gone) AS gone,
-                    (SELECT count(*) FROM briefd_tokens) AS live""",
-                (lease.lease_id, self.daemon_id),
+                    (SELECT count(*) FROM briefd_tokens WHERE endpoint = %s) AS live""",
+                (lease.lease_id, self.daemon_id, lease.endpoint),
             ).fetchone()  # one snapshot: "live" still counts the lease it deletes
             if shared is not None:
                 shared.pacer.ended(
@@ -433,11 +497,11 @@ class ClusterTokens:
                 save(db, shared)
         return bool(counts["gone"])
 
-    def cool_down(self, retry_after_s: float) -> bool:
-        """A 429's ``Retry-After``: no grant anywhere before it has passed. True if it moved
-        the cluster's cool-down later."""
+    def cool_down(self, retry_after_s: float, endpoint: str = "") -> bool:
+        """A 429's ``Retry-After`` from ``endpoint``: no grant for it, from any daemon, before
+        it has passed (other endpoints grant on). True if it moved the cool-down later."""
         with self._tx() as db:
-            shared = load(db)
+            shared = self._lane(db, endpoint)
             if shared is None:
                 return False
             until = shared.clock() + retry_after_s
@@ -448,12 +512,24 @@ class ClusterTokens:
             save(db, shared)
         return True
 
-    def figures(self) -> ClusterFigures | None:
-        """The cluster as it is now (no lock taken); None before any daemon configured it."""
+    def figures(self, endpoint: str = "") -> ClusterFigures | None:
+        """``endpoint`` and the cluster as they are now (no lock taken); None before any
+        daemon used the endpoint."""
         with self._tx() as db:
-            shared = load(db, lock=False)
+            shared = load(db, endpoint, lock=False)
             if shared is None:
                 return None
-            live = count_rows(db, "briefd_tokens")
-            waiting = count_rows(db, "briefd_token_waits")
-            return figures_of(shared, live, waiting)
+            row = db.execute(
+                """SELECT (SELECT count(*) FROM briefd_tokens WHERE endpoint = %s) AS live,
+                    (SELECT count(*) FROM briefd_token_waits WHERE endpoint = %s) AS waiting,
+                    (SELECT count(*) FROM briefd_tokens) AS all_live,
+                    (SELECT count(*) FROM briefd_token_waits) AS all_waiting""",
+                (endpoint, endpoint),
+            ).fetchone()
+            return figures_of(
+                shared,
+                int(row["live"]),
+                int(row["waiting"]),
+                int(row["all_live"]),
+                int(row["all_waiting"]),
+            )

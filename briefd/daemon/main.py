@@ -150,7 +150,11 @@ class Daemon(DaemonBackend):
                 logger.info("{} job(s) of this data dir's previous daemon resume now", lapsed)
             claims = ClaimKeeper(store, self.daemon_id, lease_s=s.lease_s, poll_s=s.poll_s)
             self.limiter = cluster_limiter(  # no token for a job whose claim is unproven
-                s, self.daemon_id, [metrics_observer(self.metrics)], gate=store.claim_valid
+                s,
+                self.daemon_id,
+                [metrics_observer(self.metrics)],
+                gate=store.claim_valid,
+                endpoints=self._provider.routing.limits(),
             )
         else:
             self.limiter = LimiterSupervisor(

@@ -22,7 +22,7 @@ from briefd.config import ConfigError
 from briefd.redaction import redact, register_secret
 
 SCHEMES = ("postgresql", "postgres")
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA_LOCK = 0x62726965_66640001
 """The advisory lock (one bigint) held while the schema is checked and made: 'briefd' + 1."""
 DEFAULT_BOUND_S = 2.5
@@ -147,6 +147,98 @@ MIGRATIONS: dict[int, tuple[LiteralString, ...]] = {
         "COMMENT ON COLUMN briefd_token_waits.admitted_at IS 'job admitted, epoch s (0: unknown)'",
         "COMMENT ON COLUMN briefd_tokens.lease_id IS 'from briefd_token_fence: the grant''s fence'",
     ),
+    # Version 3: one limiter row per endpoint (briefd/cluster/shared.py), so grant rounds
+    # for different endpoints lock different rows and run in parallel, and K slot rows
+    # (briefd/cluster/slots.py) that keep the global cap without a global lock. The one
+    # row of version 2 becomes the 'default' endpoint's (BRIEFD_BASE_URL's) and keeps K;
+    # waits and leases of version 2 are the 'default' endpoint's, and the live leases
+    # take slots (more of them than K: the extra slots go as their leases end).
+    3: (
+        """CREATE TABLE briefd_limiter_endpoints (
+            endpoint        text PRIMARY KEY,
+            ceiling         integer NOT NULL,
+            max_concurrent  integer,
+            adaptive        boolean NOT NULL DEFAULT true,
+            w               float8 NOT NULL,
+            epoch           bigint NOT NULL DEFAULT 0,
+            cuts            bigint NOT NULL DEFAULT 0,
+            rpm             float8,
+            tpm             float8,
+            rpm_tat         float8 NOT NULL DEFAULT 0,
+            tpm_tat         float8 NOT NULL DEFAULT 0,
+            pause_until     float8 NOT NULL DEFAULT 0,
+            cooldown_until  float8 NOT NULL DEFAULT 0,
+            pauses          bigint NOT NULL DEFAULT 0,
+            rate_limited    bigint NOT NULL DEFAULT 0,
+            granted_total   bigint NOT NULL DEFAULT 0,
+            reclaimed_total bigint NOT NULL DEFAULT 0,
+            latencies       text NOT NULL DEFAULT '{}',
+            set_by          text,
+            starved         boolean NOT NULL DEFAULT false
+        )""",
+        """COMMENT ON TABLE briefd_limiter_endpoints IS
+            'each endpoint''s window, budgets and cool-down; times: epoch s'""",
+        """COMMENT ON COLUMN briefd_limiter_endpoints.starved IS
+            'its last grant round stopped for want of a free slot (K reached)'""",
+        """COMMENT ON TABLE briefd_limiter IS
+            'the cluster''s K (ceiling), adaptive and who set them; the rest: schema 2''s'""",
+        """INSERT INTO briefd_limiter_endpoints (endpoint, ceiling, adaptive, w, epoch, cuts,
+            rpm, tpm, rpm_tat, tpm_tat, pause_until, cooldown_until, pauses, rate_limited,
+            granted_total, reclaimed_total, latencies, set_by)
+        SELECT 'default', ceiling, adaptive, w, epoch, cuts, rpm, tpm, rpm_tat, tpm_tat,
+            pause_until, cooldown_until, pauses, rate_limited, granted_total,
+            reclaimed_total, latencies, set_by FROM briefd_limiter""",
+        "ALTER TABLE briefd_token_waits ADD COLUMN endpoint text NOT NULL DEFAULT 'default'",
+        "ALTER TABLE briefd_tokens ADD COLUMN endpoint text NOT NULL DEFAULT 'default'",
+        "ALTER TABLE briefd_tokens ADD COLUMN slot integer",
+        """CREATE TABLE briefd_token_slots (
+            slot     integer PRIMARY KEY,
+            lease_id bigint,
+            doomed   boolean NOT NULL DEFAULT false
+        )""",
+        """COMMENT ON TABLE briefd_token_slots IS
+            'K slots: a lease holds one (lease_id), so never more than K leases live'""",
+        # No index but the key: taking and freeing a slot are HOT updates, pruned in place,
+        # so the small table does not grow with dead rows between vacuums.
+        """COMMENT ON COLUMN briefd_token_slots.doomed IS
+            'K was lowered under the live leases: the slot goes when its lease ends'""",
+        """UPDATE briefd_tokens t SET slot = n.rn FROM (
+            SELECT lease_id, row_number() OVER (ORDER BY lease_id) AS rn FROM briefd_tokens
+        ) n WHERE t.lease_id = n.lease_id""",
+        """INSERT INTO briefd_token_slots (slot, doomed)
+        SELECT s, s > coalesce((SELECT ceiling FROM briefd_limiter), 0)
+        FROM generate_series(1, greatest(
+            coalesce((SELECT ceiling FROM briefd_limiter), 0),
+            (SELECT count(*) FROM briefd_tokens))::integer) AS s""",
+        """UPDATE briefd_token_slots s SET lease_id = t.lease_id
+        FROM briefd_tokens t WHERE t.slot = s.slot""",
+        # Every way a lease ends (release, reap, cancel, a daemon leaving, a DELETE by
+        # hand) frees its slot here, in the same transaction. A doomed slot goes with its
+        # lease; a free slot while another doomed one still holds a call goes in its place
+        # (that one is kept), so the calls in flight fall to the new K before any is added.
+        """CREATE FUNCTION briefd_free_slot() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF OLD.slot IS NULL THEN
+                RETURN NULL;
+            END IF;
+            UPDATE briefd_token_slots SET lease_id = NULL WHERE slot = OLD.slot AND NOT doomed;
+            IF NOT FOUND THEN
+                DELETE FROM briefd_token_slots WHERE slot = OLD.slot;
+                RETURN NULL;
+            END IF;
+            IF EXISTS (SELECT 1 FROM briefd_token_slots WHERE doomed) THEN
+                UPDATE briefd_token_slots SET doomed = false WHERE slot = (
+                    SELECT slot FROM briefd_token_slots WHERE doomed
+                    ORDER BY slot LIMIT 1 FOR UPDATE SKIP LOCKED);
+                IF FOUND THEN
+                    DELETE FROM briefd_token_slots WHERE slot = OLD.slot;
+                END IF;
+            END IF;
+            RETURN NULL;
+        END $$""",
+        """CREATE TRIGGER briefd_tokens_free_slot AFTER DELETE ON briefd_tokens
+            FOR EACH ROW EXECUTE PROCEDURE briefd_free_slot()""",
+    ),
 }
 
 
@@ -188,8 +280,14 @@ def unavailable(err: psycopg.Error) -> bool:
 
 def contended(err: psycopg.Error) -> bool:
     """A lock or statement that passed the session's bound (another session held the rows,
-    or a deadline was given): try again, the server itself is fine."""
-    return isinstance(err, psycopg.errors.LockNotAvailable | psycopg.errors.QueryCanceled)
+    or a deadline was given), or a deadlock PostgreSQL broke (two daemons' operations on two
+    endpoints' rows in opposite orders): try again, the server itself is fine."""
+    return isinstance(
+        err,
+        psycopg.errors.LockNotAvailable
+        | psycopg.errors.QueryCanceled
+        | psycopg.errors.DeadlockDetected,
+    )
 
 
 def one_line(err: BaseException) -> str:

@@ -51,6 +51,15 @@ MONO_TO_WALL = time.time() - time.monotonic()
 """Add to this process's ``time.monotonic()`` (the simulator's clock) to get Unix time."""
 
 
+LIMITER_ROW: dict[str, str] = {
+    "table": "briefd_limiter_endpoints",
+    "lock_sql": "SELECT 1 FROM briefd_limiter_endpoints WHERE endpoint = 'default' FOR UPDATE",
+    "query_has": "briefd_limiter_endpoints",
+}
+"""Where a grant round for the one ``BRIEFD_BASE_URL`` endpoint locks (schema 3: one row per
+endpoint), for :func:`pause_holding` / :func:`act_holding` to land a fault while it is held."""
+
+
 def wall(mono: float) -> float:
     return mono + MONO_TO_WALL
 

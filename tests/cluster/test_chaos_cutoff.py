@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from pg import PgServer
 
-from cluster.chaos import Feeder, HealthProbe, act_holding, cluster, poll
+from cluster.chaos import LIMITER_ROW, Feeder, HealthProbe, act_holding, cluster, poll
 
 K = 2
 LEASE_S = 2.0
@@ -52,9 +52,7 @@ def test_a_daemon_cut_off_from_the_database_stops_and_says_so(
                         a,
                         lambda: proxy.set("drop"),
                         lambda: proxy.set("pass"),
-                        table="briefd_limiter",
-                        lock_sql="SELECT 1 FROM briefd_limiter WHERE id = 1 FOR UPDATE",
-                        query_has="briefd_limiter",
+                        **LIMITER_ROW,
                     )
                 else:
                     poll(a.busy, 10, "a call of daemon a on the wire")

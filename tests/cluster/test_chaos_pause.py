@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pg import PgServer
 
-from cluster.chaos import Feeder, Record, cluster, pause_holding, poll
+from cluster.chaos import LIMITER_ROW, Feeder, Record, cluster, pause_holding, poll
 
 K = 2
 LEASE_S = 2.0
@@ -60,9 +60,7 @@ def test_paused_holding_the_limiter_lock_does_not_stop_the_cluster(
             paused_at = pause_holding(
                 pg_url,
                 a,
-                table="briefd_limiter",
-                lock_sql="SELECT 1 FROM briefd_limiter WHERE id = 1 FOR UPDATE",
-                query_has="briefd_limiter",
+                **LIMITER_ROW,
             )
             threading.Event().wait(PAUSE_S)
             resumed_at = time.time()

@@ -63,7 +63,7 @@ def test_a_paused_limiter_transaction_is_ended_and_the_others_grant(
     def pause_in_a_round() -> None:
         try:
             with paused._tx() as db:  # exactly as a grant round begins
-                load(db)  # SELECT ... FOR UPDATE of the one limiter row
+                load(db, "")  # SELECT ... FOR UPDATE of the endpoint's limiter row
                 holding.set()
                 done.wait(15)  # "SIGSTOP": nothing more is sent on this session
         except psycopg.Error as err:  # the server ended the session: what we want
