@@ -488,7 +488,7 @@ class ClusterLimiterActor(LeanThreadingActor):
     def _beat(self) -> None:
         """Renew; make again the requests the cluster reaped while it could not hear us."""
         sent = time.monotonic()
-        lost, gone = self._s.reconcile(self._tokens.heartbeat())
+        lost, gone = self._s.reconcile(self._tokens.heartbeat(held=self._s.leases.keys()))
         self._s.beat_at = sent
         if lost:
             logger.warning("cluster limiter: {} request(s) were reaped; queued again", lost)

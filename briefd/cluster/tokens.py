@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 import os
 import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -161,8 +161,14 @@ class ClusterTokens:
             (self.daemon_id, socket.gethostname(), os.getpid(), briefd.__version__),
         )
 
-    def heartbeat(self) -> Beat:
+    def heartbeat(self, held: Collection[int] | None = None) -> Beat:
         """Renew this daemon's presence and leases; what the database still holds of it.
+
+        ``held``: the delivered leases this daemon's limiter holds. Only those (and grants
+        not delivered yet) are renewed; a delivered lease it does not hold is deleted (its
+        slot freed). Such a lease is one it released but the database lost the release of
+        (a server restarted without its last commits, a failover to a replica behind), and
+        renewing it would keep a token of K forever. ``None`` renews every lease (tests).
 
         Waits are read before leases, so a request granted in between shows in one of
         the two: a request in neither was reaped (this daemon was unseen for
@@ -170,11 +176,25 @@ class ClusterTokens:
         """
         with self._tx() as db:
             self._seen(db)
-            db.execute(
-                """UPDATE briefd_tokens SET expires_at = clock_timestamp()
-                    + make_interval(secs => %s) WHERE daemon_id = %s""",
-                (self.lease_s, self.daemon_id),
-            )
+            if held is None:
+                db.execute(
+                    """UPDATE briefd_tokens SET expires_at = clock_timestamp()
+                        + make_interval(secs => %s) WHERE daemon_id = %s""",
+                    (self.lease_s, self.daemon_id),
+                )
+            else:
+                ids = sorted(held)
+                db.execute(
+                    """UPDATE briefd_tokens SET expires_at = clock_timestamp()
+                        + make_interval(secs => %s)
+                    WHERE daemon_id = %s AND (NOT delivered OR lease_id = ANY(%s))""",
+                    (self.lease_s, self.daemon_id, ids),
+                )
+                db.execute(
+                    """DELETE FROM briefd_tokens
+                    WHERE daemon_id = %s AND delivered AND NOT (lease_id = ANY(%s))""",
+                    (self.daemon_id, ids),
+                )
             waits = db.execute(
                 "SELECT wait_id FROM briefd_token_waits WHERE daemon_id = %s", (self.daemon_id,)
             ).fetchall()

@@ -168,6 +168,26 @@ def test_lease_of_a_dead_daemon_is_reclaimed_after_lease_s(make_tokens: Factory)
     assert figures is not None and figures.reclaimed_total == 1
 
 
+def test_a_lease_the_daemon_does_not_hold_is_not_renewed_but_freed(
+    make_tokens: Factory,
+) -> None:
+    """A delivered lease the daemon's limiter does not hold (its release was lost: a server
+    restarted without its last commits) is deleted by the heartbeat, so its token of K comes
+    back at once; the leases it holds are renewed (fails when every lease is renewed)."""
+    a, b = make_tokens("a", lease_s=30.0), make_tokens("b", lease_s=30.0)
+    a.configure(2, adaptive=False)
+    enqueue(a, "a-1")
+    enqueue(a, "a-2")
+    kept, lost = a.grant().mine
+    enqueue(b, "b-r")
+    assert not b.grant().mine  # K=2, both held by a
+    a.heartbeat(held={kept.lease_id})
+    (got,) = b.grant().mine  # the lost one's token is free again, long before lease_s
+    assert got.requester == "b-r"
+    assert kept.lease_id in a.heartbeat(held={kept.lease_id}).leases
+    assert lost.lease_id not in a.heartbeat(held={kept.lease_id}).leases
+
+
 def test_heartbeat_keeps_leases_alive(make_tokens: Factory) -> None:
     """A daemon that heartbeats keeps its lease past lease_s."""
     a, b = make_tokens("a", lease_s=1.0), make_tokens("b", lease_s=1.0)
