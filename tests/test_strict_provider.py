@@ -182,3 +182,24 @@ def test_a_budget_holds_when_the_model_was_found_not_named(make_job: Any) -> Non
         )
         assert {e.code.value for e in result.errors} == {"BUDGET_EXCEEDED"}
         assert sim.stats().total_requests == 0
+
+
+def test_a_reasoning_model_gets_max_completion_tokens_and_no_temperature(
+    strict: SimServer, repo: Path, tmp_path: Path, briefd_cmd: Any, child_env: Any
+) -> None:
+    """o4-mini refuses max_tokens and a temperature other than 1 (as OpenAI's o-series do):
+    the example job still succeeds on it, unchanged, and its reasoning tokens are counted."""
+    out = tmp_path / "out"
+    env = child_env(
+        BRIEFD_BASE_URL=strict.base_url, BRIEFD_MODEL="o4-mini", BRIEFD_API_KEY="sk-strict-1"
+    )
+    done = _run_cli(
+        briefd_cmd("run", str(repo / "examples/northwind-briefing.json"), "--out", str(out)),
+        env,
+        tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads((out / "result.json").read_text())
+    assert set(result["served_by"].values()) == {"default:o4-mini-2025-04-16"}
+    assert all(u["reasoning_tokens"] > 0 for u in result["metrics"]["usage"].values())
+    assert strict.stats().by_status == {200: 4}

@@ -20,6 +20,7 @@ from typing import Any
 
 from briefd.config import Settings, StageSpec
 from briefd.config.endpoints import EndpointSpec
+from briefd.sim.catalog import is_reasoning
 from briefd.sim.openai_spec import CHAT_ARGUMENTS
 
 OPENAI_CHAT_ARGUMENTS = frozenset(CHAT_ARGUMENTS)
@@ -81,9 +82,12 @@ def build_request(
     body: dict[str, Any] = {**params, "messages": messages}
     if chosen and kind != "azure":
         body["model"] = chosen
+    reasoning = kind in ("openai", "azure") and is_reasoning(chosen or "")
     if stage.max_tokens is not None:
-        body["max_tokens"] = stage.max_tokens
-    if stage.temperature is not None:
+        # OpenAI's reasoning models (o-series, gpt-5) refuse max_tokens: its documented
+        # successor counts their hidden reasoning too, so such a stage may need a larger one.
+        body["max_completion_tokens" if reasoning else "max_tokens"] = stage.max_tokens
+    if stage.temperature is not None and not reasoning:  # they take only the default (1)
         body["temperature"] = stage.temperature
     style = (
         stage.response_format
