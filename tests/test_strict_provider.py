@@ -37,20 +37,24 @@ def _run_cli(cmd: list[str], env: dict[str, str], cwd: Path) -> subprocess.Compl
     return subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=120)
 
 
+def _run_example(
+    repo: Path, tmp_path: Path, briefd_cmd: Any, env: dict[str, str]
+) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """`briefd run examples/northwind-briefing.json` as the README runs it; its output dir."""
+    out = tmp_path / "out"
+    job = str(repo / "examples/northwind-briefing.json")
+    return _run_cli(briefd_cmd("run", job, "--out", str(out)), env, tmp_path), out
+
+
 def test_the_example_job_succeeds_unchanged_on_a_strict_openai_endpoint(
     strict: SimServer, repo: Path, tmp_path: Path, briefd_cmd: Any, child_env: Any
 ) -> None:
     """`briefd run examples/northwind-briefing.json` with the built-in pipeline: exit 0,
     four documents, each served by the dated model, priced by it, nothing refused."""
-    out = tmp_path / "out"
     env = child_env(
         BRIEFD_BASE_URL=strict.base_url, BRIEFD_MODEL="gpt-4o", BRIEFD_API_KEY="sk-strict-1"
     )
-    done = _run_cli(
-        briefd_cmd("run", str(repo / "examples/northwind-briefing.json"), "--out", str(out)),
-        env,
-        tmp_path,
-    )
+    done, out = _run_example(repo, tmp_path, briefd_cmd, env)
     assert done.returncode == 0, done.stderr
     result = json.loads((out / "result.json").read_text())
     assert result["status"] == "succeeded"
@@ -67,11 +71,7 @@ def test_no_model_is_refused_before_any_call_naming_the_variable(
     """The server offers several models: exit 2, one line naming BRIEFD_MODEL and some of
     them; no chat call was made."""
     env = child_env(BRIEFD_BASE_URL=strict.base_url, BRIEFD_API_KEY="sk-strict-1")
-    done = _run_cli(
-        briefd_cmd("run", str(repo / "examples/northwind-briefing.json"), "--out", "o"),
-        env,
-        tmp_path,
-    )
+    done, _ = _run_example(repo, tmp_path, briefd_cmd, env)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
@@ -189,15 +189,10 @@ def test_a_reasoning_model_gets_max_completion_tokens_and_no_temperature(
 ) -> None:
     """o4-mini refuses max_tokens and a temperature other than 1 (as OpenAI's o-series do):
     the example job still succeeds on it, unchanged, and its reasoning tokens are counted."""
-    out = tmp_path / "out"
     env = child_env(
         BRIEFD_BASE_URL=strict.base_url, BRIEFD_MODEL="o4-mini", BRIEFD_API_KEY="sk-strict-1"
     )
-    done = _run_cli(
-        briefd_cmd("run", str(repo / "examples/northwind-briefing.json"), "--out", str(out)),
-        env,
-        tmp_path,
-    )
+    done, out = _run_example(repo, tmp_path, briefd_cmd, env)
     assert done.returncode == 0, done.stderr
     result = json.loads((out / "result.json").read_text())
     assert set(result["served_by"].values()) == {"default:o4-mini-2025-04-16"}
