@@ -19,11 +19,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from log_helpers import daemon_started as started
+from log_helpers import write_log as write
 from rich.console import Console
 
 from briefd.cli import main as cli_main
 from briefd.messages import (
-    DaemonStarted,
     DaemonStopping,
     Event,
     JobAccepted,
@@ -43,35 +44,11 @@ from briefd.messages import (
     TokenReleased,
 )
 from briefd.ops.console import render
-from briefd.ops.eventlog import dumps_line, event_payload, level_for, line_of
 from briefd.ops.sources import LogSet
 from briefd.ops.view import OpsView
 
 T0 = 1_700_000_000.0  # in the past: a stopped daemon's grace is over
 STAGE = "BRIEFING_MD"
-
-
-def write(path: Path, *events: tuple[float, Event]) -> Path:
-    """Append ``events`` (each at its time) to ``path`` as the daemon's logger writes them."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as out:
-        for ts, event in events:
-            event = event.model_copy(update={"ts": ts})
-            out.write(dumps_line(line_of(event_payload(event), level_for(event.type), "")) + "\n")
-    return path
-
-
-def started(port: int) -> DaemonStarted:
-    """The DaemonStarted of a daemon listening on ``port`` (its pid is the port, for tests)."""
-    return DaemonStarted(
-        url=f"http://127.0.0.1:{port}",
-        pid=port,
-        version="0.1.0",
-        resumed=0,
-        max_active_jobs=2,
-        max_queued_jobs=10,
-        max_concurrent=2,
-    )
 
 
 def completed(job_id: str, status: JobStatus = JobStatus.SUCCEEDED) -> JobCompleted:

@@ -17,11 +17,11 @@ import re
 from pathlib import Path
 
 from cluster.chaos import cluster, poll
+from log_helpers import daemon_started, write_log
 from pg import PgServer
 from rich.console import Console
 
 from briefd.messages import (
-    DaemonStarted,
     Event,
     JobAccepted,
     JobCancelled,
@@ -35,7 +35,6 @@ from briefd.messages import (
     TokenGranted,
 )
 from briefd.ops.console import render
-from briefd.ops.eventlog import dumps_line, event_payload, level_for, line_of
 from briefd.ops.sources import LogSet
 from briefd.ops.view import OpsView
 from briefd.sim.server import Fault
@@ -94,15 +93,6 @@ def test_the_token_line_is_the_clusters_and_waiting_clears_when_jobs_end(
     assert "waiting for a token" not in line or ", 0 stages waiting" in line, line
 
 
-def _write(path: Path, *events: tuple[float, Event]) -> None:
-    """Append ``events`` as the daemon's logger writes them (the real serialiser)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as out:
-        for ts, event in events:
-            event = event.model_copy(update={"ts": ts})
-            out.write(dumps_line(line_of(event_payload(event), level_for(event.type), "")) + "\n")
-
-
 def _queued_behind_a_token(job_id: str, ts: float, waiting: int) -> list[tuple[float, Event]]:
     """A four-stage job whose first stage holds the only token, the limiter saying that
     ``waiting`` stages queue behind it."""
@@ -150,42 +140,41 @@ def test_stages_waiting_clear_when_their_jobs_end_without_another_token_event(
     """The limiter's last word was "3 waiting"; the job was cancelled, its requests withdrawn
     without a token event: the console shows none waiting, in one log as in a cluster's."""
     one = tmp_path / "one" / "events.log"
-    _write(one, (T0, _started(8761, None)), *_queued_behind_a_token("j", T0 + 1, waiting=3))
+    write_log(
+        one,
+        (T0, daemon_started(8761, max_concurrent=1, daemon_id=None)),
+        *_queued_behind_a_token("j", T0 + 1, waiting=3),
+    )
     logs = LogSet([str(one)])
     view = OpsView()
     view.apply_merged(logs.poll())
     assert view.snapshot().tokens["waiting"] == 3  # believed while the job can still wait
-    _write(one, *_cancelled("j", T0 + 2))
+    write_log(one, *_cancelled("j", T0 + 2))
     view.apply_merged(logs.poll())
     logs.close()
     assert view.snapshot().tokens["waiting"] == 0
 
     a, b = tmp_path / "a" / "events.log", tmp_path / "b" / "events.log"
-    _write(a, (T0, _started(8762, "h:1:a")), *_queued_behind_a_token("x", T0 + 1, waiting=2))
-    _write(b, (T0, _started(8763, "h:2:b")), *_queued_behind_a_token("y", T0 + 1.5, waiting=1))
+    write_log(
+        a,
+        (T0, daemon_started(8762, max_concurrent=1, daemon_id="h:1:a")),
+        *_queued_behind_a_token("x", T0 + 1, waiting=2),
+    )
+    write_log(
+        b,
+        (T0, daemon_started(8763, max_concurrent=1, daemon_id="h:2:b")),
+        *_queued_behind_a_token("y", T0 + 1.5, waiting=1),
+    )
     logs = LogSet([str(a), str(b)])
     view = OpsView()
     view.apply_merged(logs.poll())
     assert view.snapshot().tokens["waiting"] == 3
-    _write(a, *_cancelled("x", T0 + 3))
+    write_log(a, *_cancelled("x", T0 + 3))
     view.apply_merged(logs.poll())
     assert view.snapshot().tokens["waiting"] == 1  # b's job still waits
-    _write(b, *_cancelled("y", T0 + 4))
+    write_log(b, *_cancelled("y", T0 + 4))
     view.apply_merged(logs.poll())
     logs.close()
     snap = view.snapshot()
     assert snap.tokens["waiting"] == 0 and snap.tokens["capacity"] == 1, snap.tokens
     assert "waiting for a token" not in _screen(view) or "0 stages waiting" in _screen(view)
-
-
-def _started(port: int, daemon_id: str | None) -> DaemonStarted:
-    return DaemonStarted(
-        url=f"http://127.0.0.1:{port}",
-        pid=port,
-        version="0.1.0",
-        resumed=0,
-        max_active_jobs=2,
-        max_queued_jobs=10,
-        max_concurrent=1,
-        daemon_id=daemon_id,
-    )

@@ -298,10 +298,10 @@ def test_the_console_shows_which_endpoint_served_and_whose_breaker_is_open(
     a open (skipped, left), b closed having served every document."""
     import io
 
+    from log_helpers import log_record
     from rich.console import Console
 
     from briefd.ops.console import render
-    from briefd.ops.eventlog import dumps_line, event_payload, level_for, line_of, parse_line
     from briefd.ops.view import OpsView
 
     monkeypatch.setenv("B_KEY", "sk-test-b")
@@ -315,8 +315,7 @@ def test_the_console_shows_which_endpoint_served_and_whose_breaker_is_open(
     _, events = _run(settings, [make_job("con-1"), make_job("con-2")])
     view = OpsView()
     for event in events:
-        line = dumps_line(line_of(event_payload(event), level_for(event.type), ""))
-        view.apply(parse_line(line))
+        view.apply(log_record(event))
     snap = view.snapshot()
     assert snap.endpoints["a"]["state"] == "open"
     assert snap.endpoints["b"]["served"] == 8 and snap.endpoints["a"]["served"] == 0
