@@ -128,6 +128,28 @@ class Settings(BaseSettings):
     backoff_initial_s: float = Field(default=1.0, ge=0)
     backoff_max_s: float = Field(default=30.0, ge=0)
     retry_after_max_s: float = Field(default=120.0, ge=0, description="Clamp on Retry-After.")
+    stream: bool = Field(
+        default=True,
+        description="Stream answers (stream: true) where the endpoint allows; false: whole "
+        "answers only (an endpoint's or a stage's stream = false turns it off there).",
+    )
+    idle_timeout_ms: int = Field(
+        default=15_000,
+        ge=10,
+        description="A streamed answer with no chunk for this long is cut (STALLED, retried).",
+    )
+    first_token_timeout_ms: int | None = Field(
+        default=None,
+        ge=10,
+        description="A streamed answer with no first token by then is cut (STALLED, retried). "
+        "Unset: BRIEFD_TIMEOUT_MS.",
+    )
+    hedge_after_ms: str | None = Field(
+        default=None,
+        description="Hedging (off by default): a call with no first token after this many ms "
+        "(or 'p95' of recent first tokens) sends a second copy, the first answer wins; hedges "
+        "are at most 10 % of calls.",
+    )
     response_format: Literal["json_schema", "json_object", "none"] | None = Field(
         default=None,
         description="How JSON stages ask for JSON: json_schema (OpenAI, vLLM), json_object "
@@ -155,10 +177,18 @@ class Settings(BaseSettings):
 
     # Pipeline
     pipeline: Path | None = Field(default=None, description="Pipeline TOML (default: built in).")
+    pipelines: Path | None = Field(
+        default=None,
+        description="A folder of named pipeline TOML files (NAME.toml); a job picks one with "
+        '"pipeline": NAME. Reloaded on SIGHUP.',
+    )
 
     # Embedded local model
     model_path: Path | None = None
     model_dir: Path | None = None
+    local_threads: int | None = Field(
+        default=None, ge=1, le=256, description="Embedded model's threads (unset: usable cores)."
+    )
 
     # Logging
     log_format: Literal["auto", "json", "text"] = "auto"
@@ -168,6 +198,31 @@ class Settings(BaseSettings):
     # Daemon
     data_dir: Path = Field(default_factory=default_data_dir)
     listen: str = "127.0.0.1:8765"
+    allowed_origins: str = Field(
+        default="",
+        description="Comma-separated exact origins (https://app.example.com) allowed by CORS; "
+        "'' = none: any Origin is refused.",
+    )
+    allowed_hosts: str = Field(
+        default="",
+        description="Comma-separated host names a reverse proxy may forward, besides the "
+        "bound address.",
+    )
+    ui: bool = Field(default=False, description="Serve the example web page at /ui/.")
+    max_streams_per_token: int = Field(
+        default=32, ge=1, description="Concurrent event streams one API token may hold."
+    )
+    webhook_url: str | None = Field(
+        default=None, description="Where jobs without a webhook push their terminal event."
+    )
+    webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="Standard Webhooks secret (whsec_<base64>) signing every delivery.",
+    )
+    webhook_allow_private: bool = Field(
+        default=False,
+        description="Allow webhook URLs on loopback, private, link-local or metadata addresses.",
+    )
     token_file: Path | None = None
     grace_s: float = Field(default=30.0, ge=0)
     max_active_jobs: int | None = Field(

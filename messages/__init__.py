@@ -54,6 +54,7 @@ from briefd.messages.job import (
     SchemaSource,
     StageState,
     Usage,
+    WebhookSpec,
 )
 from briefd.messages.jobs import (
     CancelJob,
@@ -69,6 +70,7 @@ from briefd.messages.stage import (
     StageActorStopped,
     StageFailed,
     StageFellBack,
+    StageProgress,
     StageRetrying,
     StageStarted,
     StageSucceeded,
@@ -101,6 +103,7 @@ AnyMessage = Annotated[
     | StageFailed
     | StageActorStopped
     | StageFellBack
+    | StageProgress
     | StageFailedOver
     | EndpointCircuitChanged
     | RequestToken
@@ -203,6 +206,7 @@ __all__ = [
     "StageFailed",
     "StageFailedOver",
     "StageFellBack",
+    "StageProgress",
     "StageRetrying",
     "StageStarted",
     "StageState",
@@ -215,5 +219,6 @@ __all__ = [
     "TokenReleased",
     "TokensGranted",
     "Usage",
+    "WebhookSpec",
     "parse_message",
 ]

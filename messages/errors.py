@@ -25,6 +25,8 @@ class ErrorCode(StrEnum):
     OUTPUT_ERROR = "OUTPUT_ERROR"
     BUDGET_EXCEEDED = "BUDGET_EXCEEDED"  # not called: the job's budget would be passed
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"  # the job's deadline_s passed before it ended
+    STALLED = "STALLED"  # a streamed answer stopped coming (idle or first-token timeout)
+    UPSTREAM_FAILED = "UPSTREAM_FAILED"  # not called: a stage its prompt reads failed
 
 
 class PipelineError(BaseModel):

@@ -66,6 +66,26 @@ class JobSpec(Frozen):
         description="Per-stage model override: stage name -> the model alias (BRIEFD_ENDPOINTS) or "
         "model name that stage uses instead of the pipeline's or BRIEFD_MODEL.",
     )
+    pipeline: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="The named pipeline to run (a file of BRIEFD_PIPELINES, or briefing-pack). "
+        "Unset: BRIEFD_PIPELINE, else the built-in.",
+    )
+    webhook: WebhookSpec | None = Field(
+        default=None,
+        description="Push this job's events to a URL (unset: BRIEFD_WEBHOOK_URL, if set).",
+    )
+
+
+class WebhookSpec(Frozen):
+    """Where to push a job's events (Standard Webhooks: signed, retried, at least once)."""
+
+    url: str = Field(min_length=1, max_length=2048, description="An http(s) URL.")
+    events: list[str] = Field(
+        default_factory=lambda: ["JobCompleted"],
+        description="Event types to deliver (default: the terminal JobCompleted only).",
+    )
 
 
 class SchemaSource(StrEnum):
@@ -134,6 +154,19 @@ class JobMetrics(Frozen):
     speedup_ratio: float = Field(description="Sum of stage times / total.")
     usage: dict[str, Usage] = Field(description="Tokens per stage.")
     attempts: dict[str, int] = Field(description="Calls per stage.")
+    wall_ms: dict[str, int] = Field(
+        default_factory=dict,
+        description="Each stage from its start to its end: queue, backoffs and calls.",
+    )
+    queued_ms: dict[str, int] = Field(
+        default_factory=dict, description="Each stage's wait for execution tokens."
+    )
+    call_ms: dict[str, int] = Field(
+        default_factory=dict, description="Each stage's calls, request sent to last byte."
+    )
+    ttft_ms: dict[str, int] = Field(
+        default_factory=dict, description="Each streamed stage's time to first token."
+    )
 
 
 class JobResult(Frozen):
@@ -163,3 +196,4 @@ class JobResult(Frozen):
         description="Per stage that produced a document, endpoint:model as the server named "
         "the model (e.g. openai:gpt-4o-2024-08-06).",
     )
+    pipeline: str = Field(default="", description="The pipeline the job ran, name@version.")

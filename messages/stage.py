@@ -47,6 +47,9 @@ class StageStarted(Event):
     attempt: int = Field(description="1 for the first call, 2 for the first retry, ...")
     endpoint: str = Field(default="", description="The endpoint called ('' = the only one).")
     model: str = Field(default="", description="The model (Azure: deployment) asked for.")
+    queued_ms: int = Field(
+        default=0, description="This attempt's wait for its execution token (the limiter's queue)."
+    )
 
 
 class StageRetrying(Event):
@@ -58,6 +61,10 @@ class StageRetrying(Event):
     attempt: int = Field(description="The attempt that failed.")
     wait_s: float = Field(description="Seconds until the next attempt (Retry-After or backoff).")
     reason: PipelineError = Field(description="Why the attempt failed.")
+    call_ms: int = Field(default=0, description="The failed attempt's call, sent to last byte.")
+    ttft_ms: int | None = Field(
+        default=None, description="The failed attempt's time to its first token (streamed)."
+    )
 
 
 class StageSucceeded(Event):
@@ -73,6 +80,21 @@ class StageSucceeded(Event):
     served_by: str = Field(
         default="", description="endpoint:model that produced it, the model as the server named it."
     )
+    queued_ms: int = Field(
+        default=0, description="All attempts: waiting for an execution token (the limiter's queue)."
+    )
+    call_ms: int = Field(
+        default=0, description="All attempts: the calls themselves, request sent to last byte."
+    )
+    ttft_ms: int | None = Field(
+        default=None, description="The last attempt's time to first token (streamed calls only)."
+    )
+    backoff_ms: int = Field(default=0, description="All attempts: waiting out retry backoffs.")
+    server_ms: int | None = Field(
+        default=None,
+        description="The last call's time as the server measured it, where it says (llama.cpp's "
+        "timings); else None.",
+    )
 
 
 class StageFailed(Event):
@@ -85,6 +107,37 @@ class StageFailed(Event):
     elapsed_ms: int = Field(default=0, description="From the stage's start to giving up.")
     attempts: int = Field(default=0, description="Calls made.")
     usage: Usage = Field(default=Usage(), description="Tokens the API reported, all attempts.")
+    queued_ms: int = Field(
+        default=0, description="All attempts: waiting for an execution token (the limiter's queue)."
+    )
+    call_ms: int = Field(
+        default=0, description="All attempts: the calls themselves, request sent to last byte."
+    )
+    ttft_ms: int | None = Field(
+        default=None, description="The last attempt's time to first token (streamed calls only)."
+    )
+    backoff_ms: int = Field(default=0, description="All attempts: waiting out retry backoffs.")
+    server_ms: int | None = Field(
+        default=None,
+        description="The last call's time as the server measured it, where it says (llama.cpp's "
+        "timings); else None.",
+    )
+
+
+class StageProgress(Event):
+    """A streamed call is being written: how far it has come (coalesced, a few a second)."""
+
+    type: Literal["StageProgress"] = "StageProgress"
+    job_id: str
+    stage: str
+    attempt: int = Field(description="The attempt being streamed.")
+    completion_tokens: int = Field(description="Tokens received so far (chunks, or usage).")
+    fraction: float = Field(
+        ge=0, le=1, description="completion_tokens / the stage's max_tokens, capped below 1."
+    )
+    preview: str = Field(
+        default="", description="The text's last line so far, one line, escaped, cut short."
+    )
 
 
 class StageFellBack(Event):

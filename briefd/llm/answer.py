@@ -35,6 +35,8 @@ class Completion:
     usage: Usage = field(default_factory=Usage)
     limits: RateLimits | None = None  # the server's rate-limit headers, for the limiter
     model: str | None = None  # the model the server says answered (a dated name, often)
+    ttft_ms: int | None = None  # streamed: request sent to the first content token
+    server_ms: int | None = None  # the server's own measure of the call (llama.cpp's timings)
 
 
 def _loads(raw: bytes) -> Any:
