@@ -112,6 +112,23 @@ def _model(value: Any) -> str | None:
     return one_line(value.strip(), _MODEL_CHARS) or None
 
 
+def server_ms_of(data: Any) -> int | None:
+    """The call's time as the server measured it, where it says: llama.cpp's ``timings``
+    (``prompt_ms`` + ``predicted_ms``, in a whole answer or a stream's last chunk); else None.
+
+    A server that serves one request at a time queues the others inside the call, so the
+    client's clock over-counts work there; this is what the speed-up figure prefers.
+    """
+    timings = data.get("timings") if isinstance(data, dict) else None
+    if not isinstance(timings, dict):
+        return None
+    parts = [timings.get("prompt_ms"), timings.get("predicted_ms")]
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in parts):
+        return None
+    total = sum(float(v) for v in parts if isinstance(v, int | float))
+    return round(total) if 0 <= total < 1e9 else None
+
+
 def parse_completion(raw: bytes) -> Completion:
     try:
         data = _loads(raw)
@@ -133,4 +150,5 @@ def parse_completion(raw: bytes) -> Completion:
         finish_reason=finish_reason,
         usage=usage,
         model=_model(data.get("model")),
+        server_ms=server_ms_of(data),
     )
