@@ -54,6 +54,7 @@ from briefd.daemon.http_conn import (
     deadline_protocol,
 )
 from briefd.daemon.http_conn import bind_loopback as bind_loopback
+from briefd.daemon.http_events import EventStreams
 from briefd.daemon.prometheus import CONTENT_TYPE_LATEST
 from briefd.messages import JOB_ID_PATTERN, JobInfo, JobResult, JobSpec, JobState
 from briefd.store.base import StoreUnavailable
@@ -89,8 +90,16 @@ def error(http_status: int, code: str, message: str, **extra: Any) -> JSONRespon
 class _Guard:
     """ASGI middleware: Host and Origin, the bearer token, the body size, before any endpoint."""
 
-    def __init__(self, app: ASGIApp, token: str, max_body: int, hosts: Collection[str]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        token: str,
+        max_body: int,
+        hosts: Collection[str],
+        public: Callable[[Scope], bool] = lambda scope: False,
+    ) -> None:
         self.app = app
+        self.public = public  # requests that authenticate themselves (a stream token)
         self.token = token.encode()
         self.max_body = max_body
         self.hosts = frozenset(h.lower() for h in hosts)
@@ -103,7 +112,7 @@ class _Guard:
         if refusal is not None:
             await refusal(scope, receive, send)
             return
-        if scope["path"] != "/healthz":
+        if scope["path"] != "/healthz" and not self.public(scope):
             scheme, _, given = headers.get("authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(
                 given.strip().encode(), self.token
@@ -196,6 +205,7 @@ def build_app(
     max_body_bytes: int,
     waiters: _Waiters,
     hosts: Collection[str],
+    streams: EventStreams | None = None,
 ) -> ASGIApp:
     """The Starlette application (also usable in-process with any ASGI test client).
 
@@ -320,6 +330,7 @@ def build_app(
             Route("/v1/jobs/{job_id}", status, methods=["GET"]),
             Route("/v1/jobs/{job_id}", cancel, methods=["DELETE"]),
             Route("/v1/jobs/{job_id}/result", result, methods=["GET"]),
+            *(streams.routes() if streams is not None else ()),
         ],
         exception_handlers={
             HTTPException: on_http_error,
@@ -328,7 +339,8 @@ def build_app(
             Exception: on_crash,
         },
     )
-    return _Guard(app, token, max_body_bytes, hosts)
+    public = streams.public if streams is not None else (lambda scope: False)
+    return _Guard(app, token, max_body_bytes, hosts, public)
 
 
 def _job_id(request: Request) -> str:
@@ -359,15 +371,18 @@ class ApiServer:
         max_body: int,
         read_timeout_s: float = READ_TIMEOUT_S,
         keep_alive_s: float = KEEP_ALIVE_S,
+        streams: EventStreams | None = None,
     ) -> None:
         self._sock = sock
         self._waiters = _Waiters()
+        self._streams = streams  # the event streams (None: a journal without events)
         app = build_app(
             backend,
             token=token,
             max_body_bytes=max_body,
             waiters=self._waiters,
             hosts=allowed_hosts(sock),
+            streams=streams,
         )
         config = uvicorn.Config(
             app,
@@ -391,8 +406,13 @@ class ApiServer:
         return f"http://{f'[{host}]' if ':' in host else host}:{port}"
 
     def _run(self) -> None:
+        async def serve() -> None:
+            if self._streams is not None:  # their tail delivers into this loop
+                self._streams.start(asyncio.get_running_loop())
+            await self._server.serve(sockets=[self._sock])
+
         try:
-            asyncio.run(self._server.serve(sockets=[self._sock]))
+            asyncio.run(serve())
         except BaseException as err:  # reported by start()
             self._failed = err
 
@@ -411,8 +431,15 @@ class ApiServer:
         """Wake ``?wait=`` requests for ``job_id`` (called by the journal, any thread)."""
         self._waiters.notify(job_id)
 
+    def events_committed(self) -> None:
+        """Events were committed elsewhere (another daemon's ``NOTIFY``): wake the streams."""
+        if self._streams is not None:
+            self._streams.hub.wake()
+
     def stop(self, timeout_s: float = 5.0) -> None:
         """Stop accepting, answer waiting requests, close."""
         self._waiters.notify_all()
+        if self._streams is not None:
+            self._streams.stop()
         self._server.should_exit = True
         self._thread.join(timeout_s)
