@@ -37,12 +37,13 @@ RETRY_S = 0.5
 class Subscription:
     """One stream's view of the tail: its queue of rows, and whether it overflowed."""
 
-    __slots__ = ("_wake", "job_id", "overflowed", "queue")
+    __slots__ = ("_wake", "closed", "job_id", "overflowed", "queue")
 
     def __init__(self, job_id: str | None, buffer: int) -> None:
         self.job_id = job_id
         self.queue: asyncio.Queue[EventRow] = asyncio.Queue(maxsize=buffer)
         self.overflowed = False
+        self.closed = False  # the daemon is stopping: the stream ends (its client comes back)
         self._wake = asyncio.Event()
 
     def offer(self, row: EventRow) -> None:
@@ -57,6 +58,11 @@ class Subscription:
                 self.queue.get_nowait()
             self._wake.set()
 
+    def close(self) -> None:
+        """In the loop: end the stream (the server is stopping)."""
+        self.closed = True
+        self._wake.set()
+
     def reset(self) -> None:
         """Start over (the stream reads the table itself): an empty queue, not overflowed."""
         while not self.queue.empty():
@@ -65,8 +71,8 @@ class Subscription:
         self._wake.clear()
 
     async def next(self, timeout_s: float) -> EventRow | None:
-        """The next row, or None after ``timeout_s`` or on overflow."""
-        if self.overflowed:
+        """The next row, or None after ``timeout_s``, on overflow or once closed."""
+        if self.overflowed or self.closed:
             return None
         if not self.queue.empty():
             return self.queue.get_nowait()
@@ -106,8 +112,18 @@ class EventHub:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop following, and end every stream (their clients reconnect elsewhere or later)."""
         self._stopping.set()
         self._wake.set()
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._close_all)
+
+    def _close_all(self) -> None:
+        for subs in list(self._subs.values()):
+            for sub in subs:
+                sub.close()
 
     def wake(self) -> None:
         """New rows were committed (any thread; quick)."""

@@ -7,7 +7,8 @@
   table what the client missed, then follows the job live; it ends after the
   job's ``JobCompleted``. A finished job's stream replays and ends; asked again
   from its last id it answers ``204`` (which tells ``EventSource`` to stop).
-* ``GET /v1/events``: every job's events, ``id:`` the table's global order.
+* ``GET /v1/events``: every job's events, ``id:`` the table's global order; from
+  now on, unless ``Last-Event-ID`` (or ``?after=``) asks for a replay.
 * ``POST /v1/jobs/{id}/stream-token``: a short-lived token that opens that
   job's stream as ``?access_token=`` (:mod:`briefd.daemon.stream_token`), for
   ``EventSource``, which cannot send the bearer token.
@@ -162,6 +163,7 @@ class EventStreams:
         after = _after(request)
         if isinstance(after, Response):
             return after
+        after = after or 0  # a job's stream starts at its first event
         info = await run_in_threadpool(self._info, job_id)
         if info is None:
             return _error(404, "not_found", f"job {job_id}: no such job")
@@ -176,6 +178,8 @@ class EventStreams:
         after = _after(request)
         if isinstance(after, Response):
             return after
+        if after is None:  # from now on (every job's past would be the whole table)
+            after = await run_in_threadpool(self.log.last_id)
         return self._open_stream("api", None, after, False)
 
     # -- streaming ---------------------------------------------------------------------
@@ -227,6 +231,8 @@ class EventStreams:
             return
         while True:
             live = await sub.next(timeout_s=60.0)
+            if sub.closed:
+                return
             if sub.overflowed:
                 raise SlowClient(f"more than {sub.queue.maxsize} events waiting")
             if live is None or live.id <= sent:
@@ -243,9 +249,11 @@ def _sse(row: EventRow, job_id: str | None) -> ServerSentEvent:
     )
 
 
-def _after(request: Request) -> int | Response:
-    """Where the stream starts: after ``Last-Event-ID``, else ``?after=``, else the start."""
-    raw = request.headers.get("last-event-id") or request.query_params.get("after") or "0"
+def _after(request: Request) -> int | Response | None:
+    """Where the stream starts: after ``Last-Event-ID``, else ``?after=`` (None: neither)."""
+    raw = request.headers.get("last-event-id") or request.query_params.get("after")
+    if raw is None:
+        return None
     if not raw.strip().isdigit():
         field = "Last-Event-ID" if "last-event-id" in request.headers else "after"
         return _error(400, "bad_query", f"{field}: an event id (an integer >= 0)", field=field)
