@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+from collections import deque
 from collections.abc import Sequence
 
 from loguru import logger
@@ -35,58 +36,56 @@ RETRY_S = 0.5
 
 
 class Subscription:
-    """One stream's view of the tail: its queue of rows, and whether it overflowed."""
+    """One stream's view of the tail: its rows waiting (at most ``buffer``), and whether it
+    overflowed or was closed. Lives in the loop; an idle one holds one future, no task."""
 
-    __slots__ = ("_wake", "closed", "job_id", "overflowed", "queue")
+    __slots__ = ("_waiter", "buffer", "closed", "job_id", "overflowed", "rows")
 
     def __init__(self, job_id: str | None, buffer: int) -> None:
         self.job_id = job_id
-        self.queue: asyncio.Queue[EventRow] = asyncio.Queue(maxsize=buffer)
+        self.buffer = buffer
+        self.rows: deque[EventRow] = deque()
         self.overflowed = False
         self.closed = False  # the daemon is stopping: the stream ends (its client comes back)
-        self._wake = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None
 
     def offer(self, row: EventRow) -> None:
         """In the loop: queue ``row``, or mark the stream overflowed (never waits)."""
-        if self.overflowed:
+        if self.overflowed or self.closed:
             return
-        try:
-            self.queue.put_nowait(row)
-        except asyncio.QueueFull:
+        if len(self.rows) >= self.buffer:
             self.overflowed = True
-            while not self.queue.empty():  # its memory goes now, not when the client does
-                self.queue.get_nowait()
-            self._wake.set()
+            self.rows.clear()  # its memory goes now, not when the client does
+        else:
+            self.rows.append(row)
+        self._notify()
 
     def close(self) -> None:
         """In the loop: end the stream (the server is stopping)."""
         self.closed = True
-        self._wake.set()
+        self._notify()
 
     def reset(self) -> None:
-        """Start over (the stream reads the table itself): an empty queue, not overflowed."""
-        while not self.queue.empty():
-            self.queue.get_nowait()
+        """Start over (the stream reads the table itself): nothing queued, not overflowed."""
+        self.rows.clear()
         self.overflowed = False
-        self._wake.clear()
 
-    async def next(self, timeout_s: float) -> EventRow | None:
-        """The next row, or None after ``timeout_s``, on overflow or once closed."""
-        if self.overflowed or self.closed:
-            return None
-        if not self.queue.empty():
-            return self.queue.get_nowait()
-        getter = asyncio.ensure_future(self.queue.get())
-        woke = asyncio.ensure_future(self._wake.wait())
-        try:
-            await asyncio.wait({getter, woke}, timeout=timeout_s, return_when="FIRST_COMPLETED")
-        finally:
-            woke.cancel()
-            if not getter.done():
-                getter.cancel()
-        if getter.done() and not getter.cancelled():
-            return getter.result()
+    async def next(self) -> EventRow | None:
+        """The next row; None on overflow or once closed."""
+        while not (self.overflowed or self.closed):
+            if self.rows:
+                return self.rows.popleft()
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
         return None
+
+    def _notify(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
 
 class EventHub:

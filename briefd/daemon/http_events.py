@@ -229,12 +229,12 @@ class EventStreams:
         if finished:
             return
         while True:  # live: the tail's rows, those the replay sent skipped
-            live = await sub.next(timeout_s=60.0)
+            live = await sub.next()
             if sub.closed:
                 return
             if sub.overflowed:
-                raise SlowClient(f"more than {sub.queue.maxsize} events waiting")
-            if live is None or _position(live, job_id) <= cursor:
+                raise SlowClient(f"more than {sub.buffer} events waiting")
+            if live is None or _position(live, job_id) <= cursor:  # None: woken, no row
                 continue
             yield _sse(live, job_id)
             cursor = _position(live, job_id)
