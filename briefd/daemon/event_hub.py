@@ -4,7 +4,9 @@ Every open stream (``GET /v1/jobs/{id}/events``, ``GET /v1/events``) wants the
 rows the moment they commit. Instead of each stream querying the journal, one
 thread follows the table (``id > last``) and hands each new batch to the HTTP
 server's event loop, which puts the rows in the queues of the streams that want
-them. The thread is woken, not polling: by this process's journal commits
+them. Rows this process commits are handed over by the committing thread when they
+follow the last row delivered (no read at all); otherwise the thread is woken, not
+polling: by this process's journal commits
 (:meth:`~briefd.store.events.EventLog.on_commit`) and, in a cluster, by every
 daemon's ``NOTIFY briefd_events`` (:meth:`EventHub.wake`); ``poll_s`` is only
 the safety net for a notification lost while the listener reconnected.
@@ -100,14 +102,17 @@ class EventHub:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._subs: dict[str | None, set[Subscription]] = {}
         self._thread = threading.Thread(target=self._run, name="briefd-events", daemon=True)
+        self._lock = threading.Lock()  # last_id and the order of deliveries; no I/O under it
         self.last_id = 0
-        log.on_commit(self.wake)
+        log.on_commit(self.committed)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Follow the table from its end now, delivering into ``loop``."""
-        self._loop = loop
         with contextlib.suppress(StoreUnavailable):
-            self.last_id = self._log.last_id()
+            top = self._log.last_id()
+            with self._lock:
+                self.last_id = max(self.last_id, top)
+        self._loop = loop
         self._thread.start()
 
     def stop(self) -> None:
@@ -126,6 +131,23 @@ class EventHub:
 
     def wake(self) -> None:
         """New rows were committed (any thread; quick)."""
+        self._wake.set()
+
+    def committed(self, rows: Sequence[EventRow]) -> None:
+        """This process committed ``rows`` (the committing thread): delivered at once when
+        they follow the last row delivered, else the tail reads the table."""
+        with self._lock:
+            loop = self._loop
+            if (
+                rows
+                and loop is not None
+                and rows[0].id == self.last_id + 1
+                and rows[-1].id == self.last_id + len(rows)
+            ):
+                self.last_id = rows[-1].id
+                with contextlib.suppress(RuntimeError):  # the loop has closed: nobody listens
+                    loop.call_soon_threadsafe(self._deliver, list(rows))
+                return
         self._wake.set()
 
     @property
@@ -161,13 +183,14 @@ class EventHub:
             try:
                 while True:
                     rows = self._log.read(None, self.last_id, BATCH)
-                    if not rows:
-                        break
-                    self.last_id = rows[-1].id
-                    loop = self._loop
-                    if loop is None or loop.is_closed():
-                        return
-                    loop.call_soon_threadsafe(self._deliver, rows)
+                    with self._lock:  # committed() may have delivered some meanwhile
+                        fresh = [r for r in rows if r.id > self.last_id]
+                        if fresh:
+                            self.last_id = fresh[-1].id
+                            loop = self._loop
+                            if loop is None or loop.is_closed():
+                                return
+                            loop.call_soon_threadsafe(self._deliver, fresh)
                     if len(rows) < BATCH:
                         break
             except StoreUnavailable as err:

@@ -110,6 +110,7 @@ class _Staged(threading.local):
     inserted: bool = False  # the staged events are in the open transaction
     wrote: bool = False  # rows were inserted in the open transaction
     flushed: bool = False  # the staged events were committed
+    rows: list[EventRow] | None = None  # inserted in the open transaction, in order
 
 
 class EventLog:
@@ -124,7 +125,7 @@ class EventLog:
 
     def __init__(self) -> None:
         self._staged = _Staged()
-        self._listeners: list[Callable[[], None]] = []
+        self._listeners: list[Callable[[Sequence[EventRow]], None]] = []
 
     # -- writing with the store's transactions -------------------------------------------
 
@@ -145,41 +146,47 @@ class EventLog:
     def begin(self) -> None:
         """A transaction opened (the store's ``_tx``)."""
         self._staged.inserted = self._staged.wrote = False
+        self._staged.rows = []
 
     def flush(self, conn: Any) -> None:
         """Insert what this thread staged, once per transaction (before its commit)."""
         state = self._staged
         if state.events and not state.inserted:
-            self._insert(conn, state.events)
-            state.inserted = state.wrote = True
+            self._keep(self._insert(conn, state.events))
+            state.inserted = True
 
     def insert_now(self, conn: Any, events: Sequence[Event]) -> None:
         """Insert ``events`` in the open transaction, after what is staged (the store's own
         ``JobCompleted``, written with the terminal state)."""
         self.flush(conn)
-        self._insert(conn, events)
-        self._staged.wrote = True
+        self._keep(self._insert(conn, events))
+
+    def _keep(self, rows: list[EventRow]) -> None:
+        state = self._staged
+        state.wrote = True
+        state.rows = [*(state.rows or []), *rows]
 
     def committed(self) -> None:
         """The transaction committed: the staged events are written; wake the listeners."""
         state = self._staged
         if state.inserted:
             state.events, state.flushed = [], True
-        wrote, state.inserted, state.wrote = state.wrote, False, False
+        wrote, rows = state.wrote, state.rows or []
+        state.inserted, state.wrote, state.rows = False, False, []
         if wrote:
-            self.wake()
+            for listener in list(self._listeners):
+                listener(rows)
 
-    def on_commit(self, listener: Callable[[], None]) -> None:
-        """Call ``listener()`` (quick, any thread) after every commit that wrote events."""
+    def on_commit(self, listener: Callable[[Sequence[EventRow]], None]) -> None:
+        """Call ``listener(rows)`` (quick, any thread) after every commit that wrote events,
+        with the rows it wrote (a listener must not rely on them alone: commits of other
+        threads and daemons may come between)."""
         self._listeners.append(listener)
-
-    def wake(self) -> None:
-        for listener in list(self._listeners):
-            listener()
 
     # -- the backends ------------------------------------------------------------------
 
-    def _insert(self, conn: Any, events: Sequence[Event]) -> None:
+    def _insert(self, conn: Any, events: Sequence[Event]) -> list[EventRow]:
+        """Insert ``events`` in the open transaction; the rows written, with their ids."""
         raise NotImplementedError
 
     def append(self, events: Sequence[Event]) -> None:
@@ -242,7 +249,7 @@ class SqliteEvents(EventLog):
         super().__init__()
         self._journal = journal
 
-    def _insert(self, conn: Any, events: Sequence[Event]) -> None:
+    def _insert(self, conn: Any, events: Sequence[Event]) -> list[EventRow]:
         def last(job_id: str) -> tuple[int, str | None]:
             row = conn.execute(
                 "SELECT seq, type FROM events WHERE job_id=? ORDER BY seq DESC LIMIT 1", (job_id,)
@@ -250,11 +257,15 @@ class SqliteEvents(EventLog):
             return (0, None) if row is None else (int(row[0]), str(row[1]))
 
         rows = numbered(last, events)
-        conn.executemany(
-            "INSERT INTO events (job_id, seq, type, ts, data) VALUES (?, ?, ?, ?, ?)", rows
-        )
+        written = []
+        for row in rows:
+            cur = conn.execute(
+                "INSERT INTO events (job_id, seq, type, ts, data) VALUES (?, ?, ?, ?, ?)", row
+            )
+            written.append(EventRow(int(cur.lastrowid), *row))
         for job_id in ended(rows):
             conn.execute("DELETE FROM events WHERE job_id=? AND type=?", (job_id, EPHEMERAL))
+        return written
 
     def append(self, events: Sequence[Event]) -> None:
         if events:

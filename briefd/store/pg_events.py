@@ -39,7 +39,7 @@ class PgEvents(EventLog):
         super().__init__()
         self._store = store
 
-    def _insert(self, conn: Any, events: Sequence[Event]) -> None:
+    def _insert(self, conn: Any, events: Sequence[Event]) -> list[EventRow]:
         cur = conn
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (ORDER_LOCK,))
 
@@ -53,19 +53,28 @@ class PgEvents(EventLog):
 
         rows = numbered(last, events)
         if not rows:
-            return
+            return []
         cur.execute(
             "INSERT INTO briefd_events (job_id, seq, type, ts, data) "
             "SELECT * FROM unnest(%s::text[], %s::int[], %s::text[], %s::float8[], %s::text[]) "
-            "RETURNING id",
+            "RETURNING id, job_id, seq",
             tuple(list(col) for col in zip(*rows, strict=True)),
         )
-        top = max(int(r["id"]) for r in cur.fetchall())
+        ids = {(r["job_id"], int(r["seq"])): int(r["id"]) for r in cur.fetchall()}
+        written = sorted(
+            (
+                EventRow(ids[(job, seq)], job, seq, kind, ts, data)
+                for job, seq, kind, ts, data in rows
+            ),
+            key=lambda r: r.id,
+        )
+        top = written[-1].id
         for job_id in ended(rows):
             cur.execute(
                 "DELETE FROM briefd_events WHERE job_id = %s AND type = %s", (job_id, EPHEMERAL)
             )
         notify(cur, EVENTS_CHANNEL, str(top))
+        return written
 
     def append(self, events: Sequence[Event]) -> None:
         if events:
