@@ -12,6 +12,9 @@ asyncio (one thread, raw sockets: the client's own cost stays small):
   drift; medians of the rounds' p50 and p99 are printed, with the load average.
   ``BENCH_DIR=/dev/shm`` puts the journal on tmpfs: the difference is the fsync of
   each commit (a stream shows an event once it is durable).
+  Per event type too: a ``StageStarted`` is told once its request is sent (its ``ts``
+  is older: the stage's own choice), and events after a stage's document wait in the
+  journal behind that document's file write.
 * **memory**: the daemon's RSS before and after opening ``--idle`` idle streams
   (``GET /v1/events``: nothing happens while they are open), and after closing them.
 
@@ -40,6 +43,9 @@ import requests
 from common import job, start_sim
 
 TS = re.compile(rb'"ts":([0-9.]+)')
+TYPE = re.compile(rb'"type":"(\w+)"')
+BY_TYPE: dict[str, list[float]] = {}
+"""Every live delivery's latency by event type (all rounds with many streams)."""
 
 
 def free_port() -> int:
@@ -110,7 +116,9 @@ async def open_stream(port: int, token: str, path: str) -> asyncio.StreamReader:
     return reader
 
 
-async def follow(reader: asyncio.StreamReader, latencies: list[float]) -> None:
+async def follow(
+    reader: asyncio.StreamReader, latencies: list[float], by_type: dict[str, list[float]]
+) -> None:
     """Each event's delivery latency (ms) until the job's JobCompleted; only events made
     after the stream was open (older ones are replays, not deliveries)."""
     opened = time.time()
@@ -126,6 +134,10 @@ async def follow(reader: asyncio.StreamReader, latencies: list[float]) -> None:
             m = TS.search(line)
             if m and float(m.group(1)) >= opened:
                 latencies.append((now - float(m.group(1))) * 1000)
+                kind = TYPE.search(line)
+                by_type.setdefault(kind.group(1).decode() if kind else "?", []).append(
+                    latencies[-1]
+                )
             if last:
                 return
 
@@ -144,8 +156,9 @@ async def latency_round(url: str, token: str, streams: int, jobs: int, tag: str)
         *(open_stream(port, token, f"/v1/jobs/{ids[i % jobs]}/events") for i in range(streams))
     )
     latencies: list[list[float]] = [[] for _ in readers]
+    by_type: dict[str, list[float]] = BY_TYPE if streams > jobs else {}
     await asyncio.wait_for(
-        asyncio.gather(*(follow(r, latencies[i]) for i, r in enumerate(readers))), 300
+        asyncio.gather(*(follow(r, latencies[i], by_type) for i, r in enumerate(readers))), 300
     )
     for r in readers:
         r._briefd_writer.close()  # type: ignore[attr-defined]
@@ -212,6 +225,8 @@ def main() -> None:
         p50 = statistics.median(r[0] for r in rows)
         p99 = statistics.median(r[1] for r in rows)
         print(f"{kind:9}: median of rounds p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+    for kind, values in sorted(BY_TYPE.items()):
+        print(f"  {kind:16} p50 {pct(values, 0.5):6.1f} ms  p99 {pct(values, 0.99):6.1f} ms")
     print(
         f"daemon RSS: {before:.1f} MiB idle, {held:.1f} MiB holding {args.idle} idle streams "
         f"(+{held - before:.1f} MiB), {after:.1f} MiB after they closed"
