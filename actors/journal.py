@@ -125,7 +125,8 @@ class JournalActor(LeanThreadingActor):
         while self._backlog:
             message = self._backlog[0]
             if streamed(message) and not isinstance(message, _JOURNALED):
-                self._unsaved.append(message)  # no write of its own: goes with the next
+                if self._events is not None:  # no write of its own: goes with the next
+                    self._unsaved.append(message)
                 self._backlog.popleft()
                 continue
             try:
