@@ -118,6 +118,38 @@ def test_a_slow_client_is_dropped_and_the_others_get_everything(
     silent.close()
 
 
+def test_a_quiet_stream_sends_heartbeat_comments(tmp_path: Path) -> None:
+    """A stream with nothing to say sends a comment line every ``heartbeat_s`` (proxies keep
+    it open; clients ignore it), and the events that come later still arrive."""
+    journal = Journal(tmp_path / "j.sqlite3", load_pipeline(None))
+    streams = EventStreams(journal.event_log, journal.get, StreamTokens(TOKEN), heartbeat_s=0.2)
+    server = ApiServer(
+        cast(Any, None),
+        bind_loopback("127.0.0.1:0"),
+        token=TOKEN,
+        max_body=1 << 20,
+        streams=streams,
+    )
+    server.start()
+    try:
+        journal.add_job(_job("hb-1"))
+        with HTTP.get(
+            f"{server.url}/v1/jobs/hb-1/events",
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            stream=True,
+            timeout=(5, 10),
+        ) as resp:
+            chunks = resp.iter_content(chunk_size=None)
+            first = next(chunks)
+            assert first.startswith(b": ping"), first
+            journal.close_job("hb-1", JobState.CANCELLED, ErrorCode.CANCELLED, "done")
+            rest = b"".join(chunks)  # the stream ends after JobCompleted
+        assert b"event: JobCompleted" in rest
+    finally:
+        server.stop()
+        journal.close()
+
+
 def test_a_stream_token_is_scoped_to_its_job_and_expires() -> None:
     """A token opens its job's stream until its expiry, not another job's; one signed with
     another API token's key, or altered, is refused; the reason never repeats it."""
