@@ -71,6 +71,7 @@ from briefd.messages.stage import (
     StageFailed,
     StageFellBack,
     StageProgress,
+    StagePromptRendered,
     StageRetrying,
     StageStarted,
     StageSucceeded,
@@ -104,6 +105,7 @@ AnyMessage = Annotated[
     | StageActorStopped
     | StageFellBack
     | StageProgress
+    | StagePromptRendered
     | StageFailedOver
     | EndpointCircuitChanged
     | RequestToken
@@ -207,6 +209,7 @@ __all__ = [
     "StageFailedOver",
     "StageFellBack",
     "StageProgress",
+    "StagePromptRendered",
     "StageRetrying",
     "StageStarted",
     "StageState",
