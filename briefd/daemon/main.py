@@ -14,7 +14,9 @@ deadlock the thread it interrupted):
   ``BRIEFD_GRACE_S``, put unfinished runs back in the journal's queue, exit 0.
   A second one exits at once; the journal makes the rest resumable.
 * SIGHUP: re-read the settings; the token cap, retries, timeouts and admission
-  limits apply live, without dropping a job.
+  limits apply live, without dropping a job. The pipelines folder is read again
+  too (a broken file: its mistakes logged, the pipelines kept); a running or
+  queued job keeps the pipeline version it was accepted with.
 * SIGUSR1: log every thread's stack.
 
 The same loop watches the actors (pykka has no supervision): a dead rate limiter
@@ -48,7 +50,7 @@ from briefd.actors.metrics import metrics_observer
 from briefd.actors.root import RootActor
 from briefd.actors.stage import with_fatal_hook
 from briefd.cluster.claims import ClaimKeeper, new_daemon_id, node_of
-from briefd.config import ConfigError, Settings, load_pipeline
+from briefd.config import ConfigError, Settings
 from briefd.costs import load_prices
 from briefd.daemon.backend import ASK_TIMEOUT_S, DaemonBackend
 from briefd.daemon.http_api import ApiServer, bind_loopback
@@ -59,7 +61,6 @@ from briefd.daemon.service import (
     lock_data_dir,
     sd_notify,
 )
-from briefd.llm.extract import check_schema
 from briefd.local.provider import Provider, open_provider
 from briefd.messages import (
     CheckCancels,
@@ -73,6 +74,7 @@ from briefd.messages import (
 from briefd.ops.autorollback import breaker_from_settings
 from briefd.ops.events import publish
 from briefd.ops.logs import register_secret
+from briefd.pipelines.registry import PipelineRegistry, reload_pipelines
 from briefd.private import private_dir
 from briefd.store import open_store, store_label
 from briefd.store.base import ClaimStore
@@ -120,16 +122,16 @@ class Daemon(DaemonBackend):
         self._lock = lock_data_dir(s.data_dir)
         token = ensure_token(s.resolved_token_file())
         register_secret(token)
-        self.pipeline = load_pipeline(s.pipeline)
-        for stage in self.pipeline.stages:
-            check_schema(stage)
+        # Every pipeline a job may name, checked (one line per mistake, exit 2).
+        self.registry = PipelineRegistry.load(s)
+        self.pipeline = self.registry.default_spec
         breaker = breaker_from_settings(s)
         # First, before paying for anything: a damaged journal stops the start (exit 2).
         self.journal = open_store(s, self.pipeline, on_finished=self._notify_finished)
         self.journal.files.sweep()  # temporary files a crash left between write and rename
         self.journal.files.probe()  # an unwritable jobs/ shows on /healthz from the start
         sock = bind_loopback(s.listen)
-        self._provider = open_provider(s, self.pipeline.stages)
+        self._provider = open_provider(s, self.registry.stages)
         self.routing = self._provider.routing  # a job's models are checked against it
         self.settings = s = s.model_copy(
             update={
@@ -179,6 +181,7 @@ class Daemon(DaemonBackend):
             stage_actor_cls=with_fatal_hook(StageActor, self._on_fatal),
             breaker=breaker,
             claims=claims,
+            registry=self.registry,
         )
         if s.database_url is not None:
             self._listen(s.database_url)
@@ -338,12 +341,15 @@ class Daemon(DaemonBackend):
             for name in type(fresh).model_fields
             if name not in LIVE_SETTINGS and getattr(fresh, name) != getattr(self._loaded, name)
         )
+        registry = reload_pipelines(self.registry, self._loaded.pipeline)  # the folder too
+        changed.update(self.registry.changes(registry))
+        self.registry = registry
         publish(DaemonReloading(changed=changed, needs_restart=needs_restart))
         self.settings = old.model_copy(update={n: getattr(fresh, n) for n in LIVE_SETTINGS})
         if "max_concurrent" in changed:
             self.limiter.tell(SetCapacity(capacity=self.settings.max_concurrent))
         try:
-            self.root.proxy().reload(self.settings).get(timeout=ASK_TIMEOUT_S)
+            self.root.proxy().reload(self.settings, registry).get(timeout=ASK_TIMEOUT_S)
         except (pykka.Timeout, pykka.ActorDeadError) as err:
             logger.error("reload: the root actor did not take the settings: {!r}", err)
         sd_notify("READY=1")

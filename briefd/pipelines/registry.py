@@ -18,6 +18,7 @@ lines and keeps the pipelines it had.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import tomllib
@@ -27,6 +28,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from loguru import logger
 from pydantic import ValidationError
 
 from briefd.config import ConfigError, PipelineSpec, Settings, StageSpec
@@ -82,6 +84,17 @@ def read_pipeline(
         except ConfigError as err:
             mistakes.append(f"{where}: {err}")
     return (None, mistakes) if mistakes else (spec, [])
+
+
+def reload_pipelines(current: PipelineRegistry, default_file: Path | None) -> PipelineRegistry:
+    """SIGHUP: the folder read again; a broken file is logged (one line per mistake) and the
+    current pipelines kept, whole: a half-applied folder is worse than an old one."""
+    try:
+        return current.successor(current.reload(default_file))
+    except ConfigError as err:
+        for line in str(err).splitlines():
+            logger.error("pipelines not reloaded: {}", line)
+        return current
 
 
 def from_snapshot(snapshot: str) -> PipelineSpec:
@@ -190,6 +203,17 @@ class PipelineRegistry:
     def by_version(self, version: str) -> PipelineSpec | None:
         """A pipeline of this registry (or one it replaced) by content hash."""
         return self._by_version.get(version)
+
+    def pinned(self, snapshot: str, name: str | None) -> PipelineSpec:
+        """The pipeline a job was accepted with (its journal's ``snapshot``); a job with none
+        kept (accepted before pipelines were named) runs the current one of its name."""
+        if not snapshot:
+            return self.get(name)
+        version = hashlib.sha256(snapshot.encode("utf-8")).hexdigest()[:12]  # as .version
+        known = self._by_version.get(version)
+        if known is None:
+            self._by_version[version] = known = from_snapshot(snapshot)
+        return known
 
     def changes(self, newer: PipelineRegistry) -> dict[str, str]:
         """What a reload changed: ``{"pipeline NAME": "old -> new"}`` (versions; '-': none)."""

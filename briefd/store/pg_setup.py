@@ -20,9 +20,10 @@ from psycopg_pool import ConnectionPool
 import briefd
 from briefd.config import ConfigError
 from briefd.redaction import redact, register_secret
+from briefd.store.pinned import PG_MIGRATION
 
 SCHEMES = ("postgresql", "postgres")
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 SCHEMA_LOCK = 0x62726965_66640001
 """The advisory lock (one bigint) held while the schema is checked and made: 'briefd' + 1."""
 DEFAULT_BOUND_S = 2.5
@@ -239,6 +240,9 @@ MIGRATIONS: dict[int, tuple[LiteralString, ...]] = {
         """CREATE TRIGGER briefd_tokens_free_slot AFTER DELETE ON briefd_tokens
             FOR EACH ROW EXECUTE PROCEDURE briefd_free_slot()""",
     ),
+    # Version 4: a job keeps the pipeline version it was accepted with, and its templated
+    # prompts as rendered (briefd/store/pinned.py), so a resume runs what it started with.
+    4: PG_MIGRATION,
 }
 
 
