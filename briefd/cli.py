@@ -44,6 +44,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "console": ("briefd.ops.console", "main", "live operations console from the event log"),
     "report": ("briefd.ops.report", "main", "summary of a finished event log"),
     "sim": ("briefd.sim.cli", "main", "run the simulated OpenAI-compatible server"),
+    "pipeline": ("briefd.pipelines.check", "main", "check a pipeline file: DAG, critical path"),
     "local-model": ("briefd.local.server", "main", "run the embedded local model's server"),
 }
 

@@ -115,6 +115,10 @@ class Daemon(DaemonBackend):
         """Build everything, resume unfinished jobs, listen; ConfigError on a bad set-up."""
         s = self.settings
         load_prices(s.prices)  # a bad price table stops the start, named (exit 2), first
+        # Every pipeline a job may name, checked before anything is made (one line per
+        # mistake, exit 2).
+        self.registry = PipelineRegistry.load(s)
+        self.pipeline = self.registry.default_spec
         try:
             private_dir(s.data_dir)
         except OSError as err:
@@ -122,9 +126,6 @@ class Daemon(DaemonBackend):
         self._lock = lock_data_dir(s.data_dir)
         token = ensure_token(s.resolved_token_file())
         register_secret(token)
-        # Every pipeline a job may name, checked (one line per mistake, exit 2).
-        self.registry = PipelineRegistry.load(s)
-        self.pipeline = self.registry.default_spec
         breaker = breaker_from_settings(s)
         # First, before paying for anything: a damaged journal stops the start (exit 2).
         self.journal = open_store(s, self.pipeline, on_finished=self._notify_finished)
