@@ -96,9 +96,8 @@ def test_jobs_of_two_pipelines_run_at_once(sim: SimServer, tmp_path: Path, folde
         spans[job_id] = (min(r.start for r in calls), max(r.end or 0 for r in calls))
     assert spans["memo-1"][0] < spans["pack-1"][1] and spans["pack-1"][0] < spans["memo-1"][1]
     files = sorted(p.name for p in (d.data_dir / "jobs" / "memo-1").iterdir())
-    assert files == ["account.md", "facts.json", "memo.md", "result.json", "risks.md"] + [
-        "timeline.json"
-    ]
+    names = ["account.md", "facts.json", "memo.md", "result.json", "risks.md", "timeline.json"]
+    assert files == names
 
 
 def test_sighup_reloads_the_folder_and_a_running_job_keeps_its_version(
