@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +100,25 @@ def test_jobs_of_two_pipelines_run_at_once(sim: SimServer, tmp_path: Path, folde
     files = sorted(p.name for p in (d.data_dir / "jobs" / "memo-1").iterdir())
     names = ["account.md", "facts.json", "memo.md", "result.json", "risks.md", "timeline.json"]
     assert files == names
+    # briefd report (and the console) count the jobs per pipeline.
+    report = subprocess.run(
+        [sys.executable, "-m", "briefd", "report", str(d.log_path), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    by_pipeline = json.loads(report.stdout)["pipelines"]
+    assert by_pipeline["renewal-memo"]["by_status"] == {"succeeded": 1}
+    assert by_pipeline["renewal-memo"]["versions"] == [memo["version"]]
+    assert by_pipeline["briefing-pack"]["jobs"] == 1
+    text = subprocess.run(
+        [sys.executable, "-m", "briefd", "report", str(d.log_path), "--width", "200"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    assert "pipelines briefing-pack 1 job (1 succeeded)" in text
+    assert "renewal-memo 1 job (1 succeeded)" in text
 
 
 def test_sighup_reloads_the_folder_and_a_running_job_keeps_its_version(
