@@ -153,3 +153,20 @@ def test_a_job_naming_an_unknown_pipeline_is_refused_naming_pipeline() -> None:
     with pytest.raises(ConfigError) as err:
         registry.for_job({"pipeline": "nope"})
     assert str(err.value) == "job: pipeline: no pipeline 'nope' (known: briefing-pack)"
+
+
+def test_the_readme_two_stage_example_runs(tmp_path: Path, sim: Any, make_settings: Any) -> None:
+    """The README's templated example, as written there, loads and runs on the simulator."""
+    import re
+
+    import briefd
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"```toml\n(# two-stage\.toml.*?)```", readme, re.S)
+    assert block is not None
+    (tmp_path / "two-stage.toml").write_text(block.group(1), encoding="utf-8")
+    job = {"job_id": "readme-1", "pipeline": "two-stage", "prompts": {"FACTS_JSON": "Facts."}}
+    result = briefd.run(job, make_settings(pipelines=tmp_path))
+    assert result.status == "succeeded", result.errors
+    assert result.pipeline.startswith("two-stage@")
+    assert "- Write a renewal memo for readme-1, renewing on " in result.documents["MEMO_MD"]
