@@ -48,7 +48,6 @@ from briefd.messages import (
     StageFailed,
     StageFailedOver,
     StageFellBack,
-    StagePromptRendered,
     StageRetrying,
     StageStarted,
     StageState,
@@ -384,19 +383,13 @@ class CoordinatorActor(PooledThreadingActor):
 
     def _plan(self, name: str) -> Planned | None:
         """Render ``name``'s prompt (journaled), or end it per on_upstream_failure (None)."""
-        failed = {n for n, r in self._records.items() if r.state is StageState.FAILED}
-        planned = self._inputs.plan(
-            name, self._documents, {n for n in failed if self._documents[n] is None}
-        )
-        if planned.error is not None:
+        planned = self._inputs.plan(name, self._documents, self._records)
+        if planned.failed is not None:
             self._told.add(name)
-            error = StageFailed(job_id=self.job.job_id, stage=name, error=planned.error)
-            self._stage_failed(error, fallback=planned.fallback)
+            self._stage_failed(planned.failed, fallback=planned.fallback)
             return None
-        if planned.rendered and planned.prompt is not None:
-            self._publish(
-                StagePromptRendered(job_id=self.job.job_id, stage=name, prompt=planned.prompt)
-            )
+        if planned.rendered is not None:
+            self._publish(planned.rendered)
         return planned
 
     def _stage_failed(self, failed: StageFailed, *, fallback: bool = True) -> None:

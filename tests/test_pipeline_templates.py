@@ -24,7 +24,7 @@ def _job(**prompts: str) -> dict[str, Any]:
 
 def _render(text: str, stage: str, **documents: Any) -> str:
     job = validate_job(_job(**{stage: text}), PACK)
-    planned = StageInputs(job, PACK).plan(stage, documents, set())
+    planned = StageInputs(job, PACK).plan(stage, documents, {})
     assert planned.error is None, planned.error
     assert planned.prompt is not None
     return planned.prompt
@@ -54,7 +54,7 @@ def test_prompts_without_placeholders_are_sent_as_written() -> None:
     for text in ("Use {SUMMARY_MD} here.", "A Mustache sample: {{ customer }}", "{{ broken"):
         job = validate_job(_job(ANNEX_JSON=text), PACK)
         inputs = StageInputs(job, PACK)
-        planned = inputs.plan("ANNEX_JSON", {}, set())
+        planned = inputs.plan("ANNEX_JSON", {}, {})
         assert planned.prompt is None and not planned.rendered  # the stage sends its own
         assert inputs.prompt("ANNEX_JSON") == text
 
@@ -118,7 +118,7 @@ def test_the_sandbox_refuses_python_internals_at_render_too() -> None:
 def test_a_missing_field_ends_the_stage_upstream_failed_naming_it() -> None:
     """StrictUndefined: a field the upstream document lacks is an error, never ''."""
     job = validate_job(_job(ANNEX_JSON="{{ PROCUREMENT_JSON.vendors }}"), PACK)
-    planned = StageInputs(job, PACK).plan("ANNEX_JSON", {"PROCUREMENT_JSON": {"a": 1}}, set())
+    planned = StageInputs(job, PACK).plan("ANNEX_JSON", {"PROCUREMENT_JSON": {"a": 1}}, {})
     assert planned.error is not None and planned.prompt is None
     assert planned.error.code == "UPSTREAM_FAILED"
     assert "has no attribute 'vendors'" in planned.error.message
@@ -127,7 +127,7 @@ def test_a_missing_field_ends_the_stage_upstream_failed_naming_it() -> None:
 def test_a_resumed_run_sends_the_rendered_prompt_never_a_new_rendering() -> None:
     job = validate_job(_job(ANNEX_JSON="From {{ PROCUREMENT_JSON.v }}"), PACK)
     inputs = StageInputs(job, PACK, rendered={"ANNEX_JSON": "From before"})
-    planned = inputs.plan("ANNEX_JSON", {"PROCUREMENT_JSON": {"v": "now"}}, set())
+    planned = inputs.plan("ANNEX_JSON", {"PROCUREMENT_JSON": {"v": "now"}}, {})
     assert planned.prompt == "From before" and not planned.rendered
 
 

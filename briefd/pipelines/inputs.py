@@ -22,11 +22,18 @@ resume never renders differently, whatever changed meanwhile.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from briefd.config import PipelineSpec
-from briefd.messages import ErrorCode, JobSpec, PipelineError
+from briefd.messages import (
+    ErrorCode,
+    JobSpec,
+    PipelineError,
+    StageFailed,
+    StagePromptRendered,
+    StageState,
+)
 from briefd.pipelines.templates import (
     EMPTY,
     JOB,
@@ -36,6 +43,7 @@ from briefd.pipelines.templates import (
     render,
     stage_prompt,
 )
+from briefd.progress import StageRecord
 
 
 @dataclass(frozen=True)
@@ -44,9 +52,10 @@ class Planned:
     ``error`` (``fallback``: its fallback field becomes its document)."""
 
     prompt: str | None = None
-    rendered: bool = False  # rendered just now: to be journaled
+    rendered: StagePromptRendered | None = None  # rendered just now: to be journaled
     error: PipelineError | None = None
     fallback: bool = False
+    failed: StageFailed | None = None  # the error as the stage's end
 
 
 class StageInputs:
@@ -58,6 +67,7 @@ class StageInputs:
         self._job = job
         self._pipeline = pipeline
         self.rendered: dict[str, str] = dict(rendered or {})
+        self._journaled: set[str] = set()  # rendered prompts already told to the journal
         self._templates: dict[str, Template] = {}
         for name in pipeline.names:
             text = stage_prompt(name, pipeline, job)
@@ -77,9 +87,27 @@ class StageInputs:
         t = self._templates.get(name)
         return t.names - {JOB} if t is not None else frozenset()
 
-    def plan(self, name: str, documents: Mapping[str, Any], failed: set[str]) -> Planned:
-        """``name``'s dependencies have ended; ``failed``: the stages that ended with no
-        document. Render its prompt, or say why it is not called."""
+    def plan(
+        self, name: str, documents: Mapping[str, Any], records: Mapping[str, StageRecord]
+    ) -> Planned:
+        """``name``'s dependencies have ended (``records``: every stage's state). Render its
+        prompt, or say why it is not called."""
+        failed = {
+            n
+            for n, r in records.items()
+            if r.state is StageState.FAILED and documents.get(n) is None
+        }
+        planned = self._plan(name, documents, failed)
+        if planned.error is not None:
+            end = StageFailed(job_id=self._job.job_id, stage=name, error=planned.error)
+            return replace(planned, failed=end)
+        if planned.prompt is not None and name not in self._journaled:
+            self._journaled.add(name)
+            event = StagePromptRendered(job_id=self._job.job_id, stage=name, prompt=planned.prompt)
+            return replace(planned, rendered=event)
+        return planned
+
+    def _plan(self, name: str, documents: Mapping[str, Any], failed: set[str]) -> Planned:
         spec = self._pipeline.by_name[name]
         named = self.reads(name)
         lost = (set(spec.depends_on) | named) & failed
@@ -96,6 +124,7 @@ class StageInputs:
             )
             return Planned(error=error, fallback=mode == "fallback")
         if name in self.rendered:  # a resumed run: the prompt as it was journaled
+            self._journaled.add(name)
             return Planned(prompt=self.rendered[name])
         template = self._templates.get(name)
         if template is None:
@@ -116,4 +145,4 @@ class StageInputs:
             )
             return Planned(error=error)
         self.rendered[name] = text
-        return Planned(prompt=text, rendered=True)
+        return Planned(prompt=text)
