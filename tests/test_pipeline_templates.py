@@ -170,3 +170,19 @@ def test_the_readme_two_stage_example_runs(tmp_path: Path, sim: Any, make_settin
     assert result.status == "succeeded", result.errors
     assert result.pipeline.startswith("two-stage@")
     assert "- Write a renewal memo for readme-1, renewing on " in result.documents["MEMO_MD"]
+
+
+def test_a_broken_placeholder_of_a_stage_is_refused_not_sent_literally() -> None:
+    """``{{ PLAYS_MD }`` plainly meant a placeholder: refused with Jinja's reason."""
+    with pytest.raises(ConfigError) as err:
+        validate_job(_job(PROCUREMENT_JSON="From {{ PLAYS_MD } here"), PACK)
+    assert str(err.value) == (
+        "job: prompts.PROCUREMENT_JSON: not a valid template (line 1: unexpected '}')"
+    )
+
+
+def test_a_template_rendering_past_the_size_cap_is_refused() -> None:
+    t = templates.parse("{% for i in range(100000) %}{{ BRIEFING_MD }}{% endfor %}", PACK.names)
+    assert t is not None
+    with pytest.raises(templates.TemplateError, match="passed 2000000 characters"):
+        templates.render(t, {"BRIEFING_MD": "x" * 100})

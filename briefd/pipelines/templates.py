@@ -22,12 +22,15 @@ too, and the sandbox refuses it again at render time.
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined, meta, nodes
+from jinja2 import Template as JinjaTemplate
 from jinja2.exceptions import SecurityError, UndefinedError
 from jinja2.sandbox import SandboxedEnvironment
 
@@ -36,6 +39,8 @@ from briefd.messages import JobSpec
 
 JOB = "job"
 _MARKS = ("{{", "{%", "{#")
+MAX_PROMPT_CHARS = 2_000_000
+"""A rendered prompt longer than this is refused (a loop in a template could make any size)."""
 
 
 class TemplateError(ValueError):
@@ -98,6 +103,7 @@ class Template:
     text: str
     refs: Mapping[str, tuple[str, ...]]  # name -> placeholders ("PROCUREMENT_JSON.vendors")
     internals: tuple[str, ...] = ()  # placeholders that reach for _private attributes
+    syntax: str | None = None  # a template that does not parse (it names a stage: not literal)
 
     @property
     def names(self) -> frozenset[str]:
@@ -110,8 +116,13 @@ def parse(text: str, known: Iterable[str]) -> Template | None:
         return None
     try:
         ast = ENV.parse(text)
-    except TemplateSyntaxError:
-        return None  # not Jinja: a literal prompt that happens to hold braces
+    except TemplateSyntaxError as err:
+        # Not Jinja: a literal prompt that happens to hold braces; unless it plainly meant a
+        # placeholder of this pipeline ("{{ BRIEFING_MD }" with a brace missing).
+        pattern = "|".join(re.escape(n) for n in (*known, JOB))
+        if re.search(rf"{{[{{%]-?\s*(?:{pattern})\b", text):
+            return Template(text, {}, syntax=f"line {err.lineno}: {err.message}")
+        return None
     names = meta.find_undeclared_variables(ast)
     if not names & (set(known) | {JOB}):
         return None
@@ -158,6 +169,8 @@ def _path(node: nodes.Node) -> list[str] | None:
 def check(template: Template, stage: str, pipeline: PipelineSpec, where: str) -> list[str]:
     """Every mistake of ``stage``'s template, one line each: a name it may not read, a field of a
     Markdown document, a job field that does not exist, a reach for Python internals."""
+    if template.syntax is not None:
+        return [f"{where}: not a valid template ({template.syntax})"]
     mistakes: list[str] = []
     allowed = pipeline.upstream.get(stage, frozenset())
     deps = ", ".join(pipeline.by_name[stage].depends_on) or "none"
@@ -220,10 +233,24 @@ def check_job(job: JobSpec, pipeline: PipelineSpec, where: str) -> list[str]:
     return mistakes
 
 
+@functools.lru_cache(maxsize=256)
+def _compiled(text: str) -> JinjaTemplate:
+    """Compiled once per text: many jobs share a pipeline's templates."""
+    return ENV.from_string(text)
+
+
 def render(template: Template, context: Mapping[str, Any]) -> str:
     """The prompt with its placeholders filled; TemplateError (one line) if it cannot be."""
     try:
-        return ENV.from_string(template.text).render(context)
+        chunks, size = [], 0
+        for chunk in _compiled(template.text).generate(context):
+            size += len(chunk)
+            if size > MAX_PROMPT_CHARS:
+                raise TemplateError(f"the rendered prompt passed {MAX_PROMPT_CHARS} characters")
+            chunks.append(chunk)
+        return "".join(chunks)
+    except TemplateError:
+        raise
     except SecurityError as err:
         raise TemplateError(f"refused by the sandbox: {err}") from None
     except UndefinedError as err:
