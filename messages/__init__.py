@@ -86,6 +86,7 @@ from briefd.messages.token import (
     TokenGranted,
     TokenReleased,
 )
+from briefd.messages.webhook import WEBHOOK_EVENTS, WebhookAttempted, WebhookDelivery
 
 AnyMessage = Annotated[
     SubmitJob
@@ -137,7 +138,8 @@ AnyMessage = Annotated[
     | ClaimJobs
     | CheckCancels
     | TokensGranted
-    | RenewTokens,
+    | RenewTokens
+    | WebhookAttempted,
     Field(discriminator="type"),
 ]
 
@@ -153,6 +155,7 @@ def parse_message(data: str | bytes | dict[str, object]) -> Message:
 
 __all__ = [
     "JOB_ID_PATTERN",
+    "WEBHOOK_EVENTS",
     "AnyMessage",
     "CancelJob",
     "CancelTokenRequest",
@@ -219,6 +222,8 @@ __all__ = [
     "TokenReleased",
     "TokensGranted",
     "Usage",
+    "WebhookAttempted",
+    "WebhookDelivery",
     "WebhookSpec",
     "parse_message",
 ]

@@ -29,6 +29,7 @@ from briefd.actors.metrics import MetricsSnapshot
 from briefd.actors.rate_limiter import LimiterStats
 from briefd.cluster.state import ClusterLimiterStats
 from briefd.limits.lanes import EndpointStats
+from briefd.webhooks.metrics import WebhookFigures, webhook_metrics
 
 __all__ = ["CONTENT_TYPE_LATEST", "DaemonFigures", "MetricsExporter"]
 
@@ -41,6 +42,7 @@ class DaemonFigures:
     root: RootStats
     limiter: LimiterStats
     snap: MetricsSnapshot
+    webhooks: WebhookFigures | None = None
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
@@ -106,6 +108,8 @@ class _FiguresCollector(Collector):
         yield from _endpoints(limiter)
         yield from _guard_rails(root)
         yield from _cluster(root, limiter)
+        if f.webhooks is not None:
+            yield from webhook_metrics(f.webhooks)
 
 
 _CIRCUIT_STATES = ("closed", "half_open", "open")

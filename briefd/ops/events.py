@@ -44,6 +44,7 @@ from briefd.messages import (
     StageSucceeded,
     TokenGranted,
     TokenReleased,
+    WebhookAttempted,
 )
 from briefd.ops.eventlog import event_payload, level_for
 
@@ -117,6 +118,8 @@ def describe(event: Event) -> str:
             return f"automatic rollback cleared: new jobs run parallel again ({why})"
         case DailyBudgetSpent(spent_usd=s, budget_usd=b, queued=q):
             return f"daily budget spent (${s:.4f} of ${b:.4f}): new jobs wait; {q} queued"
+        case WebhookAttempted(event_type=t, attempt=a, outcome=o, status=st, error=e):
+            return f"{job} webhook {t} attempt {a}: {o} ({st or e or 'no answer'})"
         case DailyBudgetReleased(reason=why, spent_usd=s):
             return f"daily budget released ({why}; ${s:.4f} spent today): held jobs start"
     return f"{job} {event.__class__.__name__}"
