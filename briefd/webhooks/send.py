@@ -157,7 +157,7 @@ class Sender:
             pool.close()
         if 200 <= status < 300:
             return status, "", None
-        why = _scrub(f"HTTP {status}{': ' + text if text.strip() else ''}", due.url)
+        why = _scrub(f"HTTP {status}{': ' + text.strip() if text.strip() else ''}", due.url)
         return status, why, retry_after(response.headers.get("retry-after"))
 
 
