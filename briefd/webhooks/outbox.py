@@ -192,9 +192,9 @@ class SqliteOutbox(Outbox):
                 ),
             )
 
-    def release(self) -> int:
+    def release(self, owner: str) -> int:
         """At start: deliveries a dead predecessor held are due now (the data dir is locked,
-        so nobody else holds them)."""
+        so nobody else holds them; ``owner`` is this daemon)."""
         with self._journal._tx() as db:
             cur = db.execute(
                 "UPDATE webhook_outbox SET next_at=?, claimed_by=NULL "

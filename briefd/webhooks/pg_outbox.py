@@ -102,9 +102,23 @@ class PgOutbox(Outbox):
                 ),
             )
 
-    def release(self) -> int:
-        """Nothing at start: another daemon may hold rows; a dead one's lapse with its lease."""
-        return 0
+    def release(self, owner: str) -> int:
+        """At start: deliveries this data dir's dead predecessor held are due now.
+
+        Daemon ids end in ``:<node>`` (the host and the data dir; see
+        :meth:`~briefd.store.pg_claims.PgClaims.release_predecessors`): a claim under this
+        node but another id is a killed predecessor's. Other daemons' claims lapse with
+        their lease.
+        """
+        node = owner.rsplit(":", 1)[-1]
+        pattern = "%:" + node.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        with self._store._tx(one=True) as cur:
+            cur.execute(
+                "UPDATE briefd_webhooks SET next_at = now(), claimed_by = NULL "
+                "WHERE state = 'pending' AND claimed_by LIKE %s AND claimed_by <> %s",
+                (pattern, owner),
+            )
+            return cur.rowcount
 
     def deliveries(self, job_id: str) -> list[WebhookDelivery]:
         """The job's deliveries, oldest first."""

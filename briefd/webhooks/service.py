@@ -114,7 +114,7 @@ class Webhooks:
         """Deliveries a killed predecessor held are due now; the actor starts sending."""
         if not self.enabled:
             return
-        if released := self.outbox.release():
+        if released := self.outbox.release(self._owner):
             logger.info("{} webhook deliveries of the previous run are due again", released)
         self.actor = WebhookActor.start(self.outbox, self.sender, owner=self._owner)
 

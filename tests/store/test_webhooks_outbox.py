@@ -186,3 +186,26 @@ def test_two_senders_claiming_at_once_never_take_the_same_delivery(
         t.join(30)
     both = taken[0] + taken[1]
     assert len(both) == n and len(set(both)) == n, (len(taken[0]), len(taken[1]))
+
+
+def test_a_restarted_daemon_takes_back_its_predecessors_claims_at_once(
+    backend: Backend, store: JournalStore, spec: Spec, make_result: Callable[..., JobResult]
+) -> None:
+    """A delivery claimed by a daemon killed mid-attempt is due again as soon as its data
+    dir's next daemon starts, not after the lease; on PostgreSQL another daemon's claim
+    (another node) is left to its lease."""
+    outbox = attach(backend, store, default="https://default.example.com/x")
+    for job_id in ("r-1", "r-2"):
+        store.add_job(spec(job_id))
+        store.start_run(job_id)
+        assert finish_all(store, job_id, make_result)
+    mine = outbox.claim("host:100:node0001", 1, lease_s=600)
+    theirs = outbox.claim("other:7:node0002", 1, lease_s=600)
+    assert len(mine) == len(theirs) == 1
+    assert outbox.claim("host:200:node0001", 10, lease_s=600) == []
+    released = outbox.release("host:200:node0001")
+    again = outbox.claim("host:200:node0001", 10, lease_s=600)
+    if backend.name == "sqlite":  # one daemon per journal: every claim was a predecessor's
+        assert released == 2 and {d.id for d in again} == {mine[0].id, theirs[0].id}
+    else:
+        assert released == 1 and [d.id for d in again] == [mine[0].id]
