@@ -3,17 +3,23 @@ on any server, against the simulator over loopback (serializing or not)."""
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from log_helpers import log_record
+from rich.console import Console
 
 import briefd
+from briefd.actors.metrics import LatencySummary
 from briefd.latency import StageClock, speedup_ratio, work_ms
 from briefd.llm.answer import server_ms_of
-from briefd.messages import JobResult, JobStatus, StageSucceeded
+from briefd.messages import Event, JobResult, JobStatus, StageSucceeded
+from briefd.ops.console import render
+from briefd.ops.view import OpsView
 from briefd.sim.llama import llama_timings
 from briefd.sim.server import SimProfile, SimServer
 
@@ -87,14 +93,15 @@ def test_speedup_against_a_serializing_server_is_one(
     serializing: SimServer,
 ) -> None:
     """Issue 19: BRIEFD_PARALLEL=true against a server that serves one request at a time
-    saves nothing, and the result says so: 1.0 +- 0.1 (by wall times it read ~1.5)."""
+    saves nothing, and the result says so: 1.0 +- 0.1 (by wall times it read 1.28 here,
+    1.57 on llama-cpp-python in the issue)."""
     result = briefd.run(_example_job("serial-1"), _settings(serializing, parallel=True))
     assert result.status is JobStatus.SUCCEEDED, result.errors
     m = result.metrics
     assert 0.9 <= m.speedup_ratio <= 1.1, m
     # The old figure (wall times) is still there, and it is the inflated one.
     old = sum(m.wall_ms.values()) / m.total_ms
-    assert old > 1.25, m
+    assert old > 1.15, m  # 1.28 here: the pair's wait counted as work
     # The parallel pair: one waited inside its call while the other was served.
     pair = ("BRIEFING_MD", "PLAYS_MD")
     waited = max(pair, key=lambda s: m.call_ms[s])
@@ -121,16 +128,19 @@ def test_contention_shows_as_queue_time_not_call_time(parallel_sim: SimServer) -
     call_ms is the server's time for it (within tolerance), not its wait."""
     parallel_sim.reset()
     events: list[StageSucceeded] = []
+    logged: list[Event] = []
     settings = _settings(parallel_sim, max_concurrent=1, parallel=True)
     results: list[JobResult] = []
 
     def observe(event: Any) -> None:
+        logged.append(event)
         if isinstance(event, StageSucceeded):
             events.append(event)
 
     with briefd.Pipeline(settings, observers=[observe]) as pipeline:
         futures = [pipeline.submit(_example_job(f"k1-{i}")) for i in range(2)]
         results = [f.get(timeout=60) for f in futures]
+        snap = pipeline.metrics()
     assert [r.status for r in results] == [JobStatus.SUCCEEDED] * 2
     assert sum(e.queued_ms for e in events) > 0
     assert any(sum(r.metrics.queued_ms.values()) > 0 for r in results)
@@ -141,3 +151,23 @@ def test_contention_shows_as_queue_time_not_call_time(parallel_sim: SimServer) -
         assert e.elapsed_ms >= e.call_ms + e.queued_ms - 2, e
     waited = max(events, key=lambda e: e.queued_ms)
     assert waited.queued_ms > 100 and waited.elapsed_ms > 1.3 * waited.call_ms, waited
+
+    # The metrics actor keeps the clocks apart: call time per stage, queue time apart.
+    assert sum(x.count for x in snap.clocks["call"].values()) == len(events) == 8
+    assert max(x.max_ms for x in snap.clocks["queued"].values()) == waited.queued_ms
+    assert snap.clocks["ttft"] == {}  # nothing streamed
+    # The console and the report, from the log: call p50/p95, queue time in its own column.
+    view = OpsView()
+    view.apply_all(log_record(e) for e in logged)
+    shown = view.snapshot()
+    for stage in shown.stage_latency:
+        calls = [r.metrics.stages_ms[stage] for r in results]
+        queued = [r.metrics.queued_ms[stage] for r in results]
+        assert shown.stage_latency[stage] == LatencySummary.of(calls)
+        assert shown.stage_queued[stage] == LatencySummary.of(queued)
+    out = Console(width=160, file=io.StringIO(), highlight=False)
+    out.print(render(shown, source="test"))
+    text = out.file.getvalue()  # type: ignore[attr-defined]
+    assert "speed-up (call time / wall)" in text and "queued" in text and "ttft" in text
+    q = shown.stage_queued[waited.stage]
+    assert f"{q.p50_ms:.0f}/{q.p95_ms:.0f}" in text
