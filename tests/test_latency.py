@@ -7,6 +7,7 @@ import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 import pytest
@@ -43,7 +44,9 @@ def _settings(server: SimServer, **overrides: Any) -> briefd.Settings:
 
 @pytest.fixture
 def serializing() -> Iterator[SimServer]:
-    with SimServer(SimProfile(scale=SCALE), serialize=True) as server:
+    # Twice the scale: briefd's own milliseconds per stage are then under 2 % of the job
+    # even on a loaded machine, and the ratio is the server's.
+    with SimServer(SimProfile(scale=2 * SCALE), serialize=True) as server:
         yield server
 
 
@@ -112,15 +115,20 @@ def test_speedup_against_a_serializing_server_is_one(
 
 def test_speedup_against_a_parallel_server_is_the_measured_one(parallel_sim: SimServer) -> None:
     """Against a server that works on both stages at once, the reported speed-up agrees
-    with the measured one (BRIEFD_PARALLEL=false's wall time / true's) within 10 %."""
-    seq = briefd.run(_example_job("seq-1"), _settings(parallel_sim, parallel=False))
-    par = briefd.run(_example_job("par-1"), _settings(parallel_sim, parallel=True))
-    assert seq.status is par.status is JobStatus.SUCCEEDED
-    measured = seq.metrics.total_ms / par.metrics.total_ms
-    assert measured > 1.2, (seq.metrics, par.metrics)  # the pair did overlap
-    reported = par.metrics.speedup_ratio
-    assert reported == pytest.approx(measured, rel=0.10), (seq.metrics, par.metrics)
-    assert 0.9 <= seq.metrics.speedup_ratio <= 1.02, seq.metrics
+    with the measured one (BRIEFD_PARALLEL=false's wall time / true's) within 10 %
+    (medians of three interleaved rounds: one run of each is at the machine's mercy)."""
+    seq: list[JobResult] = []
+    par: list[JobResult] = []
+    for i in range(3):
+        seq.append(briefd.run(_example_job(f"seq-{i}"), _settings(parallel_sim, parallel=False)))
+        par.append(briefd.run(_example_job(f"par-{i}"), _settings(parallel_sim, parallel=True)))
+    assert {r.status for r in seq + par} == {JobStatus.SUCCEEDED}
+    measured = median(r.metrics.total_ms for r in seq) / median(r.metrics.total_ms for r in par)
+    reported = median(r.metrics.speedup_ratio for r in par)
+    figures = [r.metrics for r in seq + par]
+    assert measured > 1.2, figures  # the pair did overlap
+    assert reported == pytest.approx(measured, rel=0.10), figures
+    assert 0.9 <= median(r.metrics.speedup_ratio for r in seq) <= 1.02, figures
 
 
 def test_contention_shows_as_queue_time_not_call_time(parallel_sim: SimServer) -> None:
@@ -147,7 +155,7 @@ def test_contention_shows_as_queue_time_not_call_time(parallel_sim: SimServer) -
     profile = parallel_sim.profile
     for e in events:
         server_ms = profile.latency_for(e.stage) * 1000
-        assert server_ms <= e.call_ms <= server_ms + 60, e  # the server's time, not the queue's
+        assert server_ms <= e.call_ms <= server_ms + 100, e  # the server's, not the queue's
         assert e.elapsed_ms >= e.call_ms + e.queued_ms - 2, e
     waited = max(events, key=lambda e: e.queued_ms)
     assert waited.queued_ms > 100 and waited.elapsed_ms > 1.3 * waited.call_ms, waited
