@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from statistics import median
 from typing import Any
 
 import pytest
+import requests
 from log_helpers import log_record
 from rich.console import Console
 
@@ -18,11 +20,18 @@ import briefd
 from briefd.actors.metrics import LatencySummary
 from briefd.latency import StageClock, speedup_ratio, work_ms
 from briefd.llm.answer import server_ms_of
-from briefd.messages import Event, JobResult, JobStatus, StageSucceeded
+from briefd.messages import (
+    Event,
+    JobResult,
+    JobStatus,
+    StageRetrying,
+    StageStarted,
+    StageSucceeded,
+)
 from briefd.ops.console import render
 from briefd.ops.view import OpsView
 from briefd.sim.llama import llama_timings
-from briefd.sim.server import SimProfile, SimServer
+from briefd.sim.server import Fault, SimProfile, SimServer
 
 REPO = Path(__file__).resolve().parent.parent
 # The seed's 7/7/5/6 s profile at 0.04: 280/280/200/240 ms a call, far above the client's
@@ -179,3 +188,60 @@ def test_contention_shows_as_queue_time_not_call_time(parallel_sim: SimServer) -
     assert "speed-up (call time / wall)" in text and "queued" in text and "ttft" in text
     q = shown.stage_queued[waited.stage]
     assert f"{q.p50_ms:.0f}/{q.p95_ms:.0f}" in text
+
+
+def test_a_retried_stage_reports_each_attempt_and_the_backoff() -> None:
+    """A 503 after 150 ms, then success: StageRetrying carries the failed call's time, the
+    totals add both calls and the backoff, and a call whose server gave no timings makes
+    the stage's figure the client's (server_ms None), not a half-measured one."""
+    events: list[Any] = []
+    profile = SimProfile(scale=SCALE)
+    with SimServer(profile, timings=True) as server:
+        server.inject(Fault(stage="PLAYS_MD", status=503, delay_s=0.15))
+        settings = _settings(server, backoff_initial_s=0.2, backoff_max_s=0.2)
+        with briefd.Pipeline(settings, observers=[events.append]) as pipeline:
+            result = pipeline.submit(_example_job("retry-1")).get(timeout=60)
+    assert result.status is JobStatus.SUCCEEDED, result.errors
+    plays = [e for e in events if getattr(e, "stage", None) == "PLAYS_MD"]
+    retry = next(e for e in plays if isinstance(e, StageRetrying))
+    done = next(e for e in plays if isinstance(e, StageSucceeded))
+    started = [e for e in plays if isinstance(e, StageStarted)]
+    assert [s.attempt for s in started] == [1, 2]
+    assert 150 <= retry.call_ms < done.call_ms, (retry, done)
+    assert done.backoff_ms >= 150, done  # the wait was ~0.2 s (tenacity may jitter it down)
+    assert done.server_ms is None  # the 503 had no timings: the client's clock stands
+    assert (
+        result.metrics.stages_ms["PLAYS_MD"] == done.call_ms == result.metrics.call_ms["PLAYS_MD"]
+    )
+    assert done.elapsed_ms >= done.call_ms + done.backoff_ms + done.queued_ms - 2, done
+    # A stage whose every call reported timings is counted by the server's measure.
+    annex = next(e for e in events if isinstance(e, StageSucceeded) and e.stage == "ANNEX_JSON")
+    assert annex.server_ms is not None and annex.server_ms <= annex.call_ms
+    assert result.metrics.stages_ms["ANNEX_JSON"] == annex.server_ms
+
+
+def test_briefd_sim_serialize_flag(briefd_cmd: Any) -> None:
+    """`briefd sim --serialize` says so, and its answers carry llama.cpp's timings."""
+    child = subprocess.Popen(
+        briefd_cmd("sim", "--port", "0", "--scale", "0.01", "--serialize"),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        line = child.stdout.readline()
+        assert "serializing" in line, line
+        url = line.rsplit(" ", 1)[1].strip()
+        body = {"model": "m", "messages": [{"role": "user", "content": "hello there"}]}
+        answer = requests.post(
+            f"{url}/chat/completions",
+            json=body,
+            headers={"X-Briefd-Stage": "PLAYS_MD"},
+            timeout=10,
+        ).json()
+        timings = answer["timings"]
+        assert timings["predicted_n"] == answer["usage"]["completion_tokens"]
+        assert 70 <= server_ms_of(answer) < 1000  # 7 units at 0.01 s
+    finally:
+        child.terminate()
+        child.wait(timeout=10)
