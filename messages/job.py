@@ -153,7 +153,8 @@ class JobMetrics(Frozen):
     is the sum of the stages' times over the job's wall time (``total_ms``): the
     critical-path estimate of what running one stage at a time would cost against
     what the job took. Against a server that serializes requests it reads about 1.0
-    (no call's work overlapped another's); it does not count a queue as time saved.
+    (no call's work overlapped another's); it does not count a queue as time saved. A job
+    that shared tokens or a server with other jobs can read below 1.0 (it waited for them).
     """
 
     stages_ms: dict[str, int] = Field(

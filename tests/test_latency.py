@@ -160,6 +160,8 @@ def test_contention_shows_as_queue_time_not_call_time(parallel_sim: SimServer) -
         snap = pipeline.metrics()
     assert [r.status for r in results] == [JobStatus.SUCCEEDED] * 2
     assert sum(e.queued_ms for e in events) > 0
+    starts = [e for e in logged if isinstance(e, StageStarted)]  # per attempt, adding up
+    assert sum(s.queued_ms for s in starts) == sum(e.queued_ms for e in events)
     assert any(sum(r.metrics.queued_ms.values()) > 0 for r in results)
     profile = parallel_sim.profile
     for e in events:

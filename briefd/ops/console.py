@@ -256,8 +256,8 @@ def _latency(snap: Snapshot) -> Table:
     window = f"last {snap.window_s:.0f} s" if snap.window_s else "whole log"
     table = Table(
         title=f"latency ms, p50/p95 ({snap.latency_jobs} jobs, {window})",
-        caption="call: the server's measure where it gives one, else request to last byte; "
-        "queued: waiting for a token; groups, total: wall time",
+        caption="call: the server's own measure if given, else sent to last byte; "
+        "queued: waiting for a token; groups, total: wall",
         title_justify="left",
         caption_justify="left",
     )

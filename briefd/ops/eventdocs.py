@@ -127,8 +127,10 @@ estimate of what running one stage at a time would take, against what the job to
 counts no waiting as work: against a server that serializes requests, parallel stages read
 about 1.0 (they saved nothing), and against one that works on them at once it agrees with the
 measured ratio (`BRIEFD_PARALLEL=false`'s wall time over `true`'s) within about 10 %
-(`bench/bench_speedup.py`). `briefd console`, `briefd report` and `/metrics` show p50/p95 of
-call time and TTFT, and the queue time apart.
+(`bench/bench_speedup.py`). A job that shared the tokens or the server with other jobs
+waited for them, so it can read below 1.0: its wall time holds waits that are no stage's
+work. `briefd console`, `briefd report` and `/metrics` show p50/p95 of call time and TTFT,
+and the queue time apart.
 """
 
 
