@@ -137,7 +137,7 @@ def test_speedup_against_a_parallel_server_is_the_measured_one(parallel_sim: Sim
     figures = [r.metrics for r in seq + par]
     assert measured > 1.2, figures  # the pair did overlap
     assert reported == pytest.approx(measured, rel=0.10), figures
-    assert 0.9 <= median(r.metrics.speedup_ratio for r in seq) <= 1.02, figures
+    assert 0.8 <= median(r.metrics.speedup_ratio for r in seq) <= 1.02, figures  # ~0.97
 
 
 def test_contention_shows_as_queue_time_not_call_time(parallel_sim: SimServer) -> None:
