@@ -248,11 +248,14 @@ class _Handler(BaseHTTPRequestHandler):
                 pass
             self._abandon()
             return False
+        self._slot = self.server.llama.take(stop)  # serializing: wait for the one slot
+        if self._slot is None:
+            self._abandon()
+            return False
         delay = fault.delay_s if fault is not None else 0.0
         if fault is None or (fault.status is None and not fault.drop):
             delay += ledger.profile.latency_for(stage)  # errors and drops skip generation time
-        self._slot = self.server.llama.take(stop)  # serializing: wait for the one slot
-        if self._slot is None or stop.wait(delay):
+        if stop.wait(delay):
             self._abandon()
             return False
         if fault is not None and fault.drop:
@@ -272,9 +275,9 @@ class _Handler(BaseHTTPRequestHandler):
             served_model=served,
             strict=gateway.strict,
         )
-        answer["usage"] = gateway.usage(body, answer["model"], answer["usage"]["completion_tokens"])
         if self._slot.reports:  # llama.cpp's own measure of the work, queue excluded
             answer["timings"] = self._slot.timings(answer["usage"])
+        answer["usage"] = gateway.usage(body, answer["model"], answer["usage"]["completion_tokens"])
         data = json.dumps(answer).encode("utf-8")
         if gateway.strict and body.get("stream") is True:
             data = stream_body(answer, body.get("stream_options"))
