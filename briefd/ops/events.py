@@ -126,12 +126,12 @@ def describe(event: Event) -> str:
 
 
 def latency_table(stages_ms: dict[str, int], m: object) -> str:
-    """The seed's step-5 table on one line."""
+    """The seed's step-5 table on one line (a stage's figure is its call time)."""
     parts = [f"{name}={ms}ms" for name, ms in stages_ms.items()]
     parts.append(f"parallel_group={getattr(m, 'parallel_group_ms', 0)}ms")
     parts.append(f"sequential_group={getattr(m, 'sequential_group_ms', 0)}ms")
     parts.append(f"total={getattr(m, 'total_ms', 0)}ms")
-    parts.append(f"speedup={getattr(m, 'speedup_ratio', 0.0):.2f}x")
+    parts.append(f"speedup={getattr(m, 'speedup_ratio', 0.0):.2f}x (call time / wall)")
     return " | ".join(parts)
 
 
