@@ -72,6 +72,12 @@ class JobSpec(Frozen):
         description="The named pipeline to run (a file of BRIEFD_PIPELINES, or briefing-pack). "
         "Unset: BRIEFD_PIPELINE, else the built-in.",
     )
+    tenant: str = Field(
+        default="default",
+        pattern=r"^[a-z0-9](?:[a-z0-9_-]{0,30}[a-z0-9])?$",
+        description="The tenant whose job this is: set by the daemon from the API key that "
+        "submitted it (a key may not name another tenant); 'default' for the token file.",
+    )
     webhook: WebhookSpec | None = Field(
         default=None,
         description="Push this job's events to a URL (unset: BRIEFD_WEBHOOK_URL, if set).",
