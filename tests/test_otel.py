@@ -1,0 +1,340 @@
+"""OpenTelemetry (briefd[otel]): jobs as traces and GenAI metrics, received by a real
+OTLP/HTTP collector on loopback (:mod:`otlp_receiver`, decoding with opentelemetry-proto).
+
+One trace per job: ``invoke_workflow`` > ``stage`` > ``chat {model}`` per call attempt,
+with the GenAI attribute names and briefd's own; the metric names follow
+``OTEL_SEMCONV_STABILITY_OPT_IN``; message content goes out only on opt-in, redacted.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from otlp_receiver import OtlpReceiver, Span
+
+import briefd
+import briefd.telemetry
+from briefd.config import Settings
+from briefd.sim.faults import Fault
+from briefd.sim.server import SimProfile, SimServer
+
+STAGES = ("BRIEFING_MD", "PLAYS_MD", "PROCUREMENT_JSON", "ANNEX_JSON")
+CLIENT, INTERNAL, ERROR = 3, 1, 2  # OTLP span kinds and status code
+OLD = {"gen_ai.client.operation.duration", "gen_ai.client.token.usage"}
+NEW = {
+    "gen_ai.client.inference.duration",
+    "gen_ai.client.inference.usage.input_tokens",
+    "gen_ai.client.inference.usage.output_tokens",
+    "gen_ai.client.inference.usage.cache_read.input_tokens",
+    "gen_ai.client.inference.operation.input_tokens",
+}
+OTEL_VARS = (
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+    "OTEL_SEMCONV_STABILITY_OPT_IN",
+    "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT",
+    "OTEL_SDK_DISABLED",
+    "OTEL_TRACES_EXPORTER",
+    "OTEL_METRICS_EXPORTER",
+    "OTEL_SERVICE_NAME",
+)
+
+
+@pytest.fixture
+def receiver() -> Iterator[OtlpReceiver]:
+    with OtlpReceiver() as r:
+        yield r
+
+
+@pytest.fixture
+def otel_env(monkeypatch: pytest.MonkeyPatch, receiver: OtlpReceiver) -> pytest.MonkeyPatch:
+    """This process exports to the receiver (and no OTEL_* of the machine's leaks in)."""
+    for name in OTEL_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url)
+    return monkeypatch
+
+
+def _run_pipeline(
+    settings: Settings, job: dict[str, Any], receiver: OtlpReceiver
+) -> tuple[briefd.JobResult, list[Span]]:
+    """Run ``job`` in a Pipeline, flush its telemetry, and wait for the whole trace."""
+    with briefd.Pipeline(settings) as p:
+        result = p.submit(job).get(timeout=60)
+        assert p.telemetry is not None
+        assert p.telemetry.force_flush(10)
+    assert receiver.wait(lambda r: any(s.name.startswith("invoke_workflow") for s in r.spans()))
+    return result, receiver.spans()
+
+
+def _tree(spans: list[Span]) -> tuple[Span, dict[str, Span], dict[str, list[Span]]]:
+    """The root, the stage spans by stage, the attempt spans by stage (in order)."""
+    roots = [s for s in spans if not s.parent_id]
+    assert len(roots) == 1, [s.name for s in roots]
+    root = roots[0]
+    stages = {s.attrs["briefd.stage"]: s for s in spans if s.parent_id == root.span_id}
+    attempts: dict[str, list[Span]] = {}
+    for name, stage in stages.items():
+        kids = [s for s in spans if s.parent_id == stage.span_id]
+        attempts[name] = sorted(kids, key=lambda s: s.attrs["briefd.attempt"])
+    return root, stages, attempts
+
+
+def test_the_example_job_is_one_trace_of_stages_and_calls(
+    receiver: OtlpReceiver, repo: Path, tmp_path: Path, briefd_cmd: Any, child_env: Any
+) -> None:
+    """`briefd run examples/northwind-briefing.json` with OTEL_EXPORTER_OTLP_ENDPOINT: one
+    trace, invoke_workflow > 4 stages > one `chat gpt-4o` call each, the GenAI attributes
+    with the served model, tokens and cost of result.json, the old metric names by
+    default, and no message content."""
+    with SimServer(SimProfile(scale=0.0), strict=True, api_key="sk-strict-1") as sim:
+        env = child_env(
+            BRIEFD_BASE_URL=sim.base_url,
+            BRIEFD_MODEL="gpt-4o",
+            BRIEFD_API_KEY="sk-strict-1",
+            OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url,
+        )
+        for name in OTEL_VARS[1:]:
+            env.pop(name, None)
+        out = tmp_path / "out"
+        job = str(repo / "examples/northwind-briefing.json")
+        done = subprocess.run(
+            briefd_cmd("run", job, "--out", str(out)),
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 0, done.stderr
+    result = json.loads((out / "result.json").read_text())
+    # The process flushed on its way out: everything is there already, or about to be.
+    assert receiver.wait(lambda r: len(r.spans()) >= 9 and bool(r.metrics))
+    spans = receiver.spans()
+    assert len({s.trace_id for s in spans}) == 1
+    root, stages, attempts = _tree(spans)
+    assert len(spans) == 1 + 4 + 4
+    assert root.name == "invoke_workflow briefing-pack"
+    assert root.kind == INTERNAL and root.status_code != ERROR
+    assert root.attrs["gen_ai.operation.name"] == "invoke_workflow"
+    assert root.attrs["gen_ai.workflow.name"] == "briefing-pack"
+    assert root.attrs["briefd.job_id"] == "northwind-q3-renewal"
+    assert root.attrs["briefd.status"] == "succeeded"
+    assert root.attrs["briefd.cost_usd"] == pytest.approx(result["total_cost_usd"])
+    assert root.resource["service.name"] == "briefd"
+    assert set(stages) == set(STAGES)
+    for name in STAGES:
+        stage, (call,) = stages[name], attempts[name]
+        assert stage.name == f"stage {name}"
+        assert stage.attrs["briefd.cost_usd"] == pytest.approx(result["cost_usd"][name])
+        assert call.name == "chat gpt-4o" and call.kind == CLIENT
+        a = call.attrs
+        assert a["gen_ai.operation.name"] == "chat"
+        assert a["gen_ai.provider.name"] == "openai"
+        assert a["gen_ai.request.model"] == "gpt-4o"
+        assert a["gen_ai.response.model"] == "gpt-4o-2024-08-06"
+        assert a["server.address"] == "127.0.0.1" and a["server.port"] > 0
+        usage = result["metrics"]["usage"][name]
+        assert a["gen_ai.usage.input_tokens"] == usage["prompt_tokens"] > 0
+        assert a["gen_ai.usage.output_tokens"] == usage["completion_tokens"] > 0
+        assert a["gen_ai.usage.cache_read.input_tokens"] == usage["cached_tokens"]
+        assert a["briefd.job_id"] == "northwind-q3-renewal"
+        assert (a["briefd.stage"], a["briefd.attempt"]) == (name, 1)
+        assert a["briefd.cost_usd"] == pytest.approx(result["cost_usd"][name])
+        assert "error.type" not in a
+        assert not any(k in a for k in ("gen_ai.input.messages", "gen_ai.output.messages"))
+        # Each span sits inside its parent's time.
+        assert root.start_ns <= stage.start_ns <= call.start_ns
+        assert call.end_ns <= stage.end_ns <= root.end_ns
+    # The dependents started after what they read had ended.
+    assert stages["PROCUREMENT_JSON"].start_ns >= stages["BRIEFING_MD"].end_ns - 1_000_000
+    names = receiver.metric_names()
+    assert {*OLD, "gen_ai.invoke_workflow.duration"} <= names
+    assert not names & NEW
+    points = receiver.points()
+    calls = [p for p in points if p.metric == "gen_ai.client.operation.duration"]
+    assert sum(p.count for p in calls) == 4
+    assert {p.attrs["gen_ai.response.model"] for p in calls} == {"gpt-4o-2024-08-06"}
+    inputs = [
+        p
+        for p in points
+        if p.metric == "gen_ai.client.token.usage" and p.attrs["gen_ai.token.type"] == "input"
+    ]
+    total_in = sum(u["prompt_tokens"] for u in result["metrics"]["usage"].values())
+    assert sum(p.value for p in inputs) == total_in
+    (workflow,) = [p for p in points if p.metric == "gen_ai.invoke_workflow.duration"]
+    assert workflow.count == 1 and workflow.attrs["gen_ai.workflow.name"] == "briefing-pack"
+
+
+def test_a_retried_call_and_a_failed_stage_carry_error_type(
+    otel_env: pytest.MonkeyPatch, receiver: OtlpReceiver, make_job: Any
+) -> None:
+    """PLAYS_MD's first call gets a 500 and its retry succeeds: two `chat` spans, the first
+    with error.type SERVER_ERROR and an error status. ANNEX_JSON always gets a 400: its stage
+    and its call carry error.type HTTP_ERROR, the job is partial; the duration metric counts
+    the failed calls under their error.type."""
+    faults = [
+        Fault(stage="PLAYS_MD", status=500, times=1),
+        Fault(stage="ANNEX_JSON", status=400, times=None),
+    ]
+    with SimServer(SimProfile(scale=0.0, faults=faults)) as sim:
+        settings = Settings(base_url=sim.base_url, backoff_initial_s=0.01, backoff_max_s=0.02)
+        result, spans = _run_pipeline(settings, make_job("faulty-1"), receiver)
+    assert result.status == "partial"
+    root, stages, attempts = _tree(spans)
+    assert root.attrs["briefd.status"] == "partial" and root.status_code != ERROR
+    first, second = attempts["PLAYS_MD"]
+    assert first.attrs["error.type"] == "SERVER_ERROR" and first.status_code == ERROR
+    assert "gen_ai.usage.input_tokens" not in first.attrs  # the stage's tokens: on the last
+    assert "error.type" not in second.attrs and second.status_code != ERROR
+    assert second.attrs["gen_ai.usage.input_tokens"] > 0
+    assert first.end_ns <= second.start_ns
+    assert stages["PLAYS_MD"].status_code != ERROR
+    annex = stages["ANNEX_JSON"]
+    assert annex.attrs["error.type"] == "HTTP_ERROR" and annex.status_code == ERROR
+    assert [a.attrs["error.type"] for a in attempts["ANNEX_JSON"]] == ["HTTP_ERROR"]
+    assert receiver.wait(lambda r: "gen_ai.client.operation.duration" in r.metric_names())
+    failed = [
+        p
+        for p in receiver.points()
+        if p.metric == "gen_ai.client.operation.duration" and "error.type" in p.attrs
+    ]
+    assert sorted(p.attrs["error.type"] for p in failed) == ["HTTP_ERROR", "SERVER_ERROR"]
+
+
+@pytest.mark.parametrize(
+    ("opt_in", "old", "new"),
+    [
+        (None, True, False),
+        ("gen_ai_latest_experimental", False, True),
+        ("http,gen_ai_latest_experimental/dup", True, True),
+    ],
+)
+def test_metric_names_follow_the_semconv_opt_in(
+    otel_env: pytest.MonkeyPatch,
+    receiver: OtlpReceiver,
+    make_job: Any,
+    opt_in: str | None,
+    old: bool,
+    new: bool,
+) -> None:
+    """Unset: the old GenAI metric names only; gen_ai_latest_experimental: the new ones
+    only (inference duration, usage counters with cache reads); /dup: both. The workflow
+    duration is in all three. The new counters add up to the job's tokens."""
+    if opt_in is not None:
+        otel_env.setenv("OTEL_SEMCONV_STABILITY_OPT_IN", opt_in)
+    with SimServer(SimProfile(scale=0.0), strict=True, cached_fraction=0.5) as sim:
+        settings = Settings(base_url=sim.base_url, model="gpt-4o-mini")
+        result, _ = _run_pipeline(settings, make_job(f"conv-{old}-{new}"), receiver)
+    assert result.status == "succeeded"
+    assert receiver.wait(lambda r: "gen_ai.invoke_workflow.duration" in r.metric_names())
+    names = receiver.metric_names()
+    assert names.issuperset(OLD) if old else not names & OLD
+    assert names.issuperset(NEW) if new else not names & NEW
+    if new:
+        points = receiver.points()
+
+        def total(metric: str) -> float:
+            return sum(p.value for p in points if p.metric == metric)
+
+        usage = result.metrics.usage.values()
+        assert total(NEW_INPUT) == sum(u.prompt_tokens for u in usage)
+        cached = sum(u.cached_tokens for u in usage)
+        assert cached > 0 and total(NEW_CACHE) == cached
+        modalities = {p.attrs["gen_ai.token.modality"] for p in points if p.metric == NEW_INPUT}
+        assert modalities == {"text"}
+
+
+NEW_INPUT = "gen_ai.client.inference.usage.input_tokens"
+NEW_CACHE = "gen_ai.client.inference.usage.cache_read.input_tokens"
+
+
+def test_message_content_only_on_opt_in_and_redacted(
+    otel_env: pytest.MonkeyPatch, receiver: OtlpReceiver, make_job: Any, sim: SimServer
+) -> None:
+    """With OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true each call carries its
+    prompt, the call that succeeded its document; a key inside the prompt is redacted."""
+    otel_env.setenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "true")
+    job = make_job("content-1")
+    job["prompts"]["BRIEFING_MD"] = "Brief Acme. Our key is sk-abcdefghijklmnop123, do not leak."
+    result, spans = _run_pipeline(Settings(base_url=sim.base_url), job, receiver)
+    assert result.status == "succeeded"
+    _, _, attempts = _tree(spans)
+    for name in STAGES:
+        (call,) = attempts[name]
+        (message,) = json.loads(call.attrs["gen_ai.input.messages"])
+        content = message["parts"][0]["content"]
+        assert message["role"] == "user"
+        if name == "BRIEFING_MD":
+            assert "sk-abcdefghijklmnop123" not in content and "[REDACTED]" in content
+        else:
+            assert content == job["prompts"][name]
+        (answer,) = json.loads(call.attrs["gen_ai.output.messages"])
+        document = result.documents[name]
+        text = document if isinstance(document, str) else json.loads(answer["parts"][0]["content"])
+        assert text == document
+    assert "sk-abcdefghijklmnop123" not in json.dumps([s.attrs for s in spans])
+
+
+def test_without_the_extra_one_line_and_the_job_still_runs(
+    otel_env: pytest.MonkeyPatch,
+    receiver: OtlpReceiver,
+    make_job: Any,
+    sim: SimServer,
+    log_lines: list[str],
+) -> None:
+    """OTEL_EXPORTER_OTLP_ENDPOINT set but OpenTelemetry not importable: one warning line
+    naming the extra, no telemetry, the job succeeds, nothing reaches the collector."""
+    for name in [m for m in sys.modules if m.startswith(("opentelemetry", "briefd.telemetry."))]:
+        otel_env.delitem(sys.modules, name)
+    otel_env.setitem(sys.modules, "opentelemetry", None)  # import opentelemetry: ImportError
+    otel_env.setattr(briefd.telemetry, "_warned", False)
+    with briefd.Pipeline(Settings(base_url=sim.base_url)) as p:
+        assert p.telemetry is None
+        assert p.submit(make_job("plain-1")).get(timeout=60).status == "succeeded"
+    with briefd.Pipeline(Settings(base_url=sim.base_url)) as p:  # said once, not per start
+        assert p.telemetry is None
+    warned = [line for line in log_lines if "briefd[otel]" in line]
+    assert len(warned) == 1 and warned[0].startswith("WARNING")
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT" in warned[0]
+    assert receiver.paths == []
+
+
+def test_unset_endpoint_or_disabled_sdk_means_no_telemetry(
+    otel_env: pytest.MonkeyPatch,
+) -> None:
+    """Only the endpoint variables turn it on; OTEL_SDK_DISABLED and OTEL_*_EXPORTER=none
+    turn signals off."""
+    assert briefd.telemetry.wanted() == (True, True)
+    otel_env.setenv("OTEL_METRICS_EXPORTER", "none")
+    assert briefd.telemetry.wanted() == (True, False)
+    otel_env.setenv("OTEL_SDK_DISABLED", "true")
+    assert briefd.telemetry.wanted() == (False, False)
+    otel_env.delenv("OTEL_SDK_DISABLED")
+    otel_env.delenv("OTEL_METRICS_EXPORTER")
+    otel_env.delenv("OTEL_EXPORTER_OTLP_ENDPOINT")
+    assert briefd.telemetry.wanted() == (False, False)
+    otel_env.setenv("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://127.0.0.1:9/v1/metrics")
+    assert briefd.telemetry.wanted() == (False, True)
+
+
+def test_import_briefd_loads_no_opentelemetry_and_stays_quiet(child_env: Any) -> None:
+    """`import briefd` with an OTLP endpoint set imports no opentelemetry module and
+    prints nothing: the extra is loaded when a Pipeline or the daemon starts."""
+    code = (
+        "import sys, briefd, briefd.api, briefd.daemon.main\n"
+        "print(sorted(m for m in sys.modules if m.startswith('opentelemetry')))"
+    )
+    env = child_env(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:9")
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]" and done.stderr == ""
