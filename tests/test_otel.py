@@ -9,6 +9,7 @@ with the GenAI attribute names and briefd's own; the metric names follow
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,11 +17,28 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from daemon_helpers import Daemon
+from daemon_helpers import make_job as daemon_job
 from otlp_receiver import OtlpReceiver, Span
 
 import briefd
 import briefd.telemetry
 from briefd.config import Settings
+from briefd.messages import (
+    ErrorCode,
+    JobCompleted,
+    JobMetrics,
+    JobResult,
+    JobStarted,
+    JobStatus,
+    PipelineError,
+    Progress,
+    StageRetrying,
+    StageStarted,
+    StageState,
+    StageSucceeded,
+    Usage,
+)
 from briefd.sim.faults import Fault
 from briefd.sim.server import SimProfile, SimServer
 
@@ -338,3 +356,125 @@ def test_import_briefd_loads_no_opentelemetry_and_stays_quiet(child_env: Any) ->
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]" and done.stderr == ""
+
+
+def test_the_daemon_exports_each_job_and_flushes_on_sigterm(
+    receiver: OtlpReceiver, sim: SimServer, tmp_path: Path
+) -> None:
+    """`briefd serve` with OTEL_EXPORTER_OTLP_ENDPOINT: two jobs through the HTTP API are two
+    traces of 4 stages each; SIGTERM exits 0 and their spans reach the collector."""
+    d = Daemon(tmp_path, sim.base_url, max_concurrent=2, grace_s=2)
+    for name in OTEL_VARS:
+        d.env.pop(name, None)
+    d.env["OTEL_EXPORTER_OTLP_ENDPOINT"] = receiver.url
+    d.start()
+    try:
+        with d.client() as client:
+            ids = [client.submit(daemon_job(f"otel-d{i}")) for i in range(2)]
+            results = [client.result(i, timeout=60) for i in ids]
+    finally:
+        d.signal(signal.SIGTERM)
+        code = d.wait_exit(30)
+    assert code == 0, d.log()
+    assert [r.status for r in results] == ["succeeded", "succeeded"]
+    assert receiver.wait(lambda r: len(r.spans()) >= 2 * 9)
+    spans = receiver.spans()
+    roots = {s.attrs["briefd.job_id"]: s for s in spans if not s.parent_id}
+    assert set(roots) == set(ids)
+    for root in roots.values():
+        trace = [s for s in spans if s.trace_id == root.trace_id]
+        assert sorted(s.name for s in trace if s.parent_id == root.span_id) == sorted(
+            f"stage {n}" for n in STAGES
+        )
+        assert sum(s.name.startswith("chat") for s in trace) == 4
+
+
+def test_streamed_clocks_become_time_to_first_chunk_and_call_times(
+    otel_env: pytest.MonkeyPatch, receiver: OtlpReceiver, sim: SimServer
+) -> None:
+    """A streamed call's ttft_ms is its span's gen_ai.response.time_to_first_chunk and a
+    time_to_first_chunk measurement; call_ms, where the events give it, ends the call's span
+    (the failed attempt's from StageRetrying, the last one's the stage's total less it)."""
+    otel_env.setenv("OTEL_SEMCONV_STABILITY_OPT_IN", "gen_ai_latest_experimental/dup")
+    with briefd.Pipeline(Settings(base_url=sim.base_url)) as p:
+        telemetry = p.telemetry
+        assert telemetry is not None
+        t0, job, M = 1_800_000_000.0, "streamed-1", "briefd-sim"
+        usage = Usage(prompt_tokens=40, completion_tokens=200)
+        error = PipelineError(stage="BRIEFING_MD", code=ErrorCode.STALLED, message="idle 15 s")
+        for event in (
+            JobStarted(job_id=job, stages=["BRIEFING_MD"], parallel=True, max_concurrent=2, ts=t0),
+            StageStarted(
+                job_id=job, stage="BRIEFING_MD", attempt=1, model=M, queued_ms=250, ts=t0 + 0.25
+            ),
+            StageRetrying(
+                job_id=job,
+                stage="BRIEFING_MD",
+                attempt=1,
+                wait_s=0.5,
+                reason=error,
+                call_ms=1000,
+                ttft_ms=300,
+                ts=t0 + 1.3,
+            ),
+            StageStarted(job_id=job, stage="BRIEFING_MD", attempt=2, model=M, ts=t0 + 1.8),
+            StageSucceeded(
+                job_id=job,
+                stage="BRIEFING_MD",
+                document="# Briefing",
+                elapsed_ms=3200,
+                attempts=2,
+                usage=usage,
+                served_by="default:briefd-sim",
+                call_ms=2200,
+                ttft_ms=150,
+                ts=t0 + 3.2,  # the document parsed 0.2 s after the call's last byte
+            ),
+            JobCompleted(job_id=job, result=_result(job, usage), ts=t0 + 3.3),
+        ):
+            telemetry(event)
+        assert telemetry.force_flush(10)
+    assert receiver.wait(lambda r: len(r.spans()) == 4 and NEW_TTFC in r.metric_names())
+    _, stages, attempts = _tree(receiver.spans())
+    first, second = attempts["BRIEFING_MD"]
+    assert first.name == second.name == "chat briefd-sim"
+    assert first.attrs["gen_ai.response.time_to_first_chunk"] == pytest.approx(0.3)
+    assert first.attrs["gen_ai.request.stream"] is True
+    assert first.attrs["error.type"] == "STALLED"
+    assert first.attrs["briefd.queued_ms"] == 250
+    assert (first.end_ns - first.start_ns) == pytest.approx(1e9, abs=1e6)  # its call_ms
+    assert (second.end_ns - second.start_ns) == pytest.approx(1.2e9, abs=1e6)  # 2200 - 1000
+    assert second.attrs["gen_ai.response.time_to_first_chunk"] == pytest.approx(0.15)
+    assert second.attrs["gen_ai.response.model"] == "briefd-sim"
+    stage = stages["BRIEFING_MD"]
+    assert stage.start_ns == pytest.approx(t0 * 1e9, abs=1e6)  # its end less elapsed_ms
+    assert stage.attrs["briefd.call_ms"] == 2200
+    for metric in (NEW_TTFC, "gen_ai.client.operation.time_to_first_chunk"):
+        ttfc = [pt for pt in receiver.points() if pt.metric == metric]
+        assert sum(pt.count for pt in ttfc) == 2
+        assert sum(pt.value for pt in ttfc) == pytest.approx(0.45)
+
+
+NEW_TTFC = "gen_ai.client.inference.time_to_first_chunk"
+
+
+def _result(job_id: str, usage: Usage) -> JobResult:
+    return JobResult(
+        job_id=job_id,
+        status=JobStatus.SUCCEEDED,
+        documents={"BRIEFING_MD": "# Briefing"},
+        errors=[],
+        fallbacks=[],
+        progress=Progress(stages={"BRIEFING_MD": StageState.COMPLETE}, percent=100.0),
+        metrics=JobMetrics(
+            stages_ms={"BRIEFING_MD": 3000},
+            parallel_group_ms=3000,
+            sequential_group_ms=0,
+            total_ms=3100,
+            speedup_ratio=1.0,
+            usage={"BRIEFING_MD": usage},
+            attempts={"BRIEFING_MD": 2},
+        ),
+        cost_usd={"BRIEFING_MD": 0.001},
+        total_cost_usd=0.001,
+    )
