@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -478,3 +479,23 @@ def _result(job_id: str, usage: Usage) -> JobResult:
         cost_usd={"BRIEFING_MD": 0.001},
         total_cost_usd=0.001,
     )
+
+
+def test_a_collector_that_never_answers_does_not_hold_close(
+    otel_env: pytest.MonkeyPatch, make_job: Any, sim: SimServer, log_lines: list[str]
+) -> None:
+    """The collector accepts connections and never answers: closing the Pipeline waits at
+    most the shutdown bound, then says in one line that the rest is dropped."""
+    import briefd.telemetry.otel as otel
+
+    otel_env.setattr(otel, "SHUTDOWN_S", 0.5)
+    with socket.socket() as silent:  # listens, never accepts: requests hang until timeout
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        otel_env.setenv(
+            "OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{silent.getsockname()[1]}"
+        )
+        with briefd.Pipeline(Settings(base_url=sim.base_url)) as p:
+            assert p.submit(make_job("silent-1")).get(timeout=60).status == "succeeded"
+    dropped = [line for line in log_lines if "did not take the last export" in line]
+    assert len(dropped) == 1 and dropped[0].startswith("WARNING")

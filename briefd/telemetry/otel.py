@@ -29,9 +29,11 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from loguru import logger
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
@@ -56,6 +58,10 @@ _FOLDED = frozenset(
     | {"StageSucceeded", "StageFailed", "StageFellBack"}
 )
 _INSTRUMENTATION = "briefd"
+SHUTDOWN_S = 5.0
+"""How long closing waits for the collector to take the last export: an unreachable one
+would otherwise hold ``Pipeline.close`` (and ``briefd run``'s exit) through the exporters'
+retries, 10 s per signal."""
 
 
 class Endpoint:
@@ -148,12 +154,14 @@ class OtelObserver:
         meter_provider: MeterProvider | None,
         conventions: g.Conventions,
         prompts: PromptLookup | None = None,
+        exporters: Sequence[Any] = (),
     ) -> None:
         self._endpoints = dict(endpoints)
         self._default = default_endpoint
         self._workflow = workflow
         self._kinds = dict(stage_kinds)
         self._tp, self._mp = tracer_provider, meter_provider
+        self._exporters = tuple(exporters)  # shut down early to cut a hung last export short
         self.conventions = conventions
         self._prompts = prompts if conventions.capture_content else None
         self._tracer = (
@@ -188,13 +196,34 @@ class OtelObserver:
         ok = self._tp.force_flush(ms) if self._tp is not None else True
         return (self._mp.force_flush(ms) if self._mp is not None else True) and ok
 
-    def shutdown(self) -> None:
-        """Flush and stop the exporters (idempotent)."""
-        if self._tp is not None:
-            self._tp.shutdown()
-        if self._mp is not None:
-            self._mp.shutdown()
+    def shutdown(self, timeout_s: float | None = None) -> None:
+        """Flush and stop the exporters, waiting at most ``timeout_s`` (default
+        :data:`SHUTDOWN_S`) for the collector; what it has not taken by then is dropped,
+        said in one line. Idempotent."""
+        tp, mp = self._tp, self._mp
         self._tp = self._mp = None
+        if tp is None and mp is None:
+            return
+
+        def stop() -> None:
+            if tp is not None:
+                tp.shutdown()
+            if mp is not None:
+                mp.shutdown()
+
+        wait = SHUTDOWN_S if timeout_s is None else timeout_s
+        closing = threading.Thread(target=stop, name="briefd-otel-shutdown", daemon=True)
+        closing.start()
+        closing.join(wait)
+        if closing.is_alive():
+            for exporter in self._exporters:  # ends their retries: the thread finishes
+                exporter.shutdown()
+            closing.join(1.0)
+            logger.warning(
+                "OpenTelemetry: the collector did not take the last export within {:g}s; "
+                "what was left is dropped",
+                wait,
+            )
 
     # -- one job ---------------------------------------------------------------------------
 
@@ -373,11 +402,14 @@ def build(
         attrs["service.name"] = "briefd"
     resource = Resource.create(attrs)
     tp = mp = None
+    exporters: list[Any] = []
     if traces:
         tp = TracerProvider(resource=resource)
-        tp.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        exporters.append(OTLPSpanExporter())
+        tp.add_span_processor(BatchSpanProcessor(exporters[-1]))
     if metrics:
-        reader = PeriodicExportingMetricReader(OTLPMetricExporter())
+        exporters.append(OTLPMetricExporter())
+        reader = PeriodicExportingMetricReader(exporters[-1])
         mp = MeterProvider(resource=resource, metric_readers=[reader])
     return OtelObserver(
         endpoints=endpoints,
@@ -388,4 +420,5 @@ def build(
         meter_provider=mp,
         conventions=g.Conventions.from_env(),
         prompts=prompts,
+        exporters=exporters,
     )
