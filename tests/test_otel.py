@@ -34,6 +34,8 @@ from briefd.messages import (
     JobStatus,
     PipelineError,
     Progress,
+    StageFailed,
+    StageFailedOver,
     StageRetrying,
     StageStarted,
     StageState,
@@ -499,3 +501,45 @@ def test_a_collector_that_never_answers_does_not_hold_close(
             assert p.submit(make_job("silent-1")).get(timeout=60).status == "succeeded"
     dropped = [line for line in log_lines if "did not take the last export" in line]
     assert len(dropped) == 1 and dropped[0].startswith("WARNING")
+
+
+def test_the_record_of_a_job_follows_failovers_and_forgets_the_oldest() -> None:
+    """The fold behind each trace: a failover ends the attempt it left (a skipped one made no
+    call), a stage refused before any call has no attempt, an end without a start is no
+    trace, and at most max_open jobs are held (the oldest is let go)."""
+    from briefd.telemetry.record import Recorder
+
+    rec = Recorder(max_open=2)
+    gone = PipelineError(stage="PLAYS_MD", code=ErrorCode.CONNECTION, message="refused")
+    up = PipelineError(stage="ANNEX_JSON", code=ErrorCode.UPSTREAM_FAILED, message="no input")
+    for event in (
+        JobStarted(job_id="a", stages=list(STAGES), parallel=True, max_concurrent=2, ts=10.0),
+        StageStarted(job_id="a", stage="PLAYS_MD", attempt=1, endpoint="x", model="m", ts=11.0),
+        StageFailedOver(
+            job_id="a", stage="PLAYS_MD", from_route="x:m", to_route="y:m", reason=gone, ts=11.5
+        ),
+        StageFailedOver(
+            job_id="a",
+            stage="PLAYS_MD",
+            from_route="y:m",
+            to_route="z:m",
+            reason=gone,
+            skipped=True,
+            ts=11.6,
+        ),
+        StageStarted(job_id="a", stage="PLAYS_MD", attempt=1, endpoint="z", model="m", ts=11.7),
+        StageFailed(job_id="a", stage="ANNEX_JSON", error=up, ts=12.0),
+    ):
+        assert rec.add(event) is None
+    assert rec.add(JobCompleted(job_id="nobody", result=_result("nobody", Usage()))) is None
+    done = rec.add(JobCompleted(job_id="a", result=_result("a", Usage()), ts=13.0))
+    assert done is not None
+    job, _ = done
+    first, second = job.stages["PLAYS_MD"].attempts
+    assert (first.endpoint, first.end, first.error) == ("x", 11.5, gone)
+    assert (second.endpoint, second.end) == ("z", None)  # still open when the job ended
+    assert job.stages["ANNEX_JSON"].attempts == []
+    for name in ("b", "c", "d"):
+        rec.add(JobStarted(job_id=name, stages=[], parallel=True, max_concurrent=2))
+    assert rec.open_jobs() == 2
+    assert rec.add(JobCompleted(job_id="b", result=_result("b", Usage()))) is None

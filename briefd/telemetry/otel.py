@@ -247,8 +247,8 @@ class OtelObserver:
         outcome = rec.outcome
         cost = done.result.cost_usd.get(rec.name)
         parent = None
+        end = outcome.ts if outcome is not None else done.ts
         if root is not None:
-            end = outcome.ts if outcome is not None else done.ts
             elapsed = outcome.elapsed_ms / 1000 if outcome is not None else 0.0
             first = rec.attempts[0].start if rec.attempts else end
             start = max(job.start, min(end - elapsed if elapsed > 0 else first, first))
@@ -276,6 +276,8 @@ class OtelObserver:
                 parent.set_status(Status(StatusCode.ERROR, redact(outcome.error.message)))
         for i, attempt in enumerate(rec.attempts):
             last = i == len(rec.attempts) - 1
+            if attempt.end is None:  # no event ended it: it ends with its stage
+                attempt.close(end)
             self._attempt(job, rec, attempt, last, cost, parent)
         if parent is not None:
             parent.end(end_time=_ns(max(end, start)))
@@ -297,7 +299,7 @@ class OtelObserver:
             usage = None
         served = outcome.served_by if (last and isinstance(outcome, StageSucceeded)) else ""
         response_model = served.partition(":")[2]
-        end = a.end if a.end is not None else a.start
+        end = a.end if a.end is not None else a.start  # closed by _stage
         metric: dict[str, Any] = {g.OPERATION: g.CHAT, g.PROVIDER: ep.provider if ep else "openai"}
         if a.model:
             metric[g.REQUEST_MODEL] = a.model
