@@ -543,3 +543,20 @@ def test_the_record_of_a_job_follows_failovers_and_forgets_the_oldest() -> None:
         rec.add(JobStarted(job_id=name, stages=[], parallel=True, max_concurrent=2))
     assert rec.open_jobs() == 2
     assert rec.add(JobCompleted(job_id="b", result=_result("b", Usage()))) is None
+
+
+def test_provider_names_follow_the_endpoint_kind_and_host() -> None:
+    """Azure endpoints are azure.ai.openai, well-known hosts their provider, every other
+    OpenAI-compatible server the openai flavour it speaks; the server is host and port."""
+    from briefd.telemetry.genai import provider_name, server_of
+
+    assert provider_name("openai", "https://api.openai.com/v1") == "openai"
+    assert provider_name("azure", "https://eu.example.net/openai") == "azure.ai.openai"
+    assert provider_name("compatible", "https://acme.openai.azure.com") == "azure.ai.openai"
+    assert provider_name("compatible", "https://api.groq.com/openai/v1") == "groq"
+    assert provider_name("compatible", "https://api.deepseek.com") == "deepseek"
+    assert provider_name("compatible", "http://127.0.0.1:8000/v1") == "openai"
+    assert provider_name("embedded", "http://127.0.0.1:41234/v1") == "openai"
+    assert server_of("https://api.openai.com/v1") == ("api.openai.com", 443)
+    assert server_of("http://localhost:11434/v1") == ("localhost", 11434)
+    assert server_of("not a url") is None

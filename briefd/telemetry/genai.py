@@ -123,7 +123,7 @@ def provider_name(kind: str, base_url: str) -> str:
     if kind == "azure" or host.endswith(".openai.azure.com"):
         return "azure.ai.openai"
     for known, name in _HOSTS.items():
-        if host == known or host.endswith("-" + known) or host.endswith("." + known):
+        if host == known or host.endswith("." + known):
             return name
     return "openai"
 
