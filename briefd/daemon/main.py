@@ -76,6 +76,7 @@ from briefd.ops.logs import register_secret
 from briefd.private import private_dir
 from briefd.store import open_store, store_label
 from briefd.store.base import ClaimStore
+from briefd.telemetry import Telemetry, open_telemetry
 from briefd.webhooks.service import Webhooks
 
 EXIT_FATAL = 70
@@ -107,6 +108,7 @@ class Daemon(DaemonBackend):
         self._exporter = MetricsExporter(self.figures)
         self.daemon_id: str | None = None  # with PostgreSQL: this daemon in the cluster
         self._listener: Any = None  # with PostgreSQL: LISTEN for the root's wake-ups
+        self.telemetry: Telemetry | None = None  # OpenTelemetry, when OTEL_* asks for it
 
     # -- start -----------------------------------------------------------------------
 
@@ -143,6 +145,8 @@ class Daemon(DaemonBackend):
             }
         )
         self.metrics = MetricsActor.start()
+        self.telemetry = open_telemetry(self._provider.routing, self.pipeline)
+        traced = [self.telemetry] if self.telemetry is not None else []
         metrics_only = [metrics_observer(self.metrics)]
         self._provider.routing.breakers.on_change = lambda e: publish(e, metrics_only)
         claims: ClaimKeeper | None = None
@@ -180,7 +184,7 @@ class Daemon(DaemonBackend):
             base_url=self._provider.base_url,
             routing=self._provider.routing,
             limiter=self.limiter,
-            observers=[metrics_observer(self.metrics), journal_observer(self.journal_ref)],
+            observers=[metrics_observer(self.metrics), journal_observer(self.journal_ref), *traced],
             stage_actor_cls=with_fatal_hook(StageActor, self._on_fatal),
             breaker=breaker,
             claims=claims,
@@ -395,6 +399,8 @@ class Daemon(DaemonBackend):
         pykka.ActorRegistry.stop_all(block=False)
         if self._provider is not None:
             self._provider.close()
+        if self.telemetry is not None:  # the traces of jobs that ended go out now
+            self.telemetry.shutdown()
         logger.info(
             "briefd stopped: {} unfinished job(s) will resume at next start", len(suspended)
         )
@@ -415,6 +421,8 @@ class Daemon(DaemonBackend):
         pykka.ActorRegistry.stop_all(block=True, timeout=5.0)
         if self._provider is not None:
             self._provider.close()
+        if self.telemetry is not None:
+            self.telemetry.shutdown()
 
     # -- the HTTP API's backend ------------------------------------------------------
 
