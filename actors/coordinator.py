@@ -380,6 +380,8 @@ class CoordinatorActor(PooledThreadingActor):
         rec.ended_at = time.monotonic()
         rec.attempts = max(rec.attempts, attempts)
         rec.usage = event.usage
+        rec.queued_ms, rec.call_ms = event.queued_ms, event.call_ms
+        rec.ttft_ms, rec.server_ms = event.ttft_ms, event.server_ms
 
     def _plan(self, name: str) -> Planned | None:
         """Render ``name``'s prompt (journaled), or end it per on_upstream_failure (None)."""

@@ -124,11 +124,11 @@ class JournalActor(LeanThreadingActor):
         j = self._journal
         match message:
             case StageStarted(job_id=job, stage=stage, attempt=attempt):
-                j.stage_started(job, stage, attempt)
+                j.stage_started(job, stage, attempt, event=message)
             case StageSucceeded(job_id=job, stage=stage, document=doc, attempts=n):
-                j.stage_succeeded(job, stage, doc, n)
+                j.stage_succeeded(job, stage, doc, n, event=message)
             case StageFailed(job_id=job, stage=stage, error=error, attempts=n):
-                j.stage_failed(job, stage, error, n)
+                j.stage_failed(job, stage, error, n, event=message)
             case StagePromptRendered(job_id=job, stage=stage, prompt=prompt):
                 j.stage_prompt(job, stage, prompt)
             case LoadJob():

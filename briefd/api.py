@@ -52,6 +52,7 @@ from briefd.messages import (
 from briefd.ops.events import Observer, publish
 from briefd.pipelines.registry import PipelineRegistry
 from briefd.runs import JobRun
+from briefd.telemetry import Telemetry, open_telemetry
 
 ASK_TIMEOUT_S = 10.0
 WATCH_PERIOD_S = 0.25
@@ -96,6 +97,7 @@ class Pipeline:
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self._watcher: threading.Thread | None = None
+        self.telemetry: Telemetry | None = None  # OpenTelemetry, when OTEL_* asks for it
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -119,6 +121,7 @@ class Pipeline:
             }
         )
         self._metrics = MetricsActor.start()
+        self.telemetry = open_telemetry(self._provider.routing, self.pipeline, self._prompts)
         breaker_observers = [metrics_observer(self._metrics), *self._extra_observers]
         self._provider.routing.breakers.on_change = lambda e: publish(e, breaker_observers)
         self._limiter = LimiterSupervisor(
@@ -165,9 +168,16 @@ class Pipeline:
                 self._metrics.stop(block=True, timeout=timeout_s)
         self._limiter = None
         self._metrics = None
+        if self.telemetry is not None:  # after every job's end: their traces go out now
+            self.telemetry.shutdown()
+            self.telemetry = None
         if self._provider is not None:
             self._provider.close()
             self._provider = None
+
+    def _prompts(self, job_id: str) -> dict[str, str] | None:
+        run = self._runs.get(job_id)
+        return run.job.prompts if run is not None else None
 
     def _watch(self) -> None:
         """The supervision pykka lacks: restart the limiter, end jobs whose coordinator died."""
@@ -275,7 +285,13 @@ class Pipeline:
                 deliver(result)
 
         run.deliver = deliver
-        run.observers = (metrics_observer(self._metrics), *self._extra_observers, *observers)
+        traced = (self.telemetry,) if self.telemetry is not None else ()
+        run.observers = (
+            metrics_observer(self._metrics),
+            *traced,
+            *self._extra_observers,
+            *observers,
+        )
         base_url, limiter = self._provider.base_url, self._limiter
         routing = self._provider.routing
         run.start = lambda: CoordinatorActor.start(

@@ -202,7 +202,8 @@ def _report(result: JobResult, written: Written) -> int:
     when ``result.json`` itself is one of them, the result is printed whole.
     """
     ok = result.status is JobStatus.SUCCEEDED and not written.failed
-    speed = f" (speed-up {result.metrics.speedup_ratio:.2f}x)" if ok else ""
+    speedup = result.metrics.speedup_ratio
+    speed = f" (speed-up {speedup:.2f}x: call time / wall)" if ok else ""
     took = f"{result.status} in {result.metrics.total_ms} ms"
     print(f"{escape_control(result.job_id)}: {took}{speed}")
     for path in written.paths:

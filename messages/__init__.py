@@ -87,6 +87,7 @@ from briefd.messages.token import (
     TokenGranted,
     TokenReleased,
 )
+from briefd.messages.webhook import WEBHOOK_EVENTS, WebhookAttempted, WebhookDelivery
 
 AnyMessage = Annotated[
     SubmitJob
@@ -139,7 +140,8 @@ AnyMessage = Annotated[
     | ClaimJobs
     | CheckCancels
     | TokensGranted
-    | RenewTokens,
+    | RenewTokens
+    | WebhookAttempted,
     Field(discriminator="type"),
 ]
 
@@ -155,6 +157,7 @@ def parse_message(data: str | bytes | dict[str, object]) -> Message:
 
 __all__ = [
     "JOB_ID_PATTERN",
+    "WEBHOOK_EVENTS",
     "AnyMessage",
     "CancelJob",
     "CancelTokenRequest",
@@ -222,6 +225,8 @@ __all__ = [
     "TokenReleased",
     "TokensGranted",
     "Usage",
+    "WebhookAttempted",
+    "WebhookDelivery",
     "WebhookSpec",
     "parse_message",
 ]

@@ -95,8 +95,9 @@ class StageSucceeded(Event):
     backoff_ms: int = Field(default=0, description="All attempts: waiting out retry backoffs.")
     server_ms: int | None = Field(
         default=None,
-        description="The last call's time as the server measured it, where it says (llama.cpp's "
-        "timings); else None.",
+        description="All attempts: the calls' time as the server measured it (llama.cpp's "
+        "timings: prompt_ms + predicted_ms, its queue excluded), when it said so for every "
+        "call; else None.",
     )
 
 
@@ -122,8 +123,9 @@ class StageFailed(Event):
     backoff_ms: int = Field(default=0, description="All attempts: waiting out retry backoffs.")
     server_ms: int | None = Field(
         default=None,
-        description="The last call's time as the server measured it, where it says (llama.cpp's "
-        "timings); else None.",
+        description="All attempts: the calls' time as the server measured it (llama.cpp's "
+        "timings: prompt_ms + predicted_ms, its queue excluded), when it said so for every "
+        "call; else None.",
     )
 
 

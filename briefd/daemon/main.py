@@ -78,6 +78,8 @@ from briefd.pipelines.registry import PipelineRegistry, reload_pipelines
 from briefd.private import private_dir
 from briefd.store import open_store, store_label
 from briefd.store.base import ClaimStore
+from briefd.telemetry import Telemetry, open_telemetry
+from briefd.webhooks.service import Webhooks
 
 EXIT_FATAL = 70
 """Exit code when part of the actor system died under the daemon (EX_SOFTWARE): systemd's
@@ -108,6 +110,7 @@ class Daemon(DaemonBackend):
         self._exporter = MetricsExporter(self.figures)
         self.daemon_id: str | None = None  # with PostgreSQL: this daemon in the cluster
         self._listener: Any = None  # with PostgreSQL: LISTEN for the root's wake-ups
+        self.telemetry: Telemetry | None = None  # OpenTelemetry, when OTEL_* asks for it
 
     # -- start -----------------------------------------------------------------------
 
@@ -132,6 +135,10 @@ class Daemon(DaemonBackend):
         self.journal.files.sweep()  # temporary files a crash left between write and rename
         self.journal.files.probe()  # an unwritable jobs/ shows on /healthz from the start
         sock = bind_loopback(s.listen)
+        self.daemon_id = new_daemon_id(s.data_dir) if s.database_url is not None else None
+        self.webhooks = Webhooks(  # a bad secret or BRIEFD_WEBHOOK_URL stops the start
+            s, self.journal, own=[sock.getsockname()[:2]], owner=self.daemon_id or "local"
+        )
         self._provider = open_provider(s, self.registry.stages)
         self.routing = self._provider.routing  # a job's models are checked against it
         self.settings = s = s.model_copy(
@@ -141,11 +148,13 @@ class Daemon(DaemonBackend):
             }
         )
         self.metrics = MetricsActor.start()
+        self.telemetry = open_telemetry(self._provider.routing, self.pipeline)
+        traced = [self.telemetry] if self.telemetry is not None else []
         metrics_only = [metrics_observer(self.metrics)]
         self._provider.routing.breakers.on_change = lambda e: publish(e, metrics_only)
         claims: ClaimKeeper | None = None
         if s.database_url is not None:  # a cluster: one queue, one token budget
-            self.daemon_id = new_daemon_id(s.data_dir)
+            assert self.daemon_id is not None
             store = cast(ClaimStore, self.journal)
             # The data dir is locked: claims under its node but another id are a dead
             # predecessor's (kill -9); lapse them so its jobs resume now, not in lease_s.
@@ -178,7 +187,7 @@ class Daemon(DaemonBackend):
             base_url=self._provider.base_url,
             routing=self._provider.routing,
             limiter=self.limiter,
-            observers=[metrics_observer(self.metrics), journal_observer(self.journal_ref)],
+            observers=[metrics_observer(self.metrics), journal_observer(self.journal_ref), *traced],
             stage_actor_cls=with_fatal_hook(StageActor, self._on_fatal),
             breaker=breaker,
             claims=claims,
@@ -186,6 +195,7 @@ class Daemon(DaemonBackend):
         )
         if s.database_url is not None:
             self._listen(s.database_url)
+        self.webhooks.start()
         self.server.start()
         stats = self.root.proxy().stats().get(timeout=ASK_TIMEOUT_S)
         publish(
@@ -302,6 +312,8 @@ class Daemon(DaemonBackend):
         if dead := [name for name, ref in core.items() if not ref.is_alive()]:
             return f"the {dead[0]} actor died"
         self.limiter.check()
+        if self.webhooks is not None:
+            self.webhooks.check()
         return None
 
     def _die(self, what: str) -> int:
@@ -382,6 +394,8 @@ class Daemon(DaemonBackend):
         coordinators = pykka.ActorRegistry.get_by_class(CoordinatorActor)
         _barrier([c.stop(block=False) for c in coordinators], 5.0)
         self.server.stop()
+        if self.webhooks is not None:
+            self.webhooks.stop()  # attempts on the wire are made again at the next start
         if self._listener is not None:
             self._listener.stop()
         _stop(self.root, 5.0)  # its last FinishJob tells go to the journal actor...
@@ -392,6 +406,8 @@ class Daemon(DaemonBackend):
         pykka.ActorRegistry.stop_all(block=False)
         if self._provider is not None:
             self._provider.close()
+        if self.telemetry is not None:  # the traces of jobs that ended go out now
+            self.telemetry.shutdown()
         logger.info(
             "briefd stopped: {} unfinished job(s) will resume at next start", len(suspended)
         )
@@ -412,6 +428,8 @@ class Daemon(DaemonBackend):
         pykka.ActorRegistry.stop_all(block=True, timeout=5.0)
         if self._provider is not None:
             self._provider.close()
+        if self.telemetry is not None:
+            self.telemetry.shutdown()
 
     # -- the HTTP API's backend ------------------------------------------------------
 

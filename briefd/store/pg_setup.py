@@ -240,9 +240,32 @@ MIGRATIONS: dict[int, tuple[LiteralString, ...]] = {
         """CREATE TRIGGER briefd_tokens_free_slot AFTER DELETE ON briefd_tokens
             FOR EACH ROW EXECUTE PROCEDURE briefd_free_slot()""",
     ),
-    # Version 4: a job keeps the pipeline version it was accepted with, and its templated
-    # prompts as rendered (briefd/store/pinned.py), so a resume runs what it started with.
-    4: PG_MIGRATION,
+    # Version 4: the webhook outbox (briefd/webhooks/pg_outbox.py): one row per delivery,
+    # written in the transaction of the event it reports, claimed FOR UPDATE SKIP LOCKED.
+    # Also: a job keeps the pipeline version it was accepted with, and its templated prompts
+    # as rendered (briefd/store/pinned.py), so a resume runs what it started with.
+    4: (
+        """CREATE TABLE briefd_webhooks (
+            id           text PRIMARY KEY,
+            job_id       text NOT NULL REFERENCES briefd_jobs (job_id) ON DELETE CASCADE,
+            event        text NOT NULL,
+            payload      text NOT NULL,
+            url          text NOT NULL,
+            state        text NOT NULL DEFAULT 'pending',
+            attempts     integer NOT NULL DEFAULT 0,
+            next_at      timestamptz NOT NULL DEFAULT now(),
+            claimed_by   text,
+            last_status  integer,
+            last_error   text,
+            delivered_at timestamptz,
+            created_at   timestamptz NOT NULL DEFAULT now()
+        )""",
+        "COMMENT ON COLUMN briefd_webhooks.id IS 'the webhook-id header, on every attempt'",
+        "COMMENT ON COLUMN briefd_webhooks.next_at IS 'due; while claimed, when the claim lapses'",
+        "CREATE INDEX briefd_webhooks_due ON briefd_webhooks (next_at) WHERE state = 'pending'",
+        "CREATE INDEX briefd_webhooks_by_job ON briefd_webhooks (job_id, created_at)",
+        *PG_MIGRATION,
+    ),
 }
 
 

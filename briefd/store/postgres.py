@@ -45,6 +45,8 @@ from psycopg_pool import PoolClosed, PoolTimeout
 from briefd.config import ConfigError, PipelineSpec
 from briefd.messages import (
     ErrorCode,
+    Event,
+    JobCompleted,
     JobInfo,
     JobResult,
     JobSpec,
@@ -375,6 +377,7 @@ class PostgresStore(PgClaims, PgReads, StageWrites):
         attempts: int,
         document: Any,
         error: PipelineError | None,
+        event: Event | None = None,
     ) -> bool:
         """Write one stage unless it has ended or its job is not live; whether it was.
 
@@ -403,6 +406,8 @@ class PostgresStore(PgClaims, PgReads, StageWrites):
                 },
             )
             if cur.rowcount > 0:
+                if event is not None and self.outbox is not None:
+                    self.outbox.add(cur, job_id, event)
                 return True
             if fence is not None:  # why nothing was written: ended, or no longer ours?
                 cur.execute("SELECT fence FROM briefd_jobs WHERE job_id = %s", (job_id,))
@@ -483,6 +488,8 @@ class PostgresStore(PgClaims, PgReads, StageWrites):
             (result.status.value, result.model_dump_json(), result.job_id),
         )
         notify(cur, FINISHED_CHANNEL, result.job_id)
+        if self.outbox is not None:
+            self.outbox.add(cur, result.job_id, JobCompleted(job_id=result.job_id, result=result))
         final = [
             (s, v.value)
             for s, v in result.progress.stages.items()

@@ -28,6 +28,8 @@ from typing import Any
 from briefd.config import ConfigError, PipelineSpec
 from briefd.messages import (
     ErrorCode,
+    Event,
+    JobCompleted,
     JobInfo,
     JobResult,
     JobSpec,
@@ -48,6 +50,7 @@ from briefd.store.files import FILES, JobFiles
 from briefd.store.health import WriteHealth
 from briefd.store.pinned import SpecCache, pin_sqlite, pinned_sqlite, save_prompt_sqlite
 from briefd.store.sqlite_open import open_journal_db, unavailable
+from briefd.webhooks.outbox import SQLITE_SCHEMA as OUTBOX_SCHEMA
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -133,7 +136,7 @@ class Journal(StageWrites):
             raise ConfigError(f"journal {self.path}: schema {version} is newer than this briefd")
         try:
             with self._tx() as db:  # not executescript: it commits on its own
-                for statement in _SCHEMA.split(";"):
+                for statement in (_SCHEMA + OUTBOX_SCHEMA).split(";"):
                     if statement.strip():
                         db.execute(statement)
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -299,6 +302,7 @@ class Journal(StageWrites):
         attempts: int,
         document: Any,
         error: PipelineError | None,
+        event: Event | None = None,
     ) -> bool:
         with self._tx() as db:
             cur = db.execute(
@@ -319,6 +323,8 @@ class Journal(StageWrites):
                     *_LIVE,
                 ),
             )
+            if cur.rowcount > 0 and event is not None and self.outbox is not None:
+                self.outbox.add(db, job_id, event)
             return cur.rowcount > 0
 
     # -- the end ---------------------------------------------------------------------
@@ -345,6 +351,10 @@ class Journal(StageWrites):
                     "UPDATE jobs SET state=?, finished_at=?, result=?, runs=0 WHERE job_id=?",
                     (result.status.value, now, result.model_dump_json(), result.job_id),
                 )
+                if self.outbox is not None:
+                    self.outbox.add(
+                        db, result.job_id, JobCompleted(job_id=result.job_id, result=result)
+                    )
                 for stage, state in result.progress.stages.items():
                     if state in (StageState.COMPLETE, StageState.FAILED):
                         db.execute(
