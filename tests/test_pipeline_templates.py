@@ -186,3 +186,14 @@ def test_a_template_rendering_past_the_size_cap_is_refused() -> None:
     assert t is not None
     with pytest.raises(templates.TemplateError, match="passed 2000000 characters"):
         templates.render(t, {"BRIEFING_MD": "x" * 100})
+
+
+def test_the_log_keeps_a_rendered_prompt_as_its_digest_not_its_text() -> None:
+    """A prompt is the client's content: the event log says its size and hash only."""
+    from briefd.messages import StagePromptRendered
+    from briefd.ops.eventlog import event_payload
+
+    event = StagePromptRendered(job_id="j", stage="ANNEX_JSON", prompt="secret plan " * 10)
+    payload = json.dumps(event_payload(event))
+    assert "secret plan" not in payload
+    assert "sha256" in payload
