@@ -114,6 +114,12 @@ def parse(text: str, known: Iterable[str]) -> Template | None:
     """``text`` as a template, or None when it is a literal prompt (see the module's rule)."""
     if not any(mark in text for mark in _MARKS):
         return None
+    return _parse(text, tuple(known))
+
+
+@functools.lru_cache(maxsize=512)
+def _parse(text: str, known: tuple[str, ...]) -> Template | None:
+    """Parsed once per (text, pipeline): every job of a pipeline shares its templates."""
     try:
         ast = ENV.parse(text)
     except TemplateSyntaxError as err:
