@@ -79,6 +79,17 @@ def test_jobs_of_two_pipelines_run_at_once(sim: SimServer, tmp_path: Path, folde
         error = refused.json()["error"]
         assert error["field"] == "pipeline"
         assert "known: briefing-pack, renewal-memo" in error["message"]
+        bad = tmp_path / "bad-job.json"
+        bad.write_text(json.dumps({**make_job("y"), "pipeline": "nope"}), encoding="utf-8")
+        cli = subprocess.run(
+            [sys.executable, "-m", "briefd", "submit", str(bad)],
+            env=d.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert cli.returncode == 2, cli.stderr
+        assert "pipeline: no pipeline 'nope'" in cli.stderr
 
         _submit(d, _memo_job("memo-1"))
         _submit(d, make_job("pack-1"))
