@@ -59,7 +59,9 @@ class Attempt:
         self.error, self.ttft_ms = error, ttft_ms
         if call_ms is not None and call_ms >= 0 and self.start + call_ms / 1000 <= ts + 0.001:
             self.call_ms = call_ms
-            self.end = self.start + call_ms / 1000
+            # within a millisecond of the event (two clocks: monotonic and wall), clamped
+            # to it: a call's span never ends after the stage's that holds it
+            self.end = max(self.start, min(self.start + call_ms / 1000, ts))
         else:
             self.end = max(ts, self.start)
 
