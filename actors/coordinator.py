@@ -146,7 +146,8 @@ class CoordinatorActor(PooledThreadingActor):
             if name in self._records and name not in self._told:
                 self._records[name].state = StageState.FAILED
                 self._errors.append(error)
-                self._fallback(name)
+                if self._inputs.falls_back(name, error):  # as the run that failed it did
+                    self._fallback(name)
                 self._told.add(name)
 
     # -- pykka hooks ---------------------------------------------------------

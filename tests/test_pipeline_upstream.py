@@ -78,3 +78,18 @@ def test_each_on_upstream_failure_mode(sim: SimServer, make_settings: Any) -> No
     # an upstream that failed with a fallback document has an output: read, called.
     assert calls.get("AFTER_FALLBACK_MD") == 1 and "n=3" in docs["AFTER_FALLBACK_MD"]
     assert "AFTER_FALLBACK_MD" not in errors
+
+
+def test_a_resumed_run_gives_a_skipped_stage_no_fallback() -> None:
+    """The journal holds a stage's UPSTREAM_FAILED end: a resume fills the fallback only of a
+    stage whose on_upstream_failure is fallback, as the run that ended it did; any other
+    failure of a stage with a fallback field still falls back (the seed's rule)."""
+    from briefd.messages import JobSpec, PipelineError
+    from briefd.pipelines.inputs import StageInputs
+
+    inputs = StageInputs(JobSpec(job_id="r", prompts={}), PIPELINE)
+    upstream = PipelineError(stage="x", code=ErrorCode.UPSTREAM_FAILED, message="m", hint="")
+    crashed = PipelineError(stage="x", code=ErrorCode.SERVER_ERROR, message="m", hint="")
+    assert inputs.falls_back("FALLBACK_JSON", upstream)
+    assert not inputs.falls_back("B_JSON", upstream)
+    assert inputs.falls_back("B_JSON", crashed)

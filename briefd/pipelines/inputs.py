@@ -82,6 +82,13 @@ class StageInputs:
         """The prompt the stage sends: rendered if it was, else as written."""
         return self.rendered.get(name) or self.raw(name)
 
+    def falls_back(self, name: str, error: PipelineError) -> bool:
+        """Whether a stage that ended with ``error`` gets its fallback document: always, but
+        for an upstream failure, only if its ``on_upstream_failure`` is ``fallback``."""
+        if error.code is not ErrorCode.UPSTREAM_FAILED:
+            return True
+        return self._pipeline.by_name[name].on_upstream_failure == "fallback"
+
     def reads(self, name: str) -> frozenset[str]:
         """The stages ``name``'s prompt reads."""
         t = self._templates.get(name)
@@ -143,6 +150,6 @@ class StageInputs:
                 hint="an upstream document lacks what the template reads; a schema on that "
                 "stage makes it required",
             )
-            return Planned(error=error)
+            return Planned(error=error, fallback=spec.on_upstream_failure == "fallback")
         self.rendered[name] = text
         return Planned(prompt=text)
