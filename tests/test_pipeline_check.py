@@ -112,3 +112,24 @@ def test_the_daemon_refuses_to_start_on_a_bad_pipeline_folder(tmp_path: Path) ->
     assert lines[0].startswith(f"briefd: pipeline file {folder / 'broken.toml'}: invalid TOML")
     assert "stages.A_MD.prompt: {{ B_MD }} reads stage B_MD" in lines[1]
     assert "stages.A_MD.prompt: {{ job.nope }}: the job has no field nope" in lines[2]
+
+
+def test_briefd_pipeline_is_the_default_and_the_built_in_stays(tmp_path: Path) -> None:
+    """BRIEFD_PIPELINE's file is the default of jobs that name none, under its file name;
+    briefing-pack is still there; one name for two different files is a mistake."""
+    from briefd.config import ConfigError
+    from briefd.pipelines.registry import PipelineRegistry
+
+    own = tmp_path / "memo.toml"
+    own.write_text(EXAMPLE.read_text(encoding="utf-8"), encoding="utf-8")
+    registry = PipelineRegistry.read(own, None)
+    assert registry.default == "memo" and registry.names == ["briefing-pack", "memo"]
+    assert registry.for_job({"job_id": "j"}).name == "memo"
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "memo.toml").write_text(BAD, encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"its name memo is also .*folder/memo.toml"):
+        PipelineRegistry.read(own, folder)
+    (folder / "briefing-pack.toml").write_text(EXAMPLE.read_text(encoding="utf-8"))
+    with pytest.raises(ConfigError, match="briefing-pack is the built-in's name"):
+        PipelineRegistry.read(None, folder)
