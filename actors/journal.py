@@ -44,6 +44,7 @@ from briefd.messages import (
     JobLoaded,
     LoadJob,
     StageFailed,
+    StagePromptRendered,
     StageStarted,
     StageSucceeded,
     SuspendJobs,
@@ -58,7 +59,7 @@ from briefd.timers import Timers
 RETRY_S = 0.5
 """How often writes the store refused are tried again."""
 
-_JOURNALED = (StageStarted, StageSucceeded, StageFailed)
+_JOURNALED = (StageStarted, StageSucceeded, StageFailed, StagePromptRendered)
 
 
 def journal_observer(ref: pykka.ActorRef[Any]) -> Observer:
@@ -157,23 +158,25 @@ class JournalActor(LeanThreadingActor):
         if self._events is None:
             self._apply(message)
             return
-        pending = [*self._unsaved, *([message] if isinstance(message, _JOURNALED) else [])]
+        pending = [*self._unsaved, *([message] if streamed(message) else [])]
         with self._events.staged(pending) as staged:
             self._apply(message)
         if staged.flushed:
             self._unsaved = []
-        elif isinstance(message, _JOURNALED):  # nothing committed (the stage had ended)
+        elif streamed(message):  # nothing committed (the stage had ended)
             self._unsaved = pending
 
     def _apply(self, message: Any) -> None:
         j = self._journal
         match message:
             case StageStarted(job_id=job, stage=stage, attempt=attempt):
-                j.stage_started(job, stage, attempt)
+                j.stage_started(job, stage, attempt, event=message)
             case StageSucceeded(job_id=job, stage=stage, document=doc, attempts=n):
-                j.stage_succeeded(job, stage, doc, n)
+                j.stage_succeeded(job, stage, doc, n, event=message)
             case StageFailed(job_id=job, stage=stage, error=error, attempts=n):
-                j.stage_failed(job, stage, error, n)
+                j.stage_failed(job, stage, error, n, event=message)
+            case StagePromptRendered(job_id=job, stage=stage, prompt=prompt):
+                j.stage_prompt(job, stage, prompt)
             case LoadJob():
                 run = j.start_run(message.job_id)
                 self._reply(
@@ -186,6 +189,8 @@ class JournalActor(LeanThreadingActor):
                         failed_stages=run.failed_stages,
                         runs_died=run.runs_died,
                         submitted_at=run.submitted_at,
+                        pipeline=run.pipeline,
+                        prompts=run.prompts,
                     ),
                 )
             case FinishJob(result=result):

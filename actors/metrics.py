@@ -16,6 +16,7 @@ from typing import Any
 
 import pykka
 
+from briefd.latency import work_ms
 from briefd.messages import (
     EndpointCircuitChanged,
     ErrorCode,
@@ -44,6 +45,12 @@ AGGREGATED = (
 SAMPLES = 2048
 STAGE_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 """Upper bounds of the stage-latency histogram (seconds), as ``/metrics`` exposes it."""
+SHORT_BUCKETS_S = (0.005, 0.01, 0.025, *STAGE_BUCKETS_S)
+"""The same, finer at the start: time to first token and queue time are often short."""
+CLOCKS = ("call", "ttft", "queued")
+"""The clocks kept per stage besides its wall time (:mod:`briefd.latency`): ``call`` is the
+stage's calls as the server measured them where it did (``JobMetrics.stages_ms``), ``ttft``
+its last call's time to first token (streamed), ``queued`` its wait for execution tokens."""
 
 
 def percentile(values: list[int] | list[float], q: float) -> float:
@@ -126,6 +133,11 @@ class MetricsSnapshot:
     """Stages moved from one endpoint to another: ``(from, to)`` -> count."""
     circuits: dict[str, str] = field(default_factory=dict)
     """Each endpoint's breaker state, as last changed (absent: never opened: closed)."""
+    clocks: dict[str, dict[str, LatencySummary]] = field(default_factory=dict)
+    """Per clock of :data:`CLOCKS`, per stage: p50/p95/max of succeeded stages (the last
+    :data:`SAMPLES`). ``stage_latency`` above stays each stage's wall time."""
+    clock_histograms: dict[str, dict[str, Histogram]] = field(default_factory=dict)
+    """Per clock of :data:`CLOCKS`, per stage: cumulative histograms since start."""
 
 
 class MetricsActor(LeanThreadingActor):
@@ -148,6 +160,8 @@ class MetricsActor(LeanThreadingActor):
         self._served: Counter[str] = Counter()
         self._failovers: Counter[tuple[str, str]] = Counter()
         self._circuits: dict[str, str] = {}
+        self._clocks: dict[str, dict[str, deque[int]]] = {c: {} for c in CLOCKS}
+        self._clock_hists: dict[str, dict[str, _HistogramCounter]] = {c: {} for c in CLOCKS}
 
     def on_receive(self, message: Any) -> Any:
         match message:
@@ -161,6 +175,9 @@ class MetricsActor(LeanThreadingActor):
                 self._usage["reasoning_tokens"] += u.reasoning_tokens
                 if message.served_by:
                     self._served[message.served_by] += 1
+                self._clock(stage, "call", work_ms(message.call_ms, message.server_ms))
+                self._clock(stage, "ttft", message.ttft_ms)
+                self._clock(stage, "queued", message.queued_ms)
             case StageFailedOver(from_route=a, to_route=b):
                 self._failovers[(a.partition(":")[0], b.partition(":")[0])] += 1
             case EndpointCircuitChanged(endpoint=endpoint, state=state):
@@ -180,6 +197,14 @@ class MetricsActor(LeanThreadingActor):
                 self._total.append(r.metrics.total_ms)
                 self._speedups.append(r.metrics.speedup_ratio)
         return None
+
+    def _clock(self, stage: str, clock: str, ms: int | None) -> None:
+        if ms is None:
+            return
+        series = self._clocks[clock].setdefault(stage, deque(maxlen=SAMPLES))
+        series.append(ms)
+        hists = self._clock_hists[clock]
+        hists.setdefault(stage, _HistogramCounter(SHORT_BUCKETS_S)).observe(ms / 1000)
 
     def snapshot(self) -> MetricsSnapshot:
         """The aggregates now (``ask`` it through a proxy, with a timeout)."""
@@ -202,6 +227,14 @@ class MetricsActor(LeanThreadingActor):
             served_by=dict(self._served),
             failovers=dict(self._failovers),
             circuits=dict(self._circuits),
+            clocks={
+                c: {k: LatencySummary.of(list(v)) for k, v in by_stage.items()}
+                for c, by_stage in self._clocks.items()
+            },
+            clock_histograms={
+                c: {k: h.freeze() for k, h in by_stage.items()}
+                for c, by_stage in self._clock_hists.items()
+            },
         )
 
 

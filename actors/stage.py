@@ -31,6 +31,7 @@ from briefd import deadlines
 from briefd.actors.rate_limiter import LimiterRef
 from briefd.actors.stage_parts import StageDeadline, StageRoutes
 from briefd.config import Settings, StageSpec
+from briefd.latency import StageClock
 from briefd.limits.gcra import estimate_tokens
 from briefd.llm.abort import CallAbort
 from briefd.llm.call import ChatClient, Completion, build_request
@@ -110,6 +111,7 @@ class StageActor(StageRoutes, StageDeadline, PooledThreadingActor):
         self._extra_messages: list[dict[str, str]] = []
         self._reasked = False
         self._started: StageStarted | None = None  # this attempt's, until told
+        self._clock = StageClock()  # queued, call, ttft, backoff: where the stage's time went
         # Where the calls go: the routes of the stage's model alias, in failover order.
         self._routing = routing if routing is not None else Routing.for_url(settings, base_url)
         self._routes = self._routing.routes(model)
@@ -131,11 +133,13 @@ class StageActor(StageRoutes, StageDeadline, PooledThreadingActor):
         try:
             match message:
                 case StartStage():
+                    self._prompt = message.prompt or self._prompt  # rendered from upstreams
                     self._started_at = time.monotonic()
                     self._driver = RetryDriver(make_retrying(self._settings))
                     self._arm_deadline()
                     self._request_token()
                 case ResumeStage():
+                    self._clock.resumed()
                     self._request_token()
                 case TokenGranted():
                     self._on_token(message)
@@ -222,6 +226,7 @@ class StageActor(StageRoutes, StageDeadline, PooledThreadingActor):
             return
         self._skip_open_circuits()
         self._asked = True
+        self._clock.asked()
         self._limiter.tell(
             RequestToken(
                 job_id=self.job_id,
@@ -243,6 +248,7 @@ class StageActor(StageRoutes, StageDeadline, PooledThreadingActor):
 
     def _on_token(self, granted: TokenGranted) -> None:
         self._asked = False
+        self._clock.granted()
         if self._finished or self._lease is not None:
             self._limiter.tell(
                 ReleaseToken(job_id=self.job_id, stage=self.spec.name, lease_id=granted.lease_id)
@@ -272,10 +278,13 @@ class StageActor(StageRoutes, StageDeadline, PooledThreadingActor):
             attempt=attempt,
             endpoint=route.endpoint,
             model=route.model,
+            queued_ms=self._clock.attempt_queued_ms,
         )
+        self._clock.call_started()
         try:
             completion = self._call()
         except CallError as err:
+            self._clock.call_ended(ttft_ms=getattr(err, "ttft_ms", None))
             self._tell_started()
             # Decide (and report a 429's cool-down) before the token goes back, so the
             # limiter pauses grants before it could hand this token to another stage.
@@ -284,6 +293,7 @@ class StageActor(StageRoutes, StageDeadline, PooledThreadingActor):
             return
         finally:
             self._tell_started()
+        self._clock.call_ended(ttft_ms=completion.ttft_ms, server_ms=completion.server_ms)
         used = completion.usage.prompt_tokens + completion.usage.completion_tokens
         self._release("success", used_tokens=used or None, limits=completion.limits)
         self._routing.breakers.succeeded(route.endpoint)
@@ -307,6 +317,7 @@ class StageActor(StageRoutes, StageDeadline, PooledThreadingActor):
                 attempts=attempt,
                 usage=self._usage,
                 served_by=f"{route.endpoint}:{completion.model or route.model}",
+                **self._clock.totals(),
             )
         )
 
@@ -370,8 +381,11 @@ class StageActor(StageRoutes, StageDeadline, PooledThreadingActor):
                 attempt=attempt,
                 wait_s=round(wait_s, 3),
                 reason=err.to_pipeline_error(self.spec.name),
+                call_ms=self._clock.last_call_ms,
+                ttft_ms=self._clock.ttft_ms,
             )
         )
+        self._clock.backoff_started()
         self._timers.tell_later(
             self.actor_ref,
             wait_s,
@@ -396,6 +410,8 @@ class StageActor(StageRoutes, StageDeadline, PooledThreadingActor):
                 attempt=self._attempt,
                 wait_s=0.0,
                 reason=err.to_pipeline_error(self.spec.name),
+                call_ms=self._clock.last_call_ms,
+                ttft_ms=self._clock.ttft_ms,
             )
         )
         self._request_token()
@@ -414,6 +430,7 @@ class StageActor(StageRoutes, StageDeadline, PooledThreadingActor):
                 elapsed_ms=self._elapsed_ms(),
                 attempts=self._attempt,
                 usage=self._usage,
+                **self._clock.totals(),
             )
         )
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from briefd.config import PipelineSpec
+from briefd.latency import speedup_ratio, work_ms
 from briefd.messages import JobMetrics, JobStatus, Progress, StageState, Usage
 
 
@@ -20,6 +21,10 @@ class StageRecord:
     ended_at: float | None = None
     attempts: int = 0
     usage: Usage = field(default_factory=Usage)
+    queued_ms: int = 0  # the stage's clocks, as its StageSucceeded/StageFailed said
+    call_ms: int = 0
+    ttft_ms: int | None = None
+    server_ms: int | None = None
 
 
 def progress(pipeline: PipelineSpec, records: dict[str, StageRecord]) -> Progress:
@@ -62,22 +67,24 @@ def _span_ms(records: list[StageRecord]) -> int:
     return max(0, round((max(ends) - min(starts)) * 1000))
 
 
+def _wall_ms(r: StageRecord) -> int:
+    if r.started_at is None or r.ended_at is None:
+        return 0
+    return round((r.ended_at - r.started_at) * 1000)
+
+
 def job_metrics(
     pipeline: PipelineSpec, records: dict[str, StageRecord], started: float, ended: float
 ) -> JobMetrics:
     """Seed step 5: per-stage times, the two groups, total and speed-up.
 
-    The parallel group is the stages with no dependencies; the sequential group
-    is every other stage. ``speedup_ratio`` = sum of stage times / total.
+    A stage's time (``stages_ms``) is its calls' time, the server's measure where it
+    gave one (:func:`briefd.latency.work_ms`); its start-to-end is ``wall_ms``. The
+    parallel group is the stages with no dependencies; the sequential group is every
+    other stage (both spans of wall time). ``speedup_ratio`` = sum of stage times /
+    total (:func:`briefd.latency.speedup_ratio`).
     """
-    stages_ms = {
-        name: (
-            round((r.ended_at - r.started_at) * 1000)
-            if r.started_at is not None and r.ended_at is not None
-            else 0
-        )
-        for name, r in records.items()
-    }
+    stages_ms = {name: work_ms(r.call_ms, r.server_ms) for name, r in records.items()}
     total_ms = max(0, round((ended - started) * 1000))
     roots = set(pipeline.roots)
     return JobMetrics(
@@ -85,7 +92,11 @@ def job_metrics(
         parallel_group_ms=_span_ms([r for n, r in records.items() if n in roots]),
         sequential_group_ms=_span_ms([r for n, r in records.items() if n not in roots]),
         total_ms=total_ms,
-        speedup_ratio=round(sum(stages_ms.values()) / total_ms, 3) if total_ms else 0.0,
+        speedup_ratio=speedup_ratio(stages_ms, total_ms),
         usage={name: r.usage for name, r in records.items()},
         attempts={name: r.attempts for name, r in records.items()},
+        wall_ms={name: _wall_ms(r) for name, r in records.items()},
+        queued_ms={name: r.queued_ms for name, r in records.items()},
+        call_ms={name: r.call_ms for name, r in records.items()},
+        ttft_ms={name: r.ttft_ms for name, r in records.items() if r.ttft_ms is not None},
     )

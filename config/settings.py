@@ -223,6 +223,15 @@ class Settings(BaseSettings):
         default=False,
         description="Allow webhook URLs on loopback, private, link-local or metadata addresses.",
     )
+    webhook_retry_initial_s: float = Field(
+        default=5.0, gt=0, description="First webhook retry's delay; doubles, with jitter."
+    )
+    webhook_retry_max_s: float = Field(
+        default=3600.0, gt=0, description="Longest delay between two attempts of a delivery."
+    )
+    webhook_retry_for_s: float = Field(
+        default=86_400.0, gt=0, description="A delivery not accepted by then is failed (24 h)."
+    )
     token_file: Path | None = None
     grace_s: float = Field(default=30.0, ge=0)
     max_active_jobs: int | None = Field(

@@ -71,6 +71,7 @@ from briefd.messages.stage import (
     StageFailed,
     StageFellBack,
     StageProgress,
+    StagePromptRendered,
     StageRetrying,
     StageStarted,
     StageSucceeded,
@@ -86,6 +87,7 @@ from briefd.messages.token import (
     TokenGranted,
     TokenReleased,
 )
+from briefd.messages.webhook import WEBHOOK_EVENTS, WebhookAttempted, WebhookDelivery
 
 AnyMessage = Annotated[
     SubmitJob
@@ -104,6 +106,7 @@ AnyMessage = Annotated[
     | StageActorStopped
     | StageFellBack
     | StageProgress
+    | StagePromptRendered
     | StageFailedOver
     | EndpointCircuitChanged
     | RequestToken
@@ -137,7 +140,8 @@ AnyMessage = Annotated[
     | ClaimJobs
     | CheckCancels
     | TokensGranted
-    | RenewTokens,
+    | RenewTokens
+    | WebhookAttempted,
     Field(discriminator="type"),
 ]
 
@@ -153,6 +157,7 @@ def parse_message(data: str | bytes | dict[str, object]) -> Message:
 
 __all__ = [
     "JOB_ID_PATTERN",
+    "WEBHOOK_EVENTS",
     "AnyMessage",
     "CancelJob",
     "CancelTokenRequest",
@@ -207,6 +212,7 @@ __all__ = [
     "StageFailedOver",
     "StageFellBack",
     "StageProgress",
+    "StagePromptRendered",
     "StageRetrying",
     "StageStarted",
     "StageState",
@@ -219,6 +225,8 @@ __all__ = [
     "TokenReleased",
     "TokensGranted",
     "Usage",
+    "WebhookAttempted",
+    "WebhookDelivery",
     "WebhookSpec",
     "parse_message",
 ]

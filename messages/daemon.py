@@ -16,6 +16,7 @@ from pydantic import Field
 from briefd.messages.base import Command, Event
 from briefd.messages.errors import ErrorCode, PipelineError
 from briefd.messages.job import Frozen, JobResult, JobSpec, StageState
+from briefd.messages.webhook import WebhookDelivery
 
 
 class JobState(StrEnum):
@@ -46,6 +47,9 @@ class JobInfo(Frozen):
     finished_at: float | None = Field(default=None, description="Unix time it ended.")
     restarts: int = Field(default=0, description="Runs that died and were resumed.")
     errors: list[PipelineError] = Field(default_factory=list, description="Once terminal.")
+    webhooks: list[WebhookDelivery] = Field(
+        default_factory=list, description="Its webhook deliveries and their last status."
+    )
 
 
 # -- events (logged) --------------------------------------------------------------------
@@ -201,6 +205,14 @@ class JobLoaded(Command):
         default=0.0,
         description="Epoch seconds of the job's submission: a resumed job keeps its place "
         "(oldest first), whichever daemon runs it.",
+    )
+    pipeline: str = Field(
+        default="",
+        description="The pipeline the job was accepted with (its snapshot, JSON); '' if none "
+        "was kept: the registry's current one of its name.",
+    )
+    prompts: dict[str, str] = Field(
+        default_factory=dict, description="Stage -> the prompt rendered for it, sent again as is."
     )
 
 

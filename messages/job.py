@@ -72,6 +72,12 @@ class JobSpec(Frozen):
         description="The named pipeline to run (a file of BRIEFD_PIPELINES, or briefing-pack). "
         "Unset: BRIEFD_PIPELINE, else the built-in.",
     )
+    tenant: str = Field(
+        default="default",
+        pattern=r"^[a-z0-9](?:[a-z0-9_-]{0,30}[a-z0-9])?$",
+        description="The tenant whose job this is: set by the daemon from the API key that "
+        "submitted it (a key may not name another tenant); 'default' for the token file.",
+    )
     webhook: WebhookSpec | None = Field(
         default=None,
         description="Push this job's events to a URL (unset: BRIEFD_WEBHOOK_URL, if set).",
@@ -141,17 +147,32 @@ class Usage(Frozen):
 class JobMetrics(Frozen):
     """Latency figures of one job (seed step 5).
 
+    A stage's time (``stages_ms``) is the time its calls took: each call from its
+    request sent to its last byte (``call_ms``), or, where the server measured the
+    calls itself (llama.cpp's ``timings``), the server's figure, which leaves out the
+    time a request waited in a server that serves one at a time. Waiting for an
+    execution token (``queued_ms``) and retry backoffs are not in it; the stage's
+    start to end, all of that included, is ``wall_ms``.
+
     ``parallel_group_ms`` spans the stages with no dependencies (they may run at
-    once); ``sequential_group_ms`` spans the rest. ``speedup_ratio`` is the sum
-    of stage times over the total: what running one stage at a time would cost,
-    against what the job took.
+    once); ``sequential_group_ms`` spans the rest (both wall time). ``speedup_ratio``
+    is the sum of the stages' times over the job's wall time (``total_ms``): the
+    critical-path estimate of what running one stage at a time would cost against
+    what the job took. Against a server that serializes requests it reads about 1.0
+    (no call's work overlapped another's); it does not count a queue as time saved. A job
+    that shared tokens or a server with other jobs can read below 1.0 (it waited for them).
     """
 
-    stages_ms: dict[str, int] = Field(description="Each stage, from its start to its end.")
+    stages_ms: dict[str, int] = Field(
+        description="Each stage's calls (all attempts), as the server measured them where it "
+        "did (llama.cpp's timings), else request sent to last byte."
+    )
     parallel_group_ms: int = Field(description="First start to last end of the root stages.")
     sequential_group_ms: int = Field(description="First start to last end of the other stages.")
-    total_ms: int = Field(description="The whole job.")
-    speedup_ratio: float = Field(description="Sum of stage times / total.")
+    total_ms: int = Field(description="The whole job, wall time.")
+    speedup_ratio: float = Field(
+        description="Sum of stages_ms / total_ms: the stages' work against the job's wall time."
+    )
     usage: dict[str, Usage] = Field(description="Tokens per stage.")
     attempts: dict[str, int] = Field(description="Calls per stage.")
     wall_ms: dict[str, int] = Field(
@@ -162,10 +183,12 @@ class JobMetrics(Frozen):
         default_factory=dict, description="Each stage's wait for execution tokens."
     )
     call_ms: dict[str, int] = Field(
-        default_factory=dict, description="Each stage's calls, request sent to last byte."
+        default_factory=dict,
+        description="Each stage's calls (all attempts), request sent to last byte, as the "
+        "client measured them (a serializing server's queue included).",
     )
     ttft_ms: dict[str, int] = Field(
-        default_factory=dict, description="Each streamed stage's time to first token."
+        default_factory=dict, description="Each streamed stage's time to first token (last call)."
     )
 
 

@@ -60,6 +60,12 @@ class RequestToken(Command):
         "the limiter weighs the remaining path by learned stage latencies.",
     )
     est_tokens: int = Field(default=0, ge=0, description="Estimated tokens (for BRIEFD_TPM).")
+    tenant: str = Field(
+        default="default", description="The job's tenant: waiting calls are shared fairly by it."
+    )
+    weight: float = Field(
+        default=1.0, gt=0, description="The tenant's weight in the fair share (1 = equal)."
+    )
 
 
 class TokenGranted(Event):

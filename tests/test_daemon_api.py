@@ -270,6 +270,15 @@ def test_metrics_are_prometheus_text(daemon: Daemon) -> None:
     bucket = ("briefd_stage_duration_seconds_bucket", (("le", "+Inf"), ("stage", "ANNEX_JSON")))
     inf = values[bucket]
     assert inf == values[("briefd_stage_duration_seconds_count", (("stage", "ANNEX_JSON"),))] >= 1
+    # Where the time went: call time and queue time apart, histograms and p50/p95.
+    for clock in ("call", "queued", "ttft"):
+        assert families[f"briefd_stage_{clock}_seconds"].type == "histogram"
+    annex = (("stage", "ANNEX_JSON"),)
+    assert values[("briefd_stage_call_seconds_count", annex)] >= 1
+    assert values[("briefd_stage_queued_seconds_count", annex)] >= 1
+    p95 = (("clock", "call"), ("quantile", "0.95"), ("stage", "ANNEX_JSON"))
+    call_p95 = values[("briefd_stage_latency_quantile_seconds", p95)]
+    assert 0 < call_p95 <= values[("briefd_stage_duration_seconds_sum", annex)]
 
 
 def test_systemd_hears_ready_and_watchdog(daemon: Daemon, notify: Notifications) -> None:

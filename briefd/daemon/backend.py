@@ -21,8 +21,10 @@ from briefd.daemon.prometheus import DaemonFigures, MetricsExporter
 from briefd.jobs import validate_job
 from briefd.llm.routing import Routing
 from briefd.messages import JobInfo, JobResult, JobSpec, JobState
+from briefd.pipelines.registry import PipelineRegistry
 from briefd.store import JournalStore
 from briefd.store.base import ClaimStore, StoreUnavailable
+from briefd.webhooks.service import Webhooks
 
 ASK_TIMEOUT_S = 10.0
 SUBMIT_WITHIN_S = 5.0
@@ -37,6 +39,7 @@ class DaemonBackend:
     """Answers the API from the daemon's parts (set up by ``Daemon.start``)."""
 
     pipeline: PipelineSpec
+    registry: PipelineRegistry
     journal: JournalStore
     root: pykka.ActorRef[Any]
     limiter: LimiterSupervisor
@@ -50,9 +53,19 @@ class DaemonBackend:
     _details_lock = threading.Lock()
 
     routing: Routing | None = None
+    webhooks: Webhooks | None = None
 
     def validate(self, data: Any) -> JobSpec:
-        return validate_job(data, self.pipeline, where="job", routing=self.routing)
+        """The job, checked against the pipeline it names (ConfigError naming the field)."""
+        pipeline = self.registry.for_job(data)
+        job = validate_job(data, pipeline, where="job", routing=self.routing)
+        if self.webhooks is not None:  # its URL resolved and checked, its events known
+            self.webhooks.check_job(job)
+        return job
+
+    def pipelines(self) -> list[dict[str, Any]]:
+        """``GET /v1/pipelines``: every pipeline jobs may name, with its stages."""
+        return self.registry.describe()
 
     def submit(self, job: JobSpec) -> Admission:
         """Stored and acknowledged, or refused and never stored.
@@ -82,7 +95,10 @@ class DaemonBackend:
         return state
 
     def info(self, job_id: str) -> JobInfo | None:
-        return self.journal.get(job_id)
+        info = self.journal.get(job_id)
+        if info is not None and self.webhooks is not None and self.webhooks.enabled:
+            info = info.model_copy(update={"webhooks": self.webhooks.deliveries(job_id)})
+        return info
 
     def result(self, job_id: str) -> JobResult | None:
         return self.journal.result(job_id)
@@ -96,6 +112,7 @@ class DaemonBackend:
             root=self.root.proxy().stats().get(timeout=ASK_TIMEOUT_S),
             limiter=self.limiter.proxy().stats().get(timeout=ASK_TIMEOUT_S),
             snap=self.metrics.proxy().snapshot().get(timeout=ASK_TIMEOUT_S),
+            webhooks=self.webhooks.figures() if self.webhooks is not None else None,
         )
 
     def metrics_body(self) -> bytes:

@@ -14,7 +14,9 @@ deadlock the thread it interrupted):
   ``BRIEFD_GRACE_S``, put unfinished runs back in the journal's queue, exit 0.
   A second one exits at once; the journal makes the rest resumable.
 * SIGHUP: re-read the settings; the token cap, retries, timeouts and admission
-  limits apply live, without dropping a job.
+  limits apply live, without dropping a job. The pipelines folder is read again
+  too (a broken file: its mistakes logged, the pipelines kept); a running or
+  queued job keeps the pipeline version it was accepted with.
 * SIGUSR1: log every thread's stack.
 
 The same loop watches the actors (pykka has no supervision): a dead rate limiter
@@ -48,7 +50,7 @@ from briefd.actors.metrics import metrics_observer
 from briefd.actors.root import RootActor
 from briefd.actors.stage import with_fatal_hook
 from briefd.cluster.claims import ClaimKeeper, new_daemon_id, node_of
-from briefd.config import ConfigError, Settings, load_pipeline
+from briefd.config import ConfigError, Settings
 from briefd.costs import load_prices
 from briefd.daemon.backend import ASK_TIMEOUT_S, DaemonBackend
 from briefd.daemon.http_api import ApiServer, bind_loopback
@@ -61,7 +63,6 @@ from briefd.daemon.service import (
     sd_notify,
 )
 from briefd.daemon.stream_token import StreamTokens
-from briefd.llm.extract import check_schema
 from briefd.local.provider import Provider, open_provider
 from briefd.messages import (
     CheckCancels,
@@ -75,10 +76,13 @@ from briefd.messages import (
 from briefd.ops.autorollback import breaker_from_settings
 from briefd.ops.events import publish
 from briefd.ops.logs import register_secret
+from briefd.pipelines.registry import PipelineRegistry, reload_pipelines
 from briefd.private import private_dir
 from briefd.store import open_store, store_label
 from briefd.store.base import ClaimStore
 from briefd.store.events import EVENTS_CHANNEL
+from briefd.telemetry import Telemetry, open_telemetry
+from briefd.webhooks.service import Webhooks
 
 EXIT_FATAL = 70
 """Exit code when part of the actor system died under the daemon (EX_SOFTWARE): systemd's
@@ -109,6 +113,7 @@ class Daemon(DaemonBackend):
         self._exporter = MetricsExporter(self.figures)
         self.daemon_id: str | None = None  # with PostgreSQL: this daemon in the cluster
         self._listener: Any = None  # with PostgreSQL: LISTEN for the root's wake-ups
+        self.telemetry: Telemetry | None = None  # OpenTelemetry, when OTEL_* asks for it
 
     # -- start -----------------------------------------------------------------------
 
@@ -116,6 +121,10 @@ class Daemon(DaemonBackend):
         """Build everything, resume unfinished jobs, listen; ConfigError on a bad set-up."""
         s = self.settings
         load_prices(s.prices)  # a bad price table stops the start, named (exit 2), first
+        # Every pipeline a job may name, checked before anything is made (one line per
+        # mistake, exit 2).
+        self.registry = PipelineRegistry.load(s)
+        self.pipeline = self.registry.default_spec
         try:
             private_dir(s.data_dir)
         except OSError as err:
@@ -123,16 +132,17 @@ class Daemon(DaemonBackend):
         self._lock = lock_data_dir(s.data_dir)
         token = ensure_token(s.resolved_token_file())
         register_secret(token)
-        self.pipeline = load_pipeline(s.pipeline)
-        for stage in self.pipeline.stages:
-            check_schema(stage)
         breaker = breaker_from_settings(s)
         # First, before paying for anything: a damaged journal stops the start (exit 2).
         self.journal = open_store(s, self.pipeline, on_finished=self._notify_finished)
         self.journal.files.sweep()  # temporary files a crash left between write and rename
         self.journal.files.probe()  # an unwritable jobs/ shows on /healthz from the start
         sock = bind_loopback(s.listen)
-        self._provider = open_provider(s, self.pipeline.stages)
+        self.daemon_id = new_daemon_id(s.data_dir) if s.database_url is not None else None
+        self.webhooks = Webhooks(  # a bad secret or BRIEFD_WEBHOOK_URL stops the start
+            s, self.journal, own=[sock.getsockname()[:2]], owner=self.daemon_id or "local"
+        )
+        self._provider = open_provider(s, self.registry.stages)
         self.routing = self._provider.routing  # a job's models are checked against it
         self.settings = s = s.model_copy(
             update={
@@ -141,11 +151,13 @@ class Daemon(DaemonBackend):
             }
         )
         self.metrics = MetricsActor.start()
+        self.telemetry = open_telemetry(self._provider.routing, self.pipeline)
+        traced = [self.telemetry] if self.telemetry is not None else []
         metrics_only = [metrics_observer(self.metrics)]
         self._provider.routing.breakers.on_change = lambda e: publish(e, metrics_only)
         claims: ClaimKeeper | None = None
         if s.database_url is not None:  # a cluster: one queue, one token budget
-            self.daemon_id = new_daemon_id(s.data_dir)
+            assert self.daemon_id is not None
             store = cast(ClaimStore, self.journal)
             # The data dir is locked: claims under its node but another id are a dead
             # predecessor's (kill -9); lapse them so its jobs resume now, not in lease_s.
@@ -180,13 +192,15 @@ class Daemon(DaemonBackend):
             base_url=self._provider.base_url,
             routing=self._provider.routing,
             limiter=self.limiter,
-            observers=[metrics_observer(self.metrics), journal_observer(self.journal_ref)],
+            observers=[metrics_observer(self.metrics), journal_observer(self.journal_ref), *traced],
             stage_actor_cls=with_fatal_hook(StageActor, self._on_fatal),
             breaker=breaker,
             claims=claims,
+            registry=self.registry,
         )
         if s.database_url is not None:
             self._listen(s.database_url)
+        self.webhooks.start()
         self.server.start()
         stats = self.root.proxy().stats().get(timeout=ASK_TIMEOUT_S)
         publish(
@@ -316,6 +330,8 @@ class Daemon(DaemonBackend):
         if dead := [name for name, ref in core.items() if not ref.is_alive()]:
             return f"the {dead[0]} actor died"
         self.limiter.check()
+        if self.webhooks is not None:
+            self.webhooks.check()
         return None
 
     def _die(self, what: str) -> int:
@@ -356,12 +372,15 @@ class Daemon(DaemonBackend):
             for name in type(fresh).model_fields
             if name not in LIVE_SETTINGS and getattr(fresh, name) != getattr(self._loaded, name)
         )
+        registry = reload_pipelines(self.registry, self._loaded.pipeline)  # the folder too
+        changed.update(self.registry.changes(registry))
+        self.registry = registry
         publish(DaemonReloading(changed=changed, needs_restart=needs_restart))
         self.settings = old.model_copy(update={n: getattr(fresh, n) for n in LIVE_SETTINGS})
         if "max_concurrent" in changed:
             self.limiter.tell(SetCapacity(capacity=self.settings.max_concurrent))
         try:
-            self.root.proxy().reload(self.settings).get(timeout=ASK_TIMEOUT_S)
+            self.root.proxy().reload(self.settings, registry).get(timeout=ASK_TIMEOUT_S)
         except (pykka.Timeout, pykka.ActorDeadError) as err:
             logger.error("reload: the root actor did not take the settings: {!r}", err)
         sd_notify("READY=1")
@@ -393,6 +412,8 @@ class Daemon(DaemonBackend):
         coordinators = pykka.ActorRegistry.get_by_class(CoordinatorActor)
         _barrier([c.stop(block=False) for c in coordinators], 5.0)
         self.server.stop()
+        if self.webhooks is not None:
+            self.webhooks.stop()  # attempts on the wire are made again at the next start
         if self._listener is not None:
             self._listener.stop()
         _stop(self.root, 5.0)  # its last FinishJob tells go to the journal actor...
@@ -403,6 +424,8 @@ class Daemon(DaemonBackend):
         pykka.ActorRegistry.stop_all(block=False)
         if self._provider is not None:
             self._provider.close()
+        if self.telemetry is not None:  # the traces of jobs that ended go out now
+            self.telemetry.shutdown()
         logger.info(
             "briefd stopped: {} unfinished job(s) will resume at next start", len(suspended)
         )
@@ -423,6 +446,8 @@ class Daemon(DaemonBackend):
         pykka.ActorRegistry.stop_all(block=True, timeout=5.0)
         if self._provider is not None:
             self._provider.close()
+        if self.telemetry is not None:
+            self.telemetry.shutdown()
 
     # -- the HTTP API's backend ------------------------------------------------------
 

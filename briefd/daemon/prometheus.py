@@ -25,10 +25,11 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from briefd.actors.admission import RootStats
-from briefd.actors.metrics import MetricsSnapshot
+from briefd.actors.metrics import Histogram, MetricsSnapshot
 from briefd.actors.rate_limiter import LimiterStats
 from briefd.cluster.state import ClusterLimiterStats
 from briefd.limits.lanes import EndpointStats
+from briefd.webhooks.metrics import WebhookFigures, webhook_metrics
 
 __all__ = ["CONTENT_TYPE_LATEST", "DaemonFigures", "MetricsExporter"]
 
@@ -41,6 +42,7 @@ class DaemonFigures:
     root: RootStats
     limiter: LimiterStats
     snap: MetricsSnapshot
+    webhooks: WebhookFigures | None = None
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
@@ -95,20 +97,53 @@ class _FiguresCollector(Collector):
             ),
             snap.jobs_by_status,
         )
-        hist = HistogramMetricFamily(
-            "briefd_stage_duration_seconds", "Stage start to document.", labels=["stage"]
+        yield _histogram(
+            "briefd_stage_duration_seconds",
+            "Stage start to document (wall: token queue, backoffs and calls).",
+            snap.stage_histograms,
         )
-        for stage, h in sorted(snap.stage_histograms.items()):
-            buckets = [(f"{b:g}", float(c)) for b, c in zip(h.bounds, h.counts, strict=True)]
-            hist.add_metric([stage], [*buckets, ("+Inf", float(h.count))], sum_value=h.sum_s)
-        yield hist
+        yield from _clocks(snap)
         yield from _routes(snap)
         yield from _endpoints(limiter)
         yield from _guard_rails(root)
         yield from _cluster(root, limiter)
+        if f.webhooks is not None:
+            yield from webhook_metrics(f.webhooks)
 
 
 _CIRCUIT_STATES = ("closed", "half_open", "open")
+_CLOCK_DOCS = {
+    "call": "A succeeded stage's calls: the server's own measure where it gives one "
+    "(llama.cpp's timings), else request sent to last byte.",
+    "ttft": "A succeeded streamed stage's last call: request sent to its first token.",
+    "queued": "A succeeded stage's wait for execution tokens (briefd's limiter).",
+}
+
+
+def _histogram(name: str, doc: str, histograms: dict[str, Histogram]) -> Metric:
+    family = HistogramMetricFamily(name, doc, labels=["stage"])
+    for stage, h in sorted(histograms.items()):
+        buckets = [(f"{b:g}", float(c)) for b, c in zip(h.bounds, h.counts, strict=True)]
+        family.add_metric([stage], [*buckets, ("+Inf", float(h.count))], sum_value=h.sum_s)
+    return family
+
+
+def _clocks(snap: MetricsSnapshot) -> Iterator[Metric]:
+    """Where stages' time went (:mod:`briefd.latency`): call time, time to first token and
+    queue time, as histograms since start and as p50/p95 over the recent stages."""
+    for clock, doc in _CLOCK_DOCS.items():
+        yield _histogram(f"briefd_stage_{clock}_seconds", doc, snap.clock_histograms.get(clock, {}))
+    quantiles = GaugeMetricFamily(
+        "briefd_stage_latency_quantile_seconds",
+        "p50 and p95 of each stage's call time, time to first token and queue time, over its "
+        "last 2048 succeeded runs (clock: call, ttft, queued).",
+        labels=["stage", "clock", "quantile"],
+    )
+    for clock in _CLOCK_DOCS:
+        for stage, s in sorted(snap.clocks.get(clock, {}).items()):
+            quantiles.add_metric([stage, clock, "0.5"], s.p50_ms / 1000)
+            quantiles.add_metric([stage, clock, "0.95"], s.p95_ms / 1000)
+    yield quantiles
 
 
 def _routes(snap: MetricsSnapshot) -> Iterator[Metric]:

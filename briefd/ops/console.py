@@ -36,6 +36,7 @@ from rich.text import Text
 
 from briefd.actors.metrics import LatencySummary
 from briefd.ops import rollback
+from briefd.ops.by_pipeline import pipelines_line
 from briefd.ops.eventlog import escape_control
 from briefd.ops.snapshot import JobRow, Snapshot
 from briefd.ops.sources import RESCAN_S, LogSet, is_glob
@@ -247,20 +248,36 @@ def _spend(snap: Snapshot) -> Text | None:
     return text
 
 
+def _p50_95(s: LatencySummary | None) -> str:
+    return "" if s is None or not s.count else f"{s.p50_ms:.0f}/{s.p95_ms:.0f}"
+
+
 def _latency(snap: Snapshot) -> Table:
+    """p50/p95 of each stage's call time and TTFT, its queue time apart; wall time below."""
     window = f"last {snap.window_s:.0f} s" if snap.window_s else "whole log"
-    table = Table(title=f"latency ({snap.latency_jobs} jobs, {window})", title_justify="left")
-    for name in ("", "n", "p50 ms", "p95 ms"):
+    table = Table(
+        title=f"latency ms, p50/p95 ({snap.latency_jobs} jobs, {window})",
+        caption="call: the server's own measure if given, else sent to last byte; "
+        "queued: waiting for a token; groups, total: wall",
+        title_justify="left",
+        caption_justify="left",
+    )
+    for name in ("", "n", "call", "ttft", "queued"):
         table.add_column(name, justify="right" if name else "left")
-
-    def row(label: str, s: LatencySummary, style: str = "") -> None:
-        table.add_row(_t(label, style), str(s.count), f"{s.p50_ms:.0f}", f"{s.p95_ms:.0f}")
-
     for stage, summary in snap.stage_latency.items():
-        row(stage, summary)
-    row("parallel group", snap.parallel_group, "bold")
-    row("sequential group", snap.sequential_group, "bold")
-    row("total", snap.total, "bold")
+        table.add_row(
+            _t(stage),
+            str(summary.count),
+            _p50_95(summary),
+            _p50_95(snap.stage_ttft.get(stage)),
+            _p50_95(snap.stage_queued.get(stage)),
+        )
+    for label, s in (
+        ("parallel group", snap.parallel_group),
+        ("sequential group", snap.sequential_group),
+        ("total", snap.total),
+    ):
+        table.add_row(_t(label, "bold"), str(s.count), _p50_95(s) or "0/0", "", "")
     return table
 
 
@@ -311,11 +328,13 @@ def render(
     side = Table.grid(padding=(0, 4))
     side.add_row(_latency(snap), _signals(snap))
     speedup = Text.assemble(
-        ("speed-up vs sequential ", "bold"),
-        f"{snap.mean_speedup:.2f}x (mean over parallel jobs of sum of stage times / total)",
+        ("speed-up (call time / wall) ", "bold"),
+        f"{snap.mean_speedup:.2f}x (mean over parallel jobs of the sum of the stages' call "
+        "times / the job's wall time; about 1.0 when the server serves one call at a time)",
     )
     parts = [_header(snap, source, title, notes), _warnings(snap), _jobs(snap, job_rows)]
-    parts += [_capacity(snap), _endpoints(snap), _spend(snap), side, speedup, _errors(snap)]
+    parts += [_capacity(snap), _endpoints(snap), _spend(snap), pipelines_line(snap.pipelines)]
+    parts += [side, speedup, _errors(snap)]
     return Group(*(p for p in parts if p is not None))
 
 

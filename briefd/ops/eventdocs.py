@@ -103,8 +103,34 @@ increase), and no signal warns on fewer than `--min-samples 10` stages (attempts
 timeout rate). `briefd report` reads the whole log; the console, the last `--window` seconds of
 log time (default 900), so that a warning says what is happening now. Latencies cover the same
 span, over jobs that were not cancelled; a stage's latency counts only if it made a call.
-The speed-up is the seed's `speedup_ratio` (sum of stage times / total), averaged over jobs
-run with `parallel = true`.
+The speed-up is the jobs' `speedup_ratio`, averaged over jobs run with `parallel = true`.
+
+## Latency: call time, queue time, and the speed-up
+
+A stage's time is split where it went, per attempt and in total (`StageStarted`,
+`StageRetrying`, `StageSucceeded`, `StageFailed`; per stage in `JobMetrics`):
+
+- `queued_ms`: waiting for an execution token (briefd's limiter: `RequestToken` to
+  `TokenGranted`);
+- `call_ms`: the token held, the request sent to its last byte, as briefd's clock saw it;
+- `ttft_ms`: for a streamed call, the request sent to its first content token;
+- `backoff_ms`: waiting out retry backoffs;
+- `server_ms`: the calls' time as the server itself measured it, where it says (llama.cpp's
+  `timings`: `prompt_ms` + `predicted_ms`) for every call of the stage. A server that serves
+  one request at a time (llama-cpp-python's) keeps the others waiting *inside* their calls;
+  their `call_ms` counts that wait, `server_ms` does not.
+
+`JobMetrics.stages_ms` is each stage's call time: its `server_ms` where the server reported
+it, else its `call_ms`. The old start-to-end figure (queue, backoffs and calls) is `wall_ms`.
+`speedup_ratio` = sum of `stages_ms` / `total_ms` (the job's wall time): the critical-path
+estimate of what running one stage at a time would take, against what the job took. It
+counts no waiting as work: against a server that serializes requests, parallel stages read
+about 1.0 (they saved nothing), and against one that works on them at once it agrees with the
+measured ratio (`BRIEFD_PARALLEL=false`'s wall time over `true`'s) within about 10 %
+(`bench/bench_speedup.py`). A job that shared the tokens or the server with other jobs
+waited for them, so it can read below 1.0: its wall time holds waits that are no stage's
+work. `briefd console`, `briefd report` and `/metrics` show p50/p95 of call time and TTFT,
+and the queue time apart.
 """
 
 

@@ -39,11 +39,13 @@ from briefd.messages import (
     RollbackTripped,
     StageFailed,
     StageFellBack,
+    StagePromptRendered,
     StageRetrying,
     StageStarted,
     StageSucceeded,
     TokenGranted,
     TokenReleased,
+    WebhookAttempted,
 )
 from briefd.ops.eventlog import event_payload, level_for
 
@@ -80,6 +82,8 @@ def describe(event: Event) -> str:
             return f"{job} {s} failed: {e.code} {e.message} (hint: {e.hint})"
         case StageFellBack(stage=s, source=src):
             return f"{job} {s} fell back to the job's {src}"
+        case StagePromptRendered(stage=s, prompt=text):
+            return f"{job} {s} prompt rendered ({len(text)} chars)"
         case TokenGranted(stage=s, in_use=n, capacity=c):
             return f"{job} {s} got a token ({n}/{c} in use)"
         case TokenReleased(stage=s, in_use=n, capacity=c, reclaimed=r):
@@ -117,18 +121,20 @@ def describe(event: Event) -> str:
             return f"automatic rollback cleared: new jobs run parallel again ({why})"
         case DailyBudgetSpent(spent_usd=s, budget_usd=b, queued=q):
             return f"daily budget spent (${s:.4f} of ${b:.4f}): new jobs wait; {q} queued"
+        case WebhookAttempted(event_type=t, attempt=a, outcome=o, status=st, error=e):
+            return f"{job} webhook {t} attempt {a}: {o} ({st or e or 'no answer'})"
         case DailyBudgetReleased(reason=why, spent_usd=s):
             return f"daily budget released ({why}; ${s:.4f} spent today): held jobs start"
     return f"{job} {event.__class__.__name__}"
 
 
 def latency_table(stages_ms: dict[str, int], m: object) -> str:
-    """The seed's step-5 table on one line."""
+    """The seed's step-5 table on one line (a stage's figure is its call time)."""
     parts = [f"{name}={ms}ms" for name, ms in stages_ms.items()]
     parts.append(f"parallel_group={getattr(m, 'parallel_group_ms', 0)}ms")
     parts.append(f"sequential_group={getattr(m, 'sequential_group_ms', 0)}ms")
     parts.append(f"total={getattr(m, 'total_ms', 0)}ms")
-    parts.append(f"speedup={getattr(m, 'speedup_ratio', 0.0):.2f}x")
+    parts.append(f"speedup={getattr(m, 'speedup_ratio', 0.0):.2f}x (call time / wall)")
     return " | ".join(parts)
 
 

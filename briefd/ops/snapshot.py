@@ -75,6 +75,10 @@ class Snapshot:
     signals: list[Signal]
     errors: list[ErrorRow]
     window_s: float | None
+    stage_ttft: dict[str, LatencySummary] = field(default_factory=dict)
+    """Per stage: its last call's time to first token (streamed calls only)."""
+    stage_queued: dict[str, LatencySummary] = field(default_factory=dict)
+    """Per stage: its wait for execution tokens (apart from ``stage_latency``, its calls)."""
     spend: dict[str, Any] = field(default_factory=dict)
     """``total_usd``, ``last_minute_usd``, ``by_model``, ``by_stage``: from jobs' results."""
     guard: dict[str, Any] = field(default_factory=dict)
@@ -87,6 +91,8 @@ class Snapshot:
     """With several logs (a cluster), one entry per log: its daemon's ``name``, ``log``,
     ``status``, ``pid``, ``url``, ``tokens`` and ``active_jobs``; empty for a single log,
     whose daemon is :attr:`daemon`."""
+    pipelines: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Finished jobs per pipeline (:mod:`briefd.ops.by_pipeline`); empty for logs from before."""
 
     @property
     def warnings(self) -> list[Signal]:

@@ -26,6 +26,7 @@ from statistics import fmean
 from typing import Any
 
 from briefd.actors.metrics import LatencySummary
+from briefd.ops.by_pipeline import PipelineTally
 from briefd.ops.daemons import Source, Sources
 from briefd.ops.eventlog import Record
 from briefd.ops.jobrows import JobRows
@@ -51,6 +52,10 @@ class _Series:
             while self._items and self._items[0][0] < cut:
                 self._items.popleft()
         return [v for _, v in self._items]
+
+
+def _summaries(series: dict[str, _Series], newest: float) -> dict[str, LatencySummary]:
+    return {k: LatencySummary.of(s.values(newest)) for k, s in sorted(series.items())}
 
 
 def _int(value: Any, default: int = 0) -> int:
@@ -85,12 +90,15 @@ class OpsView:
         self._endpoints: dict[str, dict[str, Any]] = {}
         self._cooldown_until = 0.0
         self._attempts, self._timeouts, self._outcomes = (_Series(window_s) for _ in range(3))
-        self._stage_ms: dict[str, _Series] = {}
+        self._stage_ms: dict[str, _Series] = {}  # call time (JobMetrics.stages_ms)
+        self._stage_ttft: dict[str, _Series] = {}
+        self._stage_queued: dict[str, _Series] = {}
         self._groups = {k: _Series(window_s) for k in ("parallel", "sequential", "total")}
         self._modes = _Series(window_s)  # (parallel, speedup) per job
         self._spend_minute = _Series(60.0)  # USD per job that ended in the last minute
         self._spend: dict[str, Any] = {"total_usd": 0.0, "by_model": {}, "by_stage": {}}
         self._guard: dict[str, Any] = {}
+        self._by_pipeline = PipelineTally(window_s)
         self._handlers: dict[str, Callable[[Record], None]] = {
             "JobAccepted": self._accepted,
             "JobStarted": self._started,
@@ -271,15 +279,21 @@ class OpsView:
         assert isinstance(metrics, dict)
         job.total_ms = _int(metrics.get("total_ms"))
         self._add_spend(record.ts, job, result)
+        self._by_pipeline.add(record.ts, result)
         if status != "cancelled" and _int(metrics.get("total_ms")) > 0:  # 0: never ran
             self._latency(record.ts, job, metrics)
         self._rows.finish(job, status, record.ts)
 
     def _latency(self, ts: float, job: JobRow, metrics: dict[str, Any]) -> None:
         attempts = metrics.get("attempts") or {}
-        for stage, ms in (metrics.get("stages_ms") or {}).items():
-            if _int(attempts.get(stage)) > 0:
-                self._stage_ms.setdefault(stage, _Series(self.window_s)).add(ts, _int(ms))
+        for key, series in (
+            ("stages_ms", self._stage_ms),
+            ("ttft_ms", self._stage_ttft),
+            ("queued_ms", self._stage_queued),
+        ):
+            for stage, ms in (metrics.get(key) or {}).items():
+                if _int(attempts.get(stage)) > 0:
+                    series.setdefault(stage, _Series(self.window_s)).add(ts, _int(ms))
         for key in ("parallel", "sequential", "total"):
             name = "total_ms" if key == "total" else f"{key}_group_ms"
             self._groups[key].add(ts, _int(metrics.get(name)))
@@ -411,9 +425,9 @@ class OpsView:
                 "cooling_down_s": round(max(0.0, self._cooldown_until - now), 3),
             },
             latency_jobs=len(modes),
-            stage_latency={
-                k: LatencySummary.of(s.values(newest)) for k, s in sorted(self._stage_ms.items())
-            },
+            stage_latency=_summaries(self._stage_ms, newest),
+            stage_ttft=_summaries(self._stage_ttft, newest),
+            stage_queued=_summaries(self._stage_queued, newest),
             parallel_group=LatencySummary.of(self._groups["parallel"].values(newest)),
             sequential_group=LatencySummary.of(self._groups["sequential"].values(newest)),
             total=LatencySummary.of(self._groups["total"].values(newest)),
@@ -431,4 +445,5 @@ class OpsView:
             },
             guard={k: dict(v) for k, v in self._guard.items()},
             sources=sources.summary(now, dict(owned)),
+            pipelines=self._by_pipeline.summary(newest),
         )

@@ -135,6 +135,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0, help="port to bind (0: pick a free one)")
     parser.add_argument("--scale", type=_non_negative, default=None, help="latency multiplier")
     parser.add_argument("--faults", metavar="FILE.json", help="JSON list of faults or a profile")
+    parser.add_argument(
+        "--serialize",
+        action="store_true",
+        help="serve one chat request at a time, the others waiting inside their calls, as "
+        "llama-cpp-python's server does (implies --timings)",
+    )
+    parser.add_argument(
+        "--timings",
+        action="store_true",
+        help="answers carry llama.cpp's timings (prompt_ms, predicted_ms): the server's own "
+        "measure of each request's work",
+    )
     _add_contract_flags(parser)
     try:
         args = parser.parse_args(argv)
@@ -175,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
             rps=args.rps,
             burst=args.burst,
             tpm=args.tpm,
+            serialize=args.serialize,
+            timings=True if args.timings else None,
         )
     except ValueError as exc:  # a deployment naming a model not served
         print(f"briefd sim: error: {exc}", file=sys.stderr)
@@ -198,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server.start()
         mode = " (strict: OpenAI's contract)" if args.strict else ""
+        mode += " (serializing: one request at a time)" if args.serialize else ""
         # The URL stays the line's last word: scripts and tests read it from there.
         print(f"briefd sim{mode} listening on {server.base_url}", flush=True)
         while not stopping:

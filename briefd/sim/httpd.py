@@ -17,6 +17,7 @@ from typing import Any
 
 from briefd.sim.faults import SimLedger
 from briefd.sim.gateway import Gateway
+from briefd.sim.llama import LlamaMode
 
 
 class SimHTTPServer(ThreadingHTTPServer):
@@ -32,9 +33,11 @@ class SimHTTPServer(ThreadingHTTPServer):
         stop: threading.Event,
         gateway: Gateway,
         handler: type[BaseHTTPRequestHandler],
+        llama: LlamaMode | None = None,
     ) -> None:
         self.ledger = ledger
         self.gateway = gateway
+        self.llama = llama or LlamaMode()
         self.stop_event = stop
         self.request_ids = itertools.count(1)
         self._conns: set[socket.socket] = set()

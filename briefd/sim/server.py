@@ -51,6 +51,7 @@ from briefd.sim.faults import (
 )
 from briefd.sim.gateway import Gateway, Route, chat_route, estimate_tokens
 from briefd.sim.httpd import SimHTTPServer
+from briefd.sim.llama import LlamaMode, Slot
 from briefd.sim.ratelimit import SimRateLimits, rate_limited_message
 
 __all__ = [
@@ -77,6 +78,7 @@ class _Handler(BaseHTTPRequestHandler):
     _status: int | None = None
     _rec: LiveRequest | None = None
     _extra: dict[str, str] | None = None  # rate-limit and request-id headers of this answer
+    _slot: Slot | None = None  # this request's hold on the server (serializing: its one slot)
 
     def log_message(self, format: str, *args: Any) -> None:
         """Silence the per-request access log: it would drown test and demo output."""
@@ -177,6 +179,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         finally:
             self._settle(self._status, completed)
+            if self._slot is not None:
+                self._slot.release()
+                self._slot = None
 
     def _settle(self, status: int | None, completed: bool) -> None:
         """Record the request's end once, *before* its last bytes go out.
@@ -243,6 +248,10 @@ class _Handler(BaseHTTPRequestHandler):
                 pass
             self._abandon()
             return False
+        self._slot = self.server.llama.take(stop)  # serializing: wait for the one slot
+        if self._slot is None:
+            self._abandon()
+            return False
         delay = fault.delay_s if fault is not None else 0.0
         if fault is None or (fault.status is None and not fault.drop):
             delay += ledger.profile.latency_for(stage)  # errors and drops skip generation time
@@ -266,6 +275,8 @@ class _Handler(BaseHTTPRequestHandler):
             served_model=served,
             strict=gateway.strict,
         )
+        if self._slot.reports:  # llama.cpp's own measure of the work, queue excluded
+            answer["timings"] = self._slot.timings(answer["usage"])
         answer["usage"] = gateway.usage(body, answer["model"], answer["usage"]["completion_tokens"])
         data = json.dumps(answer).encode("utf-8")
         if gateway.strict and body.get("stream") is True:
@@ -312,6 +323,8 @@ class SimServer:
         rps: float | None = None,
         burst: int | None = None,
         tpm: int | None = None,
+        serialize: bool = False,
+        timings: bool | None = None,
     ) -> None:
         """``strict`` holds clients to OpenAI's contract; the rest apply in either mode.
 
@@ -321,7 +334,9 @@ class SimServer:
         (default: each model is a deployment of its own name). ``api_key``: required as
         ``Authorization: Bearer`` (Azure: ``api-key``). ``cached_fraction``: that share of
         every prompt is reported cached (default: OpenAI's prefix rule). ``rps``/``burst``
-        and ``tpm``: enforced token buckets answering 429.
+        and ``tpm``: enforced token buckets answering 429. ``serialize``: one request works
+        at a time, as llama-cpp-python's server; ``timings``: answers carry llama.cpp's
+        ``timings`` (default: with ``serialize``) (:mod:`briefd.sim.llama`).
         """
         if cached_fraction is not None and not 0.0 <= cached_fraction <= 1.0:
             raise ValueError(f"cached_fraction must be in [0, 1], got {cached_fraction}")
@@ -336,7 +351,10 @@ class SimServer:
         )
         self._ledger = SimLedger(profile or SimProfile())
         self._stop = threading.Event()
-        self._httpd = SimHTTPServer((host, port), self._ledger, self._stop, gateway, _Handler)
+        llama = LlamaMode(serialize=serialize, timings=serialize if timings is None else timings)
+        self._httpd = SimHTTPServer(
+            (host, port), self._ledger, self._stop, gateway, _Handler, llama
+        )
         self.strict = strict
         self.host = host
         self.port: int = int(self._httpd.socket.getsockname()[1])

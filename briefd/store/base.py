@@ -64,7 +64,9 @@ class ClaimLost(Exception):
 
 
 if TYPE_CHECKING:
+    from briefd.messages import Event
     from briefd.store.files import JobFiles
+    from briefd.webhooks.outbox import TxOutbox
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,10 @@ class Run:
     runs_died: int = 0
     submitted_at: float = 0.0
     """Epoch seconds of the job's submission: a resumed job keeps its place (oldest first)."""
+    pipeline: str = ""
+    """The snapshot of the pipeline the job was accepted with ('' if none was kept)."""
+    prompts: dict[str, str] = field(default_factory=dict)
+    """Stage -> its templated prompt as rendered (:mod:`briefd.store.pinned`): sent again."""
 
 
 @dataclass(frozen=True)
@@ -111,14 +117,27 @@ class StageRow:
 class Store(Protocol):
     """The durable record of the daemon's jobs. Implementations are thread-safe."""
 
-    def add_job(self, job: JobSpec) -> tuple[JobInfo, bool]: ...
+    def add_job(
+        self, job: JobSpec, *, pipeline: PipelineSpec | None = None
+    ) -> tuple[JobInfo, bool]: ...
     def unfinished(self) -> list[str]: ...
+    def stage_prompt(self, job_id: str, stage: str, prompt: str) -> None: ...
     def start_run(self, job_id: str) -> Run: ...
     def suspend(self, job_ids: list[str]) -> None: ...
-    def stage_started(self, job_id: str, stage: str, attempt: int) -> None: ...
-    def stage_succeeded(self, job_id: str, stage: str, document: Any, attempts: int) -> None: ...
+    def stage_started(
+        self, job_id: str, stage: str, attempt: int, *, event: Event | None = None
+    ) -> None: ...
+    def stage_succeeded(
+        self, job_id: str, stage: str, document: Any, attempts: int, *, event: Event | None = None
+    ) -> None: ...
     def stage_failed(
-        self, job_id: str, stage: str, error: PipelineError, attempts: int
+        self,
+        job_id: str,
+        stage: str,
+        error: PipelineError,
+        attempts: int,
+        *,
+        event: Event | None = None,
     ) -> None: ...
     def finish(self, result: JobResult) -> bool: ...
     def close_job(
@@ -151,7 +170,13 @@ class ClaimStore(Store, Protocol):
     def cancels(self, owner: str) -> list[tuple[str, str]]: ...
     def release_predecessors(self, owner: str, node: str) -> int: ...
     def queue_depth(self) -> int: ...
-    def add_job(self, job: JobSpec, *, within_s: float | None = None) -> tuple[JobInfo, bool]: ...
+    def add_job(
+        self,
+        job: JobSpec,
+        *,
+        within_s: float | None = None,
+        pipeline: PipelineSpec | None = None,
+    ) -> tuple[JobInfo, bool]: ...
     def claim_valid(self, job_id: str) -> bool: ...
     def claims_problem(self) -> str | None: ...
 
@@ -166,6 +191,9 @@ class StageWrites:
     """
 
     files: JobFiles
+    outbox: TxOutbox | None = None
+    """Webhook deliveries, written in the transaction of the event they report (``event``
+    below, and the terminal ``JobCompleted``); None: no webhooks."""
 
     def _set_stage(
         self,
@@ -175,22 +203,35 @@ class StageWrites:
         attempts: int,
         document: Any,
         error: PipelineError | None,
+        event: Event | None = None,
     ) -> bool:
         """Write one stage unless it has ended or its job is not live; whether it was."""
         raise NotImplementedError
 
-    def stage_started(self, job_id: str, stage: str, attempt: int) -> None:
+    def stage_started(
+        self, job_id: str, stage: str, attempt: int, *, event: Event | None = None
+    ) -> None:
         """A call is in flight (for status only: a running stage is called again on resume)."""
-        self._set_stage(job_id, stage, StageState.RUNNING, attempt, None, None)
+        self._set_stage(job_id, stage, StageState.RUNNING, attempt, None, None, event)
 
-    def stage_succeeded(self, job_id: str, stage: str, document: Any, attempts: int) -> None:
+    def stage_succeeded(
+        self, job_id: str, stage: str, document: Any, attempts: int, *, event: Event | None = None
+    ) -> None:
         """Commit the document (never called again), then write its output file."""
-        if self._set_stage(job_id, stage, StageState.COMPLETE, attempts, document, None):
+        if self._set_stage(job_id, stage, StageState.COMPLETE, attempts, document, None, event):
             self.files.write_document(job_id, stage, document)
 
-    def stage_failed(self, job_id: str, stage: str, error: PipelineError, attempts: int) -> None:
+    def stage_failed(
+        self,
+        job_id: str,
+        stage: str,
+        error: PipelineError,
+        attempts: int,
+        *,
+        event: Event | None = None,
+    ) -> None:
         """The stage gave up after its retries: final, a resumed run does not call it again."""
-        self._set_stage(job_id, stage, StageState.FAILED, attempts, None, error)
+        self._set_stage(job_id, stage, StageState.FAILED, attempts, None, error, event)
 
 
 def resumed_run(

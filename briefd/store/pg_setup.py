@@ -20,6 +20,7 @@ from psycopg_pool import ConnectionPool
 import briefd
 from briefd.config import ConfigError
 from briefd.redaction import redact, register_secret
+from briefd.store.pinned import PG_MIGRATION
 
 SCHEMES = ("postgresql", "postgres")
 SCHEMA_VERSION = 4
@@ -239,11 +240,35 @@ MIGRATIONS: dict[int, tuple[LiteralString, ...]] = {
         """CREATE TRIGGER briefd_tokens_free_slot AFTER DELETE ON briefd_tokens
             FOR EACH ROW EXECUTE PROCEDURE briefd_free_slot()""",
     ),
-    # Version 4: each job's events in order, streamed and replayed by GET /v1/jobs/{id}/events
-    # (briefd/store/events.py, briefd/store/pg_events.py). No foreign key: the events are
-    # inserted last in their transaction, after an advisory lock, and a key check would lock
-    # the job's row after it.
+    # Version 4: the webhook outbox (briefd/webhooks/pg_outbox.py): one row per delivery,
+    # written in the transaction of the event it reports, claimed FOR UPDATE SKIP LOCKED.
+    # Also: a job keeps the pipeline version it was accepted with, and its templated prompts
+    # as rendered (briefd/store/pinned.py), so a resume runs what it started with.
+    # Also: each job's events in order, streamed and replayed by GET /v1/jobs/{id}/events
+    # (briefd/store/events.py, briefd/store/pg_events.py). No foreign key there: the events
+    # are inserted last in their transaction, after an advisory lock, and a key check would
+    # lock the job's row after it.
     4: (
+        """CREATE TABLE briefd_webhooks (
+            id           text PRIMARY KEY,
+            job_id       text NOT NULL REFERENCES briefd_jobs (job_id) ON DELETE CASCADE,
+            event        text NOT NULL,
+            payload      text NOT NULL,
+            url          text NOT NULL,
+            state        text NOT NULL DEFAULT 'pending',
+            attempts     integer NOT NULL DEFAULT 0,
+            next_at      timestamptz NOT NULL DEFAULT now(),
+            claimed_by   text,
+            last_status  integer,
+            last_error   text,
+            delivered_at timestamptz,
+            created_at   timestamptz NOT NULL DEFAULT now()
+        )""",
+        "COMMENT ON COLUMN briefd_webhooks.id IS 'the webhook-id header, on every attempt'",
+        "COMMENT ON COLUMN briefd_webhooks.next_at IS 'due; while claimed, when the claim lapses'",
+        "CREATE INDEX briefd_webhooks_due ON briefd_webhooks (next_at) WHERE state = 'pending'",
+        "CREATE INDEX briefd_webhooks_by_job ON briefd_webhooks (job_id, created_at)",
+        *PG_MIGRATION,
         """CREATE TABLE briefd_events (
             id     bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
             job_id text NOT NULL,

@@ -33,6 +33,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ from psycopg_pool import PoolClosed, PoolTimeout
 from briefd.config import ConfigError, PipelineSpec
 from briefd.messages import (
     ErrorCode,
+    Event,
     JobCompleted,
     JobInfo,
     JobResult,
@@ -86,6 +88,7 @@ from briefd.store.pg_setup import (
     redact_url,
     unavailable,
 )
+from briefd.store.pinned import SpecCache, pin_pg, pinned_pg, save_prompt_pg
 
 POOL_WAIT_MAX_S = 2.0
 """The longest a statement waits for a pooled connection (the server may be gone)."""
@@ -117,6 +120,8 @@ class PostgresStore(PgClaims, PgReads, StageWrites):
         self._fences = Fences()
         self.files = JobFiles(jobs_dir, pipeline, self._health)
         self.event_log: EventLog = PgEvents(self)
+        self._specs = SpecCache()  # each job's pipeline (its files' names), parsed once
+        self.files.pipeline_of = self.pipeline_of
         self.bound_s = bound_s
         self._probing = threading.Event()
         # A pooled connection is waited for briefly: an outage is not waited out by a reader.
@@ -235,7 +240,13 @@ class PostgresStore(PgClaims, PgReads, StageWrites):
 
     # -- submission ------------------------------------------------------------------
 
-    def add_job(self, job: JobSpec, *, within_s: float | None = None) -> tuple[JobInfo, bool]:
+    def add_job(
+        self,
+        job: JobSpec,
+        *,
+        within_s: float | None = None,
+        pipeline: PipelineSpec | None = None,
+    ) -> tuple[JobInfo, bool]:
         """Record ``job`` as queued (committed on return); ``False`` if the id already exists.
 
         ``within_s``: the write ends within this many seconds, committed or not at all
@@ -259,6 +270,8 @@ class PostgresStore(PgClaims, PgReads, StageWrites):
                     "SELECT %s, s, %s FROM unnest(%s::text[]) AS s",
                     (job.job_id, StageState.PENDING.value, list(job.prompts)),
                 )
+                if pipeline is not None:  # the job keeps this version (store/pinned)
+                    pin_pg(cur, job.job_id, pipeline)
             info = self._get(cur, job.job_id)
         assert info is not None
         return info, created
@@ -300,12 +313,25 @@ class PostgresStore(PgClaims, PgReads, StageWrites):
                 (job_id,),
             )
             ended = cur.fetchall()
-        return resumed_run(
+            _, snapshot, prompts = pinned_pg(cur, job_id)
+        run = resumed_run(
             row["spec"],
             [(r["stage"], r["state"], r["document"], r["error"]) for r in ended],
             died,
             row["submitted_at"],
         )
+        return replace(run, pipeline=snapshot, prompts=prompts)
+
+    def stage_prompt(self, job_id: str, stage: str, prompt: str) -> None:
+        """A templated prompt as rendered: a resumed run sends this text again."""
+        with self._tx() as cur:
+            save_prompt_pg(cur, job_id, stage, prompt)
+
+    def pipeline_of(self, job_id: str) -> PipelineSpec | None:
+        """The pipeline the job was accepted with (None: none kept)."""
+        with self._tx(write=False) as cur:
+            version, snapshot, _ = pinned_pg(cur, job_id)
+        return self._specs.get(version, snapshot) if version else None
 
     def suspend(self, job_ids: list[str]) -> None:
         """Clean stop: the jobs go back to the queue, their run counted as ended well, their
@@ -361,6 +387,7 @@ class PostgresStore(PgClaims, PgReads, StageWrites):
         attempts: int,
         document: Any,
         error: PipelineError | None,
+        event: Event | None = None,
     ) -> bool:
         """Write one stage unless it has ended or its job is not live; whether it was.
 
@@ -389,6 +416,8 @@ class PostgresStore(PgClaims, PgReads, StageWrites):
                 },
             )
             if cur.rowcount > 0:
+                if event is not None and self.outbox is not None:
+                    self.outbox.add(cur, job_id, event)
                 return True
             if fence is not None:  # why nothing was written: ended, or no longer ours?
                 cur.execute("SELECT fence FROM briefd_jobs WHERE job_id = %s", (job_id,))
@@ -469,6 +498,8 @@ class PostgresStore(PgClaims, PgReads, StageWrites):
             (result.status.value, result.model_dump_json(), result.job_id),
         )
         notify(cur, FINISHED_CHANNEL, result.job_id)
+        if self.outbox is not None:
+            self.outbox.add(cur, result.job_id, JobCompleted(job_id=result.job_id, result=result))
         final = [
             (s, v.value)
             for s, v in result.progress.stages.items()
