@@ -52,6 +52,7 @@ from briefd.config import ConfigError, Settings, load_pipeline
 from briefd.costs import load_prices
 from briefd.daemon.backend import ASK_TIMEOUT_S, DaemonBackend
 from briefd.daemon.http_api import ApiServer, bind_loopback
+from briefd.daemon.http_origin import FrontSettings
 from briefd.daemon.prometheus import MetricsExporter
 from briefd.daemon.service import (
     dump_threads,
@@ -113,6 +114,7 @@ class Daemon(DaemonBackend):
         """Build everything, resume unfinished jobs, listen; ConfigError on a bad set-up."""
         s = self.settings
         load_prices(s.prices)  # a bad price table stops the start, named (exit 2), first
+        front = FrontSettings.of(s)  # bad BRIEFD_ALLOWED_ORIGINS/_HOSTS: exit 2, named
         try:
             private_dir(s.data_dir)
         except OSError as err:
@@ -165,7 +167,7 @@ class Daemon(DaemonBackend):
                 tpm=s.tpm,
                 endpoints=self._provider.routing.limits(),
             )
-        self.server = ApiServer(self, sock, token=token, max_body=s.max_body_bytes)
+        self.server = ApiServer(self, sock, token=token, max_body=s.max_body_bytes, front=front)
         self.journal_ref = JournalActor.start(self.journal)
         self.root = RootActor.start(
             journal=self.journal,
