@@ -74,6 +74,7 @@ from briefd.ops.autorollback import RollbackWatch
 from briefd.ops.breaker import Breaker
 from briefd.ops.events import Observer, publish
 from briefd.store.base import Claim, ClaimLost, Store, StoreUnavailable
+from briefd.store.events import staged_events
 from briefd.threads import LeanThreadingActor
 from briefd.timers import Timers
 
@@ -219,7 +220,9 @@ class RootActor(RootRuns, LeanThreadingActor):
             self._claims.want()  # and every other daemon hears NOTIFY briefd_jobs
         self._admit()
         state = JobState.RUNNING if job.job_id in self._active else JobState.QUEUED
-        publish(JobAccepted(job_id=job.job_id, status=state, queued=len(self._queue)))
+        accepted = JobAccepted(job_id=job.job_id, status=state, queued=len(self._queue))
+        publish(accepted)
+        self._journal_ref.tell(accepted)  # into the job's event stream
         return Admission(job.job_id, state, created=True)
 
     def _queued(self) -> int:
@@ -231,11 +234,13 @@ class RootActor(RootRuns, LeanThreadingActor):
         if job_id in self._queue:
             self._queue.remove(job_id)
             self._rescued.pop(job_id, None)
-            publish(JobCancelled(job_id=job_id, reason=reason, was=JobState.QUEUED))
+            cancelled = JobCancelled(job_id=job_id, reason=reason, was=JobState.QUEUED)
+            publish(cancelled)
             try:
-                closed = self._journal.close_job(
-                    job_id, JobState.CANCELLED, ErrorCode.CANCELLED, reason
-                )
+                with staged_events(self._journal, [cancelled]):  # with the job's end
+                    closed = self._journal.close_job(
+                        job_id, JobState.CANCELLED, ErrorCode.CANCELLED, reason
+                    )
                 if closed is not None:
                     publish(JobCompleted(job_id=job_id, result=closed))
             except StoreUnavailable:  # the journal actor holds it until the store takes it
@@ -245,7 +250,9 @@ class RootActor(RootRuns, LeanThreadingActor):
             return JobState.CANCELLED
         slot = self._active.get(job_id)
         if slot is not None:
-            publish(JobCancelled(job_id=job_id, reason=reason, was=JobState.RUNNING))
+            cancelled = JobCancelled(job_id=job_id, reason=reason, was=JobState.RUNNING)
+            publish(cancelled)
+            self._journal_ref.tell(cancelled)  # into the job's event stream
             if slot.ref is None:
                 slot.cancel = reason
             else:
@@ -253,9 +260,11 @@ class RootActor(RootRuns, LeanThreadingActor):
                     slot.ref.tell(CancelJob(job_id=job_id, reason=reason))
             return JobState.RUNNING
         if self._claims is not None:  # queued in the database, or held by another daemon
-            state, closed = self._claims.store.cancel_anywhere(job_id, reason)
+            cancelled = JobCancelled(job_id=job_id, reason=reason, was=JobState.QUEUED)
+            with staged_events(self._claims.store, [cancelled]):  # with the job's end
+                state, closed = self._claims.store.cancel_anywhere(job_id, reason)
             if closed is not None:
-                publish(JobCancelled(job_id=job_id, reason=reason, was=JobState.QUEUED))
+                publish(cancelled)
                 publish(JobCompleted(job_id=job_id, result=closed))
             return state
         info = self._journal.get(job_id)

@@ -110,7 +110,9 @@ class RootRuns:
             return
         if msg.runs_died:
             self._restarts += 1
-            publish(JobRestarted(job_id=msg.job_id, runs=msg.runs_died, reason=slot.reason))
+            restarted = JobRestarted(job_id=msg.job_id, runs=msg.runs_died, reason=slot.reason)
+            publish(restarted)
+            self._journal_ref.tell(restarted)  # into the job's event stream
         if self.drain_event.is_set():
             return  # suspend() puts it back in the queue
         try:

@@ -58,6 +58,7 @@ from briefd.daemon.http_conn import (
     deadline_protocol,
 )
 from briefd.daemon.http_conn import bind_loopback as bind_loopback
+from briefd.daemon.http_events import EventStreams
 from briefd.daemon.http_origin import FrontDoor, FrontSettings
 from briefd.daemon.http_ui import ui_app
 from briefd.daemon.prometheus import CONTENT_TYPE_LATEST
@@ -96,14 +97,21 @@ class _Guard:
     """ASGI middleware: the bearer token, the body size, before any endpoint (Host and
     Origin are checked before it, by :class:`~briefd.daemon.http_origin.FrontDoor`)."""
 
-    def __init__(self, app: ASGIApp, token: str, max_body: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        token: str,
+        max_body: int,
+        public: Callable[[Scope], bool] = lambda scope: False,
+    ) -> None:
         self.app = app
+        self.public = public  # requests that authenticate themselves (a stream token)
         self.token = token.encode()
         self.max_body = max_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = Headers(scope=scope)
-        if scope["path"] != "/healthz":
+        if scope["path"] != "/healthz" and not self.public(scope):
             scheme, _, given = headers.get("authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(
                 given.strip().encode(), self.token
@@ -186,6 +194,7 @@ def build_app(
     hosts: Collection[str],
     origins: Collection[str] = (),
     ui: bool = False,
+    streams: EventStreams | None = None,
 ) -> ASGIApp:
     """The Starlette application (also usable in-process with any ASGI test client).
 
@@ -312,6 +321,7 @@ def build_app(
             Route("/v1/jobs/{job_id}", status, methods=["GET"]),
             Route("/v1/jobs/{job_id}", cancel, methods=["DELETE"]),
             Route("/v1/jobs/{job_id}/result", result, methods=["GET"]),
+            *(streams.routes() if streams is not None else ()),
         ],
         exception_handlers={
             HTTPException: on_http_error,
@@ -320,7 +330,8 @@ def build_app(
             Exception: on_crash,
         },
     )
-    guarded = _Guard(app, token, max_body_bytes)
+    public = streams.public if streams is not None else (lambda scope: False)
+    guarded = _Guard(app, token, max_body_bytes, public)
     return FrontDoor(guarded, hosts=hosts, origins=origins, pages=ui_app() if ui else None)
 
 
@@ -354,11 +365,13 @@ class ApiServer:
         read_timeout_s: float = READ_TIMEOUT_S,
         keep_alive_s: float = KEEP_ALIVE_S,
         front: FrontSettings | None = None,
+        streams: EventStreams | None = None,
     ) -> None:
         front = front if front is not None else FrontSettings()
         self._sock = sock
         self._waiters = _Waiters()
         own = allowed_hosts(sock)
+        self._streams = streams  # the event streams (None: a journal without events)
         app = build_app(
             backend,
             token=token,
@@ -367,6 +380,7 @@ class ApiServer:
             hosts=own | front.hosts,
             origins=front.origins_for(own),
             ui=front.ui,
+            streams=streams,
         )
         config = uvicorn.Config(
             app,
@@ -390,8 +404,13 @@ class ApiServer:
         return f"http://{f'[{host}]' if ':' in host else host}:{port}"
 
     def _run(self) -> None:
+        async def serve() -> None:
+            if self._streams is not None:  # their tail delivers into this loop
+                self._streams.start(asyncio.get_running_loop())
+            await self._server.serve(sockets=[self._sock])
+
         try:
-            asyncio.run(self._server.serve(sockets=[self._sock]))
+            asyncio.run(serve())
         except BaseException as err:  # reported by start()
             self._failed = err
 
@@ -410,8 +429,15 @@ class ApiServer:
         """Wake ``?wait=`` requests for ``job_id`` (called by the journal, any thread)."""
         self._waiters.notify(job_id)
 
+    def events_committed(self) -> None:
+        """Events were committed elsewhere (another daemon's ``NOTIFY``): wake the streams."""
+        if self._streams is not None:
+            self._streams.hub.wake()
+
     def stop(self, timeout_s: float = 5.0) -> None:
         """Stop accepting, answer waiting requests, close."""
         self._waiters.notify_all()
+        if self._streams is not None:
+            self._streams.stop()
         self._server.should_exit = True
         self._thread.join(timeout_s)

@@ -52,6 +52,7 @@ from briefd.config import ConfigError, Settings, load_pipeline
 from briefd.costs import load_prices
 from briefd.daemon.backend import ASK_TIMEOUT_S, DaemonBackend
 from briefd.daemon.http_api import ApiServer, bind_loopback
+from briefd.daemon.http_events import EventStreams
 from briefd.daemon.http_origin import FrontSettings
 from briefd.daemon.prometheus import MetricsExporter
 from briefd.daemon.service import (
@@ -60,6 +61,7 @@ from briefd.daemon.service import (
     lock_data_dir,
     sd_notify,
 )
+from briefd.daemon.stream_token import StreamTokens
 from briefd.llm.extract import check_schema
 from briefd.local.provider import Provider, open_provider
 from briefd.messages import (
@@ -77,6 +79,7 @@ from briefd.ops.logs import register_secret
 from briefd.private import private_dir
 from briefd.store import open_store, store_label
 from briefd.store.base import ClaimStore
+from briefd.store.events import EVENTS_CHANNEL
 
 EXIT_FATAL = 70
 """Exit code when part of the actor system died under the daemon (EX_SOFTWARE): systemd's
@@ -167,7 +170,14 @@ class Daemon(DaemonBackend):
                 tpm=s.tpm,
                 endpoints=self._provider.routing.limits(),
             )
-        self.server = ApiServer(self, sock, token=token, max_body=s.max_body_bytes, front=front)
+        self.server = ApiServer(
+            self,
+            sock,
+            token=token,
+            max_body=s.max_body_bytes,
+            streams=self._streams(token),
+            front=front,
+        )
         self.journal_ref = JournalActor.start(self.journal)
         self.root = RootActor.start(
             journal=self.journal,
@@ -225,11 +235,24 @@ class Daemon(DaemonBackend):
                 "briefd_jobs": lambda _: tell(ClaimJobs()),
                 "briefd_cancel": lambda _: tell(CheckCancels()),
                 "briefd_finished": lambda job_id: self.server.notify_finished(job_id),
+                EVENTS_CHANNEL: lambda _: self.server.events_committed(),
             },
             on_connect=lambda: tell(ClaimJobs()),
             name="briefd-listen-jobs",
             bound_s=self.settings.db_timeout,
         ).start()
+
+    def _streams(self, token: str) -> EventStreams:
+        """The event streams: from the journal's event table, woken by its commits (and, in
+        a cluster, by NOTIFY, with the poll as the safety net)."""
+        s = self.settings
+        return EventStreams(
+            self.journal.event_log,
+            self.journal.get,
+            StreamTokens(token),
+            poll_s=s.poll_s if s.database_url is not None else None,
+            max_streams_per_token=s.max_streams_per_token,
+        )
 
     def _notify_finished(self, job_id: str) -> None:
         """A job's terminal state is committed: wake the API's result waiters."""

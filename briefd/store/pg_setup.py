@@ -22,7 +22,7 @@ from briefd.config import ConfigError
 from briefd.redaction import redact, register_secret
 
 SCHEMES = ("postgresql", "postgres")
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 SCHEMA_LOCK = 0x62726965_66640001
 """The advisory lock (one bigint) held while the schema is checked and made: 'briefd' + 1."""
 DEFAULT_BOUND_S = 2.5
@@ -238,6 +238,22 @@ MIGRATIONS: dict[int, tuple[LiteralString, ...]] = {
         END $$""",
         """CREATE TRIGGER briefd_tokens_free_slot AFTER DELETE ON briefd_tokens
             FOR EACH ROW EXECUTE PROCEDURE briefd_free_slot()""",
+    ),
+    # Version 4: each job's events in order, streamed and replayed by GET /v1/jobs/{id}/events
+    # (briefd/store/events.py, briefd/store/pg_events.py). No foreign key: the events are
+    # inserted last in their transaction, after an advisory lock, and a key check would lock
+    # the job's row after it.
+    4: (
+        """CREATE TABLE briefd_events (
+            id     bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            job_id text NOT NULL,
+            seq    integer NOT NULL,
+            type   text NOT NULL,
+            ts     double precision NOT NULL,
+            data   text NOT NULL,
+            UNIQUE (job_id, seq)
+        )""",
+        "COMMENT ON COLUMN briefd_events.seq IS 'the job''s own order, 1..n: the SSE id'",
     ),
 }
 

@@ -44,6 +44,7 @@ from psycopg_pool import PoolClosed, PoolTimeout
 from briefd.config import ConfigError, PipelineSpec
 from briefd.messages import (
     ErrorCode,
+    JobCompleted,
     JobInfo,
     JobResult,
     JobSpec,
@@ -60,6 +61,7 @@ from briefd.store.base import (
     closing_result,
     resumed_run,
 )
+from briefd.store.events import EventLog
 from briefd.store.files import FILES, JobFiles
 from briefd.store.health import WriteHealth
 from briefd.store.pg_claims import (
@@ -73,6 +75,7 @@ from briefd.store.pg_claims import (
     PgClaims,
     notify,
 )
+from briefd.store.pg_events import PgEvents
 from briefd.store.pg_reads import PgReads
 from briefd.store.pg_setup import (
     DEFAULT_BOUND_S,
@@ -113,6 +116,7 @@ class PostgresStore(PgClaims, PgReads, StageWrites):
         self._health = WriteHealth()
         self._fences = Fences()
         self.files = JobFiles(jobs_dir, pipeline, self._health)
+        self.event_log: EventLog = PgEvents(self)
         self.bound_s = bound_s
         self._probing = threading.Event()
         # A pooled connection is waited for briefly: an outage is not waited out by a reader.
@@ -157,6 +161,9 @@ class PostgresStore(PgClaims, PgReads, StageWrites):
                 if not one:
                     tx.enter_context(conn.transaction())
                 cur = tx.enter_context(conn.cursor(row_factory=dict_row))
+                events = write and not one  # the events of this write go with it
+                if events:
+                    self.event_log.begin()
                 if deadline is not None:
                     left_ms = round((deadline - time.monotonic()) * 1000)
                     if left_ms <= 0:
@@ -166,6 +173,8 @@ class PostgresStore(PgClaims, PgReads, StageWrites):
                         (str(min(left_ms, round(self.bound_s * 1000))),),
                     )
                 yield cur
+                if events:
+                    self.event_log.flush(cur)
         except psycopg.Error as err:
             if not unavailable(err):
                 raise
@@ -175,6 +184,8 @@ class PostgresStore(PgClaims, PgReads, StageWrites):
             raise StoreUnavailable(f"journal {reason}") from err
         if write:
             self._health.ok(JOURNAL)
+        if write and not one:
+            self.event_log.committed()
 
     def _reopen(self) -> bool:
         """Replace the pool with a fresh one, connected now; whether it could (at most once a
@@ -470,4 +481,5 @@ class PostgresStore(PgClaims, PgReads, StageWrites):
                 f"WHERE t.job_id = %s AND t.stage = f.stage AND t.state <> {_COMPLETE}",
                 ([s for s, _ in final], [v for _, v in final], result.job_id),
             )
+        self.event_log.insert_now(cur, [JobCompleted(job_id=result.job_id, result=result)])
         return result

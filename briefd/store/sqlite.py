@@ -27,6 +27,7 @@ from typing import Any
 from briefd.config import ConfigError, PipelineSpec
 from briefd.messages import (
     ErrorCode,
+    JobCompleted,
     JobInfo,
     JobResult,
     JobSpec,
@@ -43,6 +44,7 @@ from briefd.store.base import (
     job_info,
     resumed_run,
 )
+from briefd.store.events import EventLog, SqliteEvents
 from briefd.store.files import FILES, JobFiles
 from briefd.store.health import WriteHealth
 from briefd.store.sqlite_open import open_journal_db, unavailable
@@ -72,6 +74,15 @@ CREATE TABLE IF NOT EXISTS stages (
     updated_at REAL NOT NULL,
     PRIMARY KEY (job_id, stage)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (  -- each job's events, streamed (briefd/store/events.py)
+    id     INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL,
+    seq    INTEGER NOT NULL,
+    type   TEXT NOT NULL,
+    ts     REAL NOT NULL,
+    data   TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS events_by_job ON events (job_id, seq);
 """
 _LIVE = (JobState.QUEUED.value, JobState.RUNNING.value)
 JOURNAL = "journal"
@@ -96,6 +107,7 @@ class Journal(StageWrites):
         self._lock = threading.RLock()
         self._health = WriteHealth()
         self.files = JobFiles(self.jobs_dir, pipeline, self._health)
+        self.event_log: EventLog = SqliteEvents(self)
         self._db = open_journal_db(path)
         try:
             self._prepare()
@@ -134,8 +146,10 @@ class Journal(StageWrites):
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
+                self.event_log.begin()
                 try:
                     yield self._db
+                    self.event_log.flush(self._db)  # the events of this write, with it
                     self._db.execute("COMMIT")
                 except BaseException:
                     if self._db.in_transaction:
@@ -148,6 +162,7 @@ class Journal(StageWrites):
                 self._health.failed(JOURNAL, f"{self.path}: {err}")
                 raise StoreUnavailable(f"journal {self.path}: {err}") from err
             self._health.ok(JOURNAL)
+        self.event_log.committed()
 
     # -- health ----------------------------------------------------------------------
 
@@ -314,6 +329,7 @@ class Journal(StageWrites):
                             "WHERE job_id=? AND stage=? AND state!=?",
                             (state.value, now, result.job_id, stage, StageState.COMPLETE.value),
                         )
+                self.event_log.insert_now(db, [JobCompleted(job_id=result.job_id, result=result)])
         if self._on_finished is not None:
             self._on_finished(result.job_id)
         return True
