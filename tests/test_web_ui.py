@@ -10,8 +10,10 @@ installs both) the tests skip, saying which is missing.
 
 from __future__ import annotations
 
+import http.server
 import json
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -192,3 +194,101 @@ def test_page_file_is_the_one_served(repo: Path) -> None:
     from briefd.daemon.http_ui import PAGE
 
     assert PAGE.resolve() == (repo / "examples" / "web" / "index.html").resolve()
+
+
+# -- a page on another origin ----------------------------------------------------------------
+
+_FOLLOW = """
+async ({ api, token, job }) => {
+  const auth = { Authorization: "Bearer " + token };
+  let answer;
+  try {
+    answer = await fetch(api + "/v1/jobs", {
+      method: "POST", headers: { ...auth, "Content-Type": "application/json" },
+      body: JSON.stringify(job) });
+  } catch (e) {
+    return { blocked: String(e) };  // the browser refused to show the answer: CORS
+  }
+  const grant = await (await fetch(
+    `${api}/v1/jobs/${job.job_id}/stream-token`, { method: "POST", headers: auth })).json();
+  const url = `${api}/v1/jobs/${job.job_id}/events?access_token=` + encodeURIComponent(grant.token);
+  return await new Promise((resolve) => {
+    const seen = [];
+    const source = new EventSource(url);
+    for (const type of ["StageStarted", "StageSucceeded", "JobCompleted"]) {
+      source.addEventListener(type, (m) => {
+        seen.push(type + ":" + (JSON.parse(m.data).stage || ""));
+        if (type === "JobCompleted") { source.close(); resolve({ status: answer.status, seen }); }
+      });
+    }
+    source.onerror = () => {
+      if (source.readyState === EventSource.CLOSED) {
+        resolve({ status: answer.status, seen, closed: true });
+      }
+    };
+  });
+}
+"""
+
+
+class _Blank(http.server.BaseHTTPRequestHandler):
+    """Another origin's page: empty, so that script can run there."""
+
+    def do_GET(self) -> None:
+        body = b"<!doctype html><title>another origin</title>"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def other_origin() -> Iterator[int]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Blank)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield int(server.server_address[1])
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_page_on_a_listed_origin_follows_a_job_with_eventsource(
+    browser: Any,
+    web_sim: SimServer,
+    other_origin: int,
+    tmp_path: Path,
+    daemons: list[Daemon],
+    repo: Path,
+) -> None:
+    """BRIEFD_ALLOWED_ORIGINS names http://127.0.0.1:PORT: a page there submits (a preflighted
+    POST with Authorization), takes a stream token and follows the job with EventSource to
+    its end. The same page at http://localhost:PORT, another origin, is refused."""
+    listed = f"http://127.0.0.1:{other_origin}"
+    daemon = Daemon(tmp_path, web_sim.base_url, allowed_origins=listed)
+    daemons.append(daemon)
+    daemon.start()
+    job = json.loads((repo / "examples" / "northwind-briefing.json").read_text(encoding="utf-8"))
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.goto(f"{listed}/")
+        args = {"api": daemon.url, "token": daemon.token, "job": {**job, "job_id": "cors-1"}}
+        followed = page.evaluate(_FOLLOW, args)
+        assert followed["status"] == 202, followed  # the POST's HTTP status: accepted
+        assert followed["seen"][-1] == "JobCompleted:", followed
+        for stage in STAGES:
+            assert followed["seen"].index(f"StageStarted:{stage}") < followed["seen"].index(
+                f"StageSucceeded:{stage}"
+            ), followed
+        page.goto(f"http://localhost:{other_origin}/")
+        refused = page.evaluate(_FOLLOW, {**args, "job": {**job, "job_id": "cors-2"}})
+        assert "blocked" in refused, refused
+    finally:
+        context.close()
+    assert daemon.client().status("cors-1").status.value == "succeeded"
+    ids = {j.job_id for j in daemon.client().jobs()}
+    assert "cors-2" not in ids  # refused before it was read
