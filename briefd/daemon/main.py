@@ -215,6 +215,8 @@ class Daemon(DaemonBackend):
             store_label(s),
             f"; daemon {self.daemon_id}" if self.daemon_id else "",
         )
+        if front.ui:
+            logger.info("example page: {}/ui/ (paste the API token into it)", self.server.url)
         sd_notify(f"READY=1\nSTATUS=listening on {self.server.url}\nMAINPID={os.getpid()}")
         self._start_watchdog()
 
