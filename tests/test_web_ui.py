@@ -156,7 +156,7 @@ def test_the_example_job_draws_four_bars_to_done_then_the_documents(
     assert "\n  " in (procurement or "")  # pretty-printed
     assert "succeeded" in (page.text_content("#status") or "")
     assert web_daemon.token not in page.content()  # typed into a password field, never shown
-    assert f"example page: {web_daemon.url}/ui/" in web_daemon.log()
+    assert f"example page: {web_daemon.url}/ui/" in web_daemon.log_path.read_text("utf-8")
 
 
 def test_server_text_is_never_read_as_html(
