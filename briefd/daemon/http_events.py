@@ -213,13 +213,12 @@ class EventStreams:
     ) -> AsyncIterator[ServerSentEvent]:
         """Replay from the table after ``after``, then follow the tail; the job's stream
         ends after its ``JobCompleted`` (or, for a job finished before, after the replay)."""
-        sent = 0  # the highest global id sent: the tail's rows at or below it are replayed
-        cursor = after
+        cursor = after  # the job's seq (every job's: the global id) last sent
         while True:  # replay, again if live rows overflowed meanwhile
             rows = await run_in_threadpool(self.log.read, job_id, cursor, PAGE)
             for row in rows:
                 yield _sse(row, job_id)
-                cursor, sent = row.seq if job_id else row.id, max(sent, row.id)
+                cursor = _position(row, job_id)
                 if job_id is not None and row.type == TERMINAL:
                     return
             if len(rows) == PAGE:
@@ -229,18 +228,23 @@ class EventStreams:
             sub.reset()
         if finished:
             return
-        while True:
+        while True:  # live: the tail's rows, those the replay sent skipped
             live = await sub.next(timeout_s=60.0)
             if sub.closed:
                 return
             if sub.overflowed:
                 raise SlowClient(f"more than {sub.queue.maxsize} events waiting")
-            if live is None or live.id <= sent:
+            if live is None or _position(live, job_id) <= cursor:
                 continue
             yield _sse(live, job_id)
-            sent = live.id
+            cursor = _position(live, job_id)
             if job_id is not None and live.type == TERMINAL:
                 return
+
+
+def _position(row: EventRow, job_id: str | None) -> int:
+    """Where ``row`` is in its stream: the job's seq, or (every job's stream) the global id."""
+    return row.seq if job_id is not None else row.id
 
 
 def _sse(row: EventRow, job_id: str | None) -> ServerSentEvent:
