@@ -37,6 +37,8 @@ from briefd.actors.metrics import metrics_observer
 from briefd.actors.rate_limiter import LimiterStats
 from briefd.config import ConfigError, PipelineSpec, Settings
 from briefd.costs import load_prices
+from briefd.dispatch import DispatchStats, EventDispatcher
+from briefd.events import EventCallback
 from briefd.jobs import load_job_file, validate_job
 from briefd.llm.extract import check_schema
 from briefd.local.provider import Provider, open_provider
@@ -98,6 +100,7 @@ class Pipeline:
         self._closing = threading.Event()
         self._watcher: threading.Thread | None = None
         self.telemetry: Telemetry | None = None  # OpenTelemetry, when OTEL_* asks for it
+        self._dispatch = EventDispatcher()  # on_event callbacks: their own thread
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -133,6 +136,7 @@ class Pipeline:
             endpoints=self._provider.routing.limits(),
         )
         self._closing.clear()
+        self._dispatch = EventDispatcher()
         self._watcher = threading.Thread(target=self._watch, name="briefd-watch", daemon=True)
         self._watcher.start()
         return self
@@ -174,6 +178,7 @@ class Pipeline:
         if self._provider is not None:
             self._provider.close()
             self._provider = None
+        self._dispatch.close(timeout_s)  # every job has ended: its callbacks get the rest
 
     def _prompts(self, job_id: str) -> dict[str, str] | None:
         run = self._runs.get(job_id)
@@ -239,6 +244,7 @@ class Pipeline:
         self,
         job: JobSpec | dict[str, Any],
         *,
+        on_event: EventCallback | None = None,
         on_document: DocumentCallback | None = None,
         observers: Sequence[Observer] = (),
     ) -> pykka.Future[JobResult]:
@@ -247,8 +253,18 @@ class Pipeline:
         The job starts when fewer than ``max_active_jobs`` jobs of this pipeline run. It
         runs the pipeline it names (``"pipeline"``: one of :attr:`registry`), else the default.
 
+        ``on_event(event)`` gets each of the job's events (:mod:`briefd.events`), in
+        order, on this pipeline's dispatcher thread ``briefd-events``, never an actor's:
+        a slow or raising callback cannot stall or break the job (a slow one loses
+        merged progress or dropped events, never :class:`~briefd.events.JobCompleted`;
+        see :mod:`briefd.dispatch`). Its last events may arrive just after the future
+        resolves; :meth:`close` waits for them.
+
         ``on_document(stage, document)`` is called as each stage's document is
-        ready when ``buffer_results`` is false (else once per stage at the end).
+        ready when ``buffer_results`` is false (else once per stage at the end), and
+        ``observers`` with every event: both on the actors' threads (a stage's, the
+        coordinator's), in the middle of their work, so they must be quick and
+        must not block; their exceptions are logged, not raised.
         Raises :class:`ConfigError` for bad job input.
         """
         if self._limiter is None or self._provider is None or self._metrics is None:
@@ -259,7 +275,7 @@ class Pipeline:
         streaming = on_document is not None and not self.settings.buffer_results
         run = JobRun(job=spec, pipeline=pipeline)
 
-        def on_event(event: Event) -> None:
+        def keep(event: Event) -> None:
             run.observe(event)
             if streaming and on_document is not None:
                 if isinstance(event, StageSucceeded):
@@ -292,6 +308,8 @@ class Pipeline:
             *self._extra_observers,
             *observers,
         )
+        if on_event is not None:
+            run.observers = (*run.observers, self._dispatch.observer(on_event))
         base_url, limiter = self._provider.base_url, self._limiter
         routing = self._provider.routing
         run.start = lambda: CoordinatorActor.start(
@@ -301,7 +319,7 @@ class Pipeline:
             base_url=base_url,
             routing=routing,
             limiter=limiter,
-            observers=[*run.observers, on_event],
+            observers=[*run.observers, keep],
             on_done=on_done,
             stage_actor_cls=self._stage_cls,
             admitted_at=run.submitted_at,  # oldest submitted first, however long it queued
@@ -344,6 +362,10 @@ class Pipeline:
         snap: MetricsSnapshot = self._metrics.proxy().snapshot().get(timeout=timeout_s)
         return snap
 
+    def event_stats(self) -> DispatchStats:
+        """The ``on_event`` dispatcher's figures: delivered, waiting, merged, dropped, failed."""
+        return self._dispatch.stats()
+
     def limiter_stats(self, timeout_s: float = ASK_TIMEOUT_S) -> LimiterStats:
         """Tokens in use, waiting requests and totals (pykka.Timeout after ``timeout_s``)."""
         if self._limiter is None:
@@ -365,6 +387,7 @@ def run(
     job: JobSpec | dict[str, Any] | str | Path,
     settings: Settings | None = None,
     *,
+    on_event: EventCallback | None = None,
     on_document: DocumentCallback | None = None,
 ) -> JobResult:
     """Run one job to the end and return its result (blocking).
@@ -374,6 +397,12 @@ def run(
     ``briefing-pack``, BRIEFD_PIPELINE's or one of BRIEFD_PIPELINES), else the default.
     Bad input raises :class:`ConfigError` naming the field or the file, before the
     provider or any actor starts.
+
+    ``on_event(event)`` gets each of the job's events (:mod:`briefd.events`) on the
+    pipeline's dispatcher thread ``briefd-events`` (not the caller's, not an
+    actor's); ``run`` returns after the callback has had the last one
+    (:class:`~briefd.events.JobCompleted`). A slow or raising callback cannot stall
+    or break the job: see :meth:`Pipeline.submit`.
     """
     pipeline = Pipeline(settings)  # reads the pipelines; nothing starts before ``with``
     if isinstance(job, str | Path):
@@ -381,7 +410,7 @@ def run(
     else:
         spec = validate_job(job, pipeline.registry.for_job(job))
     with pipeline:
-        future = pipeline.submit(spec, on_document=on_document)
+        future = pipeline.submit(spec, on_event=on_event, on_document=on_document)
         try:
             return future.get(timeout=pipeline.job_timeout_s())
         except pykka.Timeout:

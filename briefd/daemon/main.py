@@ -55,6 +55,7 @@ from briefd.costs import load_prices
 from briefd.daemon.backend import ASK_TIMEOUT_S, DaemonBackend
 from briefd.daemon.http_api import ApiServer, bind_loopback
 from briefd.daemon.http_events import EventStreams
+from briefd.daemon.http_origin import FrontSettings
 from briefd.daemon.prometheus import MetricsExporter
 from briefd.daemon.service import (
     dump_threads,
@@ -125,6 +126,7 @@ class Daemon(DaemonBackend):
         # mistake, exit 2).
         self.registry = PipelineRegistry.load(s)
         self.pipeline = self.registry.default_spec
+        front = FrontSettings.of(s)  # bad BRIEFD_ALLOWED_ORIGINS/_HOSTS: exit 2, named
         try:
             private_dir(s.data_dir)
         except OSError as err:
@@ -181,7 +183,12 @@ class Daemon(DaemonBackend):
                 endpoints=self._provider.routing.limits(),
             )
         self.server = ApiServer(
-            self, sock, token=token, max_body=s.max_body_bytes, streams=self._streams(token)
+            self,
+            sock,
+            token=token,
+            max_body=s.max_body_bytes,
+            streams=self._streams(token),
+            front=front,
         )
         self.journal_ref = JournalActor.start(self.journal)
         self.root = RootActor.start(
@@ -222,6 +229,8 @@ class Daemon(DaemonBackend):
             store_label(s),
             f"; daemon {self.daemon_id}" if self.daemon_id else "",
         )
+        if front.ui:
+            logger.info("example page: {}/ui/ (paste the API token into it)", self.server.url)
         sd_notify(f"READY=1\nSTATUS=listening on {self.server.url}\nMAINPID={os.getpid()}")
         self._start_watchdog()
 
