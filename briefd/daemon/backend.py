@@ -23,6 +23,8 @@ from briefd.llm.routing import Routing
 from briefd.messages import JobInfo, JobResult, JobSpec, JobState
 from briefd.store import JournalStore
 from briefd.store.base import ClaimStore, StoreUnavailable
+from briefd.tenants.metrics import tenant_figures
+from briefd.tenants.store import TenantStore
 from briefd.webhooks.service import Webhooks
 
 ASK_TIMEOUT_S = 10.0
@@ -52,6 +54,7 @@ class DaemonBackend:
 
     routing: Routing | None = None
     webhooks: Webhooks | None = None
+    tenants: TenantStore
 
     def validate(self, data: Any) -> JobSpec:
         job = validate_job(data, self.pipeline, where="job", routing=self.routing)
@@ -98,13 +101,20 @@ class DaemonBackend:
     def list_jobs(self, status: JobState | None, limit: int) -> list[JobInfo]:
         return self.journal.list_jobs(status, limit)
 
+    def list_tenant_jobs(self, tenant: str, status: JobState | None, limit: int) -> list[JobInfo]:
+        """``tenant``'s newest jobs (what a key that is not an admin's may list)."""
+        found = (self.journal.get(k) for k in self.tenants.job_keys(tenant, status, limit))
+        return [info for info in found if info is not None]
+
     def figures(self) -> DaemonFigures:
+        root = self.root.proxy().stats().get(timeout=ASK_TIMEOUT_S)
         return DaemonFigures(
             jobs=self.journal.counts(),
-            root=self.root.proxy().stats().get(timeout=ASK_TIMEOUT_S),
+            root=root,
             limiter=self.limiter.proxy().stats().get(timeout=ASK_TIMEOUT_S),
             snap=self.metrics.proxy().snapshot().get(timeout=ASK_TIMEOUT_S),
             webhooks=self.webhooks.figures() if self.webhooks is not None else None,
+            tenants=tenant_figures(self.tenants, root.tenants, time.time()),
         )
 
     def metrics_body(self) -> bytes:

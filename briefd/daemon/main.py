@@ -76,6 +76,9 @@ from briefd.ops.logs import register_secret
 from briefd.private import private_dir
 from briefd.store import open_store, store_label
 from briefd.store.base import ClaimStore
+from briefd.tenants.auth import authenticator
+from briefd.tenants.gate import TenantGate
+from briefd.tenants.store import TenantStore
 from briefd.webhooks.service import Webhooks
 
 EXIT_FATAL = 70
@@ -170,7 +173,10 @@ class Daemon(DaemonBackend):
                 tpm=s.tpm,
                 endpoints=self._provider.routing.limits(),
             )
-        self.server = ApiServer(self, sock, token=token, max_body=s.max_body_bytes)
+        self.tenants = TenantStore(s)  # keys and tenants, in the journal's database
+        self.server = ApiServer(
+            self, sock, token=token, max_body=s.max_body_bytes, auth=authenticator(s, token, self)
+        )
         self.journal_ref = JournalActor.start(self.journal)
         self.root = RootActor.start(
             journal=self.journal,
@@ -184,6 +190,7 @@ class Daemon(DaemonBackend):
             stage_actor_cls=with_fatal_hook(StageActor, self._on_fatal),
             breaker=breaker,
             claims=claims,
+            tenants=TenantGate(self.tenants),
         )
         if s.database_url is not None:
             self._listen(s.database_url)
@@ -390,6 +397,7 @@ class Daemon(DaemonBackend):
         _stop(self.root, 5.0)  # its last FinishJob tells go to the journal actor...
         _stop(self.journal_ref, 30.0)  # ...which writes everything in its inbox first
         self.journal.close()
+        self.tenants.close()
         self.limiter.stop(2.0)
         _stop(self.metrics, 2.0)
         pykka.ActorRegistry.stop_all(block=False)

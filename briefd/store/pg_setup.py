@@ -20,6 +20,7 @@ from psycopg_pool import ConnectionPool
 import briefd
 from briefd.config import ConfigError
 from briefd.redaction import redact, register_secret
+from briefd.tenants.schema import PG_STATEMENTS as TENANT_STATEMENTS
 
 SCHEMES = ("postgresql", "postgres")
 SCHEMA_VERSION = 4
@@ -261,6 +262,8 @@ MIGRATIONS: dict[int, tuple[LiteralString, ...]] = {
         "COMMENT ON COLUMN briefd_webhooks.next_at IS 'due; while claimed, when the claim lapses'",
         "CREATE INDEX briefd_webhooks_due ON briefd_webhooks (next_at) WHERE state = 'pending'",
         "CREATE INDEX briefd_webhooks_by_job ON briefd_webhooks (job_id, created_at)",
+        # Tenants and their API keys (briefd/tenants/schema.py), and the keys' HMAC secret.
+        *TENANT_STATEMENTS,
     ),
 }
 
