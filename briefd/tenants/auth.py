@@ -108,8 +108,8 @@ class Buckets:
         if b is None:
             if len(self._buckets) >= MAX_TRACKED:
                 self._buckets = {k: v for k, v in self._buckets.items() if v.lag() > 0}
-            # burst units at once: the burst tolerance is (burst - 1) intervals
-            b = Gcra(self.per_s * 60, max(0.0, (self.burst - 1) / self.per_s), self._clock)
+            # ``burst`` units at once: n calls fit while n intervals <= the tolerance
+            b = Gcra(self.per_s * 60, self.burst / self.per_s, self._clock)
             self._buckets[name] = b
         return b
 

@@ -74,11 +74,12 @@ class TenantGate:
         return tenant_of(job_id) in self.held
 
     def queue_full(self, job: JobSpec) -> bool:
-        """Whether ``job``'s tenant already has its ``max_queued`` jobs waiting."""
-        tenant = self.tenants.get(job.tenant)
-        if tenant is None or tenant.max_queued is None:
-            return False
+        """Whether ``job``'s tenant already has its ``max_queued`` jobs waiting (its cap read
+        afresh: a submission writes anyway, and a changed cap applies at once)."""
         try:
+            tenant = self.store.tenant(job.tenant)
+            if tenant is None or tenant.max_queued is None:
+                return False
             return self.store.queued(job.tenant) >= tenant.max_queued
         except StoreUnavailable:
             return False  # the global bound still holds; the write itself will say
