@@ -176,11 +176,28 @@ def test_a_tenants_budget_holds_only_its_jobs_and_its_queue_cap_only_it(daemon: 
     assert re.search(r'briefd_tenant_tokens_total\{kind="input",tenant="acme"\} [1-9]', metrics)
 
 
-def test_failed_authentications_are_limited_and_logged_without_the_key(
+def test_per_key_rates_and_failed_authentications_are_limited(
     sim: SimServer, tmp_path: Path
 ) -> None:
-    d = Daemon(tmp_path, sim.base_url, auth_failures_per_minute=3).start()
+    d = Daemon(
+        tmp_path,
+        sim.base_url,
+        auth_failures_per_minute=3,
+        api_rate_per_key=0.5,
+        api_burst_per_key=2,
+    )
+    cli(d, "tenant", "add", "acme")
+    key, other = new_key(d, "acme", "read"), new_key(d, "acme", "read")
+    d.start()
     try:
+        codes = [call(d, key, "GET", "/v1/jobs").status_code for _ in range(3)]
+        assert codes == [200, 200, 429], codes
+        r = call(d, key, "GET", "/v1/jobs")
+        assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limited"
+        assert 1 <= int(r.headers["Retry-After"]) <= 2
+        assert call(d, other, "GET", "/v1/jobs").status_code == 200, "per key"
+        assert call(d, d.token, "GET", "/v1/jobs").status_code == 200, "the token file: no limit"
+
         guess = "bfk_0123456789ab_" + "G" * 43
         codes = [call(d, guess, "GET", "/v1/jobs").status_code for _ in range(4)]
         assert codes == [401, 401, 401, 429], codes
