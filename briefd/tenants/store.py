@@ -98,7 +98,11 @@ class TenantStore:
             from briefd.store.sqlite_open import open_journal_db
 
             self._d = _SQLITE
-            self._db = open_journal_db(Path(settings.data_dir) / JOURNAL_FILE)
+            path = Path(settings.data_dir) / JOURNAL_FILE
+            if path.exists():  # checked by the journal (a daemon's start): not read twice
+                self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            else:  # made whole and private, as the journal makes it
+                self._db = open_journal_db(path)
             self._db.execute("PRAGMA busy_timeout=5000")
             for statement in SQLITE_SCHEMA.split(";"):
                 if statement.strip():
