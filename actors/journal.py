@@ -38,6 +38,7 @@ from briefd.messages import (
     JobLoaded,
     LoadJob,
     StageFailed,
+    StagePromptRendered,
     StageStarted,
     StageSucceeded,
     SuspendJobs,
@@ -51,7 +52,7 @@ from briefd.timers import Timers
 RETRY_S = 0.5
 """How often writes the store refused are tried again."""
 
-_JOURNALED = (StageStarted, StageSucceeded, StageFailed)
+_JOURNALED = (StageStarted, StageSucceeded, StageFailed, StagePromptRendered)
 
 
 def journal_observer(ref: pykka.ActorRef[Any]) -> Observer:
@@ -128,6 +129,8 @@ class JournalActor(LeanThreadingActor):
                 j.stage_succeeded(job, stage, doc, n, event=message)
             case StageFailed(job_id=job, stage=stage, error=error, attempts=n):
                 j.stage_failed(job, stage, error, n, event=message)
+            case StagePromptRendered(job_id=job, stage=stage, prompt=prompt):
+                j.stage_prompt(job, stage, prompt)
             case LoadJob():
                 run = j.start_run(message.job_id)
                 self._reply(
@@ -140,6 +143,8 @@ class JournalActor(LeanThreadingActor):
                         failed_stages=run.failed_stages,
                         runs_died=run.runs_died,
                         submitted_at=run.submitted_at,
+                        pipeline=run.pipeline,
+                        prompts=run.prompts,
                     ),
                 )
             case FinishJob(result=result):

@@ -73,6 +73,7 @@ from briefd.messages import (
 from briefd.ops.autorollback import RollbackWatch
 from briefd.ops.breaker import Breaker
 from briefd.ops.events import Observer, publish
+from briefd.pipelines.registry import PipelineRegistry
 from briefd.store.base import Claim, ClaimLost, Store, StoreUnavailable
 from briefd.tenants.gate import TenantGate
 from briefd.threads import LeanThreadingActor
@@ -101,9 +102,12 @@ class RootActor(RootRuns, LeanThreadingActor):
         wall_clock: Callable[[], float] = time.time,
         claims: ClaimKeeper | None = None,
         routing: Routing | None = None,
+        registry: PipelineRegistry | None = None,
         tenants: TenantGate | None = None,
     ) -> None:
         super().__init__()
+        # The pipelines jobs may name; a job keeps the version it was accepted with.
+        self._registry = registry if registry is not None else PipelineRegistry.single(pipeline)
         self._tenants = tenants  # per-tenant budgets and queue caps (None: none)
         # Guard rails: the day's spend (holds admission), the automatic rollback (how
         # new jobs run). The breaker hears stage events through one more observer.
@@ -216,10 +220,13 @@ class RootActor(RootRuns, LeanThreadingActor):
             return Admission(job.job_id, JobState.QUEUED, False, "tenant_queue_full", 5)
         if deadline is not None and time.monotonic() >= deadline:
             return late
+        pinned = self._registry.pipelines.get(job.pipeline or self._registry.default)
         if self._claims is not None and deadline is not None:  # PostgreSQL: bounded write
-            info, created = self._claims.store.add_job(job, within_s=deadline - time.monotonic())
+            info, created = self._claims.store.add_job(
+                job, within_s=deadline - time.monotonic(), pipeline=pinned
+            )
         else:
-            info, created = self._journal.add_job(job)
+            info, created = self._journal.add_job(job, pipeline=pinned)
         if not created:
             return Admission(job.job_id, info.status, created=False)
         if self._claims is None:
@@ -288,9 +295,12 @@ class RootActor(RootRuns, LeanThreadingActor):
             tenants=self._tenants.stats() if self._tenants is not None else None,
         )
 
-    def reload(self, settings: Settings) -> None:
-        """New settings for runs that start from now on (and for admission)."""
+    def reload(self, settings: Settings, registry: PipelineRegistry | None = None) -> None:
+        """New settings (and pipelines) for runs that start from now on (and for admission);
+        a job keeps the pipeline version it was accepted with."""
         self._settings = settings
+        if registry is not None:
+            self._registry = self._registry.successor(registry)
         self._ledger.budget_usd = settings.daily_budget_usd
         self._admit()
 

@@ -35,7 +35,7 @@ from briefd.actors import CoordinatorActor, MetricsActor, MetricsSnapshot, Stage
 from briefd.actors.limiter_supervisor import LimiterSupervisor
 from briefd.actors.metrics import metrics_observer
 from briefd.actors.rate_limiter import LimiterStats
-from briefd.config import ConfigError, PipelineSpec, Settings, load_pipeline
+from briefd.config import ConfigError, PipelineSpec, Settings
 from briefd.costs import load_prices
 from briefd.jobs import load_job_file, validate_job
 from briefd.llm.extract import check_schema
@@ -50,7 +50,9 @@ from briefd.messages import (
     StageSucceeded,
 )
 from briefd.ops.events import Observer, publish
+from briefd.pipelines.registry import PipelineRegistry
 from briefd.runs import JobRun
+from briefd.telemetry import Telemetry, open_telemetry
 
 ASK_TIMEOUT_S = 10.0
 WATCH_PERIOD_S = 0.25
@@ -73,8 +75,15 @@ class Pipeline:
         stage_actor_cls: type[StageActor] = StageActor,
     ) -> None:
         self.settings = settings if settings is not None else Settings.load()
-        self.pipeline = pipeline if pipeline is not None else load_pipeline(self.settings.pipeline)
-        for stage in self.pipeline.stages:
+        # The pipelines a job may name (its "pipeline"): the one given, else the built-in,
+        # BRIEFD_PIPELINE and the folder BRIEFD_PIPELINES. ``pipeline`` is the default.
+        self.registry = (
+            PipelineRegistry.single(pipeline)
+            if pipeline is not None
+            else PipelineRegistry.load(self.settings)
+        )
+        self.pipeline = self.registry.default_spec
+        for stage in self.registry.stages:
             check_schema(stage)
         load_prices(self.settings.prices)  # a bad BRIEFD_PRICES is bad input now, not a crash
         self._extra_observers = tuple(observers)
@@ -88,6 +97,7 @@ class Pipeline:
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self._watcher: threading.Thread | None = None
+        self.telemetry: Telemetry | None = None  # OpenTelemetry, when OTEL_* asks for it
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -103,7 +113,7 @@ class Pipeline:
         """Start the provider (the local model when no base URL is set) and the shared actors."""
         if self._limiter is not None:
             return self
-        self._provider = open_provider(self.settings, self.pipeline.stages)
+        self._provider = open_provider(self.settings, self.registry.stages)
         self.settings = self.settings.model_copy(
             update={
                 "model": self._provider.model,
@@ -111,6 +121,7 @@ class Pipeline:
             }
         )
         self._metrics = MetricsActor.start()
+        self.telemetry = open_telemetry(self._provider.routing, self.pipeline, self._prompts)
         breaker_observers = [metrics_observer(self._metrics), *self._extra_observers]
         self._provider.routing.breakers.on_change = lambda e: publish(e, breaker_observers)
         self._limiter = LimiterSupervisor(
@@ -157,9 +168,16 @@ class Pipeline:
                 self._metrics.stop(block=True, timeout=timeout_s)
         self._limiter = None
         self._metrics = None
+        if self.telemetry is not None:  # after every job's end: their traces go out now
+            self.telemetry.shutdown()
+            self.telemetry = None
         if self._provider is not None:
             self._provider.close()
             self._provider = None
+
+    def _prompts(self, job_id: str) -> dict[str, str] | None:
+        run = self._runs.get(job_id)
+        return run.job.prompts if run is not None else None
 
     def _watch(self) -> None:
         """The supervision pykka lacks: restart the limiter, end jobs whose coordinator died."""
@@ -182,13 +200,13 @@ class Pipeline:
         if run.settled or not run.settle():
             return
         logger.error("{}: its coordinator died without reporting; the job failed", run.job.job_id)
-        result = run.died(self.pipeline, self.settings.parallel)
+        result = run.died(run.pipeline or self.pipeline, self.settings.parallel)
         publish(JobCompleted(job_id=result.job_id, result=result), run.observers)
         run.deliver(result)
 
     def _never_ran(self, run: JobRun, reason: str) -> None:
         """End a queued job, already settled by the caller, as cancelled: no call was made."""
-        result = run.never_ran(self.pipeline, reason)
+        result = run.never_ran(run.pipeline or self.pipeline, reason)
         publish(JobCompleted(job_id=result.job_id, result=result), run.observers)
         run.deliver(result)
 
@@ -226,7 +244,8 @@ class Pipeline:
     ) -> pykka.Future[JobResult]:
         """Queue a job and return at once; the future resolves to its :class:`JobResult`.
 
-        The job starts when fewer than ``max_active_jobs`` jobs of this pipeline run.
+        The job starts when fewer than ``max_active_jobs`` jobs of this pipeline run. It
+        runs the pipeline it names (``"pipeline"``: one of :attr:`registry`), else the default.
 
         ``on_document(stage, document)`` is called as each stage's document is
         ready when ``buffer_results`` is false (else once per stage at the end).
@@ -234,10 +253,11 @@ class Pipeline:
         """
         if self._limiter is None or self._provider is None or self._metrics is None:
             raise RuntimeError("Pipeline is not started: use it as a context manager")
-        spec = validate_job(job, self.pipeline, routing=self._provider.routing)
+        pipeline = self.registry.for_job(job)
+        spec = validate_job(job, pipeline, routing=self._provider.routing)
         future: pykka.Future[JobResult] = pykka.ThreadingFuture()
         streaming = on_document is not None and not self.settings.buffer_results
-        run = JobRun(job=spec)
+        run = JobRun(job=spec, pipeline=pipeline)
 
         def on_event(event: Event) -> None:
             run.observe(event)
@@ -265,12 +285,18 @@ class Pipeline:
                 deliver(result)
 
         run.deliver = deliver
-        run.observers = (metrics_observer(self._metrics), *self._extra_observers, *observers)
+        traced = (self.telemetry,) if self.telemetry is not None else ()
+        run.observers = (
+            metrics_observer(self._metrics),
+            *traced,
+            *self._extra_observers,
+            *observers,
+        )
         base_url, limiter = self._provider.base_url, self._limiter
         routing = self._provider.routing
         run.start = lambda: CoordinatorActor.start(
             job=spec,
-            pipeline=self.pipeline,
+            pipeline=pipeline,
             settings=self.settings,
             base_url=base_url,
             routing=routing,
@@ -331,7 +357,8 @@ class Pipeline:
         per_call = s.timeout_ms / 1000 + s.connect_timeout_ms / 1000
         attempts = (s.max_retries + 1) if s.retry_enabled else 1
         per_stage = attempts * per_call + attempts * max(s.backoff_max_s, s.retry_after_max_s)
-        return per_stage * len(self.pipeline.stages) + 30.0
+        stages = max(len(p.stages) for p in self.registry.pipelines.values())
+        return per_stage * stages + 30.0
 
 
 def run(
@@ -343,14 +370,16 @@ def run(
     """Run one job to the end and return its result (blocking).
 
     ``job`` is a :class:`JobSpec`, its dict, or a job JSON file's path, as
-    :meth:`briefd.Client.submit` takes. Bad input raises :class:`ConfigError`
-    naming the field or the file, before the provider or any actor starts.
+    :meth:`briefd.Client.submit` takes; it runs the pipeline it names (``"pipeline"``:
+    ``briefing-pack``, BRIEFD_PIPELINE's or one of BRIEFD_PIPELINES), else the default.
+    Bad input raises :class:`ConfigError` naming the field or the file, before the
+    provider or any actor starts.
     """
-    pipeline = Pipeline(settings)  # reads the pipeline; nothing starts before ``with``
+    pipeline = Pipeline(settings)  # reads the pipelines; nothing starts before ``with``
     if isinstance(job, str | Path):
-        spec = load_job_file(job, pipeline.pipeline)
+        spec = load_job_file(job, pipeline.registry)
     else:
-        spec = validate_job(job, pipeline.pipeline)
+        spec = validate_job(job, pipeline.registry.for_job(job))
     with pipeline:
         future = pipeline.submit(spec, on_document=on_document)
         try:

@@ -73,6 +73,7 @@ from briefd.messages.stage import (
     StageFailed,
     StageFellBack,
     StageProgress,
+    StagePromptRendered,
     StageRetrying,
     StageStarted,
     StageSucceeded,
@@ -107,6 +108,7 @@ AnyMessage = Annotated[
     | StageActorStopped
     | StageFellBack
     | StageProgress
+    | StagePromptRendered
     | StageFailedOver
     | EndpointCircuitChanged
     | RequestToken
@@ -214,6 +216,7 @@ __all__ = [
     "StageFailedOver",
     "StageFellBack",
     "StageProgress",
+    "StagePromptRendered",
     "StageRetrying",
     "StageStarted",
     "StageState",

@@ -54,6 +54,7 @@ from briefd.daemon.http_conn import (
     deadline_protocol,
 )
 from briefd.daemon.http_conn import bind_loopback as bind_loopback
+from briefd.daemon.http_pipelines import pipeline_routes
 from briefd.daemon.prometheus import CONTENT_TYPE_LATEST
 from briefd.messages import JOB_ID_PATTERN, JobInfo, JobResult, JobSpec, JobState
 from briefd.store.base import StoreUnavailable
@@ -338,6 +339,7 @@ def build_app(
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
+            *pipeline_routes(backend),  # GET /v1/pipelines
             Route("/v1/jobs", submit, methods=["POST"]),
             Route("/v1/jobs", list_jobs, methods=["GET"]),
             Route("/v1/jobs/{job_id}", status, methods=["GET"]),

@@ -14,7 +14,9 @@ deadlock the thread it interrupted):
   ``BRIEFD_GRACE_S``, put unfinished runs back in the journal's queue, exit 0.
   A second one exits at once; the journal makes the rest resumable.
 * SIGHUP: re-read the settings; the token cap, retries, timeouts and admission
-  limits apply live, without dropping a job.
+  limits apply live, without dropping a job. The pipelines folder is read again
+  too (a broken file: its mistakes logged, the pipelines kept); a running or
+  queued job keeps the pipeline version it was accepted with.
 * SIGUSR1: log every thread's stack.
 
 The same loop watches the actors (pykka has no supervision): a dead rate limiter
@@ -48,7 +50,7 @@ from briefd.actors.metrics import metrics_observer
 from briefd.actors.root import RootActor
 from briefd.actors.stage import with_fatal_hook
 from briefd.cluster.claims import ClaimKeeper, new_daemon_id, node_of
-from briefd.config import ConfigError, Settings, load_pipeline
+from briefd.config import ConfigError, Settings
 from briefd.costs import load_prices
 from briefd.daemon.backend import ASK_TIMEOUT_S, DaemonBackend
 from briefd.daemon.http_api import ApiServer, bind_loopback
@@ -59,7 +61,6 @@ from briefd.daemon.service import (
     lock_data_dir,
     sd_notify,
 )
-from briefd.llm.extract import check_schema
 from briefd.local.provider import Provider, open_provider
 from briefd.messages import (
     CheckCancels,
@@ -73,9 +74,11 @@ from briefd.messages import (
 from briefd.ops.autorollback import breaker_from_settings
 from briefd.ops.events import publish
 from briefd.ops.logs import register_secret
+from briefd.pipelines.registry import PipelineRegistry, reload_pipelines
 from briefd.private import private_dir
 from briefd.store import open_store, store_label
 from briefd.store.base import ClaimStore
+from briefd.telemetry import Telemetry, open_telemetry
 from briefd.tenants.auth import authenticator
 from briefd.tenants.gate import TenantGate
 from briefd.tenants.store import TenantStore
@@ -110,6 +113,7 @@ class Daemon(DaemonBackend):
         self._exporter = MetricsExporter(self.figures)
         self.daemon_id: str | None = None  # with PostgreSQL: this daemon in the cluster
         self._listener: Any = None  # with PostgreSQL: LISTEN for the root's wake-ups
+        self.telemetry: Telemetry | None = None  # OpenTelemetry, when OTEL_* asks for it
 
     # -- start -----------------------------------------------------------------------
 
@@ -117,6 +121,10 @@ class Daemon(DaemonBackend):
         """Build everything, resume unfinished jobs, listen; ConfigError on a bad set-up."""
         s = self.settings
         load_prices(s.prices)  # a bad price table stops the start, named (exit 2), first
+        # Every pipeline a job may name, checked before anything is made (one line per
+        # mistake, exit 2).
+        self.registry = PipelineRegistry.load(s)
+        self.pipeline = self.registry.default_spec
         try:
             private_dir(s.data_dir)
         except OSError as err:
@@ -124,9 +132,6 @@ class Daemon(DaemonBackend):
         self._lock = lock_data_dir(s.data_dir)
         token = ensure_token(s.resolved_token_file())
         register_secret(token)
-        self.pipeline = load_pipeline(s.pipeline)
-        for stage in self.pipeline.stages:
-            check_schema(stage)
         breaker = breaker_from_settings(s)
         # First, before paying for anything: a damaged journal stops the start (exit 2).
         self.journal = open_store(s, self.pipeline, on_finished=self._notify_finished)
@@ -137,7 +142,7 @@ class Daemon(DaemonBackend):
         self.webhooks = Webhooks(  # a bad secret or BRIEFD_WEBHOOK_URL stops the start
             s, self.journal, own=[sock.getsockname()[:2]], owner=self.daemon_id or "local"
         )
-        self._provider = open_provider(s, self.pipeline.stages)
+        self._provider = open_provider(s, self.registry.stages)
         self.routing = self._provider.routing  # a job's models are checked against it
         self.settings = s = s.model_copy(
             update={
@@ -146,6 +151,8 @@ class Daemon(DaemonBackend):
             }
         )
         self.metrics = MetricsActor.start()
+        self.telemetry = open_telemetry(self._provider.routing, self.pipeline)
+        traced = [self.telemetry] if self.telemetry is not None else []
         metrics_only = [metrics_observer(self.metrics)]
         self._provider.routing.breakers.on_change = lambda e: publish(e, metrics_only)
         claims: ClaimKeeper | None = None
@@ -186,10 +193,11 @@ class Daemon(DaemonBackend):
             base_url=self._provider.base_url,
             routing=self._provider.routing,
             limiter=self.limiter,
-            observers=[metrics_observer(self.metrics), journal_observer(self.journal_ref)],
+            observers=[metrics_observer(self.metrics), journal_observer(self.journal_ref), *traced],
             stage_actor_cls=with_fatal_hook(StageActor, self._on_fatal),
             breaker=breaker,
             claims=claims,
+            registry=self.registry,
             tenants=TenantGate(self.tenants),
         )
         if s.database_url is not None:
@@ -353,12 +361,15 @@ class Daemon(DaemonBackend):
             for name in type(fresh).model_fields
             if name not in LIVE_SETTINGS and getattr(fresh, name) != getattr(self._loaded, name)
         )
+        registry = reload_pipelines(self.registry, self._loaded.pipeline)  # the folder too
+        changed.update(self.registry.changes(registry))
+        self.registry = registry
         publish(DaemonReloading(changed=changed, needs_restart=needs_restart))
         self.settings = old.model_copy(update={n: getattr(fresh, n) for n in LIVE_SETTINGS})
         if "max_concurrent" in changed:
             self.limiter.tell(SetCapacity(capacity=self.settings.max_concurrent))
         try:
-            self.root.proxy().reload(self.settings).get(timeout=ASK_TIMEOUT_S)
+            self.root.proxy().reload(self.settings, registry).get(timeout=ASK_TIMEOUT_S)
         except (pykka.Timeout, pykka.ActorDeadError) as err:
             logger.error("reload: the root actor did not take the settings: {!r}", err)
         sd_notify("READY=1")
@@ -403,6 +414,8 @@ class Daemon(DaemonBackend):
         pykka.ActorRegistry.stop_all(block=False)
         if self._provider is not None:
             self._provider.close()
+        if self.telemetry is not None:  # the traces of jobs that ended go out now
+            self.telemetry.shutdown()
         logger.info(
             "briefd stopped: {} unfinished job(s) will resume at next start", len(suspended)
         )
@@ -423,6 +436,8 @@ class Daemon(DaemonBackend):
         pykka.ActorRegistry.stop_all(block=True, timeout=5.0)
         if self._provider is not None:
             self._provider.close()
+        if self.telemetry is not None:
+            self.telemetry.shutdown()
 
     # -- the HTTP API's backend ------------------------------------------------------
 

@@ -20,6 +20,7 @@ from psycopg_pool import ConnectionPool
 import briefd
 from briefd.config import ConfigError
 from briefd.redaction import redact, register_secret
+from briefd.store.pinned import PG_MIGRATION
 from briefd.tenants.schema import PG_STATEMENTS as TENANT_STATEMENTS
 
 SCHEMES = ("postgresql", "postgres")
@@ -242,6 +243,8 @@ MIGRATIONS: dict[int, tuple[LiteralString, ...]] = {
     ),
     # Version 4: the webhook outbox (briefd/webhooks/pg_outbox.py): one row per delivery,
     # written in the transaction of the event it reports, claimed FOR UPDATE SKIP LOCKED.
+    # Also: a job keeps the pipeline version it was accepted with, and its templated prompts
+    # as rendered (briefd/store/pinned.py), so a resume runs what it started with.
     4: (
         """CREATE TABLE briefd_webhooks (
             id           text PRIMARY KEY,
@@ -262,6 +265,7 @@ MIGRATIONS: dict[int, tuple[LiteralString, ...]] = {
         "COMMENT ON COLUMN briefd_webhooks.next_at IS 'due; while claimed, when the claim lapses'",
         "CREATE INDEX briefd_webhooks_due ON briefd_webhooks (next_at) WHERE state = 'pending'",
         "CREATE INDEX briefd_webhooks_by_job ON briefd_webhooks (job_id, created_at)",
+        *PG_MIGRATION,
         # Tenants and their API keys (briefd/tenants/schema.py), and the keys' HMAC secret.
         *TENANT_STATEMENTS,
     ),
