@@ -21,27 +21,40 @@ from starlette.types import Scope
 from briefd.messages import JOB_ID_PATTERN, JobInfo, JobResult, JobSpec
 from briefd.tenants.auth import BUILTIN, PRINCIPAL, Authenticator, Principal, Refusal
 from briefd.tenants.ids import internal_id, parse_key, split_id
+from briefd.tenants.keys import key_id_of
 
 _JOB_ID = re.compile(JOB_ID_PATTERN)
 
 
 async def authenticate(auth: Authenticator, scope: Scope, headers: Headers) -> Refusal | None:
-    """Set ``scope[PRINCIPAL]`` from the bearer, or say why not (401, 403, 429, 503)."""
+    """Set ``scope[PRINCIPAL]`` from the bearer, or say why not (401, 403, 429, 503).
+
+    An address over its failed attempts is refused (429) before anything is compared,
+    except for a well-formed API key, which is still checked: its 256 random bits cannot
+    be guessed however fast one tries, and so the tenants behind one proxy address keep
+    working while someone there fails; a guess refused meanwhile is not logged again. The
+    token file, which an operator may have written by hand, gets no such pass.
+    """
     client = scope.get("client")
     address = str(client[0]) if client else "unknown"
-    if (locked := auth.locked_out(address)) is not None:
-        return locked
     bearer, _, given = headers.get("authorization", "").partition(" ")
-    given = given.strip()
+    given = given.strip() if bearer.lower() == "bearer" else ""
+    locked = auth.locked_out(address)
+    if locked is not None and not is_api_key(given):
+        return locked
     principal = None
-    if bearer.lower() == "bearer" and given:
-        principal = auth.cached(given)
+    if given:
+        principal = auth.cached(given) if locked is None else auth.cached_key(given)
         if principal is None:
-            principal = await run_in_threadpool(auth.verify, given)
+            principal = await run_in_threadpool(auth.verify, given, builtin=locked is None)
     if principal is None:
-        return auth.failed(address, given if bearer.lower() == "bearer" else "")
+        return locked or auth.failed(address, given)
     scope[PRINCIPAL] = principal
     return auth.admit(principal, scope.get("method", "GET"), scope["path"])
+
+
+def is_api_key(given: str) -> bool:
+    return key_id_of(given) is not None
 
 
 def principal_of(scope: Scope) -> Principal:

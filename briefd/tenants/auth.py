@@ -163,6 +163,10 @@ class Authenticator:
         """The principal of a key verified less than ``cache_s`` ago (no I/O), else None."""
         if self.builtin(given):
             return BUILTIN
+        return self.cached_key(given)
+
+    def cached_key(self, given: str) -> Principal | None:
+        """As :meth:`cached`, for API keys only (the token file is not compared)."""
         digest = hashlib.sha256(given.encode()).digest()
         with self._lock:
             hit = self._cache.get(digest)
@@ -170,10 +174,11 @@ class Authenticator:
             return hit[0]
         return None
 
-    def verify(self, given: str) -> Principal | None:
+    def verify(self, given: str, *, builtin: bool = True) -> Principal | None:
         """Check ``given`` against the store (blocking: run it off the event loop); None if it
-        is no live key. StoreUnavailable if the store cannot say."""
-        hit = self.cached(given)
+        is no live key (nor, with ``builtin``, the token file's). StoreUnavailable if the
+        store cannot say."""
+        hit = self.cached(given) if builtin else self.cached_key(given)
         if hit is not None:
             return hit
         key_id = keys.key_id_of(given)

@@ -202,7 +202,10 @@ def test_per_key_rates_and_failed_authentications_are_limited(
         codes = [call(d, guess, "GET", "/v1/jobs").status_code for _ in range(4)]
         assert codes == [401, 401, 401, 429], codes
         r = call(d, d.token, "GET", "/v1/jobs")
-        assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1, "locked out: all"
+        assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1, "the token file too"
+        assert call(d, guess, "GET", "/v1/jobs").status_code == 429
+        # A real API key from the same address still works: it cannot be guessed.
+        assert call(d, other, "GET", "/v1/jobs").status_code == 200
         assert guess not in d.log() and "G" * 20 not in d.log()
         assert "key 0123456789ab: unknown or revoked" in d.log()
     finally:
