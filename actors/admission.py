@@ -45,6 +45,7 @@ class RootStats:
     rollback_trips: int = 0
     auto_rollback: bool = False
     cluster: dict[str, Any] | None = None  # with PostgreSQL: this daemon's id and claims
+    tenants: dict[str, Any] | None = None  # per-tenant spend, budgets, held (TenantGate.stats)
 
     def healthz_fields(self) -> dict[str, Any]:
         """What ``/healthz`` adds: the daily budget and the parallel mode, when configured.

@@ -371,6 +371,7 @@ class CoordinatorActor(PooledThreadingActor):
                 {s.name: s.depends_on for s in self._pipeline.stages}, name
             ),
             deadline_at=self._deadline_at,
+            tenant=self.job.tenant,
         )
 
     def _end(

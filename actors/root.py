@@ -76,6 +76,7 @@ from briefd.ops.events import Observer, publish
 from briefd.pipelines.registry import PipelineRegistry
 from briefd.store.base import Claim, ClaimLost, Store, StoreUnavailable
 from briefd.store.events import staged_events
+from briefd.tenants.gate import TenantGate
 from briefd.threads import LeanThreadingActor
 from briefd.timers import Timers
 
@@ -103,10 +104,12 @@ class RootActor(RootRuns, LeanThreadingActor):
         claims: ClaimKeeper | None = None,
         routing: Routing | None = None,
         registry: PipelineRegistry | None = None,
+        tenants: TenantGate | None = None,
     ) -> None:
         super().__init__()
         # The pipelines jobs may name; a job keeps the version it was accepted with.
         self._registry = registry if registry is not None else PipelineRegistry.single(pipeline)
+        self._tenants = tenants  # per-tenant budgets and queue caps (None: none)
         # Guard rails: the day's spend (holds admission), the automatic rollback (how
         # new jobs run). The breaker hears stage events through one more observer.
         self._ledger = DailyLedger(settings.daily_budget_usd, wall_clock)
@@ -140,6 +143,8 @@ class RootActor(RootRuns, LeanThreadingActor):
 
     def on_start(self) -> None:
         self._ledger.sync_from(self._journal, now=True)
+        if self._tenants is not None:
+            self._tenants.sync(now=True)
         if self._claims is None:  # in a cluster, unfinished jobs are claimed like new ones
             resumed = self._journal.unfinished()
             self._resumed = len(resumed)
@@ -161,6 +166,8 @@ class RootActor(RootRuns, LeanThreadingActor):
                 if self._breaker is not None:
                     self._breaker.poll()
                 self._ledger.sync_from(self._journal)  # what a restart or other daemons spent
+                if self._tenants is not None:
+                    self._tenants.sync()
                 self._keep_claims()
                 self._admit()  # a new UTC day releases jobs held by the daily budget
             case ClaimJobs():
@@ -210,6 +217,8 @@ class RootActor(RootRuns, LeanThreadingActor):
             return Admission(
                 job.job_id, JobState.QUEUED, False, "queue_full", min(max(wait, 1), 300)
             )
+        if self._tenants is not None and self._tenants.queue_full(job):
+            return Admission(job.job_id, JobState.QUEUED, False, "tenant_queue_full", 5)
         if deadline is not None and time.monotonic() >= deadline:
             return late
         pinned = self._registry.pipelines.get(job.pipeline or self._registry.default)
@@ -227,7 +236,9 @@ class RootActor(RootRuns, LeanThreadingActor):
             self._claims.want()  # and every other daemon hears NOTIFY briefd_jobs
         self._admit()
         state = JobState.RUNNING if job.job_id in self._active else JobState.QUEUED
-        accepted = JobAccepted(job_id=job.job_id, status=state, queued=len(self._queue))
+        accepted = JobAccepted(
+            job_id=job.job_id, status=state, queued=len(self._queue), tenant=job.tenant
+        )
         publish(accepted)
         self._journal_ref.tell(accepted)  # into the job's event stream
         return Admission(job.job_id, state, created=True)
@@ -290,6 +301,7 @@ class RootActor(RootRuns, LeanThreadingActor):
             **self._ledger.stats_fields(),
             **(self._breaker.stats_fields() if self._breaker else {}),
             cluster=self._claims.stats_fields() if self._claims is not None else None,
+            tenants=self._tenants.stats() if self._tenants is not None else None,
         )
 
     def reload(self, settings: Settings, registry: PipelineRegistry | None = None) -> None:
@@ -330,18 +342,31 @@ class RootActor(RootRuns, LeanThreadingActor):
             and self._queue
             and len(self._active) < self._settings.active_jobs
         ):
-            job_id = self._queue.popleft()
+            job_id = self._pop_admissible()
+            if job_id is None:  # every job waiting is held by its tenant's budget
+                break
             slot = self._rescued.pop(job_id) if job_id in self._rescued else None
             self._load(job_id, slot or Slot(next(self._generations)))
         if self._claims is not None and not self.drain_event.is_set() and not self._ledger.held:
             self._claim(self._settings.active_jobs - len(self._active))
+
+    def _pop_admissible(self) -> str | None:
+        """The oldest queued job whose tenant is not held by its budget (taken off the queue)."""
+        if self._tenants is None or not self._tenants.held:
+            return self._queue.popleft()
+        for i, job_id in enumerate(self._queue):
+            if not self._tenants.is_held(job_id):
+                del self._queue[i]
+                return job_id
+        return None
 
     # -- a cluster (PostgreSQL): claims instead of a queue of our own ------------------
 
     def _claim(self, room: int) -> None:
         assert self._claims is not None
         try:
-            claims = self._claims.claim(room)
+            held = self._tenants.held if self._tenants is not None else ()
+            claims = self._claims.claim(room, held=held)
         except StoreUnavailable as err:  # not now: /healthz says why; the next tick tries
             logger.debug("root: cannot claim jobs now: {}", err)
             return

@@ -39,6 +39,7 @@ from briefd.messages import (
 from briefd.ops.autorollback import RollbackWatch
 from briefd.ops.events import Observer, publish
 from briefd.pipelines.registry import PipelineRegistry
+from briefd.tenants.gate import TenantGate
 
 AnyRef = pykka.ActorRef[Any]
 
@@ -68,6 +69,7 @@ class RootRuns:
     _registry: PipelineRegistry
     _breaker: RollbackWatch | None
     _ledger: DailyLedger
+    _tenants: TenantGate | None
     _claims: ClaimKeeper | None
     _coordinator_cls: type[CoordinatorActor]
     _stage_cls: type[Any]
@@ -161,6 +163,8 @@ class RootRuns:
 
     def _done(self, msg: CoordinatorDone) -> None:
         self._ledger.add(msg.result)  # every run's calls were paid for
+        if self._tenants is not None:
+            self._tenants.add(msg.result)
         slot = self._active.get(msg.job_id)
         if slot is None or slot.generation != msg.generation:
             if self._suspended.get(msg.job_id) == msg.generation and not _crashed(msg.result):

@@ -58,6 +58,7 @@ from briefd.messages import (
     Usage,
 )
 from briefd.messages.token import Outcome, RateLimits
+from briefd.tenants.weights import weight_of
 from briefd.threads import PooledThreadingActor
 from briefd.timers import Timers
 
@@ -85,9 +86,11 @@ class StageActor(StageRoutes, StageDeadline, PooledThreadingActor):
         routing: Routing | None = None,
         model: str | None = None,
         deadline_at: float | None = None,
+        tenant: str = "default",
     ) -> None:
         super().__init__()
         self.job_id = job_id
+        self._tenant = tenant  # its RequestTokens are shared fairly by tenant, by weight
         self.spec = spec
         self._prompt = prompt
         self._settings = settings
@@ -233,6 +236,8 @@ class StageActor(StageRoutes, StageDeadline, PooledThreadingActor):
                 stage=self.spec.name,
                 endpoint=self._route.endpoint,
                 requester=self.actor_urn,
+                tenant=self._tenant,
+                weight=weight_of(self._tenant),
                 priority=self._priority,
                 admitted_at=self._admitted_at,
                 job_priority=self._job_priority,

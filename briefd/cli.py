@@ -41,6 +41,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "result": ("briefd.daemon.client_cli", "result_main", "a finished job's result (JSON)"),
     "cancel": ("briefd.daemon.client_cli", "cancel_main", "cancel a job in the daemon"),
     "jobs": ("briefd.daemon.client_cli", "jobs_main", "list the daemon's jobs"),
+    "tenant": ("briefd.tenants.cli", "tenant_main", "add or list tenants (docs/tenants.md)"),
+    "key": ("briefd.tenants.cli", "key_main", "create, list or revoke tenants' API keys"),
     "console": ("briefd.ops.console", "main", "live operations console from the event log"),
     "report": ("briefd.ops.report", "main", "summary of a finished event log"),
     "sim": ("briefd.sim.cli", "main", "run the simulated OpenAI-compatible server"),

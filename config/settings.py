@@ -212,6 +212,17 @@ class Settings(BaseSettings):
     max_streams_per_token: int = Field(
         default=32, ge=1, description="Concurrent event streams one API token may hold."
     )
+    # Tenants' API keys (docs/tenants.md): the cache of verified keys, per-key rates.
+    key_cache_s: float = Field(
+        default=2.0, ge=0, le=5, description="A verified API key is trusted this long (s)."
+    )
+    api_rate_per_key: float = Field(
+        default=50.0, ge=0, description="Requests per second one API key may make (0: no limit)."
+    )
+    api_burst_per_key: float = Field(default=100.0, ge=1, description="Its burst (requests).")
+    auth_failures_per_minute: float = Field(
+        default=30.0, gt=0, description="Failed authentications per client address per minute."
+    )
     webhook_url: str | None = Field(
         default=None, description="Where jobs without a webhook push their terminal event."
     )

@@ -46,6 +46,8 @@ from briefd.messages.endpoint import EndpointCircuitChanged, StageFailedOver
 from briefd.messages.errors import ErrorCode, PipelineError
 from briefd.messages.job import (
     JOB_ID_PATTERN,
+    JOB_KEY_PATTERN,
+    TENANT_PATTERN,
     JobMetrics,
     JobResult,
     JobSpec,
@@ -157,6 +159,8 @@ def parse_message(data: str | bytes | dict[str, object]) -> Message:
 
 __all__ = [
     "JOB_ID_PATTERN",
+    "JOB_KEY_PATTERN",
+    "TENANT_PATTERN",
     "WEBHOOK_EVENTS",
     "AnyMessage",
     "CancelJob",

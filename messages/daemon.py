@@ -11,11 +11,11 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from briefd.messages.base import Command, Event
 from briefd.messages.errors import ErrorCode, PipelineError
-from briefd.messages.job import Frozen, JobResult, JobSpec, StageState
+from briefd.messages.job import Frozen, JobResult, JobSpec, StageState, tenant_from_key
 from briefd.messages.webhook import WebhookDelivery
 
 
@@ -50,6 +50,9 @@ class JobInfo(Frozen):
     webhooks: list[WebhookDelivery] = Field(
         default_factory=list, description="Its webhook deliveries and their last status."
     )
+    tenant: str = Field(default="default", description="The tenant whose job it is.")
+
+    _tenant = model_validator(mode="before")(tenant_from_key)
 
 
 # -- events (logged) --------------------------------------------------------------------
@@ -62,6 +65,9 @@ class JobAccepted(Event):
     job_id: str
     status: JobState = Field(description="queued, or running when a slot was free.")
     queued: int = Field(description="Jobs waiting for a slot after this one was accepted.")
+    tenant: str = Field(default="default", description="The tenant whose job it is.")
+
+    _tenant = model_validator(mode="before")(tenant_from_key)
 
 
 class JobCancelled(Event):

@@ -5,11 +5,29 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from briefd.messages.errors import PipelineError
 
 JOB_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+TENANT_PATTERN = r"^[a-z0-9](?:[a-z0-9_-]{0,30}[a-z0-9])?$"
+JOB_KEY_PATTERN = r"^(?:[a-z0-9](?:[a-z0-9_-]{0,30}[a-z0-9])?\.)?[A-Za-z0-9_-]{1,64}$"
+"""A job's key inside the daemon: its id, prefixed ``tenant.`` for a tenant other than
+``default`` (docs/tenants.md); no client-given id has a dot (:data:`JOB_ID_PATTERN`)."""
+
+
+def tenant_of_key(job_id: str) -> str:
+    """The tenant whose job a key is (its prefix before a dot; none: ``default``)."""
+    prefix, dot, _ = job_id.partition(".")
+    return prefix if dot else "default"
+
+
+def tenant_from_key(data: Any) -> Any:
+    """A ``mode="before"`` validator's body: ``tenant`` from ``job_id`` when not given, so every
+    event and status of a tenant's job carries its tenant without each sender setting it."""
+    if isinstance(data, dict) and "tenant" not in data and isinstance(data.get("job_id"), str):
+        return {**data, "tenant": tenant_of_key(data["job_id"])}
+    return data
 
 
 class Frozen(BaseModel):
@@ -25,7 +43,7 @@ class JobSpec(Frozen):
     a safe alphabet.
     """
 
-    job_id: str = Field(pattern=JOB_ID_PATTERN)
+    job_id: str = Field(pattern=JOB_KEY_PATTERN)
     prompts: dict[str, str]
     procurement_metrics: dict[str, Any] | list[Any] | None = None
     schemas: dict[str, dict[str, Any]] = Field(
@@ -74,7 +92,7 @@ class JobSpec(Frozen):
     )
     tenant: str = Field(
         default="default",
-        pattern=r"^[a-z0-9](?:[a-z0-9_-]{0,30}[a-z0-9])?$",
+        pattern=TENANT_PATTERN,
         description="The tenant whose job this is: set by the daemon from the API key that "
         "submitted it (a key may not name another tenant); 'default' for the token file.",
     )
@@ -82,6 +100,21 @@ class JobSpec(Frozen):
         default=None,
         description="Push this job's events to a URL (unset: BRIEFD_WEBHOOK_URL, if set).",
     )
+
+    @model_validator(mode="after")
+    def _tenant_prefix(self) -> JobSpec:
+        """A dotted id is a tenant's job key: its prefix must be the job's (non-default) tenant."""
+        prefix, dot, _ = self.job_id.partition(".")
+        if dot and (prefix != self.tenant or prefix == "default"):
+            raise ValueError(
+                f"job_id: {self.job_id!r}: a '.' is reserved for a tenant's prefix "
+                "(use letters, digits, '_' and '-')"
+            )
+        if not dot and self.tenant != "default":
+            raise ValueError(
+                f"job_id: {self.job_id!r}: tenant {self.tenant}'s key lacks its prefix"
+            )
+        return self
 
 
 class WebhookSpec(Frozen):

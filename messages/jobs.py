@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from briefd.messages.base import Command, Event
-from briefd.messages.job import JobMetrics, JobResult, JobSpec, Progress
+from briefd.messages.job import JobMetrics, JobResult, JobSpec, Progress, tenant_from_key
 
 
 class SubmitJob(Command):
@@ -64,3 +64,6 @@ class JobCompleted(Event):
     type: Literal["JobCompleted"] = "JobCompleted"
     job_id: str
     result: JobResult = Field(description="The final result (documents logged as digests).")
+    tenant: str = Field(default="default", description="The tenant whose job it was.")
+
+    _tenant = model_validator(mode="before")(tenant_from_key)

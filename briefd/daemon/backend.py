@@ -24,6 +24,8 @@ from briefd.messages import JobInfo, JobResult, JobSpec, JobState
 from briefd.pipelines.registry import PipelineRegistry
 from briefd.store import JournalStore
 from briefd.store.base import ClaimStore, StoreUnavailable
+from briefd.tenants.metrics import tenant_figures
+from briefd.tenants.store import TenantStore
 from briefd.webhooks.service import Webhooks
 
 ASK_TIMEOUT_S = 10.0
@@ -54,6 +56,7 @@ class DaemonBackend:
 
     routing: Routing | None = None
     webhooks: Webhooks | None = None
+    tenants: TenantStore
 
     def validate(self, data: Any) -> JobSpec:
         """The job, checked against the pipeline it names (ConfigError naming the field)."""
@@ -106,13 +109,20 @@ class DaemonBackend:
     def list_jobs(self, status: JobState | None, limit: int) -> list[JobInfo]:
         return self.journal.list_jobs(status, limit)
 
+    def list_tenant_jobs(self, tenant: str, status: JobState | None, limit: int) -> list[JobInfo]:
+        """``tenant``'s newest jobs (what a key that is not an admin's may list)."""
+        found = (self.journal.get(k) for k in self.tenants.job_keys(tenant, status, limit))
+        return [info for info in found if info is not None]
+
     def figures(self) -> DaemonFigures:
+        root = self.root.proxy().stats().get(timeout=ASK_TIMEOUT_S)
         return DaemonFigures(
             jobs=self.journal.counts(),
-            root=self.root.proxy().stats().get(timeout=ASK_TIMEOUT_S),
+            root=root,
             limiter=self.limiter.proxy().stats().get(timeout=ASK_TIMEOUT_S),
             snap=self.metrics.proxy().snapshot().get(timeout=ASK_TIMEOUT_S),
             webhooks=self.webhooks.figures() if self.webhooks is not None else None,
+            tenants=tenant_figures(self.tenants, root.tenants, time.time()),
         )
 
     def metrics_body(self) -> bytes:

@@ -13,8 +13,9 @@ module the rules of the API, in this order, before any body is read:
   (``briefd.Client``, curl, Prometheus) never do. Both are
   :class:`~briefd.daemon.http_origin.FrontDoor`'s, which also serves the example
   page at ``/ui/`` when ``BRIEFD_UI=true``;
-* every endpoint but ``/healthz`` needs ``Authorization: Bearer <token>``,
-  compared in constant time;
+* every endpoint but ``/healthz`` needs ``Authorization: Bearer <token>``: the
+  token file's (compared in constant time) or a tenant's API key, its scopes and
+  rates (:mod:`briefd.tenants.api`); a job id names the caller's tenant's job;
 * a body over ``max_body_bytes`` is refused from its ``Content-Length`` before
   a byte of it is read, and a chunked one as soon as it passes the limit;
 * every error is ``{"error": {"code", "message"}}`` (plus ``field`` when one
@@ -30,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import re
 import socket
@@ -65,6 +65,8 @@ from briefd.daemon.http_ui import ui_app
 from briefd.daemon.prometheus import CONTENT_TYPE_LATEST
 from briefd.messages import JOB_ID_PATTERN, JobInfo, JobResult, JobSpec, JobState
 from briefd.store.base import StoreUnavailable
+from briefd.tenants import api as tenancy
+from briefd.tenants.auth import Authenticator, Refusal
 
 MAX_WAIT_S = 60.0
 _JOB_ID = re.compile(JOB_ID_PATTERN)
@@ -101,25 +103,27 @@ class _Guard:
     def __init__(
         self,
         app: ASGIApp,
-        token: str,
+        auth: Authenticator,
         max_body: int,
         public: Callable[[Scope], bool] = lambda scope: False,
     ) -> None:
         self.app = app
+        self.auth = auth
         self.public = public  # requests that authenticate themselves (a stream token)
-        self.token = token.encode()
         self.max_body = max_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = Headers(scope=scope)
         if scope["path"] != "/healthz" and not self.public(scope):
-            scheme, _, given = headers.get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(
-                given.strip().encode(), self.token
-            ):
-                what = "missing" if not given else "wrong"
-                msg = f"Authorization: bearer token {what}"
-                await error(401, "unauthorized", msg, field="Authorization")(scope, receive, send)
+            try:
+                no = await tenancy.authenticate(self.auth, scope, headers)
+            except StoreUnavailable:
+                no = Refusal(503, "unavailable", "cannot check the key now", None, 5)
+            if no is not None:
+                extra: dict[str, Any] = {"field": no.field} if no.field else {}
+                if no.retry_after is not None:
+                    extra["retry_after"] = no.retry_after
+                await error(no.status, no.code, no.message, **extra)(scope, receive, send)
                 return
         length = headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body):
@@ -196,6 +200,7 @@ def build_app(
     origins: Collection[str] = (),
     ui: bool = False,
     streams: EventStreams | None = None,
+    auth: Authenticator | None = None,
 ) -> ASGIApp:
     """The Starlette application (also usable in-process with any ASGI test client).
 
@@ -220,12 +225,20 @@ def build_app(
             data = json.loads(raw)
         except ValueError as err:
             return error(400, "invalid_json", f"body: invalid JSON: {err}", field="body")
+        if (bad := tenancy.body_tenant(request.scope, data)) is not None:
+            return error(400, "invalid_job", bad[1], field=bad[0])
         try:
             job = await run_in_threadpool(backend.validate, data)
         except ConfigError as err:
             m = _FIELD.match(str(err))
             return error(400, "invalid_job", str(err), **({"field": m.group(1)} if m else {}))
-        adm = await run_in_threadpool(backend.submit, job)
+        owned = tenancy.own_job(request.scope, job)
+        if isinstance(owned, tuple):
+            return error(400, "invalid_job", owned[1], field=owned[0])
+        adm = await run_in_threadpool(backend.submit, owned)
+        if adm.refused == "tenant_queue_full":
+            msg = "your tenant's queue is full (its max_queued); try again later"
+            return error(429, "queue_full", msg, retry_after=adm.retry_after_s)
         if adm.refused == "queue_full":
             msg = "the queue is full (max_queued_jobs); try again later"
             return error(429, "queue_full", msg, retry_after=adm.retry_after_s)
@@ -235,7 +248,8 @@ def build_app(
         if adm.refused is not None:
             msg = "the daemon is stopping; try again when it is back"
             return error(503, "stopping", msg, retry_after=adm.retry_after_s)
-        body = {"job_id": adm.job_id, "status": adm.state.value, "created": adm.created}
+        shown = tenancy.shown(request.scope, adm.job_id)
+        body = {"job_id": shown, "status": adm.state.value, "created": adm.created}
         return JSONResponse(body, status_code=202 if adm.created else 200)
 
     async def list_jobs(request: Request) -> Response:
@@ -248,15 +262,20 @@ def build_app(
             return error(400, "bad_query", f"status: one of {choices}", field="status")
         if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 1000:
             return error(400, "bad_query", "limit: an integer in 1..1000", field="limit")
-        jobs = await run_in_threadpool(backend.list_jobs, status, int(raw_limit))
-        return JSONResponse({"jobs": [j.model_dump(mode="json") for j in jobs]})
+        who = tenancy.principal_of(request.scope)
+        of_tenant = getattr(backend, "list_tenant_jobs", None)
+        if who.admin or of_tenant is None:
+            jobs = await run_in_threadpool(backend.list_jobs, status, int(raw_limit))
+        else:
+            jobs = await run_in_threadpool(of_tenant, who.tenant, status, int(raw_limit))
+        return JSONResponse({"jobs": [tenancy.present_info(request.scope, j) for j in jobs]})
 
     async def status(request: Request) -> Response:
         job_id = _job_id(request)
         info = await run_in_threadpool(backend.info, job_id)
         if info is None:
-            return _not_found(job_id)
-        return JSONResponse(info.model_dump(mode="json"))
+            return _not_found(request, job_id)
+        return JSONResponse(tenancy.present_info(request.scope, info))
 
     async def result(request: Request) -> Response:
         job_id = _job_id(request)
@@ -276,19 +295,21 @@ def build_app(
             await waiters.wait(job_id, wait, done)
             found = await run_in_threadpool(backend.result, job_id)
         if found is not None:
-            return JSONResponse(found.model_dump(mode="json"))
+            return JSONResponse(tenancy.present_result(request.scope, found))
         info = await run_in_threadpool(backend.info, job_id)
         if info is None:
-            return _not_found(job_id)
-        msg = f"job {job_id} is {info.status.value} ({info.progress:g}%)"
+            return _not_found(request, job_id)
+        shown = tenancy.shown(request.scope, job_id)
+        msg = f"job {shown} is {info.status.value} ({info.progress:g}%)"
         return error(409, "not_finished", msg, status=info.status.value)
 
     async def cancel(request: Request) -> Response:
         job_id = _job_id(request)
         state = await run_in_threadpool(backend.cancel, job_id)
         if state is None:
-            return _not_found(job_id)
-        return JSONResponse({"job_id": job_id, "status": state.value})
+            return _not_found(request, job_id)
+        shown = tenancy.shown(request.scope, job_id)
+        return JSONResponse({"job_id": shown, "status": state.value})
 
     async def metrics(request: Request) -> Response:
         body = await run_in_threadpool(backend.metrics_body)
@@ -333,19 +354,21 @@ def build_app(
         },
     )
     public = streams.public if streams is not None else (lambda scope: False)
-    guarded = _Guard(app, token, max_body_bytes, public)
+    guarded = _Guard(app, auth or Authenticator(token), max_body_bytes, public)
     return FrontDoor(guarded, hosts=hosts, origins=origins, pages=ui_app() if ui else None)
 
 
 def _job_id(request: Request) -> str:
-    job_id = str(request.path_params["job_id"])
-    if not _JOB_ID.match(job_id):
-        raise HTTPException(404, f"job {job_id[:80]!r}: not a job id ({JOB_ID_PATTERN})")
-    return job_id
+    """The internal key the path's id names for this caller (its tenant's job)."""
+    given = str(request.path_params["job_id"])
+    key = tenancy.job_key(request.scope, given)
+    if key is None:
+        raise HTTPException(404, f"job {given[:80]!r}: not a job id ({JOB_ID_PATTERN})")
+    return key
 
 
-def _not_found(job_id: str) -> JSONResponse:
-    return error(404, "not_found", f"job {job_id}: no such job")
+def _not_found(request: Request, job_id: str) -> JSONResponse:
+    return error(404, "not_found", f"job {tenancy.shown(request.scope, job_id)}: no such job")
 
 
 class ApiServer:
@@ -368,6 +391,7 @@ class ApiServer:
         keep_alive_s: float = KEEP_ALIVE_S,
         front: FrontSettings | None = None,
         streams: EventStreams | None = None,
+        auth: Authenticator | None = None,
     ) -> None:
         front = front if front is not None else FrontSettings()
         self._sock = sock
@@ -383,6 +407,7 @@ class ApiServer:
             origins=front.origins_for(own),
             ui=front.ui,
             streams=streams,
+            auth=auth,
         )
         config = uvicorn.Config(
             app,

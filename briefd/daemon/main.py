@@ -83,6 +83,9 @@ from briefd.store import open_store, store_label
 from briefd.store.base import ClaimStore
 from briefd.store.events import EVENTS_CHANNEL
 from briefd.telemetry import Telemetry, open_telemetry
+from briefd.tenants.auth import authenticator
+from briefd.tenants.gate import TenantGate
+from briefd.tenants.store import TenantStore
 from briefd.webhooks.service import Webhooks
 
 EXIT_FATAL = 70
@@ -182,12 +185,14 @@ class Daemon(DaemonBackend):
                 tpm=s.tpm,
                 endpoints=self._provider.routing.limits(),
             )
+        self.tenants = TenantStore(s)  # keys and tenants, in the journal's database
         self.server = ApiServer(
             self,
             sock,
             token=token,
             max_body=s.max_body_bytes,
             streams=self._streams(token),
+            auth=authenticator(s, token, self),
             front=front,
         )
         self.journal_ref = JournalActor.start(self.journal)
@@ -204,6 +209,7 @@ class Daemon(DaemonBackend):
             breaker=breaker,
             claims=claims,
             registry=self.registry,
+            tenants=TenantGate(self.tenants),
         )
         if s.database_url is not None:
             self._listen(s.database_url)
@@ -428,6 +434,7 @@ class Daemon(DaemonBackend):
         _stop(self.root, 5.0)  # its last FinishJob tells go to the journal actor...
         _stop(self.journal_ref, 30.0)  # ...which writes everything in its inbox first
         self.journal.close()
+        self.tenants.close()
         self.limiter.stop(2.0)
         _stop(self.metrics, 2.0)
         pykka.ActorRegistry.stop_all(block=False)

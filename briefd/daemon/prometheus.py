@@ -29,6 +29,7 @@ from briefd.actors.metrics import Histogram, MetricsSnapshot
 from briefd.actors.rate_limiter import LimiterStats
 from briefd.cluster.state import ClusterLimiterStats
 from briefd.limits.lanes import EndpointStats
+from briefd.tenants.metrics import TenantFigures, tenant_metrics
 from briefd.webhooks.metrics import WebhookFigures, webhook_metrics
 
 __all__ = ["CONTENT_TYPE_LATEST", "DaemonFigures", "MetricsExporter"]
@@ -43,6 +44,7 @@ class DaemonFigures:
     limiter: LimiterStats
     snap: MetricsSnapshot
     webhooks: WebhookFigures | None = None
+    tenants: TenantFigures | None = None
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
@@ -109,6 +111,8 @@ class _FiguresCollector(Collector):
         yield from _cluster(root, limiter)
         if f.webhooks is not None:
             yield from webhook_metrics(f.webhooks)
+        if f.tenants is not None:
+            yield from tenant_metrics(f.tenants)
 
 
 _CIRCUIT_STATES = ("closed", "half_open", "open")

@@ -41,6 +41,7 @@ from briefd.ops.eventlog import escape_control
 from briefd.ops.snapshot import JobRow, Snapshot
 from briefd.ops.sources import RESCAN_S, LogSet, is_glob
 from briefd.ops.view import OpsView
+from briefd.tenants.ids import split_id
 
 EXIT_OK, EXIT_USAGE = 0, 2
 WINDOW_S = 900.0
@@ -131,7 +132,8 @@ def _jobs(snap: Snapshot, limit: int) -> Table:
         stages += [s for s in job.stages if s not in stages]
     table = Table(title="jobs", title_justify="left")
     owners = ("daemon",) if snap.sources else ()  # which daemon runs it, in a cluster
-    for name in ("job", *owners, "state", "progress", *stages, "time", "cost"):
+    tenants = ("tenant",) if any("." in j.job_id for j in rows) else ()  # docs/tenants.md
+    for name in ("job", *tenants, *owners, "state", "progress", *stages, "time", "cost"):
         table.add_column(_t(name), no_wrap=True)
     for job in rows:
         cells = []
@@ -143,8 +145,10 @@ def _jobs(snap: Snapshot, limit: int) -> Table:
         bar = ProgressBar(total=100.0, completed=job.percent, width=12)
         percent = Table.grid(padding=(0, 1))
         percent.add_row(bar, f"{job.percent:5.1f}%")
+        tenant, bare = split_id(job.job_id)
         table.add_row(
-            _t(job.job_id),
+            _t(bare if tenants else job.job_id),
+            *(_t(tenant) for _ in tenants),
             *(_t(job.owner or "-") for _ in owners),
             _t(job.state, JOB_LOOK.get(job.state, "")),
             percent,

@@ -160,7 +160,13 @@ class ClaimStore(Store, Protocol):
     """
 
     def claim(
-        self, owner: str, limit: int, lease_s: float, *, lapsed_only: bool = False
+        self,
+        owner: str,
+        limit: int,
+        lease_s: float,
+        *,
+        lapsed_only: bool = False,
+        held: list[str] | None = None,
     ) -> list[Claim]: ...
     def renew(self, owner: str, lease_s: float) -> list[str]: ...
     def held(self) -> dict[str, int]: ...

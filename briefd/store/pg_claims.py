@@ -73,6 +73,8 @@ WITH picked AS (
            priority + floor(extract(epoch FROM now() - submitted_at) / %(aging)s) AS eff
     FROM briefd_jobs
     WHERE state IN {LIVE} AND NOT {LEASED} AND (NOT %(lapsed)s OR claimed_by IS NOT NULL)
+      AND NOT (CASE WHEN strpos(job_id, '.') > 0 THEN split_part(job_id, '.', 1)
+               ELSE 'default' END = ANY(%(held)s::text[]))
     ORDER BY eff DESC, seq
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -222,7 +224,13 @@ class PgClaims:
     # -- claiming --------------------------------------------------------------------
 
     def claim(
-        self, owner: str, limit: int, lease_s: float, *, lapsed_only: bool = False
+        self,
+        owner: str,
+        limit: int,
+        lease_s: float,
+        *,
+        lapsed_only: bool = False,
+        held: list[str] | None = None,
     ) -> list[Claim]:
         """Claim up to ``limit`` live jobs nobody holds, oldest first; held until the lease
         (``lease_s`` from now, by the database's clock) lapses unless :meth:`renew` extends it.
@@ -236,6 +244,7 @@ class PgClaims:
         still waiting in that daemon's queue: a claim is freed when its holder lets go,
         so a lapsed one means the holder died or was cut off. ``lapsed_only``:
         only jobs whose claim lapsed (a dead daemon's), to take them over at once.
+        ``held``: tenants whose jobs are not claimed (their daily budget is spent).
         """
         if limit <= 0:
             return []
@@ -249,6 +258,7 @@ class PgClaims:
                     "owner": owner,
                     "lease": lease_s,
                     "lapsed": lapsed_only,
+                    "held": held or [],
                 },
             )
             rows = sorted(cur.fetchall(), key=lambda r: (-float(r["eff"]), int(r["seq"])))

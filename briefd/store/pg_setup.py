@@ -21,6 +21,7 @@ import briefd
 from briefd.config import ConfigError
 from briefd.redaction import redact, register_secret
 from briefd.store.pinned import PG_MIGRATION
+from briefd.tenants.schema import PG_STATEMENTS as TENANT_STATEMENTS
 
 SCHEMES = ("postgresql", "postgres")
 SCHEMA_VERSION = 4
@@ -279,6 +280,8 @@ MIGRATIONS: dict[int, tuple[LiteralString, ...]] = {
             UNIQUE (job_id, seq)
         )""",
         "COMMENT ON COLUMN briefd_events.seq IS 'the job''s own order, 1..n: the SSE id'",
+        # Tenants and their API keys (briefd/tenants/schema.py), and the keys' HMAC secret.
+        *TENANT_STATEMENTS,
     ),
 }
 

@@ -51,6 +51,7 @@ from briefd.store.files import FILES, JobFiles
 from briefd.store.health import WriteHealth
 from briefd.store.pinned import SpecCache, pin_sqlite, pinned_sqlite, save_prompt_sqlite
 from briefd.store.sqlite_open import open_journal_db, unavailable
+from briefd.tenants.schema import SQLITE_SCHEMA as TENANTS_SCHEMA
 from briefd.webhooks.outbox import SQLITE_SCHEMA as OUTBOX_SCHEMA
 
 SCHEMA_VERSION = 1
@@ -147,7 +148,7 @@ class Journal(StageWrites):
             raise ConfigError(f"journal {self.path}: schema {version} is newer than this briefd")
         try:
             with self._tx() as db:  # not executescript: it commits on its own
-                for statement in (_SCHEMA + OUTBOX_SCHEMA).split(";"):
+                for statement in (_SCHEMA + OUTBOX_SCHEMA + TENANTS_SCHEMA).split(";"):
                     if statement.strip():
                         db.execute(statement)
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
