@@ -30,6 +30,7 @@ from loguru import logger
 from briefd import deadlines
 from briefd.actors.rate_limiter import LimiterRef
 from briefd.actors.stage_parts import StageDeadline, StageRoutes
+from briefd.actors.stage_progress import ProgressReporter
 from briefd.config import Settings, StageSpec
 from briefd.limits.gcra import estimate_tokens
 from briefd.llm.abort import CallAbort
@@ -323,8 +324,15 @@ class StageActor(StageRoutes, StageDeadline, PooledThreadingActor):
             endpoint=self._routing.endpoints[route.endpoint],
             model=route.model,
         )
+        report = ProgressReporter(  # a streamed answer's StageProgress, a few a second
+            self.job_id, self.spec.name, self._attempt, self.spec.max_tokens, self._report
+        )
         return self._client.complete(
-            body, job_id=self.job_id, stage=self.spec.name, on_sent=self._tell_started
+            body,
+            job_id=self.job_id,
+            stage=self.spec.name,
+            on_sent=self._tell_started,
+            on_progress=report,
         )
 
     def _tell_started(self) -> None:

@@ -51,6 +51,10 @@ class StageSpec(BaseModel):
         min_length=1,
         description="A model alias of BRIEFD_ENDPOINTS (or endpoint:model); unset: BRIEFD_MODEL.",
     )
+    stream: bool = Field(
+        default=True,
+        description="false: this stage never streams (unset: BRIEFD_STREAM and its endpoint's).",
+    )
 
     @model_validator(mode="after")
     def _checks(self) -> StageSpec:

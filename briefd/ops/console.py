@@ -40,6 +40,7 @@ from briefd.ops.eventlog import escape_control
 from briefd.ops.snapshot import JobRow, Snapshot
 from briefd.ops.sources import RESCAN_S, LogSet, is_glob
 from briefd.ops.view import OpsView
+from briefd.ops.writing import writing_table
 
 EXIT_OK, EXIT_USAGE = 0, 2
 WINDOW_S = 900.0
@@ -315,6 +316,7 @@ def render(
         f"{snap.mean_speedup:.2f}x (mean over parallel jobs of sum of stage times / total)",
     )
     parts = [_header(snap, source, title, notes), _warnings(snap), _jobs(snap, job_rows)]
+    parts.append(writing_table(snap, job_rows))  # streaming stages: tokens, last line
     parts += [_capacity(snap), _endpoints(snap), _spend(snap), side, speedup, _errors(snap)]
     return Group(*(p for p in parts if p is not None))
 
