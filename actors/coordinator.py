@@ -48,6 +48,7 @@ from briefd.messages import (
     StageFailed,
     StageFailedOver,
     StageFellBack,
+    StageHedged,
     StageProgress,
     StageRetrying,
     StageStarted,
@@ -219,6 +220,8 @@ class CoordinatorActor(PooledThreadingActor):
             case StageRetrying(stage=stage) if self._active(stage):
                 self._streamed.pop(stage, None)  # the next attempt streams from nothing
                 self._publish(message)
+            case StageHedged(stage=stage) if self._active(stage):
+                self._publish(message)
             case StageProgress(stage=stage) if self._active(stage):
                 self._streamed[stage] = message.fraction
                 self._publish(message)
@@ -250,7 +253,7 @@ class CoordinatorActor(PooledThreadingActor):
                 self._check_health()
             case StageStarted() | StageRetrying() | StageSucceeded() | StageFailed():
                 pass  # a late report from a stage already ended (cancelled or crashed)
-            case StageFailedOver() | StageProgress():
+            case StageFailedOver() | StageProgress() | StageHedged():
                 pass  # a late report from a stage already ended (cancelled or crashed)
             case _:
                 logger.warning("{} coordinator: unexpected {!r}", self.job.job_id, message)

@@ -70,6 +70,7 @@ from briefd.messages.stage import (
     StageActorStopped,
     StageFailed,
     StageFellBack,
+    StageHedged,
     StageProgress,
     StageRetrying,
     StageStarted,
@@ -104,6 +105,7 @@ AnyMessage = Annotated[
     | StageActorStopped
     | StageFellBack
     | StageProgress
+    | StageHedged
     | StageFailedOver
     | EndpointCircuitChanged
     | RequestToken
@@ -206,6 +208,7 @@ __all__ = [
     "StageFailed",
     "StageFailedOver",
     "StageFellBack",
+    "StageHedged",
     "StageProgress",
     "StageRetrying",
     "StageStarted",

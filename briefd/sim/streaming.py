@@ -117,9 +117,7 @@ class StreamWriter:
                 return self._stall(peer_gone)
             if error_at is not None and sent >= error_at:
                 return self._error(write, settle)
-            due = start + sent * self._step_s
-            wait = due - time.monotonic()
-            if wait > 0 and self._stop.wait(wait):
+            if not self._sleep_until(start + sent * self._step_s, peer_gone):
                 return False
             now = time.monotonic()
             batch: list[bytes] = []  # every piece already due goes in one write
@@ -136,6 +134,16 @@ class StreamWriter:
         rest = b"".join(_event(c) for c in self._tail) + b"data: [DONE]\n\n"
         settle(True)
         write(_http_chunk(rest) + b"0\r\n\r\n")
+        return True
+
+    def _sleep_until(self, due: float, peer_gone: Callable[[], bool]) -> bool:
+        """Wait for ``due``; False if the server stops or the client leaves meanwhile (a
+        client that cut a slow stream is seen within a poll, not at the next write)."""
+        while (wait := due - time.monotonic()) > 0:
+            if self._stop.wait(min(wait, _POLL_S)):
+                return False
+            if wait > _POLL_S and peer_gone():
+                return False
         return True
 
     def _stall(self, peer_gone: Callable[[], bool]) -> bool:
