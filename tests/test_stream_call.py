@@ -165,3 +165,101 @@ def test_sim_cli_refuses_incoherent_stream_faults(capsys: pytest.CaptureFixture[
     assert err == "briefd sim: error: only one of stall_after, error_after may be set"
     assert main(["--stall-after", "-1"]) == 2
     assert "--stall-after" in capsys.readouterr().err
+
+
+class RawStreamServer:
+    """A loopback HTTP server that writes one scripted streamed answer per connection:
+    the wire details the simulator does not vary (gzip, no body end after [DONE])."""
+
+    def __init__(self, events: list[bytes], *, gzip: bool = False, end: bool = True) -> None:
+        import socket
+        import threading
+
+        self._events, self._gzip, self._end = events, gzip, end
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.base_url = f"http://127.0.0.1:{self._sock.getsockname()[1]}/v1"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        import zlib
+
+        conn, _ = self._sock.accept()
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = int(
+                next(
+                    h.split(b":")[1]
+                    for h in head.split(b"\r\n")
+                    if h.lower().startswith(b"content-length")
+                )
+            )
+            while len(body) < length:
+                body += conn.recv(65536)
+            coding = b"Content-Encoding: gzip\r\n" if self._gzip else b""
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n" + coding
+                + b"Transfer-Encoding: chunked\r\n\r\n"
+            )  # fmt: skip
+            z = zlib.compressobj(wbits=31) if self._gzip else None
+            for event in self._events:
+                piece = z.compress(event) + z.flush(zlib.Z_SYNC_FLUSH) if z else event
+                conn.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+            if z is not None:
+                rest = z.flush()
+                conn.sendall(b"%x\r\n%s\r\n" % (len(rest), rest))
+            if self._end:
+                conn.sendall(b"0\r\n\r\n")
+            self._stop.wait(30)  # hold the connection open, as a server that never ends it
+
+    def close(self) -> None:
+        self._stop.set()
+        self._sock.close()
+
+
+def _chunk(content: str | None, finish: str | None = None) -> bytes:
+    import json
+
+    delta = {} if content is None else {"content": content}
+    obj = {"model": "m", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    return b"data: " + json.dumps(obj).encode() + b"\n\n"
+
+
+def test_gzip_stream_in_crlf_events_with_comments() -> None:
+    """A gzip-encoded stream (flushed per event), CRLF line ends and keep-alive comments:
+    decoded as it comes, the same text."""
+    events = [b": keep-alive\r\n\r\n", _chunk("Hello").replace(b"\n", b"\r\n"), _chunk(" world"),
+              _chunk(None, "stop"), b"data: [DONE]\n\n"]  # fmt: skip
+    server = RawStreamServer(events, gzip=True)
+    try:
+        settings = Settings(base_url=server.base_url, timeout_ms=10_000)
+        completion = ChatClient(settings, server.base_url).complete(
+            {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True},
+            job_id="g",
+            stage="S",
+        )
+    finally:
+        server.close()
+    assert completion.text == "Hello world" and completion.finish_reason == "stop"
+
+
+def test_a_stream_left_open_after_done_is_not_held_for_the_idle_timeout() -> None:
+    """[DONE] but no end of the body: the answer is kept and the call ends within about a
+    second, not at the idle timeout (15 s) or the total (30 s)."""
+    server = RawStreamServer([_chunk("Hi"), _chunk(None, "stop"), b"data: [DONE]\n\n"], end=False)
+    started = time.monotonic()
+    try:
+        settings = Settings(base_url=server.base_url, timeout_ms=30_000)
+        completion = ChatClient(settings, server.base_url).complete(
+            {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True},
+            job_id="o",
+            stage="S",
+        )
+    finally:
+        server.close()
+    assert completion.text == "Hi"
+    assert time.monotonic() - started < 10

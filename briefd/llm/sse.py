@@ -65,17 +65,20 @@ class SSEParser:
         rest = lines.pop()
         self._partial = [rest] if rest else []
         events: list[SSEEvent] = []
-        for line in lines:
-            event = self._line(line)
-            if event is not None:
-                events.append(event)
+        for line in lines:  # the common line (data: ...) inline: a stream is a line a token
+            if line[:6] == b"data: ":
+                self._data.append(line[6:].decode("utf-8", "replace"))
+            elif not line:
+                event = self._dispatch()
+                if event is not None:
+                    events.append(event)
+            else:
+                self._line(line)
         return events
 
-    def _line(self, line: bytes) -> SSEEvent | None:
-        if not line:
-            return self._dispatch()
+    def _line(self, line: bytes) -> None:
         if line[:1] == b":":
-            return None  # a comment (a keep-alive, often)
+            return  # a comment (a keep-alive, often)
         name, colon, value = line.partition(b":")
         if colon and value[:1] == b" ":
             value = value[1:]
@@ -86,11 +89,12 @@ class SSEParser:
         elif name == b"error":  # llama.cpp's server says ``error: {...}``, not ``data:``
             self._event = "error"
             self._data.append(value.decode("utf-8", "replace"))
-        return None  # id and retry mean nothing to a one-shot call; others are ignored
+        # id and retry mean nothing to a one-shot call; other fields are ignored
 
     def _dispatch(self) -> SSEEvent | None:
         data, event = self._data, self._event
-        self._data, self._event = [], ""
         if not data:
+            self._event = ""
             return None
-        return SSEEvent("\n".join(data), event or "message")
+        self._data, self._event = [], ""
+        return SSEEvent(data[0] if len(data) == 1 else "\n".join(data), event or "message")

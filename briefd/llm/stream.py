@@ -53,6 +53,8 @@ from briefd.messages import ErrorCode, Usage
 from briefd.timers import TimerHandle, call_later
 
 _READ = 65536
+END_GRACE_S = 1.0
+"""After ``[DONE]``, how long the body's end may take (it comes in the same write, as a rule)."""
 
 
 def is_event_stream(content_type: str | None) -> bool:
@@ -110,12 +112,15 @@ class StreamClock:
         self._lock = threading.Lock()
         self._handle: TimerHandle | None = None
         self._done = False
+        self._ending = False
         self.first_at: float | None = None
         self.last_at = sent_at
         self.reason: str | None = None  # "deadline", "first token" or "idle" once cut
 
     def _due(self) -> tuple[float, str]:
-        if self.first_at is None:
+        if self._ending:
+            due, reason = self.last_at + END_GRACE_S, "idle"
+        elif self.first_at is None:
             due, reason = self._sent_at + self._first_token_s, "first token"
         else:
             due, reason = self.last_at + self._idle_s, "idle"
@@ -143,8 +148,19 @@ class StreamClock:
         than the first-token clock the watchdog sleeps on, so it is re-armed (once)."""
         with self._lock:
             self.first_at = self.last_at = now
-            if self._done:
-                return
+            self._rearm(now)
+
+    def answered(self, now: float) -> None:
+        """``[DONE]`` came: the body's end (its last chunk) is due at once; a server that
+        keeps the stream open after it is cut within :data:`END_GRACE_S`, answer kept."""
+        with self._lock:
+            self.last_at = now
+            self._ending = True
+            self._rearm(now)
+
+    def _rearm(self, now: float) -> None:
+        """(Under the lock) sleep on the due time as it is now."""
+        if not self._done:
             if self._handle is not None:
                 self._handle.cancel()
             due, _ = self._due()
@@ -202,34 +218,39 @@ class _Assembly:
             if event == "error":
                 raise StreamError(one_line(data.strip(), 300), None) from None
             raise BadResponseError("a streamed chunk is not JSON") from None
-        if not isinstance(obj, dict):
+        self.add_object(obj, event)
+
+    def add_object(self, obj: Any, event: str = "message") -> None:
+        """One chunk, parsed. The common one (a delta's content) goes the shortest way."""
+        if type(obj) is not dict:
             raise BadResponseError("a streamed chunk is not a JSON object")
         if event == "error" or "error" in obj:
             raise _stream_error(obj)
         if self.model is None and isinstance(obj.get("model"), str):
             self.model = model_name(obj["model"])
         usage = obj.get("usage")
-        if isinstance(usage, dict):
+        if usage is not None and type(usage) is dict:
             self.usage = _usage(usage)
         if "timings" in obj:
             self.server_ms = server_ms_of(obj) or self.server_ms
         choices = obj.get("choices")
-        if not isinstance(choices, list) or not choices:
+        if not choices or type(choices) is not list:
             return  # the usage chunk (empty choices), or a server's own notice
         choice = choices[0]
-        if not isinstance(choice, dict):
+        if type(choice) is not dict:
             raise BadResponseError("a streamed chunk's choice is not an object")
         delta = choice.get("delta")
-        if isinstance(delta, dict):
+        if type(delta) is dict:
             content = delta.get("content")
-            if isinstance(content, str) and content:
+            if content and type(content) is str:
                 self.progress._parts.append(content)
                 self.progress.tokens += 1
                 self.wrote = True
-            elif isinstance(delta.get("reasoning_content"), str) and delta["reasoning_content"]:
-                self.wrote = True
+            elif not self.wrote:
+                reasoning = delta.get("reasoning_content")
+                self.wrote = bool(reasoning) and type(reasoning) is str
         finish = choice.get("finish_reason")
-        if isinstance(finish, str):
+        if finish is not None and type(finish) is str:
             self.finish = finish
 
     def completion(self, ttft_ms: int | None) -> Completion:
@@ -312,8 +333,6 @@ def read_stream(
         clock.stop()
     if clock.reason is not None and not assembly.done:
         raise clock.error(timeout_s)
-    if clock.reason is not None:
-        raise clock.error(timeout_s)
     first = clock.first_at
     ttft_ms = round((first - sent_at) * 1000) if first is not None else None
     return assembly.completion(ttft_ms)
@@ -328,13 +347,24 @@ def _take(
     """Add a read's events to the answer; move the clocks; tell the progress."""
     if not events:
         return
-    wrote = assembly.wrote
+    wrote, done = assembly.wrote, assembly.done
+    if len(events) > 1 and all(e.event == "message" and e.data[:1] == "{" for e in events):
+        try:  # a read's chunks in one parse: a call each costs more than the parsing
+            batch: Any = json.loads("[" + ",".join(e.data for e in events) + "]")
+        except (ValueError, RecursionError):
+            batch = None
+        if type(batch) is list and len(batch) == len(events):
+            for obj in batch:
+                assembly.add_object(obj)
+            events = []
     for event in events:
         assembly.add(event.data, event.event)
     now = time.monotonic()
     if assembly.wrote and not wrote:
         clock.first_token(now)
     clock.last_at = now
+    if assembly.done and not done:
+        clock.answered(now)
     if on_progress is not None and assembly.progress.tokens:
         on_progress(assembly.progress)
 
