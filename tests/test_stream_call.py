@@ -263,3 +263,15 @@ def test_a_stream_left_open_after_done_is_not_held_for_the_idle_timeout() -> Non
         server.close()
     assert completion.text == "Hi"
     assert time.monotonic() - started < 10
+
+
+def test_a_stall_is_like_a_timeout_for_failover_and_the_breaker() -> None:
+    """Once an endpoint's retries are spent, a stall moves the stage on, as a timeout does,
+    and counts against the endpoint's breaker; an error mid-stream too."""
+    from briefd.llm.routing import counts_against, fails_over, fails_over_after_retries
+
+    stalled = TransportError("s", code=ErrorCode.STALLED, hint="h")
+    mid = StreamError("mid-answer", None)
+    for err in (stalled, mid):
+        assert err.retryable and fails_over_after_retries(err) and counts_against(err)
+        assert not fails_over(err, 10.0)  # not at once: retried on this endpoint first
