@@ -48,6 +48,8 @@ from briefd.messages import (
     StageFailed,
     StageFailedOver,
     StageFellBack,
+    StageHedged,
+    StageProgress,
     StageRetrying,
     StageStarted,
     StageState,
@@ -109,6 +111,8 @@ class CoordinatorActor(PooledThreadingActor):
         self._routing = routing if routing is not None else Routing.for_url(settings, base_url)
         self._models = {s.name: self._stage_model(s.name, s.model) for s in pipeline.stages}
         self._served: dict[str, str] = {}
+        self._streamed: dict[str, float] = {}  # running stages' StageProgress fractions
+        self._percent_told = 0.0
         self._budget = job_budget(job, settings)
         self._pipeline = pipeline
         self._settings = settings
@@ -220,7 +224,17 @@ class CoordinatorActor(PooledThreadingActor):
                     rec.state = StageState.RUNNING
                     self._progress(stage)
             case StageRetrying(stage=stage) if self._active(stage):
+                self._streamed.pop(stage, None)  # the next attempt streams from nothing
                 self._publish(message)
+            case StageHedged(stage=stage) if self._active(stage):
+                self._publish(message)
+            case StageProgress(stage=stage) if self._active(stage):
+                self._streamed[stage] = message.fraction
+                self._publish(message)
+                if progress(self._pipeline, self._records, self._streamed).percent >= (
+                    self._percent_told + 1.0  # a point or more: not one per chunk report
+                ):
+                    self._progress(stage)
             case StageFailedOver(stage=stage) if self._active(stage):
                 self._served.pop(stage, None)
                 self._publish(message)
@@ -245,7 +259,7 @@ class CoordinatorActor(PooledThreadingActor):
                 self._check_health()
             case StageStarted() | StageRetrying() | StageSucceeded() | StageFailed():
                 pass  # a late report from a stage already ended (cancelled or crashed)
-            case StageFailedOver():
+            case StageFailedOver() | StageProgress() | StageHedged():
                 pass  # a late report from a stage already ended (cancelled or crashed)
             case _:
                 logger.warning("{} coordinator: unexpected {!r}", self.job.job_id, message)
@@ -469,7 +483,7 @@ class CoordinatorActor(PooledThreadingActor):
             documents=self._documents,
             errors=self._errors,
             fallbacks=self._fallbacks,
-            progress=progress(self._pipeline, self._records),
+            progress=progress(self._pipeline, self._records, self._streamed),
             metrics=metrics,
             parallel=self._settings.parallel,
             checked_against=schema_sources(self._pipeline, self.job),
@@ -498,13 +512,9 @@ class CoordinatorActor(PooledThreadingActor):
     # -- helpers -------------------------------------------------------------
 
     def _progress(self, stage: str) -> None:
-        self._publish(
-            ProgressChanged(
-                job_id=self.job.job_id,
-                stage=stage,
-                progress=progress(self._pipeline, self._records),
-            )
-        )
+        now = progress(self._pipeline, self._records, self._streamed)
+        self._percent_told = now.percent
+        self._publish(ProgressChanged(job_id=self.job.job_id, stage=stage, progress=now))
 
     def _publish(self, event: Event) -> None:
         publish(event, self._observers)

@@ -28,8 +28,10 @@ import pykka
 from loguru import logger
 
 from briefd import deadlines
+from briefd.actors.hedge import StageHedging
 from briefd.actors.rate_limiter import LimiterRef
 from briefd.actors.stage_parts import StageDeadline, StageRoutes
+from briefd.actors.stage_progress import ProgressReporter
 from briefd.config import Settings, StageSpec
 from briefd.latency import StageClock
 from briefd.limits.gcra import estimate_tokens
@@ -65,7 +67,7 @@ from briefd.timers import Timers
 AnyRef = pykka.ActorRef[Any]
 
 
-class StageActor(StageRoutes, StageDeadline, PooledThreadingActor):
+class StageActor(StageRoutes, StageDeadline, StageHedging, PooledThreadingActor):
     """Runs one stage of one job; reports to its coordinator by ``tell``."""
 
     def __init__(
@@ -339,9 +341,10 @@ class StageActor(StageRoutes, StageDeadline, PooledThreadingActor):
             endpoint=self._routing.endpoints[route.endpoint],
             model=route.model,
         )
-        return self._client.complete(
-            body, job_id=self.job_id, stage=self.spec.name, on_sent=self._tell_started
+        report = ProgressReporter(  # a streamed answer's StageProgress, a few a second
+            self.job_id, self.spec.name, self._attempt, self.spec.max_tokens, self._report
         )
+        return self._complete_call(body, report)  # hedged, with BRIEFD_HEDGE_AFTER_MS
 
     def _tell_started(self) -> None:
         """Tell this attempt's ``StageStarted``, once (see :meth:`_on_token`)."""

@@ -5,6 +5,7 @@ Kept out of the coordinator so it can be read (and tested) without actors.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from briefd.config import PipelineSpec
@@ -27,8 +28,26 @@ class StageRecord:
     server_ms: int | None = None
 
 
-def progress(pipeline: PipelineSpec, records: dict[str, StageRecord]) -> Progress:
-    """Seed step 4: weighted percent, a running stage counting half."""
+RUNNING_SHARE = 0.5
+"""A running stage counts half its weight (seed step 4) ..."""
+STREAMED_SHARE = 0.45
+"""... and a streaming one up to this much more, with its fraction (tokens / max_tokens, itself
+capped at 0.95 by the stage): at most 0.93 of its weight, never done before it is."""
+
+
+def progress(
+    pipeline: PipelineSpec,
+    records: dict[str, StageRecord],
+    streamed: Mapping[str, float] | None = None,
+) -> Progress:
+    """Seed step 4: weighted percent, a running stage counting half, and a streaming stage
+    half plus :data:`STREAMED_SHARE` x its ``streamed`` fraction (its last StageProgress).
+
+    Half at once keeps the seed's figure for a stage whose answer is not streamed; the
+    fraction moves a streamed one on from there as its tokens arrive, so the percent no
+    longer jumps from 50 to 100 per stage. Against ``max_tokens`` the fraction undershoots
+    (a document rarely fills its limit), which leaves the jump at the end smaller, not gone.
+    """
     total = sum(s.weight for s in pipeline.stages) or 1.0
     done = 0.0
     for s in pipeline.stages:
@@ -36,7 +55,8 @@ def progress(pipeline: PipelineSpec, records: dict[str, StageRecord]) -> Progres
         if state is StageState.COMPLETE:
             done += s.weight
         elif state is StageState.RUNNING:
-            done += s.weight * 0.5
+            fraction = min(max((streamed or {}).get(s.name, 0.0), 0.0), 1.0)
+            done += s.weight * (RUNNING_SHARE + STREAMED_SHARE * fraction)
     return Progress(
         stages={name: rec.state for name, rec in records.items()},
         percent=round(100.0 * done / total, 1),

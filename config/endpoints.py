@@ -42,7 +42,7 @@ DEFAULT_ALIAS = "default"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _ENDPOINT_KEYS = {
     "name", "kind", "base_url", "api_key_env", "api_version", "headers",
-    "max_concurrent", "rpm", "tpm", "response_format",
+    "max_concurrent", "rpm", "tpm", "response_format", "stream",
 }  # fmt: skip
 _MODEL_KEYS = {"name", "use"}
 _RESPONSE_FORMATS = ("json_schema", "json_object", "none")
@@ -65,6 +65,7 @@ class EndpointSpec:
     rpm: float | None = None
     tpm: float | None = None
     response_format: str | None = None
+    stream: bool = True  # false: never ask this server to stream (BRIEFD_STREAM is the default)
 
     @property
     def accepts_extra_params(self) -> bool:
@@ -207,6 +208,9 @@ def _endpoint(
     response_format = entry.get("response_format")
     if response_format is not None and response_format not in _RESPONSE_FORMATS:
         errors.append(f"{at}: response_format: one of {', '.join(_RESPONSE_FORMATS)}")
+    stream = entry.get("stream", True)
+    if not isinstance(stream, bool):
+        errors.append(f"{at}: stream: true or false")
     if len(errors) > before:
         return None
     rpm, tpm = entry.get("rpm"), entry.get("tpm")
@@ -221,6 +225,7 @@ def _endpoint(
         rpm=float(rpm) if rpm is not None else None,
         tpm=float(tpm) if tpm is not None else None,
         response_format=response_format,
+        stream=bool(stream),
     )
 
 

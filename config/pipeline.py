@@ -67,6 +67,10 @@ class StageSpec(BaseModel):
     expected_ms: int | None = Field(
         default=None, ge=0, description="Declared latency, for `briefd pipeline check`."
     )
+    stream: bool = Field(
+        default=True,
+        description="false: this stage never streams (unset: BRIEFD_STREAM and its endpoint's).",
+    )
 
     @model_validator(mode="after")
     def _checks(self) -> StageSpec:

@@ -357,6 +357,21 @@ class Settings(BaseSettings):
         """The database bound in effect: ``db_timeout_s``, or ``lease_s / 2``."""
         return self.db_timeout_s if self.db_timeout_s is not None else self.lease_s / 2
 
+    @field_validator("hedge_after_ms")
+    @classmethod
+    def _hedge_after(cls, value: str | None) -> str | None:
+        """Milliseconds > 0, or p95 (briefd.llm.hedge reads it)."""
+        text = (value or "").strip().lower()
+        if not text:
+            return None
+        try:
+            ok = text == "p95" or 0 < float(text) < 1e9
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(f"{value!r}: a number of milliseconds > 0, or p95")
+        return text
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _level_in_any_case(cls, value: object) -> object:

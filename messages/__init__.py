@@ -72,6 +72,7 @@ from briefd.messages.stage import (
     StageActorStopped,
     StageFailed,
     StageFellBack,
+    StageHedged,
     StageProgress,
     StagePromptRendered,
     StageRetrying,
@@ -109,6 +110,7 @@ AnyMessage = Annotated[
     | StageFellBack
     | StageProgress
     | StagePromptRendered
+    | StageHedged
     | StageFailedOver
     | EndpointCircuitChanged
     | RequestToken
@@ -215,6 +217,7 @@ __all__ = [
     "StageFailed",
     "StageFailedOver",
     "StageFellBack",
+    "StageHedged",
     "StageProgress",
     "StagePromptRendered",
     "StageRetrying",

@@ -156,6 +156,26 @@ class StagePromptRendered(Event):
     prompt: str = Field(description="The prompt as sent (logged as its size and SHA-256).")
 
 
+class StageHedged(Event):
+    """A call had no first token after ``after_ms``: a second copy was sent
+    (BRIEFD_HEDGE_AFTER_MS); the first to write a token won and the other was cut."""
+
+    type: Literal["StageHedged"] = "StageHedged"
+    job_id: str
+    stage: str
+    attempt: int = Field(description="The attempt that was hedged.")
+    after_ms: int = Field(description="How long it had waited for a first token.")
+    route: str = Field(description="endpoint:model the second copy went to.")
+    winner: Literal["primary", "hedge", "neither"] = Field(
+        description="The copy that wrote first and was kept; neither: both failed or were cut."
+    )
+    usage: Usage = Field(
+        default=Usage(),
+        description="What the losing copy's server reported (often nothing: it was cut); "
+        "counted in the stage's usage and cost.",
+    )
+
+
 class StageFellBack(Event):
     """A failed stage's document was replaced by its fallback (the job field named)."""
 

@@ -153,7 +153,8 @@ class _Proxy:
     """A loopback proxy to the simulator that answers as the OpenAI API reports usage.
 
     Each answer gets a dated model name, ``cached_tokens`` (3/4 of the prompt) and
-    ``reasoning_tokens`` (1/2 of the completion); what it added is kept per stage.
+    ``reasoning_tokens`` (1/2 of the completion); what it added is kept per stage. It does
+    not stream (a streamed answer's usage is read by the same code: tests/test_sse.py).
     """
 
     served_model = "gpt-4o-2024-08-06"
@@ -189,7 +190,15 @@ class _Proxy:
                 self._forward(None)
 
             def do_POST(self) -> None:
-                self._forward(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                # It decorates whole answers: as a server that does not stream, it drops
+                # stream (and stream_options) and answers JSON, which the client reads whole.
+                body = json.loads(raw)
+                body.pop("stream", None)
+                body.pop("stream_options", None)
+                data = json.dumps(body).encode()
+                self.headers.replace_header("Content-Length", str(len(data)))
+                self._forward(data)
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True

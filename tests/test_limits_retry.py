@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from briefd.config import Settings
-from briefd.llm.errors import StatusError, TransportError
+from briefd.llm.errors import StatusError, StreamError, TransportError
 from briefd.llm.retry import RetryDriver, make_retrying, outcome_of
 from briefd.messages import ErrorCode
 
@@ -52,3 +52,7 @@ def test_outcomes_for_the_window() -> None:
     timeout = TransportError("t", code=ErrorCode.TIMEOUT, hint="h")
     assert outcome_of(timeout) == "overloaded"
     assert outcome_of(StatusError(400, "x")) == "other"
+    stalled = TransportError("s", code=ErrorCode.STALLED, hint="h")
+    assert outcome_of(stalled) == "overloaded"  # a stalled stream: a timeout seen sooner
+    assert outcome_of(StreamError("mid-answer", None)) == "overloaded"
+    assert outcome_of(StreamError("no", "insufficient_quota")) == "other"

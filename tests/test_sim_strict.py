@@ -348,7 +348,7 @@ def test_strict_json_schema_answer_is_bare_json_valid_for_the_schema(strict: Sim
 
 def test_json_stages_get_answers_valid_for_the_example_schemas(strict: SimServer) -> None:
     """The example job's schemas, asked for as briefd asks (json_schema, not strict)."""
-    settings = Settings(base_url=strict.base_url, model="gpt-4o-mini")
+    settings = Settings(base_url=strict.base_url, model="gpt-4o-mini", stream=False)
     pipeline = load_pipeline()
     schemas = json.loads(EXAMPLE.read_text())["schemas"]
     for name, schema in schemas.items():

@@ -58,6 +58,13 @@ class CallAbort:
             conn = self._conn
         _shutdown(conn)
 
+    def cut(self) -> None:
+        """End the call in flight now, if any, but not the owner's later calls (a hedge's
+        loser). Its connection is not reused: a response not read to its end is closed."""
+        with self._lock:
+            conn = self._conn
+        _shutdown(conn)
+
     def _attach(self, conn: Any) -> None:
         with self._lock:
             self._conn = conn

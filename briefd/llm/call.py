@@ -4,7 +4,9 @@
 drips one byte a second never trips a read timeout. So the body is read with
 ``read1`` under a watchdog that shuts the socket down when the call's total
 deadline (``BRIEFD_TIMEOUT_MS``) passes, and decoded here too
-(:mod:`briefd.llm.encoding`: gzip and deflate, capped after decoding).
+(:mod:`briefd.llm.encoding`: gzip and deflate, capped after decoding). A streamed
+answer (``text/event-stream``) is read by :mod:`briefd.llm.stream` under the same
+deadline and cap, plus a first-token and an idle clock.
 
 This is where upstream text enters briefd, so it is made safe here and in
 :mod:`briefd.llm.answer`, which reads the answer (:mod:`briefd.llm.text`): the
@@ -58,6 +60,7 @@ from briefd.llm.errors import (
     TransportError,
 )
 from briefd.llm.kinds import build_request as build_request  # re-exported: callers import it here
+from briefd.llm.stream import StreamProgress, is_event_stream, read_stream
 from briefd.messages import ErrorCode
 from briefd.redaction import register_secret
 from briefd.timers import call_later
@@ -145,23 +148,35 @@ class ChatClient:
         job_id: str,
         stage: str,
         on_sent: Callable[[], None] | None = None,
+        on_progress: Callable[[StreamProgress], None] | None = None,
     ) -> Completion:
         """One call; raises a :class:`~briefd.llm.errors.CallError` subclass on any failure.
 
         An ``abort`` (the job was cancelled) ends the call at once with CANCELLED.
-        ``on_sent()`` is called once the request has been written, if it is.
+        ``on_sent()`` is called once the request has been written, if it is. A
+        streamed answer (``body["stream"]``, :mod:`briefd.llm.stream`) calls
+        ``on_progress`` after each read that brought tokens, in this thread.
         """
         if self._abort is not None and self._abort.aborted:
             raise CallCancelled()
-        with bound(self._abort, on_sent):
+        sent = _Sent(on_sent)
+        with bound(self._abort, sent):
             try:
-                return self._complete(body, job_id=job_id, stage=stage)
+                return self._complete(body, job_id=job_id, stage=stage, sent=sent, on=on_progress)
             except CallError:
                 if self._abort is not None and self._abort.aborted:
                     raise CallCancelled() from None
                 raise
 
-    def _complete(self, body: dict[str, Any], *, job_id: str, stage: str) -> Completion:
+    def _complete(
+        self,
+        body: dict[str, Any],
+        *,
+        job_id: str,
+        stage: str,
+        sent: _Sent,
+        on: Callable[[StreamProgress], None] | None,
+    ) -> Completion:
         timeout_s = self._settings.timeout_ms / 1000
         deadline = time.monotonic() + timeout_s
         connect_s = min(self._settings.connect_timeout_ms / 1000, timeout_s)
@@ -175,6 +190,8 @@ class ChatClient:
             raise _tls_error(self._shown_url, err) from None
         except (requests.RequestException, HTTPError, OSError, ValueError) as err:
             raise self._unreachable(err) from None  # ValueError: a bad header value
+        if resp.status < 300 and is_event_stream(resp.headers.get("Content-Type")):
+            return self._read_stream(resp, sent.at or time.monotonic(), deadline, timeout_s, on)
         try:
             try:
                 raw = self._read_body(resp, deadline, timeout_s)
@@ -200,6 +217,34 @@ class ChatClient:
             )
         limits = parse_rate_limits(headers, maximum=self._settings.retry_after_max_s)
         return dataclasses.replace(parse_completion(raw), limits=limits)
+
+    def _read_stream(
+        self,
+        resp: BaseHTTPResponse,
+        sent_at: float,
+        deadline: float,
+        timeout_s: float,
+        on_progress: Callable[[StreamProgress], None] | None,
+    ) -> Completion:
+        """A streamed answer, read under the total, first-token and idle clocks."""
+        settings = self._settings
+        first_token_ms = settings.first_token_timeout_ms or settings.timeout_ms
+        try:
+            completion = read_stream(
+                resp,
+                sent_at=sent_at,
+                deadline=deadline,
+                timeout_s=timeout_s,
+                first_token_s=first_token_ms / 1000,
+                idle_s=settings.idle_timeout_ms / 1000,
+                max_body=_MAX_BODY,
+                on_progress=on_progress,
+            )
+        finally:
+            resp.close()  # a stream read to its end is pooled; one cut short closes
+            resp.release_conn()
+        limits = parse_rate_limits(dict(resp.headers), maximum=settings.retry_after_max_s)
+        return dataclasses.replace(completion, limits=limits)
 
     endpoint_kind: str = ""
     """What the endpoint speaks (openai, azure, compatible), for error hints; '' = unknown,
@@ -292,6 +337,21 @@ class ChatClient:
             code=ErrorCode.TIMEOUT,
             hint="raise BRIEFD_TIMEOUT_MS or check the server's load",
         )
+
+
+class _Sent:
+    """``on_sent`` that also notes when the request went out (a stream's first-token clock)."""
+
+    __slots__ = ("_then", "at")
+
+    def __init__(self, then: Callable[[], None] | None) -> None:
+        self.at: float | None = None
+        self._then = then
+
+    def __call__(self) -> None:
+        self.at = time.monotonic()
+        if self._then is not None:
+            self._then()
 
 
 def chat_url_of(base_url: str) -> str:

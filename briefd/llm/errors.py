@@ -9,6 +9,8 @@
     ├── StatusError           an HTTP error status                        -> 429/5xx retried,
     │                         but not a 429 ``insufficient_quota`` (QUOTA_EXCEEDED)
     ├── TruncatedError        finish_reason == "length"                   -> not retried
+    ├── StreamError           an error sent in a streamed answer          -> retried, but not
+    │                         one that says the quota is spent (QUOTA_EXCEEDED)
     ├── BadResponseError      200 but not a chat completion              -> not retried
     ├── InvalidOutputError    the document is not valid JSON / schema    -> not retried
     └── CallCancelled         the job was cancelled; the call was cut     -> not retried
@@ -34,6 +36,7 @@ __all__ = [
     "CallError",
     "InvalidOutputError",
     "StatusError",
+    "StreamError",
     "TLSError",
     "TransportError",
     "TruncatedError",
@@ -127,6 +130,24 @@ class StatusError(CallError):
             prompt_chars=prompt_chars,
         )
         super().__init__(f"HTTP {status}: {detail}".rstrip(": "), hint=hint)
+
+
+class StreamError(CallError):
+    """The server sent an error in the middle of a streamed answer (after its 200).
+
+    The status said yes, then the generation failed (an overloaded server, a worker
+    that died): SERVER_ERROR, retried, unless ``upstream_code`` says the quota is spent.
+    """
+
+    def __init__(self, detail: str, upstream_code: str | None) -> None:
+        self.upstream_code = upstream_code
+        if upstream_code in QUOTA_CODES:
+            self.code, self.retryable = ErrorCode.QUOTA_EXCEEDED, False
+            hint = status_hint(429, detail, upstream_code)
+        else:
+            self.code, self.retryable = ErrorCode.SERVER_ERROR, True
+            hint = "the server failed mid-answer; retried automatically"
+        super().__init__(f"error in the streamed answer: {detail}".rstrip(": "), hint=hint)
 
 
 class TruncatedError(CallError):

@@ -53,6 +53,19 @@ def dropped_params(stages: Iterable[StageSpec], endpoint: EndpointSpec) -> list[
     ]
 
 
+def streams(stage: StageSpec, settings: Settings, endpoint: EndpointSpec | None) -> bool:
+    """Whether ``stage``'s calls to ``endpoint`` ask for a streamed answer.
+
+    ``BRIEFD_STREAM`` (default on), unless the endpoint's or the stage's ``stream = false``
+    says no. The embedded model does not stream: its server (llama-cpp-python) is briefd's
+    own, on the same machine, where a stall is not a network's and the first token
+    is no news; its answers are read whole, as before.
+    """
+    if not (settings.stream and stage.stream):
+        return False
+    return endpoint is None or (endpoint.stream and endpoint.kind != "embedded")
+
+
 def build_request(
     stage: StageSpec,
     prompt: str,
@@ -68,6 +81,8 @@ def build_request(
     (OpenAI, Azure, vLLM, Ollama) or ``json_object``, with an inline ``schema``
     only for servers that read one (llama.cpp's); the OpenAI API refuses it there.
     ``model`` is the route's (else ``BRIEFD_MODEL``); Azure names it in the URL.
+    A streamed call (:func:`streams`) asks for the usage at its end (``include_usage``:
+    OpenAI, Azure, vLLM, llama.cpp and Ollama take it).
     """
     kind = endpoint.kind if endpoint is not None else None
     chosen = model if model is not None else settings.model
@@ -95,6 +110,9 @@ def build_request(
         or settings.response_format
         or _DEFAULT_FORMAT.get(kind or "", "json_schema")
     )
+    if streams(stage, settings, endpoint):
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}  # else a stream reports no usage
     if stage.kind == "json" and style != "none":
         inline_schema = kind not in ("openai", "azure")
         if style == "json_schema" and stage.schema_ is not None:

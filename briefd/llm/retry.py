@@ -22,13 +22,14 @@ import tenacity
 from tenacity import RetryCallState
 
 from briefd.config import Settings
-from briefd.llm.errors import CallError, StatusError, TransportError
+from briefd.llm.errors import CallError, StatusError, StreamError, TransportError
 from briefd.messages import ErrorCode
 from briefd.messages.token import Outcome
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Timeouts, connection errors, 429 and 500/502/503/504 are worth another try."""
+    """Timeouts, stalled streams, connection errors, 429, 500/502/503/504 and an error
+    sent mid-stream are worth another try."""
     return isinstance(exc, CallError) and exc.retryable
 
 
@@ -126,6 +127,8 @@ def outcome_of(exc: BaseException) -> Outcome:
         return "rate_limited" if exc.code is ErrorCode.RATE_LIMITED else "other"  # not a quota
     if isinstance(exc, StatusError) and exc.status >= 500:
         return "overloaded"
-    if isinstance(exc, TransportError) and exc.code is ErrorCode.TIMEOUT:
-        return "overloaded"
+    if isinstance(exc, StreamError) and exc.code is ErrorCode.SERVER_ERROR:
+        return "overloaded"  # a 5xx that came after the 200, in the stream
+    if isinstance(exc, TransportError) and exc.code in (ErrorCode.TIMEOUT, ErrorCode.STALLED):
+        return "overloaded"  # a stalled stream: a timeout that was seen sooner
     return "other"

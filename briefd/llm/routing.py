@@ -32,7 +32,8 @@ from briefd.messages import EndpointCircuitChanged, ErrorCode
 CircuitState = Literal["closed", "open", "half_open"]
 _FAILOVER_CODES = frozenset({ErrorCode.CONNECTION, ErrorCode.TLS_ERROR, ErrorCode.QUOTA_EXCEEDED})
 _FAILOVER_STATUSES = frozenset({401, 403, 404})
-_AFTER_RETRIES_CODES = frozenset({ErrorCode.SERVER_ERROR, ErrorCode.TIMEOUT})
+_AFTER_RETRIES_CODES = frozenset({ErrorCode.SERVER_ERROR, ErrorCode.TIMEOUT, ErrorCode.STALLED})
+"""Moved on from once this endpoint's retries are spent: a stall is a timeout that came sooner."""
 
 
 def fails_over(err: CallError, failover_after_s: float) -> bool:
@@ -55,7 +56,7 @@ def fails_over(err: CallError, failover_after_s: float) -> bool:
 
 def fails_over_after_retries(err: CallError) -> bool:
     """Whether ``err``, once this endpoint's retries are spent, moves the stage on (5xx,
-    timeouts)."""
+    timeouts, stalled streams)."""
     return err.code in _AFTER_RETRIES_CODES
 
 

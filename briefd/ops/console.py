@@ -41,6 +41,7 @@ from briefd.ops.eventlog import escape_control
 from briefd.ops.snapshot import JobRow, Snapshot
 from briefd.ops.sources import RESCAN_S, LogSet, is_glob
 from briefd.ops.view import OpsView
+from briefd.ops.writing import writing_table
 from briefd.tenants.ids import split_id
 
 EXIT_OK, EXIT_USAGE = 0, 2
@@ -337,6 +338,7 @@ def render(
         "times / the job's wall time; about 1.0 when the server serves one call at a time)",
     )
     parts = [_header(snap, source, title, notes), _warnings(snap), _jobs(snap, job_rows)]
+    parts.append(writing_table(snap, job_rows))  # streaming stages: tokens, last line
     parts += [_capacity(snap), _endpoints(snap), _spend(snap), pipelines_line(snap.pipelines)]
     parts += [side, speedup, _errors(snap)]
     return Group(*(p for p in parts if p is not None))

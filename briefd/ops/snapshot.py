@@ -32,11 +32,13 @@ class JobRow:
     owner: str | None = None
     """The log (source) of the daemon running the job; in a snapshot, that daemon's name,
     and None when only one log is followed."""
+    writing: dict[str, tuple[int, str]] = field(default_factory=dict)
+    """Each streaming stage's tokens so far and the last line of its text (StageProgress)."""
 
     def copy(self, names: dict[str, str] | None = None) -> JobRow:
         """A copy to hand out, its ``owner`` shown by ``names`` (None without them)."""
         owner = names.get(self.owner or "", self.owner) if names else None
-        return replace(self, stages=dict(self.stages), owner=owner)
+        return replace(self, stages=dict(self.stages), owner=owner, writing=dict(self.writing))
 
 
 @dataclass(frozen=True)

@@ -107,6 +107,7 @@ class OpsView:
             "StageSucceeded": self._stage_succeeded,
             "StageFailed": self._stage_failed,
             "StageFellBack": self._stage_fell_back,
+            "StageProgress": self._stage_progress,
             "ProgressChanged": self._progress,
             "TokenGranted": self._token,
             "TokenReleased": self._token,
@@ -164,6 +165,17 @@ class OpsView:
         job = self._job(record)
         if job is not None and record.stage is not None:
             job.stages[record.stage] = state
+            if state != "running":  # its stream ended (or its next attempt starts afresh)
+                job.writing.pop(record.stage, None)
+
+    def _stage_progress(self, record: Record) -> None:
+        job = self._job(record)
+        if job is not None and record.stage is not None:
+            preview = record.data.get("preview")
+            job.writing[record.stage] = (
+                _int(record.data.get("completion_tokens")),
+                preview if isinstance(preview, str) else "",
+            )
 
     def _accepted(self, record: Record) -> None:
         self._job(record)

@@ -11,6 +11,8 @@ import threading
 from types import FrameType
 from typing import NoReturn
 
+from pydantic import ValidationError
+
 from briefd.sim.catalog import DATED_NAMES
 from briefd.sim.faults import Fault, ProfileError, SimProfile, load_profile
 from briefd.sim.server import SimServer
@@ -116,6 +118,30 @@ def _add_contract_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--burst", type=_count, help="requests allowed at once (default: --rps)")
     parser.add_argument("--tpm", type=_count, help="enforced tokens per minute (429 beyond)")
     parser.add_argument(
+        "--first-token-s",
+        type=_non_negative,
+        metavar="S",
+        help="every streamed answer waits this long for its first token (a whole one: delayed)",
+    )
+    parser.add_argument(
+        "--stall-after",
+        type=int,
+        metavar="N",
+        help="every streamed answer goes silent after N chunks, the connection open (a stall)",
+    )
+    parser.add_argument(
+        "--error-after",
+        type=int,
+        metavar="N",
+        help="every streamed answer sends an error event after N chunks, then ends",
+    )
+    parser.add_argument(
+        "--drip-s",
+        type=_positive,
+        metavar="S",
+        help="a chunk every S seconds (streamed; a whole answer: a byte), slow but never stalled",
+    )
+    parser.add_argument(
         "--fail-status",
         type=int,
         metavar="CODE",
@@ -156,6 +182,26 @@ def main(argv: list[str] | None = None) -> int:
             raise _ArgError("argument --burst: needs --rps")
         if args.fail_status is not None and not 400 <= args.fail_status <= 599:
             raise _ArgError(f"argument --fail-status: {args.fail_status} is not in 400..599")
+        for flag, value in (
+            ("--stall-after", args.stall_after),
+            ("--error-after", args.error_after),
+        ):
+            if value is not None and value < 0:
+                raise _ArgError(f"argument {flag}: {value} is not a count >= 0")
+        streamed = {
+            "first_token_s": args.first_token_s,
+            "stall_after": args.stall_after,
+            "error_after": args.error_after,
+            "drip_s": args.drip_s,
+        }
+        stream_fault = {k: v for k, v in streamed.items() if v is not None}
+        if stream_fault and args.fail_status is not None:
+            raise _ArgError("argument --fail-status: not with the stream faults")
+        if stream_fault:
+            try:
+                stream_fault_model = Fault(times=None, **stream_fault)
+            except ValidationError as exc:
+                raise _ArgError(exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
         api_key = None
         if args.api_key_env is not None:
             api_key = os.environ.get(args.api_key_env)
@@ -174,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.fail_status is not None:
         dead = Fault(status=args.fail_status, times=None)
         profile = profile.model_copy(update={"faults": [dead, *profile.faults]})
+    if stream_fault:
+        profile = profile.model_copy(update={"faults": [stream_fault_model, *profile.faults]})
     try:
         server = SimServer(
             profile,

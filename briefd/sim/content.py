@@ -241,30 +241,3 @@ def completion_body(
             "total_tokens": prompt_tokens + completion_tokens,
         },
     }
-
-
-def stream_body(answer: dict[str, Any], options: Any) -> bytes:
-    """``answer`` as OpenAI streams it: ``chat.completion.chunk`` events, then ``[DONE]``.
-
-    A first chunk with the role, the content in pieces, a last chunk with the finish
-    reason and, with ``stream_options.include_usage``, a chunk with empty ``choices`` and
-    the ``usage`` (the only place a streaming client learns it).
-    """
-    choice = answer["choices"][0]
-    content: str = choice["message"]["content"]
-    head = {k: answer[k] for k in ("id", "created", "model")}
-    head["object"] = "chat.completion.chunk"
-
-    def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
-        return {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-
-    step = max(1, len(content) // 4)
-    events = [chunk({"role": "assistant", "content": ""}, None)]
-    events += [
-        chunk({"content": content[i : i + step]}, None) for i in range(0, len(content), step)
-    ]
-    events.append(chunk({}, choice["finish_reason"]))
-    if isinstance(options, dict) and options.get("include_usage"):
-        events.append({**head, "choices": [], "usage": answer["usage"]})
-    lines = [f"data: {json.dumps(e, ensure_ascii=False)}\n\n" for e in events]
-    return ("".join(lines) + "data: [DONE]\n\n").encode("utf-8")

@@ -17,7 +17,12 @@ from typing import Any
 from briefd.sim import errors
 from briefd.sim.catalog import Catalog, is_reasoning
 from briefd.sim.errors import ApiError, json_type
-from briefd.sim.openai_spec import CHAT_ARGUMENTS, MESSAGE_ROLES, RESPONSE_FORMATS
+from briefd.sim.openai_spec import (
+    CHAT_ARGUMENTS,
+    MESSAGE_ROLES,
+    RESPONSE_FORMATS,
+    STREAM_OPTIONS,
+)
 from briefd.sim.schema_rules import check_strict_schema
 
 SCHEMA_NAME = re.compile(r"^[a-zA-Z0-9_-]+$")
@@ -44,6 +49,19 @@ def _argument(name: str, value: Any) -> ApiError | None:
             return errors.out_of_range(name, value, spec["minimum"], above=False)
     if isinstance(value, str) and "enum" in spec and value not in spec["enum"]:
         return errors.invalid_value(name, value, spec["enum"])
+    return None
+
+
+def _stream_options(options: Any) -> ApiError | None:
+    """``stream_options``' keys and their types, as ``ChatCompletionStreamOptions`` has them."""
+    if not isinstance(options, dict):
+        return None  # absent or null (its type was checked with the other arguments)
+    for key, value in options.items():
+        spec = STREAM_OPTIONS.get(key)
+        if spec is None:
+            return errors.unknown_parameter(f"stream_options.{key}")
+        if not _type_ok(value, spec["types"]):
+            return errors.invalid_type(f"stream_options.{key}", spec["types"], value)
     return None
 
 
@@ -239,7 +257,9 @@ def validate_chat(
             "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
             param="stream_options",
         )
-    error = _messages(body["messages"])
+    error = _stream_options(body.get("stream_options"))
+    if error is None:
+        error = _messages(body["messages"])
     if error is None and body.get("response_format") is not None:
         error = _response_format(body["response_format"], body["messages"])
     if error is None and is_reasoning(served):

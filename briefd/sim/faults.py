@@ -61,6 +61,17 @@ class Fault(BaseModel):
     hang: bool = False
     drip_s: float | None = Field(default=None, gt=0.0)
     drop: bool = False
+    # Streamed answers (``stream: true``; see briefd.sim.streaming). drip_s paces a stream's
+    # chunks instead of its bytes: one chunk every drip_s, a slow stream that never stalls.
+    first_token_s: NonNegativeFloat | None = Field(
+        default=None, description="Seconds between the headers and the first content chunk."
+    )
+    stall_after: int | None = Field(
+        default=None, ge=0, description="Content chunks sent before the stream goes silent."
+    )
+    error_after: int | None = Field(
+        default=None, ge=0, description="Content chunks sent before an error event ends it."
+    )
 
     @model_validator(mode="after")
     def _coherent(self) -> Self:
@@ -81,6 +92,19 @@ class Fault(BaseModel):
             raise ValueError("retry_after is only sent with an error status; set status too")
         if (self.invalid_json or self.truncate) and modes and modes != ["drip_s"]:
             raise ValueError("invalid_json/truncate shape a 200 answer; not with status/hang/drop")
+        streamed = [
+            name
+            for name, on in (
+                ("first_token_s", self.first_token_s is not None),
+                ("stall_after", self.stall_after is not None),
+                ("error_after", self.error_after is not None),
+            )
+            if on
+        ]
+        if streamed and modes and modes != ["drip_s"]:
+            raise ValueError(f"{streamed} shape a streamed answer; not with status/hang/drop")
+        if self.stall_after is not None and self.error_after is not None:
+            raise ValueError("only one of stall_after, error_after may be set")
         return self
 
     def matches(self, stage: str, job_id: str) -> bool:

@@ -36,7 +36,6 @@ from briefd.sim.content import (
     error_body,
     parse_chat,
     render_content,
-    stream_body,
 )
 from briefd.sim.errors import ApiError
 from briefd.sim.faults import (
@@ -53,6 +52,7 @@ from briefd.sim.gateway import Gateway, Route, chat_route, estimate_tokens
 from briefd.sim.httpd import SimHTTPServer
 from briefd.sim.llama import LlamaMode, Slot
 from briefd.sim.ratelimit import SimRateLimits, rate_limited_message
+from briefd.sim.streaming import StreamWriter
 
 __all__ = [
     "MODEL_ID",
@@ -101,6 +101,25 @@ class _Handler(BaseHTTPRequestHandler):
         if status != 204:
             self.send_header("Content-Length", str(length))
         self.end_headers()
+
+    def _send_stream_head(self) -> None:
+        """A 200 whose body is Server-Sent Events in HTTP/1.1 chunks (no length known)."""
+        self._status = 200
+        self.send_response(200)
+        headers = {
+            **(self._extra or {}),
+            "Content-Type": "text/event-stream; charset=utf-8",
+            "Cache-Control": "no-cache",
+            "Transfer-Encoding": "chunked",
+        }
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.flush()
+
+    def _write_now(self, data: bytes) -> None:
+        self.wfile.write(data)
+        self.wfile.flush()
 
     def _send_json(self, status: int, obj: Any, headers: dict[str, str] | None = None) -> None:
         data = json.dumps(obj).encode("utf-8")
@@ -243,6 +262,9 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._admit(gateway, body, served or str(body.get("model") or MODEL_ID)):
             return False
         fault = ledger.take_fault(stage, job_id)
+        streamed = body.get("stream") is True
+        if fault is not None and not streamed:
+            fault = _whole_answer_fault(fault)
         if fault is not None and fault.hang:
             while not stop.wait(_POLL_S) and not self._peer_gone():
                 pass
@@ -253,8 +275,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._abandon()
             return False
         delay = fault.delay_s if fault is not None else 0.0
-        if fault is None or (fault.status is None and not fault.drop):
-            delay += ledger.profile.latency_for(stage)  # errors and drops skip generation time
+        generation = ledger.profile.latency_for(stage)
+        if (fault is None or (fault.status is None and not fault.drop)) and not streamed:
+            delay += generation  # errors and drops skip generation time; a stream spreads it
         if stop.wait(delay):
             self._abandon()
             return False
@@ -278,13 +301,11 @@ class _Handler(BaseHTTPRequestHandler):
         if self._slot.reports:  # llama.cpp's own measure of the work, queue excluded
             answer["timings"] = self._slot.timings(answer["usage"])
         answer["usage"] = gateway.usage(body, answer["model"], answer["usage"]["completion_tokens"])
+        if streamed:
+            writer = StreamWriter(answer, body.get("stream_options"), fault, generation, stop)
+            self._send_stream_head()
+            return writer.run(self._write_now, lambda ok: self._settle(200, ok), self._peer_gone)
         data = json.dumps(answer).encode("utf-8")
-        if gateway.strict and body.get("stream") is True:
-            data = stream_body(answer, body.get("stream_options"))
-            self._extra = {
-                **(self._extra or {}),
-                "Content-Type": "text/event-stream; charset=utf-8",
-            }
         if fault is None or fault.drip_s is None:
             self._settle(200, True)
             self._send_head(200, len(data))
@@ -300,6 +321,19 @@ class _Handler(BaseHTTPRequestHandler):
                 self._settle(200, True)
             self.wfile.write(data[i : i + 1])
         return True
+
+
+def _whole_answer_fault(fault: Fault) -> Fault:
+    """A stream's fault as a whole answer meets it: a stall hangs, an error event is a 500,
+    a slow first token delays the answer."""
+    update: dict[str, Any] = {}
+    if fault.stall_after is not None:
+        update["hang"] = True
+    elif fault.error_after is not None:
+        update["status"] = 500
+    if fault.first_token_s is not None:
+        update["delay_s"] = fault.delay_s + fault.first_token_s
+    return fault.model_copy(update=update) if update else fault
 
 
 class SimServer:
