@@ -16,9 +16,12 @@ lanes are in flight. A lane's gates, in this order:
   learned from the headers (:mod:`briefd.limits.learn`); when one says
   "not yet" a timer wakes the limiter then (it never sleeps).
 
-Which waiting request goes first: the oldest admitted job (after its priority,
-which ages), then the stage with the longest latency-weighted path to its
-job's end (:mod:`briefd.limits.order`), among the requests whose lane is open.
+Which waiting request goes first: the tenant with the least start tag of the
+weighted fair share, charged in tokens (``est_tokens`` at the grant, settled by
+``used_tokens`` at the release: :mod:`briefd.limits.fair`); within it the oldest
+admitted job (after its priority, which ages), then the stage with the longest
+latency-weighted path to its job's end (:mod:`briefd.limits.order`), among the
+requests whose lane is open.
 The request picked waits for its lane's budget rather than letting a cheaper
 one of the same lane pass it, so a large prompt is not starved; requests for
 other endpoints go meanwhile.
@@ -63,6 +66,7 @@ import pykka
 from loguru import logger
 
 from briefd.actors.succession import hand_over, take_over
+from briefd.limits.fair import cost_of
 from briefd.limits.lanes import EndpointLimits, EndpointStats, Lane, Lanes
 from briefd.limits.order import Waiting
 from briefd.messages import (
@@ -107,6 +111,8 @@ class Lease:
     epoch: int = 0  # the lane's window's epoch when the call started
     est_tokens: int = 0  # charged to the token budget at the grant
     endpoint: str = ""  # its lane
+    tenant: str = "default"  # charged cost_of(est_tokens) in the fair share, settled at release
+    weight: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -315,10 +321,13 @@ class RateLimiterActor(LeanThreadingActor):
                 epoch=lane.pacer.window.epoch,
                 est_tokens=req.est_tokens,
                 endpoint=req.endpoint,
+                tenant=req.tenant,
+                weight=req.weight,
             )
             s.leases[lease.lease_id] = lease
             lane.in_flight += 1
             lane.pacer.spend(lease.est_tokens)
+            s.lanes.share.charge(req.tenant, req.weight, cost_of(req.est_tokens), lease.granted_at)
             granted = TokenGranted(
                 job_id=req.job_id,
                 stage=req.stage,
@@ -335,6 +344,7 @@ class RateLimiterActor(LeanThreadingActor):
             except pykka.ActorDeadError:
                 self._drop(lease.lease_id)
                 lane.pacer.refund(lease.est_tokens)
+                self._settle_share(lease, 0)
                 continue
             s.granted_total += 1
             lane.granted_total += 1
@@ -364,6 +374,7 @@ class RateLimiterActor(LeanThreadingActor):
     def _settle(self, lease: Lease, msg: ReleaseToken) -> None:
         """Learn from how the call ended (its lane's window and budgets, the stage's latency,
         the headers)."""
+        self._settle_share(lease, msg.used_tokens)
         lane = self._lane(lease.endpoint)
         later_calls = later_tokens = 0
         if msg.limits is not None:  # the calls its server may not have counted in its headers
@@ -383,6 +394,11 @@ class RateLimiterActor(LeanThreadingActor):
             later_calls=later_calls,
             later_tokens=later_tokens,
         )
+
+    def _settle_share(self, lease: Lease, used: int | None) -> None:
+        """The tenant's fair share pays for what the call used (None: its estimate stays)."""
+        charged = cost_of(lease.est_tokens)
+        self._s.lanes.share.settle(lease.tenant, lease.weight, charged, used, time.monotonic())
 
     def _released(self, lease: Lease, *, reclaimed: bool) -> None:
         s = self._s
