@@ -261,6 +261,16 @@ MIGRATIONS: dict[int, tuple[LiteralString, ...]] = {
         "COMMENT ON COLUMN briefd_webhooks.next_at IS 'due; while claimed, when the claim lapses'",
         "CREATE INDEX briefd_webhooks_due ON briefd_webhooks (next_at) WHERE state = 'pending'",
         "CREATE INDEX briefd_webhooks_by_job ON briefd_webhooks (job_id, created_at)",
+        # The tenants' fair share (briefd/limits/fair.py): each wait and lease names its
+        # tenant and weight, and each endpoint's row keeps the tenants' virtual times, so
+        # every daemon's grant round picks the tenant by the same tags under the row's lock.
+        """ALTER TABLE briefd_token_waits ADD COLUMN tenant text NOT NULL DEFAULT 'default',
+            ADD COLUMN weight float8 NOT NULL DEFAULT 1""",
+        """ALTER TABLE briefd_tokens ADD COLUMN tenant text NOT NULL DEFAULT 'default',
+            ADD COLUMN weight float8 NOT NULL DEFAULT 1""",
+        "ALTER TABLE briefd_limiter_endpoints ADD COLUMN fair_share text",
+        """COMMENT ON COLUMN briefd_limiter_endpoints.fair_share IS
+            'the tenants'' start-time fair queuing tags (JSON: V, finish tags, last grants)'""",
     ),
 }
 
