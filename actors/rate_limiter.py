@@ -66,7 +66,6 @@ import pykka
 from loguru import logger
 
 from briefd.actors.succession import hand_over, take_over
-from briefd.limits.fair import cost_of
 from briefd.limits.lanes import EndpointLimits, EndpointStats, Lane, Lanes
 from briefd.limits.order import Waiting
 from briefd.messages import (
@@ -111,8 +110,9 @@ class Lease:
     epoch: int = 0  # the lane's window's epoch when the call started
     est_tokens: int = 0  # charged to the token budget at the grant
     endpoint: str = ""  # its lane
-    tenant: str = "default"  # charged cost_of(est_tokens) in the fair share, settled at release
+    tenant: str = "default"  # charged in the fair share at the grant, settled at release
     weight: float = 1.0
+    charged: float = 0.0  # what the fair share charged (FairShare.cost of est_tokens)
 
 
 @dataclass(frozen=True)
@@ -323,11 +323,12 @@ class RateLimiterActor(LeanThreadingActor):
                 endpoint=req.endpoint,
                 tenant=req.tenant,
                 weight=req.weight,
+                charged=s.lanes.share.cost(req.est_tokens),
             )
             s.leases[lease.lease_id] = lease
             lane.in_flight += 1
             lane.pacer.spend(lease.est_tokens)
-            s.lanes.share.charge(req.tenant, req.weight, cost_of(req.est_tokens), lease.granted_at)
+            s.lanes.share.charge(req.tenant, req.weight, lease.charged, lease.granted_at)
             granted = TokenGranted(
                 job_id=req.job_id,
                 stage=req.stage,
@@ -397,8 +398,14 @@ class RateLimiterActor(LeanThreadingActor):
 
     def _settle_share(self, lease: Lease, used: int | None) -> None:
         """The tenant's fair share pays for what the call used (None: its estimate stays)."""
-        charged = cost_of(lease.est_tokens)
-        self._s.lanes.share.settle(lease.tenant, lease.weight, charged, used, time.monotonic())
+        self._s.lanes.share.settle(
+            lease.tenant,
+            lease.weight,
+            lease.charged,
+            used,
+            time.monotonic(),
+            est_tokens=lease.est_tokens if used else 0,  # a refund teaches nothing
+        )
 
     def _released(self, lease: Lease, *, reclaimed: bool) -> None:
         s = self._s

@@ -7,7 +7,7 @@ import random
 from collections import Counter
 
 from briefd.limits import fair
-from briefd.limits.fair import FairShare, cost_of, pick_fair
+from briefd.limits.fair import FairShare, pick_fair
 from briefd.limits.order import Latencies, Waiting, pick
 from briefd.messages.token import RequestToken
 
@@ -42,10 +42,10 @@ def _serve(
         w = waiting[i]
         req = w.request
         queues[req.tenant].remove(w)
-        charged = cost_of(req.est_tokens)
+        charged = share.cost(req.est_tokens)
         share.charge(req.tenant, req.weight, charged, NOW)
         spent = (used or {}).get(req.tenant, req.est_tokens)
-        share.settle(req.tenant, req.weight, charged, spent, NOW)
+        share.settle(req.tenant, req.weight, charged, spent, NOW, est_tokens=req.est_tokens)
         served[req.tenant] += spent
     return served
 
@@ -79,7 +79,7 @@ def test_shares_are_in_tokens_not_in_requests() -> None:
         waiting = [w for q in queues.values() for w in q[:2]]
         req = waiting[pick_fair(waiting, NOW, Latencies(), share)].request
         queues[req.tenant].pop(0)
-        share.charge(req.tenant, req.weight, cost_of(req.est_tokens), NOW)
+        share.charge(req.tenant, req.weight, share.cost(req.est_tokens), NOW)
         calls[req.tenant] += 1
     assert 9 <= calls["small"] / calls["big"] <= 11, calls
 
@@ -110,7 +110,7 @@ def test_a_returning_idle_tenant_gets_no_burst() -> None:
         waiting = [w for q in queues.values() for w in q[:3]]
         req = waiting[pick_fair(waiting, NOW, Latencies(), share)].request
         queues[req.tenant].pop(0)
-        share.charge(req.tenant, req.weight, cost_of(req.est_tokens), NOW)
+        share.charge(req.tenant, req.weight, share.cost(req.est_tokens), NOW)
         first[req.tenant] += 1
     assert first["c"] <= 11, first  # a burst would be all 30
     assert first["c"] >= 9, first  # and it is not held back either

@@ -18,7 +18,7 @@ from briefd.cluster import slots
 from briefd.cluster.records import Grant, GrantRound
 from briefd.cluster.rows import LEASE_COLUMNS, QueuedRow, figures_of, grant_of, read_waits
 from briefd.cluster.shared import Shared, save
-from briefd.limits.fair import cost_of, pick_fair
+from briefd.limits.fair import pick_fair
 
 CHANNEL = "briefd_tokens"
 """Notified with a daemon's id when that daemon received a grant."""
@@ -110,7 +110,7 @@ class GrantRounds:
                 if grant is None:
                     continue  # withdrawn meanwhile (its slot stays free)
                 shared.pacer.spend(req.est_tokens)
-                shared.share.charge(req.tenant, req.weight, cost_of(req.est_tokens), now)
+                shared.share.charge(req.tenant, req.weight, shared.share.cost(req.est_tokens), now)
                 shared.granted_total += 1
                 live += 1
                 if head.daemon_id == self.daemon_id:
@@ -154,9 +154,10 @@ class GrantRounds:
                 FOR UPDATE SKIP LOCKED) AND EXISTS (SELECT 1 FROM free) RETURNING 1),
             lease AS (INSERT INTO briefd_tokens (lease_id, wait_id, daemon_id, requester,
                 job_id, stage, endpoint, epoch, est_tokens, waited_ms, delivered, expires_at,
-                slot, tenant, weight)
+                slot, tenant, weight, charged)
             SELECT nextval('briefd_token_fence'), %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
-                clock_timestamp() + make_interval(secs => %s), (SELECT slot FROM free), %s, %s
+                clock_timestamp() + make_interval(secs => %s), (SELECT slot FROM free), %s, %s,
+                %s
             FROM gone RETURNING *),
             held AS (UPDATE briefd_token_slots SET lease_id = (SELECT lease_id FROM lease)
                 WHERE slot = (SELECT slot FROM lease))
@@ -177,6 +178,7 @@ class GrantRounds:
                 self.lease_s,
                 req.tenant,
                 req.weight,
+                shared.share.cost(req.est_tokens),
             ),
         ).fetchone()
         if row is None or row["free_slot"] is None:

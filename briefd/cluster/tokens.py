@@ -56,7 +56,6 @@ from briefd.cluster.rows import (
 from briefd.cluster.settings import own_limits
 from briefd.cluster.shared import Shared, load, save
 from briefd.config import ConfigError
-from briefd.limits.fair import cost_of
 from briefd.limits.lanes import EndpointLimits
 from briefd.messages.token import Outcome, RateLimits, RequestToken
 from briefd.store.pg_setup import open_pool, open_schema_pool, redact_url
@@ -356,9 +355,10 @@ class ClusterTokens(GrantRounds):
             shared = load(db, lease.endpoint)
             counts = db.execute(
                 """WITH gone AS (DELETE FROM briefd_tokens WHERE lease_id = %s AND daemon_id = %s
-                    RETURNING tenant, weight, est_tokens)
+                    RETURNING tenant, weight, est_tokens, charged)
                 SELECT (SELECT count(*) FROM gone) AS gone, (SELECT tenant FROM gone) AS tenant,
                     (SELECT weight FROM gone) AS weight, (SELECT est_tokens FROM gone) AS est,
+                    (SELECT charged FROM gone) AS charged,
                     (SELECT count(*) FROM briefd_tokens WHERE endpoint = %s) AS live""",
                 (lease.lease_id, self.daemon_id, lease.endpoint),
             ).fetchone()  # one snapshot: "live" still counts the lease it deletes
@@ -377,9 +377,10 @@ class ClusterTokens(GrantRounds):
                     shared.share.settle(
                         counts["tenant"],
                         float(counts["weight"]),
-                        cost_of(int(counts["est"])),
+                        float(counts["charged"]),
                         used_tokens,
                         shared.clock(),
+                        est_tokens=int(counts["est"]),
                     )
                 save(db, shared)
         return bool(counts["gone"])

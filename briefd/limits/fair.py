@@ -18,8 +18,10 @@ served as many tokens as one of short prompts for the same number of calls):
   least ``S_t`` goes next (ties: every tied tenant's calls go to ``pick`` together,
   so with one tenant the order is exactly today's);
 * a grant of ``c`` tokens sets ``V = S_t`` and ``F_t = S_t + c / w_t``; ``c`` is the
-  call's ``est_tokens`` at the grant, and the call's release **settles** it:
-  ``F_t += (used - c) / w_t`` with the tokens its server reported (``usage``).
+  call's ``est_tokens`` at the grant (scaled by the ratio of used to estimated tokens
+  learned from settled calls: :meth:`FairShare.cost`), and the call's release
+  **settles** it: ``F_t += (used - c) / w_t`` with the tokens its server reported
+  (``usage``).
 
 Why SFQ and not deficit round robin: DRR needs a quantum at least as large as
 the largest call to be O(1), and serves a round at a time, so a tenant arriving
@@ -49,6 +51,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from briefd.limits.order import Latencies, Waiting, pick
@@ -63,10 +66,8 @@ PRUNE_EVERY = 256
 """Grants between two prunings of the forgettable tenants."""
 
 
-def cost_of(est_tokens: int) -> int:
-    """What a grant is charged before its release settles it: its estimate, at least 1 token
-    (an estimate of 0 must still count, or one tenant's grants would cost nothing)."""
-    return max(1, est_tokens)
+RATIO_ALPHA = 0.05
+"""Weight of the newest settled call in the learned ratio of used to estimated tokens."""
 
 
 @dataclass
@@ -77,14 +78,25 @@ class FairShare:
     finish: dict[str, float] = field(default_factory=dict)
     seen: dict[str, float] = field(default_factory=dict)
     grants: int = 0
+    ratio: float = 1.0  # tokens used per token estimated, learned from settled calls
+    learned: int = 0  # settled calls it was learned from
+
+    def cost(self, est_tokens: int) -> float:
+        """What a grant is charged until its release settles it: its estimate (at least 1:
+        an estimate of 0 must still cost something) times the learned ratio of used to
+        estimated tokens. ``est_tokens`` counts ``max_tokens`` in full, for BRIEFD_TPM's
+        sake; charged as it is, a tenant's call in flight would weigh several times what
+        calls use, and a newcomer's second call would wait behind every settled call of
+        the tenant it is sharing with."""
+        return max(1, est_tokens) * self.ratio
 
     def start(self, tenant: str) -> float:
         """``tenant``'s start tag now: its finish tag, but never behind V."""
         f = self.finish.get(tenant)
         return self.vtime if f is None or f < self.vtime else f
 
-    def charge(self, tenant: str, weight: float, tokens: int, now: float) -> None:
-        """A grant of ``tokens`` (:func:`cost_of` its estimate) to ``tenant`` of ``weight``."""
+    def charge(self, tenant: str, weight: float, tokens: float, now: float) -> None:
+        """A grant of ``tokens`` (:meth:`cost` of its estimate) to ``tenant`` of ``weight``."""
         s = self.start(tenant)
         self.vtime = s
         self.finish[tenant] = s + tokens / _positive(weight)
@@ -94,12 +106,26 @@ class FairShare:
             self.prune(now)
 
     def settle(
-        self, tenant: str, weight: float, charged: int, used: int | None, now: float
+        self,
+        tenant: str,
+        weight: float,
+        charged: float,
+        used: int | None,
+        now: float,
+        *,
+        est_tokens: int = 0,
     ) -> None:
         """A call ended: correct its charge from ``charged`` to the ``used`` tokens its server
-        reported. ``None`` (no usage: a failure, a server that says nothing) keeps the
-        charge: the grant held one of K whether or not it produced tokens."""
-        if used is None or tenant not in self.finish:
+        reported (and learn the ratio of used to ``est_tokens``). ``None`` (no usage: a
+        failure, a server that says nothing) keeps the charge: the grant held one of K
+        whether or not it produced tokens."""
+        if used is None:
+            return
+        if est_tokens > 0:  # a running mean over the first calls, then a moving average
+            seen = min(4.0, max(0.01, used / est_tokens))
+            self.learned = min(self.learned + 1, 1_000_000)
+            self.ratio += max(RATIO_ALPHA, 1 / self.learned) * (seen - self.ratio)
+        if tenant not in self.finish:
             return
         self.finish[tenant] += (used - charged) / _positive(weight)
         self.seen[tenant] = max(self.seen.get(tenant, now), now)
@@ -120,7 +146,16 @@ class FairShare:
 
     def to_json(self) -> str:
         """The state as JSON (a cluster's endpoint row keeps it)."""
-        return json.dumps({"v": self.vtime, "f": self.finish, "s": self.seen, "n": self.grants})
+        return json.dumps(
+            {
+                "v": self.vtime,
+                "f": self.finish,
+                "s": self.seen,
+                "n": self.grants,
+                "r": self.ratio,
+                "l": self.learned,
+            }
+        )
 
     @classmethod
     def from_json(cls, text: str | None) -> FairShare:
@@ -131,11 +166,12 @@ class FairShare:
             finish = {str(k): float(v) for k, v in dict(raw.get("f", {})).items()}
             seen = {str(k): float(v) for k, v in dict(raw.get("s", {})).items()}
             vtime, grants = float(raw.get("v", 0.0)), int(raw.get("n", 0))
+            ratio, learned = float(raw.get("r", 1.0)), int(raw.get("l", 0))
         except (ValueError, TypeError, AttributeError):
             return cls()
-        if not math.isfinite(vtime) or not all(math.isfinite(v) for v in finish.values()):
+        if not all(math.isfinite(v) for v in (vtime, ratio, *finish.values())) or ratio <= 0:
             return cls()
-        return cls(vtime=vtime, finish=finish, seen=seen, grants=grants)
+        return cls(vtime, finish, seen, grants, ratio, learned)
 
 
 def _positive(weight: float) -> float:
@@ -165,3 +201,20 @@ def pick_fair(waiting: list[Waiting], now: float, latencies: Latencies, share: F
         elif s == best:
             chosen.append(i)
     return chosen[pick([waiting[i] for i in chosen], now, latencies)]
+
+
+def next_to_admit(
+    queued_tenants: Iterable[str], active: Mapping[str, int], total: int, window: int
+) -> int | None:
+    """Which queued job (by index, oldest first) gets a coordinator next; None: none now.
+
+    The oldest while fewer than ``window`` jobs run; when the window is full, the oldest
+    job of a tenant with nothing running. Without that, a tenant's single job waited for a
+    place in the active window behind another tenant's 1,000 before the limiter's fair
+    share could see a single call of it. The window is exceeded by at most one job per
+    tenant; with one tenant this is the FIFO it replaces.
+    """
+    for i, tenant in enumerate(queued_tenants):
+        if total < window or not active.get(tenant):
+            return i
+    return None

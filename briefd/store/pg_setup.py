@@ -267,7 +267,10 @@ MIGRATIONS: dict[int, tuple[LiteralString, ...]] = {
         """ALTER TABLE briefd_token_waits ADD COLUMN tenant text NOT NULL DEFAULT 'default',
             ADD COLUMN weight float8 NOT NULL DEFAULT 1""",
         """ALTER TABLE briefd_tokens ADD COLUMN tenant text NOT NULL DEFAULT 'default',
-            ADD COLUMN weight float8 NOT NULL DEFAULT 1""",
+            ADD COLUMN weight float8 NOT NULL DEFAULT 1,
+            ADD COLUMN charged float8 NOT NULL DEFAULT 0""",
+        """COMMENT ON COLUMN briefd_tokens.charged IS
+            'tokens its tenant''s fair share was charged at the grant (settled at release)'""",
         "ALTER TABLE briefd_limiter_endpoints ADD COLUMN fair_share text",
         """COMMENT ON COLUMN briefd_limiter_endpoints.fair_share IS
             'the tenants'' start-time fair queuing tags (JSON: V, finish tags, last grants)'""",
