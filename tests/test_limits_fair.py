@@ -210,3 +210,14 @@ def test_a_failed_call_keeps_its_estimate() -> None:
     assert share.finish["a"] == before
     share.settle("a", 1.0, 400, 100, NOW)
     assert share.finish["a"] == before - 300
+
+
+def test_admission_oldest_first_and_a_tenants_first_job_past_a_full_window() -> None:
+    """Room in the window: the oldest queued job, whoever's. Full: the oldest job of a
+    tenant with nothing running, and none when every queued tenant has a job running."""
+    queued = ["a", "a", "b", "a", "c"]
+    assert fair.next_to_admit(queued, {"a": 3}, 3, 4) == 0
+    assert fair.next_to_admit(queued, {"a": 4}, 4, 4) == 2
+    assert fair.next_to_admit(queued, {"a": 3, "b": 1}, 4, 4) == 4
+    assert fair.next_to_admit(queued, {"a": 2, "b": 1, "c": 1}, 4, 4) is None
+    assert fair.next_to_admit(["default"] * 5, {"default": 4}, 4, 4) is None
