@@ -1,7 +1,7 @@
 """The tenants' fair share (issue 23), on one in-process Pipeline against the simulator.
 
     python bench/bench_fairshare.py [--jobs 1000] [--rounds 2] [--scale 0.01]
-                                    [--weighted-s 60] [--depth 4] [--part both]
+                                    [--weighted-s 60] [--depth 4] [--part both|cost|...]
 
 1. **A newcomer behind a backlog.** Tenant a submits ``--jobs`` jobs (the built-in
    four-stage pipeline, K=2, the simulator at ``--scale`` s per unit: 0.01 is its
@@ -20,6 +20,8 @@
 Stages do not yet fill ``RequestToken.tenant``/``weight`` from the job (the tenants
 work does): this bench tags each request by its job's tenant at the limiter's door (a
 thin wrapper around the pipeline's limiter), which is what that wiring will send.
+3. ``--part cost``: a grant's pick with one tenant, ``pick_fair`` against ``pick``.
+
 The load average is printed with each part: the machine is shared.
 """
 
@@ -244,6 +246,46 @@ def part_weighted(base_url: str, seconds: float, depth: int, warmup_s: float) ->
         print(f"   jobs not succeeded: {errors[:5]}")
 
 
+def part_cost(rounds: int) -> None:
+    """The grant's added cost with one tenant: pick_fair against pick, on waiting lists of the
+    sizes a loaded limiter holds (interleaved rounds, medians of per-call microseconds)."""
+    import random
+    import timeit
+    from functools import partial
+
+    from briefd.limits.fair import FairShare, pick_fair
+    from briefd.limits.order import Latencies, Waiting, pick
+
+    print(f"3. a grant's pick with one tenant ('default'): pick_fair vs pick; {load()}")
+    rng = random.Random(1)
+    now, lat, share = time.time(), Latencies(), FairShare()
+    for n in (16, 100, 1000):
+        waiting = [
+            Waiting(
+                i,
+                RequestToken(
+                    job_id=f"j{rng.randint(0, n // 4)}",
+                    stage=rng.choice(STAGES),
+                    requester="r",
+                    admitted_at=now - rng.random() * 100,
+                    priority=rng.randint(0, 3),
+                ),
+                0.0,
+            )
+            for i in range(n)
+        ]
+        plain, fair = [], []
+        number = max(20, 20_000 // n)
+        for _ in range(max(3, rounds * 3)):
+            plain.append(timeit.timeit(partial(pick, waiting, now, lat), number=number) / number)
+            fair.append(
+                timeit.timeit(partial(pick_fair, waiting, now, lat, share), number=number) / number
+            )
+        p, f = statistics.median(plain) * 1e6, statistics.median(fair) * 1e6
+        print(f"   {n:5d} waiting: pick {p:8.1f} us, pick_fair {f:8.1f} us ({f / p - 1:+.0%})")
+    print(f"   {load()}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=1000)
@@ -252,10 +294,13 @@ def main() -> int:
     parser.add_argument("--weighted-s", type=float, default=60.0)
     parser.add_argument("--warmup-s", type=float, default=5.0)
     parser.add_argument("--depth", type=int, default=4, help="jobs in flight per tenant")
-    parser.add_argument("--part", choices=("both", "backlog", "weighted"), default="both")
+    parser.add_argument("--part", choices=("both", "backlog", "weighted", "cost"), default="both")
     args = parser.parse_args()
     logger.remove()
     logger.add(sys.stderr, level="WARNING", diagnose=False)
+    if args.part == "cost":
+        part_cost(args.rounds)
+        return 0
     with SimServer(SimProfile(scale=args.scale)) as sim:
         print(f"simulator at {args.scale} s/unit (stages 7/7/5/6 units), in-process Pipeline")
         if args.part in ("both", "backlog"):
