@@ -380,7 +380,7 @@ class ClusterTokens(GrantRounds):
                         float(counts["charged"]),
                         used_tokens,
                         shared.clock(),
-                        est_tokens=int(counts["est"]),
+                        est_tokens=int(counts["est"]) if used_tokens else 0,
                     )
                 save(db, shared)
         return bool(counts["gone"])
