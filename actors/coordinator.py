@@ -56,6 +56,7 @@ from briefd.messages import (
     Tick,
 )
 from briefd.ops.events import Observer, publish
+from briefd.pipelines.inputs import Planned, StageInputs
 from briefd.progress import StageRecord, job_metrics, job_status, progress
 from briefd.threads import PooledThreadingActor
 from briefd.timers import Timers
@@ -89,9 +90,13 @@ class CoordinatorActor(PooledThreadingActor):
         end_logged_by_owner: bool = False,
         admitted_at: float | None = None,
         routing: Routing | None = None,
+        rendered: dict[str, str] | None = None,
     ) -> None:
         super().__init__()
         self.job = job
+        # Each stage's prompt: the job's or the pipeline's, rendered from upstream documents
+        # at the stage's start (a resumed run gets those already rendered back).
+        self._inputs = StageInputs(job, pipeline, rendered)
         # When the job was submitted (Unix time), not when this run started: the limiter
         # serves older jobs first, so a job resumed after a restart keeps its place.
         self._admitted_at = time.time() if admitted_at is None else admitted_at
@@ -141,7 +146,8 @@ class CoordinatorActor(PooledThreadingActor):
             if name in self._records and name not in self._told:
                 self._records[name].state = StageState.FAILED
                 self._errors.append(error)
-                self._fallback(name)
+                if self._inputs.falls_back(name, error):  # as the run that failed it did
+                    self._fallback(name)
                 self._told.add(name)
 
     # -- pykka hooks ---------------------------------------------------------
@@ -267,6 +273,10 @@ class CoordinatorActor(PooledThreadingActor):
                 continue
             if not self._settings.parallel and in_flight:
                 return
+            planned = self._plan(name)
+            if planned is None:  # ended without a call: its upstream failed
+                self._advance()
+                return
             refused = self._past_deadline(name) or self._over_budget(name)
             if refused is not None:  # never called: no token, no HTTP
                 self._told.add(name)
@@ -311,7 +321,7 @@ class CoordinatorActor(PooledThreadingActor):
         error = refuse_stage(
             self._budget,
             stage=name,
-            prompt_chars=len(self.job.prompts[name]) + len(spec.system or ""),
+            prompt_chars=len(self._inputs.prompt(name)) + len(spec.system or ""),
             max_tokens=spec.max_tokens,
             price=None if local else self._prices.price(model),
             spent_usd=sum(self._costs().values()),
@@ -337,7 +347,8 @@ class CoordinatorActor(PooledThreadingActor):
         self._told.add(name)
         self._records[name].started_at = time.monotonic()
         try:
-            self._stages[name].tell(StartStage(job_id=self.job.job_id, stage=name))
+            prompt = self._inputs.rendered.get(name)
+            self._stages[name].tell(StartStage(job_id=self.job.job_id, stage=name, prompt=prompt))
         except pykka.ActorDeadError:  # it died before its turn (say, in its on_start)
             self._crashed_stage(name, "stage actor died before it started")
 
@@ -345,7 +356,7 @@ class CoordinatorActor(PooledThreadingActor):
         return self._stage_cls.start(
             job_id=self.job.job_id,
             spec=stage_contract(self._pipeline.by_name[name], self.job)[0],
-            prompt=self.job.prompts[name],
+            prompt=self._inputs.raw(name),
             settings=self._settings,
             base_url=self._base_url,
             limiter=self._limiter,
@@ -373,12 +384,23 @@ class CoordinatorActor(PooledThreadingActor):
         rec.queued_ms, rec.call_ms = event.queued_ms, event.call_ms
         rec.ttft_ms, rec.server_ms = event.ttft_ms, event.server_ms
 
-    def _stage_failed(self, failed: StageFailed) -> None:
+    def _plan(self, name: str) -> Planned | None:
+        """Render ``name``'s prompt (journaled), or end it per on_upstream_failure (None)."""
+        planned = self._inputs.plan(name, self._documents, self._records)
+        if planned.failed is not None:
+            self._told.add(name)
+            self._stage_failed(planned.failed, fallback=planned.fallback)
+            return None
+        if planned.rendered is not None:
+            self._publish(planned.rendered)
+        return planned
+
+    def _stage_failed(self, failed: StageFailed, *, fallback: bool = True) -> None:
         stage = failed.stage
         self._end(stage, StageState.FAILED, failed.attempts, failed)
         self._errors.append(failed.error)
         self._publish(failed)
-        source = self._fallback(stage)
+        source = self._fallback(stage) if fallback else None
         if source is not None:
             self._publish(StageFellBack(job_id=self.job.job_id, stage=stage, source=source))
         self._progress(stage)
@@ -454,6 +476,7 @@ class CoordinatorActor(PooledThreadingActor):
             cost_usd=costs,
             total_cost_usd=round(sum(costs.values()), 6),
             served_by=dict(self._served),
+            pipeline=self._pipeline.ref,
         )
         self._publish(LatencyMeasured(job_id=self.job.job_id, metrics=metrics))
         crashed = any(e.stage == "*" and e.code is ErrorCode.CRASHED for e in self._errors)

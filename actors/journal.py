@@ -15,6 +15,12 @@ leaving them ``running`` forever, and when space returns they go on; a
 ``LoadJob`` waits too, so a resumed run still sees every document. Any other
 failure (a bug) is logged and that one message dropped, so the other jobs go on.
 
+Every event of a job's stream (:data:`briefd.store.events.STREAMED`) is recorded too,
+in order (:mod:`briefd.store.events`): one that goes with a write (a stage started,
+succeeded, failed) in that write's transaction, with the events told before it; the
+others (retries, progress, the job's start) together in one transaction once the
+inbox is empty, so a burst costs one commit, not one per event.
+
 A write the store refuses with :class:`ClaimLost` (another daemon took the job
 over: this one's lease lapsed) is the opposite of a full disk: trying again
 could only overwrite the newer run, so it is logged once and dropped, and a
@@ -38,6 +44,7 @@ from briefd.messages import (
     JobLoaded,
     LoadJob,
     StageFailed,
+    StagePromptRendered,
     StageStarted,
     StageSucceeded,
     SuspendJobs,
@@ -45,20 +52,23 @@ from briefd.messages import (
 )
 from briefd.ops.events import Observer, publish
 from briefd.store.base import ClaimLost, Store, StoreUnavailable
+from briefd.store.events import TERMINAL, EventLog, cap_staged, streamed
 from briefd.threads import LeanThreadingActor
 from briefd.timers import Timers
 
 RETRY_S = 0.5
 """How often writes the store refused are tried again."""
 
-_JOURNALED = (StageStarted, StageSucceeded, StageFailed)
+_JOURNALED = (StageStarted, StageSucceeded, StageFailed, StagePromptRendered)
 
 
 def journal_observer(ref: pykka.ActorRef[Any]) -> Observer:
-    """A coordinator observer that forwards only what the journal records (quick: a ``tell``)."""
+    """A coordinator observer that forwards only what the journal records (quick: a ``tell``):
+    the stage writes and the events of the job's stream (its ``JobCompleted`` is the
+    store's own, written with the terminal state)."""
 
     def observe(event: Event) -> None:
-        if isinstance(event, _JOURNALED):
+        if isinstance(event, _JOURNALED) or (streamed(event) and event.type != TERMINAL):
             ref.tell(event)
 
     return observe
@@ -72,6 +82,8 @@ class JournalActor(LeanThreadingActor):
         self._journal = journal
         self._retry_s = retry_s
         self._backlog: deque[Any] = deque()  # in order; the head is the one that failed
+        self._events: EventLog | None = getattr(journal, "event_log", None)
+        self._unsaved: list[Event] = []  # streamed events not committed yet, in order
         self._timers = Timers()
 
     def on_start(self) -> None:
@@ -80,6 +92,7 @@ class JournalActor(LeanThreadingActor):
     def on_stop(self) -> None:
         self._timers.close()
         self._drain()
+        self._save_events()
         if self._backlog:
             logger.error(
                 "journal: stopping with {} write(s) the store refused; the jobs resume from "
@@ -91,14 +104,34 @@ class JournalActor(LeanThreadingActor):
         if not isinstance(message, Tick):
             self._backlog.append(message)
         self._drain()
+        if not self._backlog and self.actor_inbox.empty():
+            self._save_events()  # nothing more to go with: one transaction for the burst
         return None
+
+    def _save_events(self) -> None:
+        if self._events is None or not self._unsaved:
+            return
+        try:
+            self._events.append(self._unsaved)
+        except StoreUnavailable as err:  # kept, in order, for the next write or Tick
+            logger.debug("journal: {} event(s) wait: {}", len(self._unsaved), err)
+            self._unsaved = cap_staged(self._unsaved)
+            return
+        except Exception as err:  # a bug: drop them, keep journaling
+            logger.opt(exception=err).error("journal: cannot record events: {!r}", err)
+        self._unsaved = []
 
     def _drain(self) -> None:
         """Apply the backlog in order; stop at the first write the store refuses."""
         while self._backlog:
             message = self._backlog[0]
+            if streamed(message) and not isinstance(message, _JOURNALED):
+                if self._events is not None:  # no write of its own: goes with the next
+                    self._unsaved.append(message)
+                self._backlog.popleft()
+                continue
             try:
-                self._apply(message)
+                self._write(message)
             except StoreUnavailable as err:
                 logger.debug("journal: {} waits: {}", type(message).__name__, err)
                 return
@@ -119,6 +152,20 @@ class JournalActor(LeanThreadingActor):
                     self._reply(message, JobLoaded(**_empty(message)))
             self._backlog.popleft()
 
+    def _write(self, message: Any) -> None:
+        """Apply ``message`` with the events told before it (and itself, a stage event) in
+        the same transaction; kept for later if the write made none."""
+        if self._events is None:
+            self._apply(message)
+            return
+        pending = [*self._unsaved, *([message] if streamed(message) else [])]
+        with self._events.staged(pending) as staged:
+            self._apply(message)
+        if staged.flushed:
+            self._unsaved = []
+        elif streamed(message):  # nothing committed (the stage had ended)
+            self._unsaved = pending
+
     def _apply(self, message: Any) -> None:
         j = self._journal
         match message:
@@ -128,6 +175,8 @@ class JournalActor(LeanThreadingActor):
                 j.stage_succeeded(job, stage, doc, n, event=message)
             case StageFailed(job_id=job, stage=stage, error=error, attempts=n):
                 j.stage_failed(job, stage, error, n, event=message)
+            case StagePromptRendered(job_id=job, stage=stage, prompt=prompt):
+                j.stage_prompt(job, stage, prompt)
             case LoadJob():
                 run = j.start_run(message.job_id)
                 self._reply(
@@ -140,6 +189,8 @@ class JournalActor(LeanThreadingActor):
                         failed_stages=run.failed_stages,
                         runs_died=run.runs_died,
                         submitted_at=run.submitted_at,
+                        pipeline=run.pipeline,
+                        prompts=run.prompts,
                     ),
                 )
             case FinishJob(result=result):

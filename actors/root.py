@@ -73,7 +73,9 @@ from briefd.messages import (
 from briefd.ops.autorollback import RollbackWatch
 from briefd.ops.breaker import Breaker
 from briefd.ops.events import Observer, publish
+from briefd.pipelines.registry import PipelineRegistry
 from briefd.store.base import Claim, ClaimLost, Store, StoreUnavailable
+from briefd.store.events import staged_events
 from briefd.threads import LeanThreadingActor
 from briefd.timers import Timers
 
@@ -100,8 +102,11 @@ class RootActor(RootRuns, LeanThreadingActor):
         wall_clock: Callable[[], float] = time.time,
         claims: ClaimKeeper | None = None,
         routing: Routing | None = None,
+        registry: PipelineRegistry | None = None,
     ) -> None:
         super().__init__()
+        # The pipelines jobs may name; a job keeps the version it was accepted with.
+        self._registry = registry if registry is not None else PipelineRegistry.single(pipeline)
         # Guard rails: the day's spend (holds admission), the automatic rollback (how
         # new jobs run). The breaker hears stage events through one more observer.
         self._ledger = DailyLedger(settings.daily_budget_usd, wall_clock)
@@ -207,10 +212,13 @@ class RootActor(RootRuns, LeanThreadingActor):
             )
         if deadline is not None and time.monotonic() >= deadline:
             return late
+        pinned = self._registry.pipelines.get(job.pipeline or self._registry.default)
         if self._claims is not None and deadline is not None:  # PostgreSQL: bounded write
-            info, created = self._claims.store.add_job(job, within_s=deadline - time.monotonic())
+            info, created = self._claims.store.add_job(
+                job, within_s=deadline - time.monotonic(), pipeline=pinned
+            )
         else:
-            info, created = self._journal.add_job(job)
+            info, created = self._journal.add_job(job, pipeline=pinned)
         if not created:
             return Admission(job.job_id, info.status, created=False)
         if self._claims is None:
@@ -219,7 +227,9 @@ class RootActor(RootRuns, LeanThreadingActor):
             self._claims.want()  # and every other daemon hears NOTIFY briefd_jobs
         self._admit()
         state = JobState.RUNNING if job.job_id in self._active else JobState.QUEUED
-        publish(JobAccepted(job_id=job.job_id, status=state, queued=len(self._queue)))
+        accepted = JobAccepted(job_id=job.job_id, status=state, queued=len(self._queue))
+        publish(accepted)
+        self._journal_ref.tell(accepted)  # into the job's event stream
         return Admission(job.job_id, state, created=True)
 
     def _queued(self) -> int:
@@ -231,11 +241,13 @@ class RootActor(RootRuns, LeanThreadingActor):
         if job_id in self._queue:
             self._queue.remove(job_id)
             self._rescued.pop(job_id, None)
-            publish(JobCancelled(job_id=job_id, reason=reason, was=JobState.QUEUED))
+            cancelled = JobCancelled(job_id=job_id, reason=reason, was=JobState.QUEUED)
+            publish(cancelled)
             try:
-                closed = self._journal.close_job(
-                    job_id, JobState.CANCELLED, ErrorCode.CANCELLED, reason
-                )
+                with staged_events(self._journal, [cancelled]):  # with the job's end
+                    closed = self._journal.close_job(
+                        job_id, JobState.CANCELLED, ErrorCode.CANCELLED, reason
+                    )
                 if closed is not None:
                     publish(JobCompleted(job_id=job_id, result=closed))
             except StoreUnavailable:  # the journal actor holds it until the store takes it
@@ -245,7 +257,9 @@ class RootActor(RootRuns, LeanThreadingActor):
             return JobState.CANCELLED
         slot = self._active.get(job_id)
         if slot is not None:
-            publish(JobCancelled(job_id=job_id, reason=reason, was=JobState.RUNNING))
+            cancelled = JobCancelled(job_id=job_id, reason=reason, was=JobState.RUNNING)
+            publish(cancelled)
+            self._journal_ref.tell(cancelled)  # into the job's event stream
             if slot.ref is None:
                 slot.cancel = reason
             else:
@@ -253,9 +267,11 @@ class RootActor(RootRuns, LeanThreadingActor):
                     slot.ref.tell(CancelJob(job_id=job_id, reason=reason))
             return JobState.RUNNING
         if self._claims is not None:  # queued in the database, or held by another daemon
-            state, closed = self._claims.store.cancel_anywhere(job_id, reason)
+            cancelled = JobCancelled(job_id=job_id, reason=reason, was=JobState.QUEUED)
+            with staged_events(self._claims.store, [cancelled]):  # with the job's end
+                state, closed = self._claims.store.cancel_anywhere(job_id, reason)
             if closed is not None:
-                publish(JobCancelled(job_id=job_id, reason=reason, was=JobState.QUEUED))
+                publish(cancelled)
                 publish(JobCompleted(job_id=job_id, result=closed))
             return state
         info = self._journal.get(job_id)
@@ -276,9 +292,12 @@ class RootActor(RootRuns, LeanThreadingActor):
             cluster=self._claims.stats_fields() if self._claims is not None else None,
         )
 
-    def reload(self, settings: Settings) -> None:
-        """New settings for runs that start from now on (and for admission)."""
+    def reload(self, settings: Settings, registry: PipelineRegistry | None = None) -> None:
+        """New settings (and pipelines) for runs that start from now on (and for admission);
+        a job keeps the pipeline version it was accepted with."""
         self._settings = settings
+        if registry is not None:
+            self._registry = self._registry.successor(registry)
         self._ledger.budget_usd = settings.daily_budget_usd
         self._admit()
 

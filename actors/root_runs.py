@@ -38,6 +38,7 @@ from briefd.messages import (
 )
 from briefd.ops.autorollback import RollbackWatch
 from briefd.ops.events import Observer, publish
+from briefd.pipelines.registry import PipelineRegistry
 
 AnyRef = pykka.ActorRef[Any]
 
@@ -64,6 +65,7 @@ class RootRuns:
     _journal_ref: AnyRef
     _settings: Settings
     _pipeline: PipelineSpec
+    _registry: PipelineRegistry
     _breaker: RollbackWatch | None
     _ledger: DailyLedger
     _claims: ClaimKeeper | None
@@ -110,13 +112,14 @@ class RootRuns:
             return
         if msg.runs_died:
             self._restarts += 1
-            publish(JobRestarted(job_id=msg.job_id, runs=msg.runs_died, reason=slot.reason))
+            restarted = JobRestarted(job_id=msg.job_id, runs=msg.runs_died, reason=slot.reason)
+            publish(restarted)
+            self._journal_ref.tell(restarted)  # into the job's event stream
         if self.drain_event.is_set():
             return  # suspend() puts it back in the queue
-        try:
-            job = validate_job(
-                msg.job, self._pipeline, where=f"job {msg.job_id}", routing=self._routing
-            )
+        try:  # the pipeline it was accepted with, whatever a reload changed since
+            pipeline = self._registry.pinned(msg.pipeline, msg.job.pipeline)
+            job = validate_job(msg.job, pipeline, where=f"job {msg.job_id}", routing=self._routing)
         except ConfigError as err:
             self._close(
                 msg.job_id,
@@ -132,7 +135,8 @@ class RootRuns:
             settings = settings.model_copy(update={"parallel": slot.parallel})
         slot.ref = self._coordinator_cls.start(
             job=job,
-            pipeline=self._pipeline,
+            pipeline=pipeline,
+            rendered=msg.prompts,  # a prompt is rendered once: a resume sends the same text
             settings=settings,
             base_url=self._base_url,
             routing=self._routing,

@@ -133,6 +133,7 @@ class StageActor(StageRoutes, StageDeadline, PooledThreadingActor):
         try:
             match message:
                 case StartStage():
+                    self._prompt = message.prompt or self._prompt  # rendered from upstreams
                     self._started_at = time.monotonic()
                     self._driver = RetryDriver(make_retrying(self._settings))
                     self._arm_deadline()

@@ -7,6 +7,7 @@ Python API::
     with briefd.Pipeline(settings) as p:           # many jobs, one token cap
         future = p.submit(job)
         result = future.get(timeout=120)
+    briefd.run("job.json", on_event=print)         # each event (briefd.events), as it happens
 
 As a library briefd is quiet: its loguru messages are disabled at import (loguru's
 convention for libraries), so an application that imports it prints only what
@@ -20,6 +21,7 @@ from loguru import logger
 
 logger.disable("briefd")  # before any briefd module can log; setup_logging enables it
 
+from briefd import events  # noqa: E402
 from briefd.api import Pipeline, run  # noqa: E402
 from briefd.config import ConfigError, PipelineSpec, Settings, load_pipeline  # noqa: E402
 from briefd.daemon.client import Client  # noqa: E402
@@ -41,6 +43,7 @@ __all__ = [
     "PipelineSpec",
     "Settings",
     "__version__",
+    "events",
     "load_pipeline",
     "run",
 ]

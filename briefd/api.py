@@ -35,8 +35,10 @@ from briefd.actors import CoordinatorActor, MetricsActor, MetricsSnapshot, Stage
 from briefd.actors.limiter_supervisor import LimiterSupervisor
 from briefd.actors.metrics import metrics_observer
 from briefd.actors.rate_limiter import LimiterStats
-from briefd.config import ConfigError, PipelineSpec, Settings, load_pipeline
+from briefd.config import ConfigError, PipelineSpec, Settings
 from briefd.costs import load_prices
+from briefd.dispatch import DispatchStats, EventDispatcher
+from briefd.events import EventCallback
 from briefd.jobs import load_job_file, validate_job
 from briefd.limits.fair import next_to_admit
 from briefd.llm.extract import check_schema
@@ -51,7 +53,9 @@ from briefd.messages import (
     StageSucceeded,
 )
 from briefd.ops.events import Observer, publish
+from briefd.pipelines.registry import PipelineRegistry
 from briefd.runs import JobRun
+from briefd.telemetry import Telemetry, open_telemetry
 
 ASK_TIMEOUT_S = 10.0
 WATCH_PERIOD_S = 0.25
@@ -74,8 +78,15 @@ class Pipeline:
         stage_actor_cls: type[StageActor] = StageActor,
     ) -> None:
         self.settings = settings if settings is not None else Settings.load()
-        self.pipeline = pipeline if pipeline is not None else load_pipeline(self.settings.pipeline)
-        for stage in self.pipeline.stages:
+        # The pipelines a job may name (its "pipeline"): the one given, else the built-in,
+        # BRIEFD_PIPELINE and the folder BRIEFD_PIPELINES. ``pipeline`` is the default.
+        self.registry = (
+            PipelineRegistry.single(pipeline)
+            if pipeline is not None
+            else PipelineRegistry.load(self.settings)
+        )
+        self.pipeline = self.registry.default_spec
+        for stage in self.registry.stages:
             check_schema(stage)
         load_prices(self.settings.prices)  # a bad BRIEFD_PRICES is bad input now, not a crash
         self._extra_observers = tuple(observers)
@@ -89,6 +100,8 @@ class Pipeline:
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self._watcher: threading.Thread | None = None
+        self.telemetry: Telemetry | None = None  # OpenTelemetry, when OTEL_* asks for it
+        self._dispatch = EventDispatcher()  # on_event callbacks: their own thread
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -104,7 +117,7 @@ class Pipeline:
         """Start the provider (the local model when no base URL is set) and the shared actors."""
         if self._limiter is not None:
             return self
-        self._provider = open_provider(self.settings, self.pipeline.stages)
+        self._provider = open_provider(self.settings, self.registry.stages)
         self.settings = self.settings.model_copy(
             update={
                 "model": self._provider.model,
@@ -112,6 +125,7 @@ class Pipeline:
             }
         )
         self._metrics = MetricsActor.start()
+        self.telemetry = open_telemetry(self._provider.routing, self.pipeline, self._prompts)
         breaker_observers = [metrics_observer(self._metrics), *self._extra_observers]
         self._provider.routing.breakers.on_change = lambda e: publish(e, breaker_observers)
         self._limiter = LimiterSupervisor(
@@ -123,6 +137,7 @@ class Pipeline:
             endpoints=self._provider.routing.limits(),
         )
         self._closing.clear()
+        self._dispatch = EventDispatcher()
         self._watcher = threading.Thread(target=self._watch, name="briefd-watch", daemon=True)
         self._watcher.start()
         return self
@@ -158,9 +173,17 @@ class Pipeline:
                 self._metrics.stop(block=True, timeout=timeout_s)
         self._limiter = None
         self._metrics = None
+        if self.telemetry is not None:  # after every job's end: their traces go out now
+            self.telemetry.shutdown()
+            self.telemetry = None
         if self._provider is not None:
             self._provider.close()
             self._provider = None
+        self._dispatch.close(timeout_s)  # every job has ended: its callbacks get the rest
+
+    def _prompts(self, job_id: str) -> dict[str, str] | None:
+        run = self._runs.get(job_id)
+        return run.job.prompts if run is not None else None
 
     def _watch(self) -> None:
         """The supervision pykka lacks: restart the limiter, end jobs whose coordinator died."""
@@ -183,13 +206,13 @@ class Pipeline:
         if run.settled or not run.settle():
             return
         logger.error("{}: its coordinator died without reporting; the job failed", run.job.job_id)
-        result = run.died(self.pipeline, self.settings.parallel)
+        result = run.died(run.pipeline or self.pipeline, self.settings.parallel)
         publish(JobCompleted(job_id=result.job_id, result=result), run.observers)
         run.deliver(result)
 
     def _never_ran(self, run: JobRun, reason: str) -> None:
         """End a queued job, already settled by the caller, as cancelled: no call was made."""
-        result = run.never_ran(self.pipeline, reason)
+        result = run.never_ran(run.pipeline or self.pipeline, reason)
         publish(JobCompleted(job_id=result.job_id, result=result), run.observers)
         run.deliver(result)
 
@@ -229,25 +252,38 @@ class Pipeline:
         self,
         job: JobSpec | dict[str, Any],
         *,
+        on_event: EventCallback | None = None,
         on_document: DocumentCallback | None = None,
         observers: Sequence[Observer] = (),
     ) -> pykka.Future[JobResult]:
         """Queue a job and return at once; the future resolves to its :class:`JobResult`.
 
-        The job starts when fewer than ``max_active_jobs`` jobs of this pipeline run.
+        The job starts when fewer than ``max_active_jobs`` jobs of this pipeline run. It
+        runs the pipeline it names (``"pipeline"``: one of :attr:`registry`), else the default.
+
+        ``on_event(event)`` gets each of the job's events (:mod:`briefd.events`), in
+        order, on this pipeline's dispatcher thread ``briefd-events``, never an actor's:
+        a slow or raising callback cannot stall or break the job (a slow one loses
+        merged progress or dropped events, never :class:`~briefd.events.JobCompleted`;
+        see :mod:`briefd.dispatch`). Its last events may arrive just after the future
+        resolves; :meth:`close` waits for them.
 
         ``on_document(stage, document)`` is called as each stage's document is
-        ready when ``buffer_results`` is false (else once per stage at the end).
+        ready when ``buffer_results`` is false (else once per stage at the end), and
+        ``observers`` with every event: both on the actors' threads (a stage's, the
+        coordinator's), in the middle of their work, so they must be quick and
+        must not block; their exceptions are logged, not raised.
         Raises :class:`ConfigError` for bad job input.
         """
         if self._limiter is None or self._provider is None or self._metrics is None:
             raise RuntimeError("Pipeline is not started: use it as a context manager")
-        spec = validate_job(job, self.pipeline, routing=self._provider.routing)
+        pipeline = self.registry.for_job(job)
+        spec = validate_job(job, pipeline, routing=self._provider.routing)
         future: pykka.Future[JobResult] = pykka.ThreadingFuture()
         streaming = on_document is not None and not self.settings.buffer_results
-        run = JobRun(job=spec)
+        run = JobRun(job=spec, pipeline=pipeline)
 
-        def on_event(event: Event) -> None:
+        def keep(event: Event) -> None:
             run.observe(event)
             if streaming and on_document is not None:
                 if isinstance(event, StageSucceeded):
@@ -273,17 +309,25 @@ class Pipeline:
                 deliver(result)
 
         run.deliver = deliver
-        run.observers = (metrics_observer(self._metrics), *self._extra_observers, *observers)
+        traced = (self.telemetry,) if self.telemetry is not None else ()
+        run.observers = (
+            metrics_observer(self._metrics),
+            *traced,
+            *self._extra_observers,
+            *observers,
+        )
+        if on_event is not None:
+            run.observers = (*run.observers, self._dispatch.observer(on_event))
         base_url, limiter = self._provider.base_url, self._limiter
         routing = self._provider.routing
         run.start = lambda: CoordinatorActor.start(
             job=spec,
-            pipeline=self.pipeline,
+            pipeline=pipeline,
             settings=self.settings,
             base_url=base_url,
             routing=routing,
             limiter=limiter,
-            observers=[*run.observers, on_event],
+            observers=[*run.observers, keep],
             on_done=on_done,
             stage_actor_cls=self._stage_cls,
             admitted_at=run.submitted_at,  # oldest submitted first, however long it queued
@@ -326,6 +370,10 @@ class Pipeline:
         snap: MetricsSnapshot = self._metrics.proxy().snapshot().get(timeout=timeout_s)
         return snap
 
+    def event_stats(self) -> DispatchStats:
+        """The ``on_event`` dispatcher's figures: delivered, waiting, merged, dropped, failed."""
+        return self._dispatch.stats()
+
     def limiter_stats(self, timeout_s: float = ASK_TIMEOUT_S) -> LimiterStats:
         """Tokens in use, waiting requests and totals (pykka.Timeout after ``timeout_s``)."""
         if self._limiter is None:
@@ -339,28 +387,38 @@ class Pipeline:
         per_call = s.timeout_ms / 1000 + s.connect_timeout_ms / 1000
         attempts = (s.max_retries + 1) if s.retry_enabled else 1
         per_stage = attempts * per_call + attempts * max(s.backoff_max_s, s.retry_after_max_s)
-        return per_stage * len(self.pipeline.stages) + 30.0
+        stages = max(len(p.stages) for p in self.registry.pipelines.values())
+        return per_stage * stages + 30.0
 
 
 def run(
     job: JobSpec | dict[str, Any] | str | Path,
     settings: Settings | None = None,
     *,
+    on_event: EventCallback | None = None,
     on_document: DocumentCallback | None = None,
 ) -> JobResult:
     """Run one job to the end and return its result (blocking).
 
     ``job`` is a :class:`JobSpec`, its dict, or a job JSON file's path, as
-    :meth:`briefd.Client.submit` takes. Bad input raises :class:`ConfigError`
-    naming the field or the file, before the provider or any actor starts.
+    :meth:`briefd.Client.submit` takes; it runs the pipeline it names (``"pipeline"``:
+    ``briefing-pack``, BRIEFD_PIPELINE's or one of BRIEFD_PIPELINES), else the default.
+    Bad input raises :class:`ConfigError` naming the field or the file, before the
+    provider or any actor starts.
+
+    ``on_event(event)`` gets each of the job's events (:mod:`briefd.events`) on the
+    pipeline's dispatcher thread ``briefd-events`` (not the caller's, not an
+    actor's); ``run`` returns after the callback has had the last one
+    (:class:`~briefd.events.JobCompleted`). A slow or raising callback cannot stall
+    or break the job: see :meth:`Pipeline.submit`.
     """
-    pipeline = Pipeline(settings)  # reads the pipeline; nothing starts before ``with``
+    pipeline = Pipeline(settings)  # reads the pipelines; nothing starts before ``with``
     if isinstance(job, str | Path):
-        spec = load_job_file(job, pipeline.pipeline)
+        spec = load_job_file(job, pipeline.registry)
     else:
-        spec = validate_job(job, pipeline.pipeline)
+        spec = validate_job(job, pipeline.registry.for_job(job))
     with pipeline:
-        future = pipeline.submit(spec, on_document=on_document)
+        future = pipeline.submit(spec, on_event=on_event, on_document=on_document)
         try:
             return future.get(timeout=pipeline.job_timeout_s())
         except pykka.Timeout:

@@ -44,6 +44,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "console": ("briefd.ops.console", "main", "live operations console from the event log"),
     "report": ("briefd.ops.report", "main", "summary of a finished event log"),
     "sim": ("briefd.sim.cli", "main", "run the simulated OpenAI-compatible server"),
+    "pipeline": ("briefd.pipelines.check", "main", "check a pipeline file: DAG, critical path"),
     "local-model": ("briefd.local.server", "main", "run the embedded local model's server"),
 }
 
@@ -136,8 +137,9 @@ def main(argv: list[str] | None = None) -> int:
             return code
         args = build_parser().parse_args(args_in)
         return _run(args)
-    except ConfigError as err:
-        print(f"briefd: {escape_control(str(err))}", file=sys.stderr)
+    except ConfigError as err:  # one line per mistake
+        for line in str(err).splitlines():
+            print(f"briefd: {escape_control(line)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("briefd: interrupted", file=sys.stderr)
@@ -151,8 +153,9 @@ def _run(args: argparse.Namespace) -> int:
 
     settings = Settings.load(args.config)
     setup_logging(settings)
-    pipeline = Pipeline(settings)  # reads the pipeline; nothing starts before ``with``
-    job = load_job_file(args.job, pipeline.pipeline)
+    pipeline = Pipeline(settings)  # reads the pipelines; nothing starts before ``with``
+    job = load_job_file(args.job, pipeline.registry)
+    spec = pipeline.registry.for_job(job)  # the one the job names: its output files
     streamed: dict[str, Any] = {}  # stage -> document already in its file
     made = not args.out.exists()
     with _open_out(args.out) as out:
@@ -161,7 +164,7 @@ def _run(args: argparse.Namespace) -> int:
 
                 def stream(stage: str, document: Any) -> None:  # tried again at the end
                     with contextlib.suppress(OutputError):
-                        out.write_document(pipeline.pipeline, stage, document)
+                        out.write_document(spec, stage, document)
                         streamed[stage] = document
 
                 on_document = None if settings.buffer_results else stream
@@ -172,7 +175,7 @@ def _run(args: argparse.Namespace) -> int:
                 with contextlib.suppress(OSError):
                     args.out.rmdir()
             raise
-        written = out.write_result(pipeline.pipeline, result, already=streamed)
+        written = out.write_result(spec, result, already=streamed)
     return _report(result, written)
 
 

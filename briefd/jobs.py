@@ -20,12 +20,15 @@ from briefd.config import ConfigError, PipelineSpec, StageSpec
 from briefd.config.errors import describe_validation
 from briefd.llm.routing import Routing
 from briefd.messages import JobSpec, SchemaSource
+from briefd.pipelines import templates
+from briefd.pipelines.registry import PipelineRegistry
 
 
 def validate_job(
     data: Any, pipeline: PipelineSpec, *, where: str = "job", routing: Routing | None = None
 ) -> JobSpec:
-    """A :class:`JobSpec` with a non-empty prompt for each stage of ``pipeline``; with
+    """A :class:`JobSpec` with a non-empty prompt for each stage of ``pipeline`` (its own or the
+    pipeline's), templates that read only upstream stages (one line per mistake); with
     ``routing``, each model the job names is one it can call (an alias, endpoint:model)."""
     if isinstance(data, JobSpec):
         job = data
@@ -37,7 +40,7 @@ def validate_job(
         except ValidationError as err:
             raise ConfigError(describe_validation(err, where=where)) from None
     for name in pipeline.names:
-        prompt = job.prompts.get(name)
+        prompt = job.prompts.get(name, pipeline.by_name[name].prompt)
         if prompt is None:
             raise ConfigError(f"{where}: prompts.{name}: missing (the pipeline declares {name})")
         if not prompt.strip():
@@ -48,6 +51,8 @@ def validate_job(
             f"{where}: prompts.{unknown[0]}: no such stage in pipeline {pipeline.name} "
             f"(stages: {', '.join(pipeline.names)})"
         )
+    if mistakes := templates.check_job(job, pipeline, where):  # names only upstream stages
+        raise ConfigError("\n".join(mistakes))
     for name, model in job.models.items():
         if name not in pipeline.by_name:
             raise ConfigError(
@@ -95,8 +100,9 @@ def schema_sources(pipeline: PipelineSpec, job: JobSpec) -> dict[str, SchemaSour
     return {s.name: stage_contract(s, job)[1] for s in pipeline.stages if s.kind == "json"}
 
 
-def load_job_file(path: Path | str, pipeline: PipelineSpec) -> JobSpec:
-    """Read a job JSON file; errors name the file."""
+def load_job_file(path: Path | str, pipeline: PipelineSpec | PipelineRegistry) -> JobSpec:
+    """Read a job JSON file; errors name the file. Given a registry, the job is checked
+    against the pipeline it names (its ``pipeline``, else the default)."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -106,4 +112,6 @@ def load_job_file(path: Path | str, pipeline: PipelineSpec) -> JobSpec:
         data = json.loads(text)
     except ValueError as err:
         raise ConfigError(f"job file {p}: invalid JSON: {err}") from None
-    return validate_job(data, pipeline, where=f"job file {p}")
+    where = f"job file {p}"
+    spec = pipeline.for_job(data, where) if isinstance(pipeline, PipelineRegistry) else pipeline
+    return validate_job(data, spec, where=where)

@@ -42,6 +42,7 @@ class JobRun:
     """One submitted job as the pipeline sees it: enough to end it if its coordinator dies."""
 
     job: JobSpec
+    pipeline: PipelineSpec | None = None  # the one it runs (None: the Pipeline's default)
     ref: pykka.ActorRef[Any] | None = None
     started: float = field(default_factory=time.monotonic)
     submitted_at: float = field(default_factory=time.time)  # Unix s: its place in the queue

@@ -8,6 +8,7 @@ file never reaches the actors.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tomllib
 from functools import cached_property
@@ -51,6 +52,21 @@ class StageSpec(BaseModel):
         min_length=1,
         description="A model alias of BRIEFD_ENDPOINTS (or endpoint:model); unset: BRIEFD_MODEL.",
     )
+    prompt: str | None = Field(
+        default=None,
+        min_length=1,
+        description="The stage's prompt when a job gives none: a template that may read the "
+        "documents of stages it depends on (briefd/pipelines/templates.py).",
+    )
+    on_upstream_failure: Literal["run", "skip", "fallback"] | None = Field(
+        default=None,
+        description="When a stage it depends on failed: run (a failed upstream reads as empty), "
+        "skip (UPSTREAM_FAILED, no call) or fallback (its fallback field, no call). Unset: skip "
+        "when its prompt names a failed upstream, else run.",
+    )
+    expected_ms: int | None = Field(
+        default=None, ge=0, description="Declared latency, for `briefd pipeline check`."
+    )
 
     @model_validator(mode="after")
     def _checks(self) -> StageSpec:
@@ -58,6 +74,8 @@ class StageSpec(BaseModel):
             raise ValueError("output 'result.json' is reserved for the job result")
         if self.kind == "markdown" and (self.schema_ or self.schema_file):
             raise ValueError("a markdown stage cannot have a JSON schema")
+        if self.on_upstream_failure == "fallback" and not self.fallback:
+            raise ValueError('on_upstream_failure "fallback" needs a fallback field')
         return self
 
 
@@ -126,6 +144,31 @@ class PipelineSpec(BaseModel):
         for name in reversed(self.order):
             length[name] = 1 + max((length[c] for c in dependents[name]), default=0)
         return length
+
+    @cached_property
+    def snapshot(self) -> str:
+        """The pipeline as canonical JSON (schema files inlined): what a job's journal row
+        keeps, so a resume runs the version the job started with."""
+        return json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True)
+
+    @cached_property
+    def version(self) -> str:
+        """A content hash: any change to a stage, a prompt or a schema is a new version."""
+        return hashlib.sha256(self.snapshot.encode("utf-8")).hexdigest()[:12]
+
+    @property
+    def ref(self) -> str:
+        """``name@version``, as a job's result names the pipeline it ran."""
+        return f"{self.name}@{self.version}"
+
+    @cached_property
+    def upstream(self) -> dict[str, frozenset[str]]:
+        """Each stage's transitive dependencies: the stages its prompt may read."""
+        found: dict[str, frozenset[str]] = {}
+        for name in self.order:
+            deps = self.by_name[name].depends_on
+            found[name] = frozenset(deps).union(*(found[d] for d in deps))
+        return found
 
     @cached_property
     def roots(self) -> tuple[str, ...]:

@@ -71,6 +71,7 @@ from briefd.messages.stage import (
     StageFailed,
     StageFellBack,
     StageProgress,
+    StagePromptRendered,
     StageRetrying,
     StageStarted,
     StageSucceeded,
@@ -105,6 +106,7 @@ AnyMessage = Annotated[
     | StageActorStopped
     | StageFellBack
     | StageProgress
+    | StagePromptRendered
     | StageFailedOver
     | EndpointCircuitChanged
     | RequestToken
@@ -210,6 +212,7 @@ __all__ = [
     "StageFailedOver",
     "StageFellBack",
     "StageProgress",
+    "StagePromptRendered",
     "StageRetrying",
     "StageStarted",
     "StageState",

@@ -206,6 +206,14 @@ class JobLoaded(Command):
         description="Epoch seconds of the job's submission: a resumed job keeps its place "
         "(oldest first), whichever daemon runs it.",
     )
+    pipeline: str = Field(
+        default="",
+        description="The pipeline the job was accepted with (its snapshot, JSON); '' if none "
+        "was kept: the registry's current one of its name.",
+    )
+    prompts: dict[str, str] = Field(
+        default_factory=dict, description="Stage -> the prompt rendered for it, sent again as is."
+    )
 
 
 class CoordinatorDone(Command):

@@ -17,6 +17,9 @@ class StartStage(Command):
     type: Literal["StartStage"] = "StartStage"
     job_id: str
     stage: str
+    prompt: str | None = Field(
+        default=None, description="The prompt rendered from upstream documents (None: as spawned)."
+    )
 
 
 class ResumeStage(Command):
@@ -140,6 +143,17 @@ class StageProgress(Event):
     preview: str = Field(
         default="", description="The text's last line so far, one line, escaped, cut short."
     )
+
+
+class StagePromptRendered(Event):
+    """A stage's templated prompt was rendered from its upstream documents, as it started.
+
+    Journaled: a resumed run sends the same text, never a new rendering."""
+
+    type: Literal["StagePromptRendered"] = "StagePromptRendered"
+    job_id: str
+    stage: str
+    prompt: str = Field(description="The prompt as sent (logged as its size and SHA-256).")
 
 
 class StageFellBack(Event):

@@ -21,6 +21,7 @@ from briefd.daemon.prometheus import DaemonFigures, MetricsExporter
 from briefd.jobs import validate_job
 from briefd.llm.routing import Routing
 from briefd.messages import JobInfo, JobResult, JobSpec, JobState
+from briefd.pipelines.registry import PipelineRegistry
 from briefd.store import JournalStore
 from briefd.store.base import ClaimStore, StoreUnavailable
 from briefd.webhooks.service import Webhooks
@@ -38,6 +39,7 @@ class DaemonBackend:
     """Answers the API from the daemon's parts (set up by ``Daemon.start``)."""
 
     pipeline: PipelineSpec
+    registry: PipelineRegistry
     journal: JournalStore
     root: pykka.ActorRef[Any]
     limiter: LimiterSupervisor
@@ -54,10 +56,16 @@ class DaemonBackend:
     webhooks: Webhooks | None = None
 
     def validate(self, data: Any) -> JobSpec:
-        job = validate_job(data, self.pipeline, where="job", routing=self.routing)
+        """The job, checked against the pipeline it names (ConfigError naming the field)."""
+        pipeline = self.registry.for_job(data)
+        job = validate_job(data, pipeline, where="job", routing=self.routing)
         if self.webhooks is not None:  # its URL resolved and checked, its events known
             self.webhooks.check_job(job)
         return job
+
+    def pipelines(self) -> list[dict[str, Any]]:
+        """``GET /v1/pipelines``: every pipeline jobs may name, with its stages."""
+        return self.registry.describe()
 
     def submit(self, job: JobSpec) -> Admission:
         """Stored and acknowledged, or refused and never stored.

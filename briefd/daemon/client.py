@@ -9,6 +9,8 @@
     sub = client.submit_job("job.json")       # the same, and whether it was new
     result = client.result(job_id, timeout=600)
     print(result.status, result.documents["BRIEFING_MD"])
+    for event in client.events(job_id):      # as they happen (Server-Sent Events)
+        print(event.type)                     # ... JobCompleted ends the stream
 
 It reads the same settings as the daemon (``BRIEFD_LISTEN``,
 ``BRIEFD_TOKEN_FILE`` / ``BRIEFD_DATA_DIR``, ``--config`` files), so on the
@@ -22,16 +24,23 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
+import pydantic
 import requests
+from sseclient import SSEClient
 
 from briefd.config import ConfigError, Settings
-from briefd.messages import JobInfo, JobResult, JobSpec, JobState
+from briefd.messages import Event, JobInfo, JobResult, JobSpec, JobState, parse_message
 
 MAX_WAIT_PER_REQUEST_S = 30.0
+STREAM_READ_S = 45.0
+"""A stream silent this long (three missed heartbeats) is taken as cut, and reconnected."""
+RECONNECT_S = (0.2, 5.0)
+"""The first and the longest pause before connecting a stream again (doubling between)."""
 
 
 class Submitted(NamedTuple):
@@ -95,6 +104,8 @@ class Client:
         self._session.trust_env = False  # the daemon is on loopback: never via a proxy
         self._session.headers["Authorization"] = f"Bearer {token}"
         self._session.headers["User-Agent"] = "briefd-client"
+        self.last_event_id: int | None = None
+        """The id of the last event :meth:`events` yielded (resume after it)."""
 
     def close(self) -> None:
         self._session.close()
@@ -171,6 +182,70 @@ class Client:
         data = self._call("GET", "/v1/jobs", params=params)
         return [JobInfo.model_validate(j) for j in data["jobs"]]
 
+    def events(
+        self, job_id: str | None, after: int | None = None, *, timeout: float | None = None
+    ) -> Iterator[Event]:
+        """Yield the job's events as they happen (``job_id`` None: every job's), from the
+        daemon's Server-Sent Events stream, until the job's ``JobCompleted`` (included).
+
+        ``after``: start after this event id (the job's sequence number; for every job's
+        stream, the global one); None replays the job from its first event. A cut
+        connection, or a daemon that restarts, is reconnected with ``Last-Event-ID``:
+        no event is lost or repeated. ``timeout``: TimeoutError after that many seconds.
+        :attr:`last_event_id` is the id of the last event yielded. Raises
+        :class:`DaemonError` when the daemon refuses the stream (``not_found``, ...).
+        """
+        path = f"/v1/jobs/{job_id}/events" if job_id is not None else "/v1/events"
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self.last_event_id = after
+        pause, wait_s = threading.Event(), RECONNECT_S[0]
+        while True:
+            try:
+                for event in self._stream(path, deadline):
+                    wait_s = RECONNECT_S[0]
+                    yield event
+                    if job_id is not None and event.type == "JobCompleted":
+                        return
+            except _StreamEnded:
+                return
+            except (requests.RequestException, DaemonUnavailable):
+                pass  # cut: connect again from the last id
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise TimeoutError(f"{path}: no end of the stream after {timeout:g}s")
+            pause.wait(wait_s if left is None else min(wait_s, left))
+            wait_s = min(wait_s * 2, RECONNECT_S[1])
+
+    def _stream(self, path: str, deadline: float | None) -> Iterator[Event]:
+        """One connection of :meth:`events`: its events, parsed."""
+        headers = {"Accept": "text/event-stream"}
+        if self.last_event_id is not None:
+            headers["Last-Event-ID"] = str(self.last_event_id)
+        try:
+            resp = self._session.get(
+                self.url + path,
+                headers=headers,
+                stream=True,
+                timeout=(self._timeout_s, STREAM_READ_S),
+            )
+        except requests.RequestException as err:
+            raise DaemonUnavailable(0, "unavailable", f"cannot reach briefd at {self.url}") from err
+        with resp:
+            if resp.status_code == 204:  # a finished job, nothing after our last id
+                raise _StreamEnded
+            if resp.status_code >= 400:
+                self._raise_for(resp)
+            chunks = resp.iter_content(chunk_size=None)
+            for sse in SSEClient(_until(chunks, deadline)).events():
+                try:
+                    event = parse_message(sse.data)
+                except (pydantic.ValidationError, ValueError):  # a newer daemon's event type
+                    continue
+                if sse.id and sse.id.isdigit():
+                    self.last_event_id = int(sse.id)
+                if isinstance(event, Event):
+                    yield event
+
     def healthy(self) -> bool:
         """True when the daemon answers ``/healthz`` with ok."""
         try:
@@ -199,6 +274,16 @@ class Client:
             data = None
         if resp.status_code < 400 and data is not None:
             return data
+        self._raise_for(resp, data)
+
+    @staticmethod
+    def _raise_for(resp: requests.Response, data: Any = None) -> NoReturn:
+        """Raise the daemon's refusal as a :class:`DaemonError`."""
+        if data is None:
+            try:
+                data = resp.json()
+            except ValueError:
+                data = None
         detail = data.get("error") if isinstance(data, dict) else None
         if not isinstance(detail, dict):
             detail = {"code": "http_error", "message": f"HTTP {resp.status_code}"}
@@ -210,6 +295,18 @@ class Client:
             field=detail.get("field"),
             retry_after_s=float(retry_after) if retry_after and retry_after.isdigit() else None,
         )
+
+
+class _StreamEnded(Exception):
+    """The daemon has nothing more for this stream (204)."""
+
+
+def _until(chunks: Iterator[bytes], deadline: float | None) -> Iterator[bytes]:
+    """``chunks`` until ``deadline`` (heartbeats arrive every 15 s: it is checked then)."""
+    for chunk in chunks:
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError("the event stream did not end in time")
+        yield chunk
 
 
 def _read_token(path: Path) -> str:

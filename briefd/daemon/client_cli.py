@@ -8,8 +8,11 @@ daemon, the API or the model is printed with its control characters escaped
 (:func:`~briefd.ops.eventlog.escape_control`): it can neither drive the
 terminal nor forge a line of output.
 
-``submit --wait`` shows a progress bar (rich) when stderr is a terminal and
-nothing extra on a pipe, so scripts read the same lines as before.
+``submit --wait`` follows the job's event stream (``GET /v1/jobs/{id}/events``:
+no polling; the result is in its ``JobCompleted``) and shows a progress bar
+(rich) from its events when stderr is a terminal, nothing extra on a pipe, so
+scripts read the same lines as before. Against a daemon without event streams
+it polls as before.
 """
 
 from __future__ import annotations
@@ -27,7 +30,16 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 
 from briefd.config import ConfigError, Settings
 from briefd.daemon.client import Client, DaemonError, DaemonUnavailable
-from briefd.messages import JobInfo, JobResult, JobState, JobStatus, PipelineError, StageState
+from briefd.messages import (
+    JobCompleted,
+    JobInfo,
+    JobResult,
+    JobState,
+    JobStatus,
+    PipelineError,
+    ProgressChanged,
+    StageState,
+)
 from briefd.ops.eventlog import escape_control as esc
 from briefd.ops.logs import unknown_environment_warnings
 
@@ -113,10 +125,16 @@ def submit_main(argv: list[str]) -> int:
             if not args.wait:
                 return EXIT_OK
             console = Console(stderr=True)
-            if sys.stderr.isatty() and console.is_terminal and not console.is_dumb_terminal:
-                result = _wait_with_bar(client, sub.job_id, args.timeout, console)
-            else:
-                result = client.result(sub.job_id, wait=True, timeout=args.timeout)
+            tty = sys.stderr.isatty() and console.is_terminal and not console.is_dumb_terminal
+            try:
+                result = _wait_on_events(client, sub.job_id, args.timeout, console if tty else None)
+            except DaemonError as err:  # a daemon older than the event streams: poll it
+                if err.status != 404 or not err.message.startswith("no route"):
+                    raise
+                if tty:
+                    result = _wait_with_bar(client, sub.job_id, args.timeout, console)
+                else:
+                    result = client.result(sub.job_id, wait=True, timeout=args.timeout)
         except DaemonError as err:
             return _fail(err)
         except TimeoutError as err:
@@ -124,6 +142,35 @@ def submit_main(argv: list[str]) -> int:
             return EXIT_FAILED
     _print_result(result)
     return _exit_for(result.status)
+
+
+def _wait_on_events(
+    client: Client, job_id: str, timeout: float, console: Console | None
+) -> JobResult:
+    """Follow the job's event stream to its ``JobCompleted``, drawing the bar from its
+    ``ProgressChanged`` events on ``console`` (None: no bar). A daemon that restarts
+    meanwhile is reconnected to from the last event seen."""
+    bar: Progress | None = None
+    if console is not None:
+        bar = Progress(
+            TextColumn("{task.description}", markup=False),
+            BarColumn(),
+            TaskProgressColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        )
+    with bar if bar is not None else contextlib.nullcontext():
+        task = bar.add_task(esc(job_id), total=100.0) if bar is not None else None
+        for event in client.events(job_id, timeout=timeout):
+            if isinstance(event, JobCompleted):
+                return event.result
+            if bar is not None and task is not None and isinstance(event, ProgressChanged):
+                stages = event.progress.stages
+                ended = sum(s in (StageState.COMPLETE, StageState.FAILED) for s in stages.values())
+                label = f"{esc(job_id)} running {ended}/{len(stages)} stages"
+                bar.update(task, completed=event.progress.percent, description=label)
+    return client.result(job_id, wait=True, timeout=1.0)  # a stream that ended without it
 
 
 def _wait_with_bar(client: Client, job_id: str, timeout: float, console: Console) -> JobResult:

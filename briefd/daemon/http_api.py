@@ -5,10 +5,14 @@ kept; :mod:`briefd.daemon.http_conn` adds deadlines for slow clients, and this
 module the rules of the API, in this order, before any body is read:
 
 * the ``Host`` header must name the listening socket (its address or
-  ``localhost``, with the port), else 421: a web page that got its own name to
-  resolve to 127.0.0.1 (DNS rebinding) is refused even before the token stops
-  it; and a request with an ``Origin`` header is refused with 403: browsers
-  send it, briefd's clients (``briefd.Client``, curl, Prometheus) never do;
+  ``localhost``, with the port) or a host of ``BRIEFD_ALLOWED_HOSTS``, else
+  421: a web page that got its own name to resolve to 127.0.0.1 (DNS
+  rebinding) is refused even before the token stops it; and a request with an
+  ``Origin`` header is refused with 403 unless ``BRIEFD_ALLOWED_ORIGINS`` lists
+  it (then CORS applies): browsers send it, briefd's clients
+  (``briefd.Client``, curl, Prometheus) never do. Both are
+  :class:`~briefd.daemon.http_origin.FrontDoor`'s, which also serves the example
+  page at ``/ui/`` when ``BRIEFD_UI=true``;
 * every endpoint but ``/healthz`` needs ``Authorization: Bearer <token>``,
   compared in constant time;
 * a body over ``max_body_bytes`` is refused from its ``Content-Length`` before
@@ -54,6 +58,10 @@ from briefd.daemon.http_conn import (
     deadline_protocol,
 )
 from briefd.daemon.http_conn import bind_loopback as bind_loopback
+from briefd.daemon.http_events import EventStreams
+from briefd.daemon.http_origin import FrontDoor, FrontSettings
+from briefd.daemon.http_pipelines import pipeline_routes
+from briefd.daemon.http_ui import ui_app
 from briefd.daemon.prometheus import CONTENT_TYPE_LATEST
 from briefd.messages import JOB_ID_PATTERN, JobInfo, JobResult, JobSpec, JobState
 from briefd.store.base import StoreUnavailable
@@ -87,23 +95,24 @@ def error(http_status: int, code: str, message: str, **extra: Any) -> JSONRespon
 
 
 class _Guard:
-    """ASGI middleware: Host and Origin, the bearer token, the body size, before any endpoint."""
+    """ASGI middleware: the bearer token, the body size, before any endpoint (Host and
+    Origin are checked before it, by :class:`~briefd.daemon.http_origin.FrontDoor`)."""
 
-    def __init__(self, app: ASGIApp, token: str, max_body: int, hosts: Collection[str]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        token: str,
+        max_body: int,
+        public: Callable[[Scope], bool] = lambda scope: False,
+    ) -> None:
         self.app = app
+        self.public = public  # requests that authenticate themselves (a stream token)
         self.token = token.encode()
         self.max_body = max_body
-        self.hosts = frozenset(h.lower() for h in hosts)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":  # no websockets (uvicorn runs with ws="none")
-            return
         headers = Headers(scope=scope)
-        refusal = self._refuse_host_or_origin(headers)
-        if refusal is not None:
-            await refusal(scope, receive, send)
-            return
-        if scope["path"] != "/healthz":
+        if scope["path"] != "/healthz" and not self.public(scope):
             scheme, _, given = headers.get("authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(
                 given.strip().encode(), self.token
@@ -132,18 +141,6 @@ class _Guard:
             return message
 
         await self.app(scope, limited, send)
-
-    def _refuse_host_or_origin(self, headers: Headers) -> JSONResponse | None:
-        hosts = headers.getlist("host")
-        if len(hosts) != 1 or hosts[0].strip().lower() not in self.hosts:
-            given = "missing" if not hosts else repr(", ".join(hosts)[:100])
-            names = " or ".join(sorted(self.hosts))
-            msg = f"Host: {given} is not this daemon's address ({names})"
-            return error(421, "misdirected", msg, field="Host")
-        if "origin" in headers:
-            msg = "Origin: requests from web pages are refused; use briefd's client or curl"
-            return error(403, "origin_refused", msg, field="Origin")
-        return None
 
 
 class _Waiters:
@@ -196,10 +193,15 @@ def build_app(
     max_body_bytes: int,
     waiters: _Waiters,
     hosts: Collection[str],
+    origins: Collection[str] = (),
+    ui: bool = False,
+    streams: EventStreams | None = None,
 ) -> ASGIApp:
     """The Starlette application (also usable in-process with any ASGI test client).
 
-    ``hosts``: the ``Host`` values accepted (:func:`~briefd.daemon.http_conn.allowed_hosts`).
+    ``hosts``: the ``Host`` values accepted (:func:`~briefd.daemon.http_conn.allowed_hosts`
+    and ``BRIEFD_ALLOWED_HOSTS``); ``origins``: the CORS origins allowed; ``ui``: serve
+    the example page at ``/ui/`` (:mod:`briefd.daemon.http_origin`).
     """
 
     async def healthz(request: Request) -> Response:
@@ -315,11 +317,13 @@ def build_app(
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
+            *pipeline_routes(backend),  # GET /v1/pipelines
             Route("/v1/jobs", submit, methods=["POST"]),
             Route("/v1/jobs", list_jobs, methods=["GET"]),
             Route("/v1/jobs/{job_id}", status, methods=["GET"]),
             Route("/v1/jobs/{job_id}", cancel, methods=["DELETE"]),
             Route("/v1/jobs/{job_id}/result", result, methods=["GET"]),
+            *(streams.routes() if streams is not None else ()),
         ],
         exception_handlers={
             HTTPException: on_http_error,
@@ -328,7 +332,9 @@ def build_app(
             Exception: on_crash,
         },
     )
-    return _Guard(app, token, max_body_bytes, hosts)
+    public = streams.public if streams is not None else (lambda scope: False)
+    guarded = _Guard(app, token, max_body_bytes, public)
+    return FrontDoor(guarded, hosts=hosts, origins=origins, pages=ui_app() if ui else None)
 
 
 def _job_id(request: Request) -> str:
@@ -347,7 +353,8 @@ class ApiServer:
 
     ``read_timeout_s`` bounds how long a client may take to send a request (head and
     body) and ``keep_alive_s`` how long an idle connection stays open
-    (:func:`~briefd.daemon.http_conn.deadline_protocol`).
+    (:func:`~briefd.daemon.http_conn.deadline_protocol`); ``front`` the allowed hosts,
+    origins and the example page (:class:`~briefd.daemon.http_origin.FrontSettings`).
     """
 
     def __init__(
@@ -359,15 +366,23 @@ class ApiServer:
         max_body: int,
         read_timeout_s: float = READ_TIMEOUT_S,
         keep_alive_s: float = KEEP_ALIVE_S,
+        front: FrontSettings | None = None,
+        streams: EventStreams | None = None,
     ) -> None:
+        front = front if front is not None else FrontSettings()
         self._sock = sock
         self._waiters = _Waiters()
+        own = allowed_hosts(sock)
+        self._streams = streams  # the event streams (None: a journal without events)
         app = build_app(
             backend,
             token=token,
             max_body_bytes=max_body,
             waiters=self._waiters,
-            hosts=allowed_hosts(sock),
+            hosts=own | front.hosts,
+            origins=front.origins_for(own),
+            ui=front.ui,
+            streams=streams,
         )
         config = uvicorn.Config(
             app,
@@ -391,8 +406,13 @@ class ApiServer:
         return f"http://{f'[{host}]' if ':' in host else host}:{port}"
 
     def _run(self) -> None:
+        async def serve() -> None:
+            if self._streams is not None:  # their tail delivers into this loop
+                self._streams.start(asyncio.get_running_loop())
+            await self._server.serve(sockets=[self._sock])
+
         try:
-            asyncio.run(self._server.serve(sockets=[self._sock]))
+            asyncio.run(serve())
         except BaseException as err:  # reported by start()
             self._failed = err
 
@@ -411,8 +431,15 @@ class ApiServer:
         """Wake ``?wait=`` requests for ``job_id`` (called by the journal, any thread)."""
         self._waiters.notify(job_id)
 
+    def events_committed(self) -> None:
+        """Events were committed elsewhere (another daemon's ``NOTIFY``): wake the streams."""
+        if self._streams is not None:
+            self._streams.hub.wake()
+
     def stop(self, timeout_s: float = 5.0) -> None:
         """Stop accepting, answer waiting requests, close."""
         self._waiters.notify_all()
+        if self._streams is not None:
+            self._streams.stop()
         self._server.should_exit = True
         self._thread.join(timeout_s)

@@ -33,6 +33,9 @@ READ_TIMEOUT_S = 10.0
 """Seconds a client has to send a whole request (head and body)."""
 KEEP_ALIVE_S = 5.0
 """Seconds an idle keep-alive connection stays open between requests."""
+TRANSPORT = "briefd.transport"
+"""Key of the connection's transport in each request's ``scope["state"]``: an event stream
+drops a client too slow to read it (``transport.abort()``: nothing more is flushed)."""
 _WHOLE = (h11.DONE, h11.MUST_CLOSE)  # the client's side of a request that has fully arrived
 
 
@@ -105,9 +108,11 @@ def deadline_protocol(read_timeout_s: float, keep_alive_s: float) -> type[H11Pro
             super().__init__(*args, **kwargs)
             self.timeout_keep_alive = keep_alive_s  # type: ignore[assignment]  # call_later: float
             self._deadline: asyncio.TimerHandle | None = None
+            self.app_state = dict(self.app_state)  # this connection's, copied into each scope
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             _no_delay(transport)
+            self.app_state[TRANSPORT] = transport
             super().connection_made(transport)
             self._arm()
 

@@ -14,7 +14,9 @@ deadlock the thread it interrupted):
   ``BRIEFD_GRACE_S``, put unfinished runs back in the journal's queue, exit 0.
   A second one exits at once; the journal makes the rest resumable.
 * SIGHUP: re-read the settings; the token cap, retries, timeouts and admission
-  limits apply live, without dropping a job.
+  limits apply live, without dropping a job. The pipelines folder is read again
+  too (a broken file: its mistakes logged, the pipelines kept); a running or
+  queued job keeps the pipeline version it was accepted with.
 * SIGUSR1: log every thread's stack.
 
 The same loop watches the actors (pykka has no supervision): a dead rate limiter
@@ -48,10 +50,12 @@ from briefd.actors.metrics import metrics_observer
 from briefd.actors.root import RootActor
 from briefd.actors.stage import with_fatal_hook
 from briefd.cluster.claims import ClaimKeeper, new_daemon_id, node_of
-from briefd.config import ConfigError, Settings, load_pipeline
+from briefd.config import ConfigError, Settings
 from briefd.costs import load_prices
 from briefd.daemon.backend import ASK_TIMEOUT_S, DaemonBackend
 from briefd.daemon.http_api import ApiServer, bind_loopback
+from briefd.daemon.http_events import EventStreams
+from briefd.daemon.http_origin import FrontSettings
 from briefd.daemon.prometheus import MetricsExporter
 from briefd.daemon.service import (
     dump_threads,
@@ -59,7 +63,7 @@ from briefd.daemon.service import (
     lock_data_dir,
     sd_notify,
 )
-from briefd.llm.extract import check_schema
+from briefd.daemon.stream_token import StreamTokens
 from briefd.local.provider import Provider, open_provider
 from briefd.messages import (
     CheckCancels,
@@ -73,9 +77,12 @@ from briefd.messages import (
 from briefd.ops.autorollback import breaker_from_settings
 from briefd.ops.events import publish
 from briefd.ops.logs import register_secret
+from briefd.pipelines.registry import PipelineRegistry, reload_pipelines
 from briefd.private import private_dir
 from briefd.store import open_store, store_label
 from briefd.store.base import ClaimStore
+from briefd.store.events import EVENTS_CHANNEL
+from briefd.telemetry import Telemetry, open_telemetry
 from briefd.webhooks.service import Webhooks
 
 EXIT_FATAL = 70
@@ -107,6 +114,7 @@ class Daemon(DaemonBackend):
         self._exporter = MetricsExporter(self.figures)
         self.daemon_id: str | None = None  # with PostgreSQL: this daemon in the cluster
         self._listener: Any = None  # with PostgreSQL: LISTEN for the root's wake-ups
+        self.telemetry: Telemetry | None = None  # OpenTelemetry, when OTEL_* asks for it
 
     # -- start -----------------------------------------------------------------------
 
@@ -114,6 +122,11 @@ class Daemon(DaemonBackend):
         """Build everything, resume unfinished jobs, listen; ConfigError on a bad set-up."""
         s = self.settings
         load_prices(s.prices)  # a bad price table stops the start, named (exit 2), first
+        # Every pipeline a job may name, checked before anything is made (one line per
+        # mistake, exit 2).
+        self.registry = PipelineRegistry.load(s)
+        self.pipeline = self.registry.default_spec
+        front = FrontSettings.of(s)  # bad BRIEFD_ALLOWED_ORIGINS/_HOSTS: exit 2, named
         try:
             private_dir(s.data_dir)
         except OSError as err:
@@ -121,9 +134,6 @@ class Daemon(DaemonBackend):
         self._lock = lock_data_dir(s.data_dir)
         token = ensure_token(s.resolved_token_file())
         register_secret(token)
-        self.pipeline = load_pipeline(s.pipeline)
-        for stage in self.pipeline.stages:
-            check_schema(stage)
         breaker = breaker_from_settings(s)
         # First, before paying for anything: a damaged journal stops the start (exit 2).
         self.journal = open_store(s, self.pipeline, on_finished=self._notify_finished)
@@ -134,7 +144,7 @@ class Daemon(DaemonBackend):
         self.webhooks = Webhooks(  # a bad secret or BRIEFD_WEBHOOK_URL stops the start
             s, self.journal, own=[sock.getsockname()[:2]], owner=self.daemon_id or "local"
         )
-        self._provider = open_provider(s, self.pipeline.stages)
+        self._provider = open_provider(s, self.registry.stages)
         self.routing = self._provider.routing  # a job's models are checked against it
         self.settings = s = s.model_copy(
             update={
@@ -143,6 +153,8 @@ class Daemon(DaemonBackend):
             }
         )
         self.metrics = MetricsActor.start()
+        self.telemetry = open_telemetry(self._provider.routing, self.pipeline)
+        traced = [self.telemetry] if self.telemetry is not None else []
         metrics_only = [metrics_observer(self.metrics)]
         self._provider.routing.breakers.on_change = lambda e: publish(e, metrics_only)
         claims: ClaimKeeper | None = None
@@ -170,7 +182,14 @@ class Daemon(DaemonBackend):
                 tpm=s.tpm,
                 endpoints=self._provider.routing.limits(),
             )
-        self.server = ApiServer(self, sock, token=token, max_body=s.max_body_bytes)
+        self.server = ApiServer(
+            self,
+            sock,
+            token=token,
+            max_body=s.max_body_bytes,
+            streams=self._streams(token),
+            front=front,
+        )
         self.journal_ref = JournalActor.start(self.journal)
         self.root = RootActor.start(
             journal=self.journal,
@@ -180,10 +199,11 @@ class Daemon(DaemonBackend):
             base_url=self._provider.base_url,
             routing=self._provider.routing,
             limiter=self.limiter,
-            observers=[metrics_observer(self.metrics), journal_observer(self.journal_ref)],
+            observers=[metrics_observer(self.metrics), journal_observer(self.journal_ref), *traced],
             stage_actor_cls=with_fatal_hook(StageActor, self._on_fatal),
             breaker=breaker,
             claims=claims,
+            registry=self.registry,
         )
         if s.database_url is not None:
             self._listen(s.database_url)
@@ -209,6 +229,8 @@ class Daemon(DaemonBackend):
             store_label(s),
             f"; daemon {self.daemon_id}" if self.daemon_id else "",
         )
+        if front.ui:
+            logger.info("example page: {}/ui/ (paste the API token into it)", self.server.url)
         sd_notify(f"READY=1\nSTATUS=listening on {self.server.url}\nMAINPID={os.getpid()}")
         self._start_watchdog()
 
@@ -229,11 +251,24 @@ class Daemon(DaemonBackend):
                 "briefd_jobs": lambda _: tell(ClaimJobs()),
                 "briefd_cancel": lambda _: tell(CheckCancels()),
                 "briefd_finished": lambda job_id: self.server.notify_finished(job_id),
+                EVENTS_CHANNEL: lambda _: self.server.events_committed(),
             },
             on_connect=lambda: tell(ClaimJobs()),
             name="briefd-listen-jobs",
             bound_s=self.settings.db_timeout,
         ).start()
+
+    def _streams(self, token: str) -> EventStreams:
+        """The event streams: from the journal's event table, woken by its commits (and, in
+        a cluster, by NOTIFY, with the poll as the safety net)."""
+        s = self.settings
+        return EventStreams(
+            self.journal.event_log,
+            self.journal.get,
+            StreamTokens(token),
+            poll_s=s.poll_s if s.database_url is not None else None,
+            max_streams_per_token=s.max_streams_per_token,
+        )
 
     def _notify_finished(self, job_id: str) -> None:
         """A job's terminal state is committed: wake the API's result waiters."""
@@ -346,12 +381,15 @@ class Daemon(DaemonBackend):
             for name in type(fresh).model_fields
             if name not in LIVE_SETTINGS and getattr(fresh, name) != getattr(self._loaded, name)
         )
+        registry = reload_pipelines(self.registry, self._loaded.pipeline)  # the folder too
+        changed.update(self.registry.changes(registry))
+        self.registry = registry
         publish(DaemonReloading(changed=changed, needs_restart=needs_restart))
         self.settings = old.model_copy(update={n: getattr(fresh, n) for n in LIVE_SETTINGS})
         if "max_concurrent" in changed:
             self.limiter.tell(SetCapacity(capacity=self.settings.max_concurrent))
         try:
-            self.root.proxy().reload(self.settings).get(timeout=ASK_TIMEOUT_S)
+            self.root.proxy().reload(self.settings, registry).get(timeout=ASK_TIMEOUT_S)
         except (pykka.Timeout, pykka.ActorDeadError) as err:
             logger.error("reload: the root actor did not take the settings: {!r}", err)
         sd_notify("READY=1")
@@ -395,6 +433,8 @@ class Daemon(DaemonBackend):
         pykka.ActorRegistry.stop_all(block=False)
         if self._provider is not None:
             self._provider.close()
+        if self.telemetry is not None:  # the traces of jobs that ended go out now
+            self.telemetry.shutdown()
         logger.info(
             "briefd stopped: {} unfinished job(s) will resume at next start", len(suspended)
         )
@@ -415,6 +455,8 @@ class Daemon(DaemonBackend):
         pykka.ActorRegistry.stop_all(block=True, timeout=5.0)
         if self._provider is not None:
             self._provider.close()
+        if self.telemetry is not None:
+            self.telemetry.shutdown()
 
     # -- the HTTP API's backend ------------------------------------------------------
 

@@ -31,8 +31,8 @@ def main(argv: list[str] | None = None) -> int:
         prog="briefd serve",
         description="Run the briefd daemon: an HTTP API on BRIEFD_LISTEN (127.0.0.1:8765) for "
         "many jobs at once under one token cap, journalled in BRIEFD_DATA_DIR. Runs until "
-        "SIGTERM or SIGINT; SIGHUP reads --config again (the token cap, retries and timeouts "
-        "apply live). See docs/daemon.md.",
+        "SIGTERM or SIGINT; SIGHUP reads --config and the BRIEFD_PIPELINES folder again (the "
+        "token cap, retries and timeouts apply live). See docs/daemon.md.",
     )
     parser.add_argument("--config", type=Path, help="settings TOML file (else $BRIEFD_CONFIG)")
     args = parser.parse_args(argv)

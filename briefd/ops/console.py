@@ -36,6 +36,7 @@ from rich.text import Text
 
 from briefd.actors.metrics import LatencySummary
 from briefd.ops import rollback
+from briefd.ops.by_pipeline import pipelines_line
 from briefd.ops.eventlog import escape_control
 from briefd.ops.snapshot import JobRow, Snapshot
 from briefd.ops.sources import RESCAN_S, LogSet, is_glob
@@ -332,7 +333,8 @@ def render(
         "times / the job's wall time; about 1.0 when the server serves one call at a time)",
     )
     parts = [_header(snap, source, title, notes), _warnings(snap), _jobs(snap, job_rows)]
-    parts += [_capacity(snap), _endpoints(snap), _spend(snap), side, speedup, _errors(snap)]
+    parts += [_capacity(snap), _endpoints(snap), _spend(snap), pipelines_line(snap.pipelines)]
+    parts += [side, speedup, _errors(snap)]
     return Group(*(p for p in parts if p is not None))
 
 

@@ -42,7 +42,7 @@ ENVELOPE = ("v", "ts", "level", "event", "job_id", "stage", "msg")
 RESERVED = frozenset({"v", "level", "event", "msg"})
 """Envelope names no event model may use as a field (``ts``, ``job_id``, ``stage`` are shared)."""
 
-CONTENT_KEYS = frozenset({"document", "documents", "prompts", "procurement_metrics"})
+CONTENT_KEYS = frozenset({"document", "documents", "prompt", "prompts", "procurement_metrics"})
 """Fields holding model or client text: logged as digests, at any depth."""
 PER_KEY_CONTENT = frozenset({"documents", "prompts"})
 """Content fields that are objects of stage name -> content: each value is digested."""

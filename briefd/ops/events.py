@@ -39,6 +39,7 @@ from briefd.messages import (
     RollbackTripped,
     StageFailed,
     StageFellBack,
+    StagePromptRendered,
     StageRetrying,
     StageStarted,
     StageSucceeded,
@@ -81,6 +82,8 @@ def describe(event: Event) -> str:
             return f"{job} {s} failed: {e.code} {e.message} (hint: {e.hint})"
         case StageFellBack(stage=s, source=src):
             return f"{job} {s} fell back to the job's {src}"
+        case StagePromptRendered(stage=s, prompt=text):
+            return f"{job} {s} prompt rendered ({len(text)} chars)"
         case TokenGranted(stage=s, in_use=n, capacity=c):
             return f"{job} {s} got a token ({n}/{c} in use)"
         case TokenReleased(stage=s, in_use=n, capacity=c, reclaimed=r):

@@ -91,6 +91,8 @@ class Snapshot:
     """With several logs (a cluster), one entry per log: its daemon's ``name``, ``log``,
     ``status``, ``pid``, ``url``, ``tokens`` and ``active_jobs``; empty for a single log,
     whose daemon is :attr:`daemon`."""
+    pipelines: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Finished jobs per pipeline (:mod:`briefd.ops.by_pipeline`); empty for logs from before."""
 
     @property
     def warnings(self) -> list[Signal]:

@@ -26,6 +26,7 @@ from statistics import fmean
 from typing import Any
 
 from briefd.actors.metrics import LatencySummary
+from briefd.ops.by_pipeline import PipelineTally
 from briefd.ops.daemons import Source, Sources
 from briefd.ops.eventlog import Record
 from briefd.ops.jobrows import JobRows
@@ -97,6 +98,7 @@ class OpsView:
         self._spend_minute = _Series(60.0)  # USD per job that ended in the last minute
         self._spend: dict[str, Any] = {"total_usd": 0.0, "by_model": {}, "by_stage": {}}
         self._guard: dict[str, Any] = {}
+        self._by_pipeline = PipelineTally(window_s)
         self._handlers: dict[str, Callable[[Record], None]] = {
             "JobAccepted": self._accepted,
             "JobStarted": self._started,
@@ -277,6 +279,7 @@ class OpsView:
         assert isinstance(metrics, dict)
         job.total_ms = _int(metrics.get("total_ms"))
         self._add_spend(record.ts, job, result)
+        self._by_pipeline.add(record.ts, result)
         if status != "cancelled" and _int(metrics.get("total_ms")) > 0:  # 0: never ran
             self._latency(record.ts, job, metrics)
         self._rows.finish(job, status, record.ts)
@@ -442,4 +445,5 @@ class OpsView:
             },
             guard={k: dict(v) for k, v in self._guard.items()},
             sources=sources.summary(now, dict(owned)),
+            pipelines=self._by_pipeline.summary(newest),
         )

@@ -32,6 +32,12 @@ DEFAULT_LATENCY_S: dict[str, float] = {
     "PLAYS_MD": 7.0,
     "PROCUREMENT_JSON": 5.0,
     "ANNEX_JSON": 6.0,
+    # examples/pipelines/renewal-memo.toml, as its expected_ms declare
+    "ACCOUNT_MD": 6.0,
+    "FACTS_JSON": 4.0,
+    "RISKS_MD": 5.0,
+    "TIMELINE_JSON": 3.0,
+    "MEMO_MD": 6.0,
 }
 
 

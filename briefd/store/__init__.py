@@ -17,6 +17,7 @@ from typing import Protocol
 from briefd.config import ConfigError, PipelineSpec, Settings
 from briefd.private import private_dir
 from briefd.store.base import Store
+from briefd.store.events import EventLog
 from briefd.store.files import JobFiles
 
 JOURNAL_FILE = "briefd.sqlite3"
@@ -27,6 +28,7 @@ class JournalStore(Store, Protocol):
     """A store as the daemon holds it: with the output files it sweeps and probes at start."""
 
     files: JobFiles
+    event_log: EventLog
 
 
 def store_label(settings: Settings) -> str:

@@ -9,6 +9,7 @@ holds the failure for ``/healthz`` until a write succeeds again.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +31,14 @@ class JobFiles:
         self.jobs_dir = jobs_dir
         self._pipeline = pipeline
         self._health = health
+        # A job's own pipeline (a daemon serves several): its stages' file names.
+        self.pipeline_of: Callable[[str], PipelineSpec | None] = lambda job_id: None
 
     def write_document(self, job_id: str, stage: str, document: Any) -> None:
         """One stage's file; a failure is only recorded (the job's end tries again)."""
         try:
             with OutputDir.job(self.jobs_dir, job_id) as out:
-                out.write_document(self._pipeline, stage, document)
+                out.write_document(self.pipeline_of(job_id) or self._pipeline, stage, document)
         except KeyError:  # a stage the current pipeline lacks: result.json will hold it
             return
         except OutputError as err:
@@ -47,7 +50,8 @@ class JobFiles:
         """Every file of the job (each tried); the OUTPUT_ERROR to report if any failed."""
         try:
             with OutputDir.job(self.jobs_dir, result.job_id) as out:
-                failed = out.write_result(self._pipeline, result).failed
+                pipeline = self.pipeline_of(result.job_id) or self._pipeline
+                failed = out.write_result(pipeline, result).failed
         except OutputError as err:
             failed = [err]
         if not failed:

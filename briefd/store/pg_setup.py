@@ -20,6 +20,7 @@ from psycopg_pool import ConnectionPool
 import briefd
 from briefd.config import ConfigError
 from briefd.redaction import redact, register_secret
+from briefd.store.pinned import PG_MIGRATION
 
 SCHEMES = ("postgresql", "postgres")
 SCHEMA_VERSION = 4
@@ -241,6 +242,12 @@ MIGRATIONS: dict[int, tuple[LiteralString, ...]] = {
     ),
     # Version 4: the webhook outbox (briefd/webhooks/pg_outbox.py): one row per delivery,
     # written in the transaction of the event it reports, claimed FOR UPDATE SKIP LOCKED.
+    # Also: a job keeps the pipeline version it was accepted with, and its templated prompts
+    # as rendered (briefd/store/pinned.py), so a resume runs what it started with.
+    # Also: each job's events in order, streamed and replayed by GET /v1/jobs/{id}/events
+    # (briefd/store/events.py, briefd/store/pg_events.py). No foreign key there: the events
+    # are inserted last in their transaction, after an advisory lock, and a key check would
+    # lock the job's row after it.
     4: (
         """CREATE TABLE briefd_webhooks (
             id           text PRIMARY KEY,
@@ -261,6 +268,17 @@ MIGRATIONS: dict[int, tuple[LiteralString, ...]] = {
         "COMMENT ON COLUMN briefd_webhooks.next_at IS 'due; while claimed, when the claim lapses'",
         "CREATE INDEX briefd_webhooks_due ON briefd_webhooks (next_at) WHERE state = 'pending'",
         "CREATE INDEX briefd_webhooks_by_job ON briefd_webhooks (job_id, created_at)",
+        *PG_MIGRATION,
+        """CREATE TABLE briefd_events (
+            id     bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            job_id text NOT NULL,
+            seq    integer NOT NULL,
+            type   text NOT NULL,
+            ts     double precision NOT NULL,
+            data   text NOT NULL,
+            UNIQUE (job_id, seq)
+        )""",
+        "COMMENT ON COLUMN briefd_events.seq IS 'the job''s own order, 1..n: the SSE id'",
         # The tenants' fair share (briefd/limits/fair.py): each wait and lease names its
         # tenant and weight, and each endpoint's row keeps the tenants' virtual times, so
         # every daemon's grant round picks the tenant by the same tags under the row's lock.

@@ -33,6 +33,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,7 @@ from briefd.store.base import (
     closing_result,
     resumed_run,
 )
+from briefd.store.events import EventLog
 from briefd.store.files import FILES, JobFiles
 from briefd.store.health import WriteHealth
 from briefd.store.pg_claims import (
@@ -75,6 +77,7 @@ from briefd.store.pg_claims import (
     PgClaims,
     notify,
 )
+from briefd.store.pg_events import PgEvents
 from briefd.store.pg_reads import PgReads
 from briefd.store.pg_setup import (
     DEFAULT_BOUND_S,
@@ -85,6 +88,7 @@ from briefd.store.pg_setup import (
     redact_url,
     unavailable,
 )
+from briefd.store.pinned import SpecCache, pin_pg, pinned_pg, save_prompt_pg
 
 POOL_WAIT_MAX_S = 2.0
 """The longest a statement waits for a pooled connection (the server may be gone)."""
@@ -115,6 +119,9 @@ class PostgresStore(PgClaims, PgReads, StageWrites):
         self._health = WriteHealth()
         self._fences = Fences()
         self.files = JobFiles(jobs_dir, pipeline, self._health)
+        self.event_log: EventLog = PgEvents(self)
+        self._specs = SpecCache()  # each job's pipeline (its files' names), parsed once
+        self.files.pipeline_of = self.pipeline_of
         self.bound_s = bound_s
         self._probing = threading.Event()
         # A pooled connection is waited for briefly: an outage is not waited out by a reader.
@@ -159,6 +166,9 @@ class PostgresStore(PgClaims, PgReads, StageWrites):
                 if not one:
                     tx.enter_context(conn.transaction())
                 cur = tx.enter_context(conn.cursor(row_factory=dict_row))
+                events = write and not one  # the events of this write go with it
+                if events:
+                    self.event_log.begin()
                 if deadline is not None:
                     left_ms = round((deadline - time.monotonic()) * 1000)
                     if left_ms <= 0:
@@ -168,6 +178,8 @@ class PostgresStore(PgClaims, PgReads, StageWrites):
                         (str(min(left_ms, round(self.bound_s * 1000))),),
                     )
                 yield cur
+                if events:
+                    self.event_log.flush(cur)
         except psycopg.Error as err:
             if not unavailable(err):
                 raise
@@ -177,6 +189,8 @@ class PostgresStore(PgClaims, PgReads, StageWrites):
             raise StoreUnavailable(f"journal {reason}") from err
         if write:
             self._health.ok(JOURNAL)
+        if write and not one:
+            self.event_log.committed()
 
     def _reopen(self) -> bool:
         """Replace the pool with a fresh one, connected now; whether it could (at most once a
@@ -226,7 +240,13 @@ class PostgresStore(PgClaims, PgReads, StageWrites):
 
     # -- submission ------------------------------------------------------------------
 
-    def add_job(self, job: JobSpec, *, within_s: float | None = None) -> tuple[JobInfo, bool]:
+    def add_job(
+        self,
+        job: JobSpec,
+        *,
+        within_s: float | None = None,
+        pipeline: PipelineSpec | None = None,
+    ) -> tuple[JobInfo, bool]:
         """Record ``job`` as queued (committed on return); ``False`` if the id already exists.
 
         ``within_s``: the write ends within this many seconds, committed or not at all
@@ -250,6 +270,8 @@ class PostgresStore(PgClaims, PgReads, StageWrites):
                     "SELECT %s, s, %s FROM unnest(%s::text[]) AS s",
                     (job.job_id, StageState.PENDING.value, list(job.prompts)),
                 )
+                if pipeline is not None:  # the job keeps this version (store/pinned)
+                    pin_pg(cur, job.job_id, pipeline)
             info = self._get(cur, job.job_id)
         assert info is not None
         return info, created
@@ -291,12 +313,25 @@ class PostgresStore(PgClaims, PgReads, StageWrites):
                 (job_id,),
             )
             ended = cur.fetchall()
-        return resumed_run(
+            _, snapshot, prompts = pinned_pg(cur, job_id)
+        run = resumed_run(
             row["spec"],
             [(r["stage"], r["state"], r["document"], r["error"]) for r in ended],
             died,
             row["submitted_at"],
         )
+        return replace(run, pipeline=snapshot, prompts=prompts)
+
+    def stage_prompt(self, job_id: str, stage: str, prompt: str) -> None:
+        """A templated prompt as rendered: a resumed run sends this text again."""
+        with self._tx() as cur:
+            save_prompt_pg(cur, job_id, stage, prompt)
+
+    def pipeline_of(self, job_id: str) -> PipelineSpec | None:
+        """The pipeline the job was accepted with (None: none kept)."""
+        with self._tx(write=False) as cur:
+            version, snapshot, _ = pinned_pg(cur, job_id)
+        return self._specs.get(version, snapshot) if version else None
 
     def suspend(self, job_ids: list[str]) -> None:
         """Clean stop: the jobs go back to the queue, their run counted as ended well, their
@@ -477,4 +512,5 @@ class PostgresStore(PgClaims, PgReads, StageWrites):
                 f"WHERE t.job_id = %s AND t.stage = f.stage AND t.state <> {_COMPLETE}",
                 ([s for s, _ in final], [v for _, v in final], result.job_id),
             )
+        self.event_log.insert_now(cur, [JobCompleted(job_id=result.job_id, result=result)])
         return result

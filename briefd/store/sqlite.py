@@ -21,6 +21,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +46,10 @@ from briefd.store.base import (
     job_info,
     resumed_run,
 )
+from briefd.store.events import EventLog, SqliteEvents
 from briefd.store.files import FILES, JobFiles
 from briefd.store.health import WriteHealth
+from briefd.store.pinned import SpecCache, pin_sqlite, pinned_sqlite, save_prompt_sqlite
 from briefd.store.sqlite_open import open_journal_db, unavailable
 from briefd.webhooks.outbox import SQLITE_SCHEMA as OUTBOX_SCHEMA
 
@@ -75,6 +78,31 @@ CREATE TABLE IF NOT EXISTS stages (
     updated_at REAL NOT NULL,
     PRIMARY KEY (job_id, stage)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (  -- each job's events, streamed (briefd/store/events.py)
+    id     INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL,
+    seq    INTEGER NOT NULL,
+    type   TEXT NOT NULL,
+    ts     REAL NOT NULL,
+    data   TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS events_by_job ON events (job_id, seq);
+CREATE TABLE IF NOT EXISTS pipelines (  -- every pipeline a job was accepted with (store/pinned)
+    version    TEXT PRIMARY KEY,
+    name       TEXT NOT NULL,
+    spec       TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS job_pipelines (
+    job_id  TEXT PRIMARY KEY,
+    version TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS stage_prompts (  -- templated prompts as rendered: a resume resends
+    job_id TEXT NOT NULL,
+    stage  TEXT NOT NULL,
+    prompt TEXT NOT NULL,
+    PRIMARY KEY (job_id, stage)
+) WITHOUT ROWID;
 """
 _LIVE = (JobState.QUEUED.value, JobState.RUNNING.value)
 JOURNAL = "journal"
@@ -99,6 +127,9 @@ class Journal(StageWrites):
         self._lock = threading.RLock()
         self._health = WriteHealth()
         self.files = JobFiles(self.jobs_dir, pipeline, self._health)
+        self.event_log: EventLog = SqliteEvents(self)
+        self._specs = SpecCache()  # each job's pipeline (its files' names), parsed once
+        self.files.pipeline_of = self.pipeline_of
         self._db = open_journal_db(path)
         try:
             self._prepare()
@@ -137,8 +168,10 @@ class Journal(StageWrites):
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
+                self.event_log.begin()
                 try:
                     yield self._db
+                    self.event_log.flush(self._db)  # the events of this write, with it
                     self._db.execute("COMMIT")
                 except BaseException:
                     if self._db.in_transaction:
@@ -151,6 +184,7 @@ class Journal(StageWrites):
                 self._health.failed(JOURNAL, f"{self.path}: {err}")
                 raise StoreUnavailable(f"journal {self.path}: {err}") from err
             self._health.ok(JOURNAL)
+        self.event_log.committed()
 
     # -- health ----------------------------------------------------------------------
 
@@ -166,8 +200,11 @@ class Journal(StageWrites):
 
     # -- submission ------------------------------------------------------------------
 
-    def add_job(self, job: JobSpec) -> tuple[JobInfo, bool]:
-        """Record ``job`` as queued (committed on return); ``False`` if the id already exists."""
+    def add_job(
+        self, job: JobSpec, *, pipeline: PipelineSpec | None = None
+    ) -> tuple[JobInfo, bool]:
+        """Record ``job`` as queued (committed on return); ``False`` if the id already exists.
+        With ``pipeline``, the job keeps that version of it (:mod:`briefd.store.pinned`)."""
         now = time.time()
         with self._tx() as db:
             if db.execute("SELECT 1 FROM jobs WHERE job_id=?", (job.job_id,)).fetchone():
@@ -181,6 +218,8 @@ class Journal(StageWrites):
                     "INSERT INTO stages (job_id, stage, state, updated_at) VALUES (?, ?, ?, ?)",
                     [(job.job_id, s, StageState.PENDING.value, now) for s in job.prompts],
                 )
+                if pipeline is not None:
+                    pin_sqlite(db, job.job_id, pipeline, now)
                 created = True
         info = self.get(job.job_id)
         assert info is not None
@@ -225,12 +264,25 @@ class Journal(StageWrites):
                 "WHERE job_id=? AND state IN (?, ?)",
                 (job_id, StageState.COMPLETE.value, StageState.FAILED.value),
             ).fetchall()
-        return resumed_run(
+            _, snapshot, prompts = pinned_sqlite(db, job_id)
+        run = resumed_run(
             row["spec"],
             [(r["stage"], r["state"], r["document"], r["error"]) for r in ended],
             died,
             float(row["submitted_at"]),
         )
+        return replace(run, pipeline=snapshot, prompts=prompts)
+
+    def stage_prompt(self, job_id: str, stage: str, prompt: str) -> None:
+        """A templated prompt as rendered: a resumed run sends this text again."""
+        with self._tx() as db:
+            save_prompt_sqlite(db, job_id, stage, prompt)
+
+    def pipeline_of(self, job_id: str) -> PipelineSpec | None:
+        """The pipeline the job was accepted with (None: none kept)."""
+        with self._lock:
+            version, snapshot, _ = pinned_sqlite(self._db, job_id)
+        return self._specs.get(version, snapshot) if version else None
 
     def suspend(self, job_ids: list[str]) -> None:
         """Clean stop: the jobs go back to the queue, their run counted as ended well."""
@@ -324,6 +376,7 @@ class Journal(StageWrites):
                             "WHERE job_id=? AND stage=? AND state!=?",
                             (state.value, now, result.job_id, stage, StageState.COMPLETE.value),
                         )
+                self.event_log.insert_now(db, [JobCompleted(job_id=result.job_id, result=result)])
         if self._on_finished is not None:
             self._on_finished(result.job_id)
         return True
@@ -398,7 +451,8 @@ class Journal(StageWrites):
 
     def _stages(self, job_id: str) -> dict[str, sqlite3.Row]:
         rows = self._db.execute("SELECT * FROM stages WHERE job_id=?", (job_id,)).fetchall()
-        order = {name: i for i, name in enumerate(self._pipeline.names)}
+        pipeline = self.pipeline_of(job_id) or self._pipeline
+        order = {name: i for i, name in enumerate(pipeline.names)}
         rows.sort(key=lambda r: (order.get(r["stage"], len(order)), r["stage"]))
         return {r["stage"]: r for r in rows}
 
