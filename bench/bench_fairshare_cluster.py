@@ -55,7 +55,11 @@ def worker(url: str, daemon_id: str, start_at: float, args: dict[str, float]) ->
         pause.wait(start_at - now)  # every process starts together
     t0 = time.monotonic()
     count_from, end = t0 + args["warmup"], t0 + args["warmup"] + args["seconds"]
+    beat_at = t0
     while time.monotonic() < end:
+        if time.monotonic() - beat_at > 2.0:  # as the limiter's RenewTokens: else its waits
+            tokens.heartbeat()  # and leases are reaped after lease_s
+            beat_at = time.monotonic()
         for tenant, w in WEIGHTS.items():
             while waiting[tenant] < args["depth"]:
                 n += 1
