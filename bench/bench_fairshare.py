@@ -9,7 +9,11 @@
    between b's first call asking and being granted (b's "grant rounds": target <= 2),
    b's job time against its time alone (target <= 1.5x) and a's makespan against a
    run without b (target < 2 % longer). Rounds interleave a-alone, a+b and b-alone
-   runs; medians.
+   runs; medians. Why b's job cannot come near 1.5x here: grants are not preemptive,
+   K=2 and a call lasts 50-70 ms, so each of b's three sequential steps waits for one
+   of a's calls to end (about 35 ms apart at K=2), and b's two parallel first stages
+   get one token of the two between them (its fair share), where alone they had both;
+   even with b served first at every grant that adds ~120 ms to its ~190 ms.
 2. **Weights 1:2:3 saturating the service.** Three tenants, each keeping ``--depth``
    jobs in flight (a closed loop: a job ends, its tenant submits another), for
    ``--weighted-s`` seconds after a warm-up; printed: each tenant's share of the tokens
