@@ -16,9 +16,12 @@ lanes are in flight. A lane's gates, in this order:
   learned from the headers (:mod:`briefd.limits.learn`); when one says
   "not yet" a timer wakes the limiter then (it never sleeps).
 
-Which waiting request goes first: the oldest admitted job (after its priority,
-which ages), then the stage with the longest latency-weighted path to its
-job's end (:mod:`briefd.limits.order`), among the requests whose lane is open.
+Which waiting request goes first: the tenant with the least start tag of the
+weighted fair share, charged in tokens (``est_tokens`` at the grant, settled by
+``used_tokens`` at the release: :mod:`briefd.limits.fair`); within it the oldest
+admitted job (after its priority, which ages), then the stage with the longest
+latency-weighted path to its job's end (:mod:`briefd.limits.order`), among the
+requests whose lane is open.
 The request picked waits for its lane's budget rather than letting a cheaper
 one of the same lane pass it, so a large prompt is not starved; requests for
 other endpoints go meanwhile.
@@ -107,6 +110,9 @@ class Lease:
     epoch: int = 0  # the lane's window's epoch when the call started
     est_tokens: int = 0  # charged to the token budget at the grant
     endpoint: str = ""  # its lane
+    tenant: str = "default"  # charged in the fair share at the grant, settled at release
+    weight: float = 1.0
+    charged: float = 0.0  # what the fair share charged (FairShare.cost of est_tokens)
 
 
 @dataclass(frozen=True)
@@ -315,10 +321,14 @@ class RateLimiterActor(LeanThreadingActor):
                 epoch=lane.pacer.window.epoch,
                 est_tokens=req.est_tokens,
                 endpoint=req.endpoint,
+                tenant=req.tenant,
+                weight=req.weight,
+                charged=s.lanes.share.cost(req.est_tokens),
             )
             s.leases[lease.lease_id] = lease
             lane.in_flight += 1
             lane.pacer.spend(lease.est_tokens)
+            s.lanes.share.charge(req.tenant, req.weight, lease.charged, lease.granted_at)
             granted = TokenGranted(
                 job_id=req.job_id,
                 stage=req.stage,
@@ -335,6 +345,7 @@ class RateLimiterActor(LeanThreadingActor):
             except pykka.ActorDeadError:
                 self._drop(lease.lease_id)
                 lane.pacer.refund(lease.est_tokens)
+                self._settle_share(lease, 0)
                 continue
             s.granted_total += 1
             lane.granted_total += 1
@@ -364,6 +375,7 @@ class RateLimiterActor(LeanThreadingActor):
     def _settle(self, lease: Lease, msg: ReleaseToken) -> None:
         """Learn from how the call ended (its lane's window and budgets, the stage's latency,
         the headers)."""
+        self._settle_share(lease, msg.used_tokens)
         lane = self._lane(lease.endpoint)
         later_calls = later_tokens = 0
         if msg.limits is not None:  # the calls its server may not have counted in its headers
@@ -382,6 +394,17 @@ class RateLimiterActor(LeanThreadingActor):
             limits=msg.limits,
             later_calls=later_calls,
             later_tokens=later_tokens,
+        )
+
+    def _settle_share(self, lease: Lease, used: int | None) -> None:
+        """The tenant's fair share pays for what the call used (None: its estimate stays)."""
+        self._s.lanes.share.settle(
+            lease.tenant,
+            lease.weight,
+            lease.charged,
+            used,
+            time.monotonic(),
+            est_tokens=lease.est_tokens if used else 0,  # a refund teaches nothing
         )
 
     def _released(self, lease: Lease, *, reclaimed: bool) -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -40,6 +40,7 @@ from briefd.costs import load_prices
 from briefd.dispatch import DispatchStats, EventDispatcher
 from briefd.events import EventCallback
 from briefd.jobs import load_job_file, validate_job
+from briefd.limits.fair import next_to_admit
 from briefd.llm.extract import check_schema
 from briefd.local.provider import Provider, open_provider
 from briefd.messages import (
@@ -216,15 +217,22 @@ class Pipeline:
         run.deliver(result)
 
     def _admit(self) -> None:
-        """Start queued jobs, oldest first, while the active window has room."""
+        """Start queued jobs, oldest first, while the active window has room (and a tenant's
+        first job past it: :func:`briefd.limits.fair.next_to_admit`)."""
         failed: list[tuple[JobRun, Exception]] = []
         with self._lock:
-            while (
-                self._queue
-                and len(self._active) < self.settings.active_jobs
-                and not self._closing.is_set()
-            ):
-                run = self._queue.popleft()
+            while self._queue and not self._closing.is_set():
+                busy = Counter(r.job.tenant for r in self._active.values())
+                i = next_to_admit(  # the oldest; past a full window, a tenant's first job
+                    (r.job.tenant for r in self._queue),
+                    busy,
+                    len(self._active),
+                    self.settings.active_jobs,
+                )
+                if i is None:
+                    break
+                run = self._queue[i]
+                del self._queue[i]
                 if run.settled:  # cancelled while it waited
                     continue
                 run.admitted = True

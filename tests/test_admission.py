@@ -128,3 +128,28 @@ def test_close_cancels_queued_and_running_jobs_quickly(
     assert {r.status for r in results} == {JobStatus.CANCELLED}
     assert len({r.job_id for r in results}) == 200
     assert len(sim.stats().by_job_stage) <= 4  # the queued 196 never called
+
+
+def test_another_tenants_job_is_not_held_behind_a_full_window(
+    sim: SimServer, make_settings: Any, make_job: Any
+) -> None:
+    """Tenant a fills the window and queues 50 more; tenant b's one job starts before any of
+    a's queued ones (a tenant with nothing running is admitted past the window)."""
+    started: list[str] = []
+    lock = threading.Lock()
+
+    def seen(event: Event) -> None:
+        if isinstance(event, StageStarted):
+            with lock:
+                if event.job_id not in started:
+                    started.append(event.job_id)
+
+    settings = make_settings(max_active_jobs=2, max_concurrent=2)
+    with briefd.Pipeline(settings, observers=[seen]) as pipeline:
+        a = [pipeline.submit(make_job(f"a-{i}", tenant="a")) for i in range(52)]
+        b = pipeline.submit(make_job("b-0", tenant="b"))
+        assert b.get(timeout=120).status == JobStatus.SUCCEEDED
+        for f in a[:4]:
+            f.get(timeout=120)
+    with lock:
+        assert started.index("b-0") <= 2, started[:6]  # after the two a's already running

@@ -3,8 +3,10 @@
 Split from :mod:`briefd.cluster.tokens` (the rest of the cluster limiter's SQL) because
 the round is the one piece with a policy in it: it reaps expired leases and the waits of
 daemons gone silent, then, while the endpoint's window, pause, cool-down and budgets
-allow, picks the next request by :func:`briefd.limits.order.pick` (the rule one daemon
-uses) and turns it into a lease holding one of the K slots (:mod:`briefd.cluster.slots`).
+allow, picks the next request by :func:`briefd.limits.fair.pick_fair` (the rule one
+daemon uses: the tenant by the fair share in the endpoint's row, charged here by the
+call's estimate and settled at its release, then :func:`briefd.limits.order.pick`) and
+turns it into a lease holding one of the K slots (:mod:`briefd.cluster.slots`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from briefd.cluster import slots
 from briefd.cluster.records import Grant, GrantRound
 from briefd.cluster.rows import LEASE_COLUMNS, QueuedRow, figures_of, grant_of, read_waits
 from briefd.cluster.shared import Shared, save
-from briefd.limits.order import pick
+from briefd.limits.fair import pick_fair
 
 CHANNEL = "briefd_tokens"
 """Notified with a daemon's id when that daemon received a grant."""
@@ -92,7 +94,7 @@ class GrantRounds:
                 and live < shared.window.limit
                 and len(mine) < MAX_GRANTS_PER_ROUND
             ):
-                i = pick([w.waiting for w in waits], now, shared.pacer.latencies)
+                i = pick_fair([w.waiting for w in waits], now, shared.pacer.latencies, shared.share)
                 head = waits.pop(i)
                 req = head.waiting.request
                 delay = shared.pacer.delay(req.est_tokens)
@@ -108,6 +110,7 @@ class GrantRounds:
                 if grant is None:
                     continue  # withdrawn meanwhile (its slot stays free)
                 shared.pacer.spend(req.est_tokens)
+                shared.share.charge(req.tenant, req.weight, shared.share.cost(req.est_tokens), now)
                 shared.granted_total += 1
                 live += 1
                 if head.daemon_id == self.daemon_id:
@@ -151,9 +154,10 @@ class GrantRounds:
                 FOR UPDATE SKIP LOCKED) AND EXISTS (SELECT 1 FROM free) RETURNING 1),
             lease AS (INSERT INTO briefd_tokens (lease_id, wait_id, daemon_id, requester,
                 job_id, stage, endpoint, epoch, est_tokens, waited_ms, delivered, expires_at,
-                slot)
+                slot, tenant, weight, charged)
             SELECT nextval('briefd_token_fence'), %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
-                clock_timestamp() + make_interval(secs => %s), (SELECT slot FROM free)
+                clock_timestamp() + make_interval(secs => %s), (SELECT slot FROM free), %s, %s,
+                %s
             FROM gone RETURNING *),
             held AS (UPDATE briefd_token_slots SET lease_id = (SELECT lease_id FROM lease)
                 WHERE slot = (SELECT slot FROM lease))
@@ -172,6 +176,9 @@ class GrantRounds:
                 max(0, int((now - w.queued_at) * 1000)),
                 mine,
                 self.lease_s,
+                req.tenant,
+                req.weight,
+                shared.share.cost(req.est_tokens),
             ),
         ).fetchone()
         if row is None or row["free_slot"] is None:

@@ -32,7 +32,7 @@ def read_waits(db: Any, endpoint: str) -> list[QueuedRow]:
     (``admitted_at`` and ``queued_at`` are on the database's clock, the same for all)."""
     rows = db.execute(
         """SELECT wait_id, daemon_id, requester, job_id, stage, job_priority, admitted_at,
-            priority, downstream, est_tokens,
+            priority, downstream, est_tokens, tenant, weight,
             extract(epoch from requested_at)::float8 AS requested
         FROM briefd_token_waits WHERE endpoint = %s""",
         (endpoint,),
@@ -49,6 +49,8 @@ def read_waits(db: Any, endpoint: str) -> list[QueuedRow]:
             job_priority=int(r["job_priority"]),
             downstream=downstream_of(r["downstream"]),
             est_tokens=int(r["est_tokens"]),
+            tenant=r["tenant"],
+            weight=float(r["weight"]),
         )
         waiting = Waiting(int(r["wait_id"]), request, float(r["requested"]))
         out.append(QueuedRow(r["daemon_id"], waiting))

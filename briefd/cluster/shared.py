@@ -3,7 +3,8 @@
 Each endpoint has one row, as each has one lane in a daemon's own limiter
 (:mod:`briefd.limits.lanes`): its window (AIMD with epochs, ceiling
 ``min(max_concurrent, K)``), its RPM/TPM budgets (GCRA), its server's pause and
-its 429 cool-down are :class:`~briefd.limits.pacing.Pacer`'s, exactly as one
+its 429 cool-down are :class:`~briefd.limits.pacing.Pacer`'s, and its tenants'
+fair share :class:`~briefd.limits.fair.FairShare` (``fair_share``, JSON), exactly as one
 daemon runs them; the cluster only keeps them in a row instead of in memory. So
 every transaction that decides on them does the same three steps: :func:`load`
 the endpoint's row under its lock (``FOR UPDATE``, which serialises every
@@ -25,9 +26,10 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from briefd.limits.fair import FairShare
 from briefd.limits.gcra import Gcra
 from briefd.limits.lanes import EndpointLimits, ceiling_of
 from briefd.limits.order import Latencies
@@ -37,7 +39,8 @@ from briefd.limits.window import Window
 _COLUMNS = (
     "endpoint, max_concurrent, starved, ceiling, adaptive, w, epoch, cuts, rpm, tpm, "
     "rpm_tat, tpm_tat, pause_until, "
-    "cooldown_until, pauses, rate_limited, granted_total, reclaimed_total, latencies, set_by"
+    "cooldown_until, pauses, rate_limited, granted_total, reclaimed_total, latencies, set_by, "
+    "fair_share"
 )
 
 
@@ -54,6 +57,7 @@ class Shared:
     max_concurrent: int | None = None  # the endpoint's own cap (None: K)
     k: int = 0  # the cluster's K as this transaction read it (0: unknown)
     starved: bool = False  # its last round stopped for want of a free slot
+    share: FairShare = field(default_factory=FairShare)  # the tenants' tags on this endpoint
 
     @property
     def clock(self) -> Callable[[], float]:
@@ -113,6 +117,7 @@ def load(db: Any, endpoint: str, *, lock: bool = True) -> Shared | None:
         max_concurrent=row["max_concurrent"],
         k=int(row["k"] or 0),
         starved=bool(row["starved"]),
+        share=FairShare.from_json(row["fair_share"]),
     )
 
 
@@ -124,7 +129,7 @@ def save(db: Any, shared: Shared) -> None:
             cuts = %s, rpm = %s, tpm = %s, rpm_tat = %s, tpm_tat = %s, pause_until = %s,
             cooldown_until = %s, pauses = %s, rate_limited = %s, granted_total = %s,
             reclaimed_total = %s, latencies = %s, set_by = %s, max_concurrent = %s,
-            starved = %s
+            starved = %s, fair_share = %s
         WHERE endpoint = %s""",
         (
             w.ceiling,
@@ -146,6 +151,7 @@ def save(db: Any, shared: Shared) -> None:
             shared.set_by,
             shared.max_concurrent,
             shared.starved,
+            shared.share.to_json(),
             shared.endpoint,
         ),
     )

@@ -13,15 +13,17 @@ PostgreSQL and every decision on them is one short transaction:
   run meanwhile), reclaims its leases past their ``expires_at`` and its requests of
   daemons not seen for ``lease_s``, then, while requests wait, its live leases < W and
   its pause, cool-down and budgets allow, picks the next request by
-  :func:`briefd.limits.order.pick` (the very rule one daemon uses: priority with aging,
-  oldest job, longest path, arrival), turns it into a ``briefd_tokens`` row numbered
+  :func:`briefd.limits.fair.pick_fair` (the very rule one daemon uses: the tenant by its
+  fair share, kept in the row; within it priority with aging, oldest job, longest path,
+  arrival), turns it into a ``briefd_tokens`` row numbered
   from ``briefd_token_fence`` (the fence) holding one of the K slots
   (:mod:`briefd.cluster.slots`: the global K without a global lock; no free slot, the
   round stops and its endpoint is marked ``starved``), and
   ``pg_notify('briefd_tokens', daemon_id)`` wakes each daemon that got one;
-* a **release** deletes the lease (its slot freed by a trigger) and applies the call's
-  outcome to its endpoint's window with the lease's epoch (:meth:`Pacer.ended`), so one
-  daemon's cut is every daemon's, and the 429s of one burst, from any number of
+* a **release** deletes the lease (its slot freed by a trigger), settles its tenant's
+  fair share by the tokens the call used, and applies the call's outcome to its
+  endpoint's window with the lease's epoch (:meth:`Pacer.ended`), so one daemon's cut
+  is every daemon's, and the 429s of one burst, from any number of
   daemons, cut once.
 
 Leases expire unless their daemon's heartbeat extends them: a daemon that dies
@@ -259,11 +261,11 @@ class ClusterTokens(GrantRounds):
         with self._tx() as db:
             row = db.execute(
                 """INSERT INTO briefd_token_waits (daemon_id, requester, job_id, stage, endpoint,
-                    job_priority, admitted_at, priority, downstream, est_tokens)
+                    job_priority, admitted_at, priority, downstream, est_tokens, tenant, weight)
                 VALUES (%s, %s, %s, %s, %s, %s,
                     CASE WHEN %s::float8 IS NULL THEN 0
                          ELSE extract(epoch from clock_timestamp()) - %s::float8 END,
-                    %s, %s, %s)
+                    %s, %s, %s, %s, %s)
                 RETURNING wait_id""",
                 (
                     self.daemon_id,
@@ -277,6 +279,8 @@ class ClusterTokens(GrantRounds):
                     request.priority,
                     json.dumps(request.downstream),
                     request.est_tokens,
+                    request.tenant,
+                    request.weight,
                 ),
             ).fetchone()
         return int(row["wait_id"])
@@ -351,8 +355,10 @@ class ClusterTokens(GrantRounds):
             shared = load(db, lease.endpoint)
             counts = db.execute(
                 """WITH gone AS (DELETE FROM briefd_tokens WHERE lease_id = %s AND daemon_id = %s
-                    RETURNING 1)
-                SELECT (SELECT count(*) FROM gone) AS gone,
+                    RETURNING tenant, weight, est_tokens, charged)
+                SELECT (SELECT count(*) FROM gone) AS gone, (SELECT tenant FROM gone) AS tenant,
+                    (SELECT weight FROM gone) AS weight, (SELECT est_tokens FROM gone) AS est,
+                    (SELECT charged FROM gone) AS charged,
                     (SELECT count(*) FROM briefd_tokens WHERE endpoint = %s) AS live""",
                 (lease.lease_id, self.daemon_id, lease.endpoint),
             ).fetchone()  # one snapshot: "live" still counts the lease it deletes
@@ -367,6 +373,15 @@ class ClusterTokens(GrantRounds):
                     used_tokens=used_tokens,
                     limits=limits,
                 )
+                if counts["gone"]:  # the tenant pays what the call used (fair share)
+                    shared.share.settle(
+                        counts["tenant"],
+                        float(counts["weight"]),
+                        float(counts["charged"]),
+                        used_tokens,
+                        shared.clock(),
+                        est_tokens=int(counts["est"]) if used_tokens else 0,
+                    )
                 save(db, shared)
         return bool(counts["gone"])
 

@@ -19,7 +19,10 @@ together. Stage latencies (which weigh the waiting order) are shared: a stage
 is the same work whichever endpoint serves it.
 
 Which waiting request goes next (:func:`Lanes.next_grant`): the first by
-:func:`briefd.limits.order.pick` among the requests whose lane is open. When
+:func:`briefd.limits.fair.pick_fair` (the tenant by its fair share, then
+:func:`briefd.limits.order.pick` within it) among the requests whose lane is open.
+The fair share is one for all lanes (the K tokens are one budget); a cluster
+keeps one per endpoint, in the row its rounds lock. When
 that request's lane says "not yet" for its budget, the lane is closed for this
 round, so its other requests do not pass it (a large prompt is not starved by
 cheaper ones behind it), but requests for other lanes are not held back by it.
@@ -36,7 +39,8 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from briefd.limits.order import Latencies, Waiting, pick
+from briefd.limits.fair import FairShare, pick_fair
+from briefd.limits.order import Latencies, Waiting
 from briefd.limits.pacing import Pacer
 
 
@@ -135,6 +139,7 @@ class Lanes:
     clock: Callable[[], float] = field(default=time.monotonic, repr=False)
     latencies: Latencies = field(default_factory=Latencies)
     by_name: dict[str, Lane] = field(default_factory=dict)
+    share: FairShare = field(default_factory=FairShare)  # the tenants' fair share, all lanes'
 
     @classmethod
     def new(
@@ -203,9 +208,9 @@ class Lanes:
                 open_ = [i for i, w in enumerate(waiting) if w.request.endpoint not in shut]
                 if not open_:
                     return None, wake
-                i = open_[pick([waiting[j] for j in open_], wall, self.latencies)]
+                i = open_[pick_fair([waiting[j] for j in open_], wall, self.latencies, self.share)]
             else:
-                i = pick(waiting, wall, self.latencies)
+                i = pick_fair(waiting, wall, self.latencies, self.share)
             req = waiting[i].request
             lane = self.get(req.endpoint)
             if lane.closed(now):  # a lane made just now for an unknown endpoint is open

@@ -282,6 +282,19 @@ MIGRATIONS: dict[int, tuple[LiteralString, ...]] = {
         "COMMENT ON COLUMN briefd_events.seq IS 'the job''s own order, 1..n: the SSE id'",
         # Tenants and their API keys (briefd/tenants/schema.py), and the keys' HMAC secret.
         *TENANT_STATEMENTS,
+        # The tenants' fair share (briefd/limits/fair.py): each wait and lease names its
+        # tenant and weight, and each endpoint's row keeps the tenants' virtual times, so
+        # every daemon's grant round picks the tenant by the same tags under the row's lock.
+        """ALTER TABLE briefd_token_waits ADD COLUMN tenant text NOT NULL DEFAULT 'default',
+            ADD COLUMN weight float8 NOT NULL DEFAULT 1""",
+        """ALTER TABLE briefd_tokens ADD COLUMN tenant text NOT NULL DEFAULT 'default',
+            ADD COLUMN weight float8 NOT NULL DEFAULT 1,
+            ADD COLUMN charged float8 NOT NULL DEFAULT 0""",
+        """COMMENT ON COLUMN briefd_tokens.charged IS
+            'tokens its tenant''s fair share was charged at the grant (settled at release)'""",
+        "ALTER TABLE briefd_limiter_endpoints ADD COLUMN fair_share text",
+        """COMMENT ON COLUMN briefd_limiter_endpoints.fair_share IS
+            'the tenants'' start-time fair queuing tags (JSON: V, finish tags, last grants)'""",
     ),
 }
 
