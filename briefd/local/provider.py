@@ -3,8 +3,8 @@
 With ``BRIEFD_ENDPOINTS`` briefd reads its endpoints and model aliases
 (:mod:`briefd.config.endpoints`). With ``BRIEFD_BASE_URL`` it talks to that one
 server (of kind ``BRIEFD_ENDPOINT_KIND``, ``openai`` unless said otherwise).
-Without either, it starts the embedded model (llama-cpp-python's
-OpenAI-compatible server with SmolLM2-135M) on 127.0.0.1 and stops it when
+Without either, it starts the embedded model (llama.cpp's
+OpenAI-compatible server, through xllamacpp, with SmolLM2-135M) on 127.0.0.1 and stops it when
 done, the way an application uses SQLite before it needs PostgreSQL.
 
 The model is never missing: with none configured, the server's ``/models`` is
@@ -217,15 +217,18 @@ def _embedded(settings: Settings, breakers: Breakers) -> Provider:
         INSTALL_HINT,
         LocalModelError,
         LocalModelServer,
+        engine_available,
         ensure_model,
-        llama_server_available,
     )
 
-    if not llama_server_available():  # say so before fetching a model it could not run
+    if not engine_available():  # say so before fetching a model it could not run
         raise ConfigError(f"local model: {INSTALL_HINT}")
     try:
         path = ensure_model(settings.model_path, settings.model_dir, progress=_progress)
-        server = LocalModelServer(path).start()
+        # One slot per execution token: the stages briefd runs at once decode at once.
+        server = LocalModelServer(
+            path, n_parallel=settings.max_concurrent, n_threads=settings.local_threads
+        ).start()
     except LocalModelError as err:
         raise ConfigError(f"local model: {err}") from None
     logger.info("local model {} serving at {}", server.model, server.base_url)
@@ -235,7 +238,7 @@ def _embedded(settings: Settings, breakers: Breakers) -> Provider:
         base_url=server.base_url,
         routing=Routing.single(spec, model, breakers=breakers),
         model=model,
-        response_format=settings.response_format or "json_object",
+        response_format=settings.response_format or "json_schema",
         _server=server,
     )
 
