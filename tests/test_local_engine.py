@@ -145,7 +145,8 @@ def test_embedded_json_stage_asks_for_its_schema_bounded() -> None:
     assert sent["properties"]["tags"]["items"]["maxLength"] == sampling.MAX_STRING_CHARS
     assert "maxLength" not in sent["properties"]["level"]  # an enum is bounded already
     assert schema["properties"]["tags"] == {"type": "array", "items": {"type": "string"}}
-    assert body["repeat_penalty"] == sampling.REPEAT_PENALTY and body["seed"] == sampling.SEED
+    assert body["repeat_penalty"] == sampling.JSON_PARAMS["repeat_penalty"]
+    assert body["seed"] == sampling.SEED
 
     bare = build_request(stages["ANNEX_JSON"], "List it.", Settings(), endpoint=spec)
     assert bare["response_format"]["json_schema"]["schema"]["type"] == "object"
