@@ -262,7 +262,10 @@ def test_the_launcher_dies_with_a_sigkilled_parent(model: Path, tmp_path: Path) 
     finally:
         parent.send_signal(signal.SIGKILL)
         parent.wait()
-    assert _eventually(lambda: _gone(child), 20.0), f"launcher {child} outlived its parent"
+    gone = _eventually(lambda: _gone(child), 20.0)
+    if not gone:  # do not leave it running for the next test
+        os.killpg(child, signal.SIGKILL)
+    assert gone, f"launcher {child} outlived its parent"
     with pytest.raises(requests.ConnectionError):
         HTTP.get(f"{base_url}/models", timeout=2)
 
