@@ -16,7 +16,7 @@ Measured here (xllamacpp 2026.10, SmolLM2-135M, 128 tokens; 2 cores shared with 
 sessions, load average 4-7, so "unloaded" means without our busy process only): with OpenMP's
 default spinning waits, 2 threads stalled for up to 68-88 s (poll 0 or 50 alike), even without
 the busy process; with OMP_WAIT_POLICY=PASSIVE the worst loaded request was 1.2-2.8 x the
-unloaded median (two runs), and 1 thread 1.7-2.1 x. Passive 2 threads is the default.
+unloaded median (two runs), and 1 thread 0.8-2.1 x. Passive 2 threads is the default.
 """
 
 from __future__ import annotations
