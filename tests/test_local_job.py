@@ -100,11 +100,12 @@ def test_local_model_port_already_taken(tmp_path: Path, briefd_cmd: Any, child_e
 def test_missing_local_extra_is_one_line_saying_what_to_install(
     tmp_path: Path, briefd_cmd: Any, child_env: Any, repo: Path
 ) -> None:
-    """Without llama-cpp-python's server (here: a llama_cpp package with no server on the
-    path first), `briefd run` with no base URL exits 2 with one line naming the extra."""
+    """Without xllamacpp's compiled server (here: an xllamacpp package with no extension
+    module on the path first), `briefd run` with no base URL exits 2 with one line naming
+    the extra."""
     import subprocess
 
-    shadow = tmp_path / "shadow" / "llama_cpp"
+    shadow = tmp_path / "shadow" / "xllamacpp"
     shadow.mkdir(parents=True)
     (shadow / "__init__.py").write_text("")
     proc = subprocess.run(

