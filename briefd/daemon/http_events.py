@@ -58,6 +58,7 @@ from briefd.daemon.stream_token import StreamTokens
 from briefd.messages import JOB_ID_PATTERN, JobInfo
 from briefd.store.events import TERMINAL, EventLog, EventRow
 from briefd.tenants import api as tenancy
+from briefd.tenants.auth import BUILTIN_KEY_ID
 from briefd.tenants.ids import tenant_of
 
 HEARTBEAT_S = 15.0
@@ -112,8 +113,10 @@ class EventStreams:
         heartbeat_s: float = HEARTBEAT_S,
         send_timeout_s: float = SEND_TIMEOUT_S,
         buffer: int = BUFFER,
+        key_live: Callable[[str], bool] | None = None,
     ) -> None:
         self.log = log
+        self._key_live = key_live  # is an API key (by id) still live? (blocking: a read)
         self.hub = EventHub(log, poll_s=poll_s, buffer=buffer)
         self._info = info
         self.tokens = tokens
@@ -173,6 +176,9 @@ class EventStreams:
             if job_id != grant.job:
                 why = "access_token: a stream token for another job"
                 return _error(401, "unauthorized", why, field="access_token")
+            if not await self._live(grant.key_id):
+                why = "access_token: the key that asked for it is revoked"
+                return _error(401, "unauthorized", why, field="access_token")
             key, viewer = grant.key_id, grant.tenant
         else:
             job_id = _job_id(request)
@@ -191,6 +197,13 @@ class EventStreams:
             if not rest:  # nothing after the client's last id: EventSource stops on 204
                 return Response(status_code=204)
         return self._open_stream(key, job_id, after, finished, viewer)
+
+    async def _live(self, key_id: str) -> bool:
+        """Whether the key that asked for a stream token is live: one read per stream opened
+        (not per event), so a revoked key's tokens die with it (the token file's: always)."""
+        if key_id == BUILTIN_KEY_ID or self._key_live is None:
+            return True
+        return await run_in_threadpool(self._key_live, key_id)
 
     async def all_events(self, request: Request) -> Response:
         after = _after(request)

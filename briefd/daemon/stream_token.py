@@ -20,8 +20,8 @@ expires (:data:`TTL_S`). It is ``v2.<job>.<tenant>.<key>.<expiry>.<nonce>.<signa
 
 A stream already open when its token expires goes on (EventSource reconnects
 with the same URL, so a page past the expiry asks for a new token). Revoking
-the key that asked for a token does not revoke the token: it lapses within
-:data:`TTL_S`.
+the key that asked for a token revokes the token too: the stream endpoint checks
+that key when a stream opens (:func:`briefd.tenants.api.key_live`).
 """
 
 from __future__ import annotations

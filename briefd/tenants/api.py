@@ -140,3 +140,11 @@ def token_job(tenant: str, given: str) -> str | None:
     if _JOB_ID.match(given):
         return internal_id(tenant, given)
     return parse_key(given)
+
+
+def key_live(store: Any, key_id: str) -> bool:
+    """Whether API key ``key_id`` is in ``store`` (a
+    :class:`~briefd.tenants.store.TenantStore`) and not revoked: a stream token asked by a
+    key opens nothing once the key is revoked (checked when a stream opens)."""
+    row = store.find_key(key_id)
+    return row is not None and row.revoked_at is None

@@ -22,6 +22,7 @@ from sseclient import SSEClient
 from webhook_receiver import Receiver, new_secret
 
 from briefd.sim.server import SimProfile, SimServer
+from briefd.tenants.keys import key_id_of
 
 READ_S = 30.0
 CAP = 2
@@ -287,3 +288,20 @@ def test_webhooks_follow_the_job_and_its_tenant(daemon: Daemon, receiver: Receiv
     hooks = wait_for(listed, 20)
     assert hooks and [h["id"] for h in hooks] == [r.id for r in got]
     assert call(daemon, b, "GET", "/v1/jobs/hook-q3").json()["webhooks"] == []
+
+
+def test_a_revoked_keys_stream_tokens_open_nothing(daemon: Daemon) -> None:
+    """A stream token asked by a key opens its job's stream while the key is live; once the
+    key is revoked, the same token is 401 (naming the revocation, not repeating the token)."""
+    key = new_key(daemon, "acme")
+    submit(daemon, key, make_job("rev-q3"))
+    finished(daemon, key, "rev-q3")
+    grant = call(daemon, key, "POST", "/v1/jobs/rev-q3/stream-token").json()
+    with open_stream(daemon, grant["url"], None) as resp:
+        assert resp.status_code == 200
+    key_id = key_id_of(key)
+    assert key_id is not None
+    cli(daemon, "key", "revoke", key_id)
+    refused = HTTP.get(daemon.url + grant["url"], timeout=10)
+    assert refused.status_code == 401, refused.text
+    assert "revoked" in refused.json()["error"]["message"] and grant["token"] not in refused.text
