@@ -115,17 +115,24 @@ def shown_event(viewer: str, key: str, data: str) -> str:
     ``job_id`` bare when the job is the viewer's own, as :func:`shown` shows ids everywhere
     else (the full key otherwise: an admin's view of another tenant's job).
 
-    ``data`` is ``event.model_dump_json()`` (compact, ``"job_id":"<key>"``); a string
-    inside it cannot hold that unescaped, so replacing it rewrites the field only, without
-    parsing a document of many kilobytes once per stream. The default tenant's keys are
-    bare already: nothing to do, the single user's stream is the stored row itself.
+    ``data`` is ``event.model_dump_json()``: compact, and every streamed event's fields
+    start ``type``, ``ts``, ``job_id`` (a test holds this), so the first
+    ``"job_id":"<key>"`` is the event's own, never one inside a JSON document a stage
+    produced; ``JobCompleted``'s ``result`` starts with its ``job_id`` too, shown as
+    ``GET /v1/jobs/{id}/result`` shows it. Replacing those two rewrites the fields only,
+    without parsing documents of many kilobytes once per stream. The default tenant's
+    keys are bare already: the single user's stream is the stored row itself.
     """
     if viewer == DEFAULT_TENANT:
         return data
     tenant, job_id = split_id(key)
     if tenant != viewer:
         return data
-    return data.replace(f'"job_id":"{key}"', f'"job_id":"{job_id}"')
+    own = f'"job_id":"{job_id}"'
+    data = data.replace(f'"job_id":"{key}"', own, 1)
+    if data.startswith('{"type":"JobCompleted"'):
+        data = data.replace(f'"result":{{"job_id":"{key}"', f'"result":{{{own}', 1)
+    return data
 
 
 def stream_tenant(scope: Scope) -> str | None:

@@ -143,6 +143,7 @@ def test_two_tenants_with_the_same_id_each_stream_their_own(daemon: Daemon) -> N
             got = read(resp)
         assert got[-1]["event"] == "JobCompleted"
         assert {e["data"]["job_id"] for e in got} == {"same-q3"}
+        assert got[-1]["data"]["result"]["job_id"] == "same-q3"  # as GET .../result shows it
         assert seen(got) == stored(daemon, f"{tenant}.same-q3")
         assert call(daemon, key, "GET", "/v1/jobs/same-q3").json()["job_id"] == "same-q3"
         with open_stream(daemon, f"/v1/jobs/{tenant}.same-q3/events", daemon.token) as resp:
