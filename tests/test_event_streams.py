@@ -160,7 +160,7 @@ def test_a_stream_token_is_scoped_to_its_job_and_expires() -> None:
     assert tokens.check(token, "job-a") is None
     assert tokens.check(token, "job-b") == "a stream token for another job"
     assert StreamTokens("other", clock=lambda: now[0]).check(token, "job-a") is not None
-    forged = token.replace("v1.job-a.1300", "v1.job-a.9999")
+    forged = token.replace(".1300.", ".9999.")
     assert tokens.check(forged, "job-a") == "not a stream token of this daemon"
     assert tokens.check("garbage", "job-a") == "not a stream token"
     now[0] = 1299.0

@@ -30,6 +30,7 @@ from loguru import logger
 
 from briefd.store.base import StoreUnavailable
 from briefd.store.events import EventLog, EventRow
+from briefd.tenants.ids import tenant_of
 
 BATCH = 1000
 """Rows the tail reads at once."""
@@ -41,10 +42,11 @@ class Subscription:
     """One stream's view of the tail: its rows waiting (at most ``buffer``), and whether it
     overflowed or was closed. Lives in the loop; an idle one holds one future, no task."""
 
-    __slots__ = ("_waiter", "buffer", "closed", "job_id", "overflowed", "rows")
+    __slots__ = ("_waiter", "buffer", "closed", "job_id", "overflowed", "rows", "tenant")
 
-    def __init__(self, job_id: str | None, buffer: int) -> None:
+    def __init__(self, job_id: str | None, buffer: int, tenant: str | None = None) -> None:
         self.job_id = job_id
+        self.tenant = tenant  # every job's stream of one tenant (None: every tenant's)
         self.buffer = buffer
         self.rows: deque[EventRow] = deque()
         self.overflowed = False
@@ -154,9 +156,11 @@ class EventHub:
     def streams(self) -> int:
         return sum(len(s) for s in self._subs.values())
 
-    def subscribe(self, job_id: str | None) -> Subscription:
-        """In the loop: a subscription to ``job_id``'s rows (None: every job's)."""
-        sub = Subscription(job_id, self.buffer)
+    def subscribe(self, job_id: str | None, tenant: str | None = None) -> Subscription:
+        """In the loop: a subscription to ``job_id``'s rows (None: every job's, or with
+        ``tenant`` every job of that tenant's: another tenant's rows never reach its queue,
+        so they neither fill it nor wake it)."""
+        sub = Subscription(job_id, self.buffer, tenant)
         self._subs.setdefault(job_id, set()).add(sub)
         return sub
 
@@ -168,11 +172,17 @@ class EventHub:
                 del self._subs[sub.job_id]
 
     def _deliver(self, rows: Sequence[EventRow]) -> None:
-        """In the loop: each row to the streams of its job and to the all-jobs streams."""
+        """In the loop: each row to the streams of its job and to the all-jobs streams
+        (of its tenant's, :func:`~briefd.tenants.ids.tenant_of`: a string split per row)."""
         everyone = self._subs.get(None, ())
         for row in rows:
-            for sub in (*self._subs.get(row.job_id, ()), *everyone):
+            for sub in self._subs.get(row.job_id, ()):
                 sub.offer(row)
+            if everyone:
+                tenant = tenant_of(row.job_id)
+                for sub in everyone:
+                    if sub.tenant is None or sub.tenant == tenant:
+                        sub.offer(row)
 
     def _run(self) -> None:
         while not self._stopping.is_set():

@@ -18,17 +18,25 @@ woken by the journal's commits and, in a cluster, by ``NOTIFY``. Heartbeats
 are comments (``: ping``) every ``heartbeat_s``. The SSE framing, the
 heartbeats, the send timeout and noticing a client gone are sse-starlette's.
 
-Bounded: at most ``max_streams_per_token`` streams per token at once (429 with
-``Retry-After`` past it); each stream has a queue of ``buffer`` rows, and a
-client too slow to take them, or whose socket takes nothing for
-``send_timeout_s``, is dropped (the connection aborted); it resumes with
-``Last-Event-ID`` and loses nothing.
+Tenants (:mod:`briefd.tenants.api`): a path's id names the caller's tenant's job
+(another tenant's is 404, as on every job route); ``/v1/events`` shows a key
+without ``admin`` its tenant's jobs only (filtered in the tail's fan-out and the
+replay, by the key's prefix: no query per event); and a job of the caller's own
+tenant shows its bare id in ``data:``'s ``job_id``, as ``GET /v1/jobs/{id}``
+shows it. A stream token carries the internal key, tenant and key id of its
+issuer (:mod:`briefd.daemon.stream_token`).
+
+Bounded: at most ``max_streams_per_token`` streams per API key at once
+(``Principal.key_id``: the token file is one key; a stream token counts
+against the key that asked for it; 429 with ``Retry-After`` past it); each
+stream has a queue of ``buffer`` rows, and a client too slow to take them, or
+whose socket takes nothing for ``send_timeout_s``, is dropped (the connection
+aborted); it resumes with ``Last-Event-ID`` and loses nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import re
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -49,6 +57,9 @@ from briefd.daemon.http_conn import TRANSPORT
 from briefd.daemon.stream_token import StreamTokens
 from briefd.messages import JOB_ID_PATTERN, JobInfo
 from briefd.store.events import TERMINAL, EventLog, EventRow
+from briefd.tenants import api as tenancy
+from briefd.tenants.auth import BUILTIN_KEY_ID
+from briefd.tenants.ids import tenant_of
 
 HEARTBEAT_S = 15.0
 SEND_TIMEOUT_S = 30.0
@@ -57,7 +68,7 @@ BUFFER = 256
 """Rows a stream's queue holds for its client (per connection)."""
 PAGE = 500
 """Rows a replay reads from the table at once."""
-_JOB_EVENTS = re.compile(rf"^/v1/jobs/({JOB_ID_PATTERN.strip('^$')})/events$")
+_JOB_EVENTS = re.compile(r"^/v1/jobs/([^/]+)/events$")  # a bare id or (admin's) a full key
 
 
 class SlowClient(Exception):
@@ -102,8 +113,10 @@ class EventStreams:
         heartbeat_s: float = HEARTBEAT_S,
         send_timeout_s: float = SEND_TIMEOUT_S,
         buffer: int = BUFFER,
+        key_live: Callable[[str], bool] | None = None,
     ) -> None:
         self.log = log
+        self._key_live = key_live  # is an API key (by id) still live? (blocking: a read)
         self.hub = EventHub(log, poll_s=poll_s, buffer=buffer)
         self._info = info
         self.tokens = tokens
@@ -138,41 +151,59 @@ class EventStreams:
     # -- the endpoints -----------------------------------------------------------------
 
     async def stream_token(self, request: Request) -> Response:
+        given = str(request.path_params["job_id"])
         job_id = _job_id(request)
         if await run_in_threadpool(self._info, job_id) is None:
-            return _error(404, "not_found", f"job {job_id}: no such job")
-        token, expires = self.tokens.issue(job_id)
+            return _error(404, "not_found", f"job {given}: no such job")
+        who = tenancy.principal_of(request.scope)
+        token, expires = self.tokens.issue(job_id, tenant=who.tenant, key_id=who.key_id)
         return JSONResponse(
             {
                 "token": token,
                 "expires_at": expires,
                 "expires_in_s": int(self.tokens.ttl_s),
-                "url": f"/v1/jobs/{job_id}/events?access_token={token}",
+                "url": f"/v1/jobs/{given}/events?access_token={token}",
             }
         )
 
     async def job_events(self, request: Request) -> Response:
-        job_id = _job_id(request)
-        key = "api"
-        if self.public(request.scope):
-            given = request.query_params.get("access_token", "")
-            why = self.tokens.check(given, job_id)
-            if why is not None:
-                return _error(401, "unauthorized", f"access_token: {why}", field="access_token")
-            key = "stream:" + hashlib.sha256(given.encode()).hexdigest()[:16]
+        given = str(request.path_params["job_id"])
+        if self.public(request.scope):  # a stream token: its issuer's tenant and key
+            grant = self.tokens.grant(request.query_params.get("access_token", ""))
+            if isinstance(grant, str):
+                return _error(401, "unauthorized", f"access_token: {grant}", field="access_token")
+            job_id = tenancy.token_job(grant.tenant, given)
+            if job_id != grant.job:
+                why = "access_token: a stream token for another job"
+                return _error(401, "unauthorized", why, field="access_token")
+            if not await self._live(grant.key_id):
+                why = "access_token: the key that asked for it is revoked"
+                return _error(401, "unauthorized", why, field="access_token")
+            key, viewer = grant.key_id, grant.tenant
+        else:
+            job_id = _job_id(request)
+            who = tenancy.principal_of(request.scope)
+            key, viewer = who.key_id, who.tenant
         after = _after(request)
         if isinstance(after, Response):
             return after
         after = after or 0  # a job's stream starts at its first event
         info = await run_in_threadpool(self._info, job_id)
         if info is None:
-            return _error(404, "not_found", f"job {job_id}: no such job")
+            return _error(404, "not_found", f"job {given}: no such job")
         finished = info.status.terminal
         if finished:
             rest = await run_in_threadpool(self.log.read, job_id, after, 1)
             if not rest:  # nothing after the client's last id: EventSource stops on 204
                 return Response(status_code=204)
-        return self._open_stream(key, job_id, after, finished)
+        return self._open_stream(key, job_id, after, finished, viewer)
+
+    async def _live(self, key_id: str) -> bool:
+        """Whether the key that asked for a stream token is live: one read per stream opened
+        (not per event), so a revoked key's tokens die with it (the token file's: always)."""
+        if key_id == BUILTIN_KEY_ID or self._key_live is None:
+            return True
+        return await run_in_threadpool(self._key_live, key_id)
 
     async def all_events(self, request: Request) -> Response:
         after = _after(request)
@@ -180,19 +211,31 @@ class EventStreams:
             return after
         if after is None:  # from now on (every job's past would be the whole table)
             after = await run_in_threadpool(self.log.last_id)
-        return self._open_stream("api", None, after, False)
+        who = tenancy.principal_of(request.scope)
+        only = tenancy.stream_tenant(request.scope)
+        return self._open_stream(who.key_id, None, after, False, who.tenant, only)
 
     # -- streaming ---------------------------------------------------------------------
 
-    def _open_stream(self, key: str, job_id: str | None, after: int, finished: bool) -> Response:
+    def _open_stream(
+        self,
+        key: str,
+        job_id: str | None,
+        after: int,
+        finished: bool,
+        viewer: str,
+        only: str | None = None,
+    ) -> Response:
+        """A stream for key ``key`` (its count), shown to a caller of tenant ``viewer``;
+        ``only``: every job's stream restricted to that tenant's jobs."""
         if self._open[key] >= self.max_streams:
             msg = (
-                f"{self._open[key]} event streams are open with this token "
+                f"{self._open[key]} event streams are open with this key "
                 "(max_streams_per_token); close one or try again later"
             )
             return _error(429, "too_many_streams", msg, retry_after=5)
         self._open[key] += 1
-        sub = self.hub.subscribe(job_id)
+        sub = self.hub.subscribe(job_id, only)
 
         def close() -> None:
             self.hub.unsubscribe(sub)
@@ -201,7 +244,7 @@ class EventStreams:
                 del self._open[key]
 
         return _Response(
-            self._events(sub, job_id, after, finished),
+            self._events(sub, job_id, after, finished, viewer, only),
             ping=self.heartbeat_s,
             send_timeout=self.send_timeout_s,
             headers={"Cache-Control": "no-store"},
@@ -209,16 +252,26 @@ class EventStreams:
         )
 
     async def _events(
-        self, sub: Subscription, job_id: str | None, after: int, finished: bool
+        self,
+        sub: Subscription,
+        job_id: str | None,
+        after: int,
+        finished: bool,
+        viewer: str,
+        only: str | None,
     ) -> AsyncIterator[ServerSentEvent]:
         """Replay from the table after ``after``, then follow the tail; the job's stream
-        ends after its ``JobCompleted`` (or, for a job finished before, after the replay)."""
-        cursor = after  # the job's seq (every job's: the global id) last sent
+        ends after its ``JobCompleted`` (or, for a job finished before, after the replay).
+        ``only``: a tenant's every-job stream skips other tenants' rows (the replay here,
+        the live rows in the hub); ids show as ``viewer``'s (:func:`tenancy.shown_event`)."""
+        cursor = after  # the job's seq (every job's: the global id) last read
         while True:  # replay, again if live rows overflowed meanwhile
             rows = await run_in_threadpool(self.log.read, job_id, cursor, PAGE)
             for row in rows:
-                yield _sse(row, job_id)
                 cursor = _position(row, job_id)
+                if only is not None and tenant_of(row.job_id) != only:
+                    continue
+                yield _sse(row, job_id, viewer)
                 if job_id is not None and row.type == TERMINAL:
                     return
             if len(rows) == PAGE:
@@ -236,7 +289,7 @@ class EventStreams:
                 raise SlowClient(f"more than {sub.buffer} events waiting")
             if live is None or _position(live, job_id) <= cursor:  # None: woken, no row
                 continue
-            yield _sse(live, job_id)
+            yield _sse(live, job_id, viewer)
             cursor = _position(live, job_id)
             if job_id is not None and live.type == TERMINAL:
                 return
@@ -247,9 +300,11 @@ def _position(row: EventRow, job_id: str | None) -> int:
     return row.seq if job_id is not None else row.id
 
 
-def _sse(row: EventRow, job_id: str | None) -> ServerSentEvent:
+def _sse(row: EventRow, job_id: str | None, viewer: str) -> ServerSentEvent:
     return ServerSentEvent(
-        data=row.data, event=row.type, id=str(row.seq if job_id is not None else row.id)
+        data=tenancy.shown_event(viewer, row.job_id, row.data),
+        event=row.type,
+        id=str(row.seq if job_id is not None else row.id),
     )
 
 
@@ -265,10 +320,13 @@ def _after(request: Request) -> int | Response | None:
 
 
 def _job_id(request: Request) -> str:
-    job_id = str(request.path_params["job_id"])
-    if not re.match(JOB_ID_PATTERN, job_id):
-        raise HTTPException(404, f"job {job_id[:80]!r}: not a job id ({JOB_ID_PATTERN})")
-    return job_id
+    """The internal key the path's id names for this caller (its tenant's job; 404 for any
+    other), as every job route reads it (:func:`briefd.tenants.api.job_key`)."""
+    given = str(request.path_params["job_id"])
+    key = tenancy.job_key(request.scope, given)
+    if key is None:
+        raise HTTPException(404, f"job {given[:80]!r}: not a job id ({JOB_ID_PATTERN})")
+    return key
 
 
 def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:

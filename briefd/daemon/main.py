@@ -30,6 +30,7 @@ Under systemd (``Type=notify``) it says ``READY=1`` once it listens, pings
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import select
 import signal
@@ -83,6 +84,7 @@ from briefd.store import open_store, store_label
 from briefd.store.base import ClaimStore
 from briefd.store.events import EVENTS_CHANNEL
 from briefd.telemetry import Telemetry, open_telemetry
+from briefd.tenants.api import key_live
 from briefd.tenants.auth import authenticator
 from briefd.tenants.gate import TenantGate
 from briefd.tenants.store import TenantStore
@@ -274,6 +276,7 @@ class Daemon(DaemonBackend):
             StreamTokens(token),
             poll_s=s.poll_s if s.database_url is not None else None,
             max_streams_per_token=s.max_streams_per_token,
+            key_live=functools.partial(key_live, self.tenants),
         )
 
     def _notify_finished(self, job_id: str) -> None:

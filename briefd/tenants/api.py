@@ -20,7 +20,7 @@ from starlette.types import Scope
 
 from briefd.messages import JOB_ID_PATTERN, JobInfo, JobResult, JobSpec
 from briefd.tenants.auth import BUILTIN, PRINCIPAL, Authenticator, Principal, Refusal
-from briefd.tenants.ids import internal_id, parse_key, split_id
+from briefd.tenants.ids import DEFAULT_TENANT, internal_id, parse_key, split_id
 from briefd.tenants.keys import key_id_of
 
 _JOB_ID = re.compile(JOB_ID_PATTERN)
@@ -108,3 +108,50 @@ def own_job(scope: Scope, job: JobSpec) -> JobSpec | tuple[str, str]:
     if not _JOB_ID.match(job.job_id):
         return "job_id", f"job_id: {job.job_id!r}: letters, digits, '_' and '-' only"
     return job.model_copy(update={"tenant": p.tenant, "job_id": internal_id(p.tenant, job.job_id)})
+
+
+def shown_event(viewer: str, key: str, data: str) -> str:
+    """An event's JSON (``data``, of job ``key``) as a caller of tenant ``viewer`` sees it: its
+    ``job_id`` bare when the job is the viewer's own, as :func:`shown` shows ids everywhere
+    else (the full key otherwise: an admin's view of another tenant's job).
+
+    ``data`` is ``event.model_dump_json()``: compact, and every streamed event's fields
+    start ``type``, ``ts``, ``job_id`` (a test holds this), so the first
+    ``"job_id":"<key>"`` is the event's own, never one inside a JSON document a stage
+    produced; ``JobCompleted``'s ``result`` starts with its ``job_id`` too, shown as
+    ``GET /v1/jobs/{id}/result`` shows it. Replacing those two rewrites the fields only,
+    without parsing documents of many kilobytes once per stream. The default tenant's
+    keys are bare already: the single user's stream is the stored row itself.
+    """
+    if viewer == DEFAULT_TENANT:
+        return data
+    tenant, job_id = split_id(key)
+    if tenant != viewer:
+        return data
+    own = f'"job_id":"{job_id}"'
+    data = data.replace(f'"job_id":"{key}"', own, 1)
+    if data.startswith('{"type":"JobCompleted"'):
+        data = data.replace(f'"result":{{"job_id":"{key}"', f'"result":{{{own}', 1)
+    return data
+
+
+def stream_tenant(scope: Scope) -> str | None:
+    """Whose events ``GET /v1/events`` shows this caller: its tenant's, or (admin) all (None)."""
+    p = principal_of(scope)
+    return None if p.admin else p.tenant
+
+
+def token_job(tenant: str, given: str) -> str | None:
+    """The internal key a stream token's path id names, read as its issuer's tenant would
+    (a bare id is that tenant's job; a full key, as an admin's URL has it, is itself)."""
+    if _JOB_ID.match(given):
+        return internal_id(tenant, given)
+    return parse_key(given)
+
+
+def key_live(store: Any, key_id: str) -> bool:
+    """Whether API key ``key_id`` is in ``store`` (a
+    :class:`~briefd.tenants.store.TenantStore`) and not revoked: a stream token asked by a
+    key opens nothing once the key is revoked (checked when a stream opens)."""
+    row = store.find_key(key_id)
+    return row is not None and row.revoked_at is None

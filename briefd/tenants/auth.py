@@ -71,9 +71,15 @@ class Refusal:
 
 
 def required_scope(method: str, path: str) -> str:
-    """The scope a route needs: ``/metrics`` admin, POST submit, DELETE cancel, else read."""
+    """The scope a route needs: ``/metrics`` admin, POST submit, DELETE cancel, else read.
+
+    A stream token (``POST /v1/jobs/{id}/stream-token``) is a way to read a job's events,
+    so it needs ``read``, as the stream does: a read-only dashboard key can give its page one.
+    """
     if path == "/metrics":
         return "admin"
+    if method == "POST" and path.endswith("/stream-token"):
+        return "read"
     if method == "POST":
         return "submit"
     if method == "DELETE":
