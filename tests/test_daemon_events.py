@@ -62,7 +62,8 @@ def sse_events(resp: requests.Response, limit: int | None = None) -> list[dict[s
 def test_a_stream_resumed_with_last_event_id_loses_nothing(daemon: Daemon) -> None:
     """Disconnected after three events, the client resumes from the third: together the two
     connections hold the job's whole stream, each event once, in order, to JobCompleted,
-    exactly as a replay of the finished job gives it."""
+    exactly as a replay of the finished job gives it, but for its StageProgress events
+    (transient: pruned when the job ends, their ids left as gaps)."""
     daemon.client().submit(make_job("ev-resume"))
     with stream(daemon, "/v1/jobs/ev-resume/events") as first:
         assert first.status_code == 200
@@ -77,7 +78,7 @@ def test_a_stream_resumed_with_last_event_id_loses_nothing(daemon: Daemon) -> No
     assert got[-1]["data"]["result"]["status"] == "succeeded"
     assert sum(e["event"] == "StageSucceeded" for e in got) == 4
     with stream(daemon, "/v1/jobs/ev-resume/events") as replay:
-        assert sse_events(replay) == got
+        assert sse_events(replay) == [e for e in got if e["event"] != "StageProgress"]
 
 
 def test_a_finished_jobs_stream_replays_and_closes_then_answers_204(daemon: Daemon) -> None:

@@ -76,7 +76,9 @@ def test_a_stream_on_another_daemon_sees_the_job_live(
         events = seen[other]
         assert [e["id"] for e in events] == list(range(1, len(events) + 1))
         assert events[-1]["event"] == "JobCompleted"
-        assert events == seen[1 - other]  # the same stream on both daemons
+        # the same stream on both daemons (StageProgress is transient: pruned at the job's
+        # end, so a stream that caught up after it has gaps there)
+        assert _kept(events) == _kept(seen[1 - other])
         live = [e for e in events if e["data"]["ts"] > opened[other][0]]
         assert any(e["event"] == "StageSucceeded" for e in live), "nothing arrived live"
         middle = events[len(events) // 2]["id"]
@@ -87,7 +89,12 @@ def test_a_stream_on_another_daemon_sees_the_job_live(
             timeout=(5, 30),
         ) as resp:
             rest = [int(e.id) for e in SSEClient(resp.iter_content(chunk_size=None)).events()]
-        assert rest == [e["id"] for e in events if e["id"] > middle]
+        assert rest == [e["id"] for e in _kept(events) if e["id"] > middle]
     finally:
         for d in daemons:
             d.stop()
+
+
+def _kept(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A stream's events without StageProgress (pruned when the job ends)."""
+    return [e for e in events if e["event"] != "StageProgress"]
