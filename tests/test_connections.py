@@ -194,7 +194,7 @@ def test_an_unchanged_environment_is_read_once(monkeypatch: Any) -> None:
     import requests
 
     from briefd.config import Settings
-    from briefd.llm import call
+    from briefd.llm import call, endpoint
 
     reads: list[str] = []
     real = requests.Session.merge_environment_settings
@@ -205,6 +205,7 @@ def test_an_unchanged_environment_is_read_once(monkeypatch: Any) -> None:
 
     monkeypatch.setattr(requests.Session, "merge_environment_settings", counting)
     call._environment.cache_clear()
+    endpoint._endpoint.cache_clear()  # an earlier test's client of this URL holds its reading
     url = "http://127.0.0.1:9/v1"
     for _ in range(5):
         call.ChatClient(Settings(base_url=url), url)
