@@ -70,45 +70,16 @@ class StageRetrying(Event):
     )
 
 
-class StageSucceeded(Event):
-    """A stage produced its document (text for markdown, parsed JSON for json)."""
+class StageEnded(Event):
+    """What a stage's end reports, however it ended: its calls, tokens and clocks.
 
-    type: Literal["StageSucceeded"] = "StageSucceeded"
+    The base of :class:`StageSucceeded` and :class:`StageFailed` (never sent itself), so
+    both carry the same figures under the same names, in the same order after ``job_id``.
+    """
+
     job_id: str
     stage: str
-    document: Any = Field(description="Markdown text, or the parsed JSON value.")
-    elapsed_ms: int = Field(description="From the stage's start to its document, retries included.")
-    attempts: int = Field(description="Calls made, this one included.")
-    usage: Usage = Field(default=Usage(), description="Tokens the API reported, all attempts.")
-    served_by: str = Field(
-        default="", description="endpoint:model that produced it, the model as the server named it."
-    )
-    queued_ms: int = Field(
-        default=0, description="All attempts: waiting for an execution token (the limiter's queue)."
-    )
-    call_ms: int = Field(
-        default=0, description="All attempts: the calls themselves, request sent to last byte."
-    )
-    ttft_ms: int | None = Field(
-        default=None, description="The last attempt's time to first token (streamed calls only)."
-    )
-    backoff_ms: int = Field(default=0, description="All attempts: waiting out retry backoffs.")
-    server_ms: int | None = Field(
-        default=None,
-        description="All attempts: the calls' time as the server measured it (llama.cpp's "
-        "timings: prompt_ms + predicted_ms, its queue excluded), when it said so for every "
-        "call; else None.",
-    )
-
-
-class StageFailed(Event):
-    """A stage gave up; the error says why. Other stages go on."""
-
-    type: Literal["StageFailed"] = "StageFailed"
-    job_id: str
-    stage: str
-    error: PipelineError = Field(description="The last attempt's error.")
-    elapsed_ms: int = Field(default=0, description="From the stage's start to giving up.")
+    elapsed_ms: int = Field(default=0, description="From the stage's start to its end.")
     attempts: int = Field(default=0, description="Calls made.")
     usage: Usage = Field(default=Usage(), description="Tokens the API reported, all attempts.")
     queued_ms: int = Field(
@@ -127,6 +98,23 @@ class StageFailed(Event):
         "timings: prompt_ms + predicted_ms, its queue excluded), when it said so for every "
         "call; else None.",
     )
+
+
+class StageSucceeded(StageEnded):
+    """A stage produced its document (text for markdown, parsed JSON for json)."""
+
+    type: Literal["StageSucceeded"] = "StageSucceeded"
+    document: Any = Field(description="Markdown text, or the parsed JSON value.")
+    served_by: str = Field(
+        default="", description="endpoint:model that produced it, the model as the server named it."
+    )
+
+
+class StageFailed(StageEnded):
+    """A stage gave up; the error says why. Other stages go on."""
+
+    type: Literal["StageFailed"] = "StageFailed"
+    error: PipelineError = Field(description="The last attempt's error.")
 
 
 class StageProgress(Event):
