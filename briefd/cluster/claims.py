@@ -32,7 +32,7 @@ import hashlib
 import os
 import socket
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -84,14 +84,23 @@ class ClaimKeeper:
         """Something says there may be work (a notification, a freed slot): claim when room."""
         self._wanted = True
 
-    def claim(self, room: int, *, held: Collection[str] = ()) -> list[Claim]:
+    def claim(
+        self,
+        room: int,
+        *,
+        held: Collection[str] = (),
+        weights: Mapping[str, float] | None = None,
+    ) -> list[Claim]:
         """Claim up to ``room`` jobs if wanted or the poll is due (StoreUnavailable: not now);
-        none of the ``held`` tenants' (their daily budget is spent)."""
+        none of the ``held`` tenants' (their daily budget is spent). ``weights`` (tenant ->
+        weight; None: one tenant): claim fairly across tenants (:meth:`PgClaims.claim`)."""
         now = self._clock()
         if room <= 0 or not (self._wanted or now >= self._next_poll):
             return []
         self._next_poll = now + self.poll_s
-        claims = self.store.claim(self.daemon_id, room, self.lease_s, held=list(held))
+        claims = self.store.claim(
+            self.daemon_id, room, self.lease_s, held=list(held), weights=weights
+        )
         # Fewer than asked: the queue is empty, wait to be told. As many: there may be more.
         self._wanted = len(claims) >= room
         return self._claimed(claims)
