@@ -395,7 +395,12 @@ class RootActor(RootRuns, LeanThreadingActor):
             weights = None  # one tenant: the claim is oldest first, as before tenants
             if gate is not None and any(t != DEFAULT_TENANT for t in gate.tenants):
                 weights = {n: t.weight for n, t in gate.tenants.items()}
-            claims = self._claims.claim(room, held=held, weights=weights)
+            if room > 0:
+                claims = self._claims.claim(room, held=held, weights=weights)
+            elif weights is not None:  # full: a tenant with nothing claimed still gets in
+                claims = self._claims.claim_newcomer(held=held, weights=weights)
+            else:
+                return
         except StoreUnavailable as err:  # not now: /healthz says why; the next tick tries
             logger.debug("root: cannot claim jobs now: {}", err)
             return

@@ -109,6 +109,7 @@ WITH cand AS (
     LEFT JOIN busy b USING (tenant)
     LEFT JOIN unnest(%(tenants)s::text[], %(weights)s::float8[]) AS w(tenant, weight)
         USING (tenant)
+    WHERE NOT %(newcomers)s OR b.n IS NULL
 ), picked AS (
     SELECT j.seq, j.claimed_by AS prev, r.eff, r.tag
     FROM briefd_jobs j JOIN ranked r ON j.seq = r.seq
@@ -128,7 +129,8 @@ RETURNING j.job_id, j.fence, extract(epoch FROM j.submitted_at)::float8 AS submi
 """The claim across tenants: each job's tag is its place in its tenant's order (priority
 with aging, then oldest) plus the tenant's jobs claimed now anywhere in the cluster, over
 the tenant's weight; the least tags go first (ties: today's order). A tenant with nothing
-running goes before another tenant's Nth job, and claimed places follow the weights. The
+running goes before another tenant's Nth job, and claimed places follow the weights.
+``newcomers``: only the jobs of tenants with nothing claimed anywhere. The
 order is read without locks, then the rows are locked in that order, skipping those
 another daemon is claiming (checked again once locked)."""
 _RENEW = f"""
@@ -276,6 +278,7 @@ class PgClaims:
         lapsed_only: bool = False,
         held: list[str] | None = None,
         weights: Mapping[str, float] | None = None,
+        newcomers: bool = False,
     ) -> list[Claim]:
         """Claim up to ``limit`` live jobs nobody holds, oldest first; held until the lease
         (``lease_s`` from now, by the database's clock) lapses unless :meth:`renew` extends it.
@@ -293,6 +296,8 @@ class PgClaims:
         ``weights`` (tenant -> weight, a tenant not named weighs 1): claim fairly across
         tenants (:data:`_FAIR_CLAIM`: fewest claimed per weight first, today's order within
         a tenant); None (one tenant): today's order alone, the cheaper query.
+        ``newcomers`` (with ``weights``): only jobs of tenants with nothing claimed in the
+        cluster (a full daemon takes such a job past its window).
         """
         if limit <= 0:
             return []
@@ -311,6 +316,7 @@ class PgClaims:
                     "held": held or [],
                     "tenants": names,
                     "weights": [float((weights or {})[n]) for n in names],
+                    "newcomers": newcomers,
                 },
             )
             rows = sorted(

@@ -93,3 +93,21 @@ def test_held_tenants_are_skipped_by_the_fair_claim(
     b_job = _add(one, spec, "b", "j0")
     got = one.claim("d1", 5, 30.0, held=["a"], weights={"a": 1.0, "b": 1.0})
     assert [c.job_id for c in got] == [b_job]
+
+
+def test_newcomers_claims_only_a_tenant_with_nothing_claimed(
+    two: tuple[PostgresStore, PostgresStore], spec: Spec
+) -> None:
+    """A full daemon's claim past its window: only the first job of a tenant with nothing
+    claimed anywhere; none once every waiting tenant has one."""
+    one, other = two
+    _add(one, spec, "a", "j0")
+    _add(one, spec, "a", "j1")
+    weights = {"a": 1.0, "b": 1.0}
+    (first,) = one.claim("d1", 1, 30.0, weights=weights)
+    assert other.claim("d2", 1, 30.0, weights=weights, newcomers=True) == [], "a has one"
+    b_jobs = [_add(other, spec, "b", f"j{i}") for i in range(2)]
+    (got,) = other.claim("d2", 1, 30.0, weights=weights, newcomers=True)
+    assert got.job_id == b_jobs[0], "b's oldest"
+    assert one.claim("d1", 1, 30.0, weights=weights, newcomers=True) == [], "b has one now"
+    assert first.job_id == "a.j0"
