@@ -17,7 +17,8 @@ each a fresh daemon, from its JSON log (``BRIEFD_LOG_LEVEL=DEBUG`` for ``TokenGr
   start (0: admitted at once);
 * **b's grant rounds**: grants made from b's job starting to its first grant,
   counting that one (target <= 2);
-* **b's end**: submission to ``JobCompleted`` against b alone (target <= 1.5x);
+* **b's end**: submission to ``JobCompleted`` against b alone (target <= 1.5x), and
+  how long its calls waited for tokens (``TokenGranted.waited_ms``, summed);
 * **a's makespan**: a's first acceptance to its last ``JobCompleted``, with b against
   without (target < 2 % longer; one run's noise on a loaded machine is larger).
 
@@ -128,6 +129,8 @@ def _figures(lines: list[dict[str, Any]]) -> dict[str, float]:
             grants += 1
             if job == "b.b-0":
                 break
+    waits = [e for e in lines if e["event"] == "TokenGranted" and e.get("job_id") == "b.b-0"]
+    out["b_token_wait_ms"] = sum(float(e.get("waited_ms", 0)) for e in waits)
     out["b_admitted_after"] = admitted_after
     out["b_grant_rounds"] = grants
     return out
@@ -163,6 +166,10 @@ def main() -> int:
     print(f"b: admitted after {med('ab', 'b_admitted_after'):.0f} of a's jobs started")
     print(f"b: first grant {med('ab', 'b_grant_rounds'):.0f} grant(s) after it started (<= 2)")
     print(f"b: {loaded * 1000:.0f} ms against {alone * 1000:.0f} ms alone: {loaded / alone:.2f}x")
+    print(
+        f"b: its calls waited {med('ab', 'b_token_wait_ms'):.0f} ms for tokens in all "
+        f"({med('b', 'b_token_wait_ms'):.0f} ms alone)"
+    )
     growth = (a_with / a_alone - 1) * 100
     print(f"a: makespan {a_with:.1f} s against {a_alone:.1f} s without b: {growth:+.1f} %")
     print(_load())
