@@ -90,6 +90,10 @@ RETURNING j.job_id, j.fence, extract(epoch FROM j.submitted_at)::float8 AS submi
 """
 TENANT_OF = "CASE WHEN strpos(job_id, '.') > 0 THEN split_part(job_id, '.', 1) ELSE 'default' END"
 """A job's tenant in SQL: the prefix of its key (:func:`briefd.tenants.ids.tenant_of`)."""
+SKIP_SLACK = 64
+"""Jobs ranked past ``limit`` in each tenant's order that the fair claim still considers: a
+tenant's jobs beyond its first ``limit`` cannot be among the ``limit`` claimed, unless rows
+ahead of them are being claimed by another daemon right now (skipped, not waited for)."""
 _FAIR_CLAIM = f"""
 WITH cand AS (
     SELECT seq, tenant,
@@ -98,14 +102,19 @@ WITH cand AS (
           FROM briefd_jobs
           WHERE state IN {LIVE} AND NOT {LEASED}) c
     WHERE NOT (tenant = ANY(%(held)s::text[]))
+), nth AS (
+    SELECT * FROM (
+        SELECT seq, tenant, eff,
+               row_number() OVER (PARTITION BY tenant ORDER BY eff DESC, seq) AS nth
+        FROM cand) n
+    WHERE nth <= %(limit)s + {SKIP_SLACK}
 ), busy AS (
     SELECT {TENANT_OF} AS tenant, count(*) AS n
     FROM briefd_jobs WHERE state IN {LIVE} AND {LEASED} GROUP BY 1
 ), ranked AS (
     SELECT c.seq, c.eff,
-           (coalesce(b.n, 0) + row_number() OVER (PARTITION BY c.tenant ORDER BY c.eff DESC, c.seq))
-           / (CASE WHEN w.weight > 0 THEN w.weight ELSE 1 END) AS tag
-    FROM cand c
+           (coalesce(b.n, 0) + c.nth) / (CASE WHEN w.weight > 0 THEN w.weight ELSE 1 END) AS tag
+    FROM nth c
     LEFT JOIN busy b USING (tenant)
     LEFT JOIN unnest(%(tenants)s::text[], %(weights)s::float8[]) AS w(tenant, weight)
         USING (tenant)
