@@ -1,7 +1,10 @@
 """The root actor of ``briefd serve``: admits jobs, runs their coordinators, restarts the dead.
 
 * Admission. At most ``max_active_jobs`` jobs have a coordinator; the others
-  wait in a FIFO of job ids. A new submission that finds ``max_queued_jobs``
+  wait in a FIFO of job ids. With several tenants a freed place goes to the
+  tenant with the fewest running per weight (its oldest job), and a tenant with
+  nothing running gets a place past a full window
+  (:func:`~briefd.limits.fair.next_to_admit`). A new submission that finds ``max_queued_jobs``
   already waiting is refused at once (the HTTP layer answers 429): pykka
   inboxes are unbounded, so the bound is kept here, and a job is never
   accepted and then dropped. Jobs resumed from the journal always get a place.
@@ -33,7 +36,7 @@ import itertools
 import math
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -49,6 +52,7 @@ from briefd.actors.stage import StageActor
 from briefd.cluster.claims import ClaimKeeper
 from briefd.config import PipelineSpec, Settings
 from briefd.costs.daily import DailyLedger
+from briefd.limits.fair import next_to_admit
 from briefd.llm.routing import Routing
 from briefd.messages import (
     CancelJob,
@@ -77,6 +81,7 @@ from briefd.pipelines.registry import PipelineRegistry
 from briefd.store.base import Claim, ClaimLost, Store, StoreUnavailable
 from briefd.store.events import staged_events
 from briefd.tenants.gate import TenantGate
+from briefd.tenants.ids import DEFAULT_TENANT, tenant_of
 from briefd.threads import LeanThreadingActor
 from briefd.timers import Timers
 
@@ -336,14 +341,9 @@ class RootActor(RootRuns, LeanThreadingActor):
             publish(event)
         if self._claims is not None and not self.drain_event.is_set():
             self._rescue()
-        while (
-            not self.drain_event.is_set()
-            and not self._ledger.held
-            and self._queue
-            and len(self._active) < self._settings.active_jobs
-        ):
+        while not self.drain_event.is_set() and not self._ledger.held and self._queue:
             job_id = self._pop_admissible()
-            if job_id is None:  # every job waiting is held by its tenant's budget
+            if job_id is None:  # no room, or every job waiting is held by its tenant's budget
                 break
             slot = self._rescued.pop(job_id) if job_id in self._rescued else None
             self._load(job_id, slot or Slot(next(self._generations)))
@@ -351,22 +351,56 @@ class RootActor(RootRuns, LeanThreadingActor):
             self._claim(self._settings.active_jobs - len(self._active))
 
     def _pop_admissible(self) -> str | None:
-        """The oldest queued job whose tenant is not held by its budget (taken off the queue)."""
-        if self._tenants is None or not self._tenants.held:
-            return self._queue.popleft()
-        for i, job_id in enumerate(self._queue):
-            if not self._tenants.is_held(job_id):
-                del self._queue[i]
-                return job_id
-        return None
+        """The next job to run (taken off the queue), or None: no room, or all held.
+
+        One tenant (no tenant but ``default`` configured): the oldest, while the window has
+        room. Several: the fair choice of :func:`briefd.limits.fair.next_to_admit` among the
+        jobs whose tenant is not held by its budget: the tenant with the fewest running per
+        weight, its oldest job; past a full window, a tenant with nothing running."""
+        window = self._settings.active_jobs
+        gate = self._tenants
+        if gate is None or not any(t != DEFAULT_TENANT for t in gate.tenants):
+            if len(self._active) >= window:
+                return None
+            if gate is None or not gate.held:
+                return self._queue.popleft()
+            for i, job_id in enumerate(self._queue):
+                if not gate.is_held(job_id):
+                    del self._queue[i]
+                    return job_id
+            return None
+        held = gate.held
+        waiting = [(i, t) for i, j in enumerate(self._queue) if (t := tenant_of(j)) not in held]
+        k = next_to_admit(
+            (t for _, t in waiting),
+            Counter(tenant_of(j) for j in self._active),
+            len(self._active),
+            window,
+            {n: t.weight for n, t in gate.tenants.items()},
+        )
+        if k is None:
+            return None
+        i = waiting[k][0]
+        job_id = self._queue[i]
+        del self._queue[i]
+        return job_id
 
     # -- a cluster (PostgreSQL): claims instead of a queue of our own ------------------
 
     def _claim(self, room: int) -> None:
         assert self._claims is not None
         try:
-            held = self._tenants.held if self._tenants is not None else ()
-            claims = self._claims.claim(room, held=held)
+            gate = self._tenants
+            held = gate.held if gate is not None else ()
+            weights = None  # one tenant: the claim is oldest first, as before tenants
+            if gate is not None and any(t != DEFAULT_TENANT for t in gate.tenants):
+                weights = {n: t.weight for n, t in gate.tenants.items()}
+            if room > 0:
+                claims = self._claims.claim(room, held=held, weights=weights)
+            elif weights is not None:  # full: a tenant with nothing claimed still gets in
+                claims = self._claims.claim_newcomer(held=held, weights=weights)
+            else:
+                return
         except StoreUnavailable as err:  # not now: /healthz says why; the next tick tries
             logger.debug("root: cannot claim jobs now: {}", err)
             return

@@ -146,10 +146,10 @@ def test_another_tenants_job_is_not_held_behind_a_full_window(
 
     settings = make_settings(max_active_jobs=2, max_concurrent=2)
     with briefd.Pipeline(settings, observers=[seen]) as pipeline:
-        a = [pipeline.submit(make_job(f"a-{i}", tenant="a")) for i in range(52)]
-        b = pipeline.submit(make_job("b-0", tenant="b"))
+        a = [pipeline.submit(make_job(f"a.a-{i}", tenant="a")) for i in range(52)]
+        b = pipeline.submit(make_job("b.b-0", tenant="b"))
         assert b.get(timeout=120).status == JobStatus.SUCCEEDED
         for f in a[:4]:
             f.get(timeout=120)
     with lock:
-        assert started.index("b-0") <= 2, started[:6]  # after the two a's already running
+        assert started.index("b.b-0") <= 2, started[:6]  # after the two a's already running

@@ -212,12 +212,30 @@ def test_a_failed_call_keeps_its_estimate() -> None:
     assert share.finish["a"] == before - 300
 
 
-def test_admission_oldest_first_and_a_tenants_first_job_past_a_full_window() -> None:
-    """Room in the window: the oldest queued job, whoever's. Full: the oldest job of a
-    tenant with nothing running, and none when every queued tenant has a job running."""
+def test_admission_fewest_running_per_weight_and_a_tenants_first_job_past_a_full_window() -> None:
+    """Room in the window: the first job of the tenant with the fewest running per weight
+    (ties: whose job comes first), not the oldest. Full: the first job of a tenant with
+    nothing running, and none when every queued tenant has a job running."""
     queued = ["a", "a", "b", "a", "c"]
-    assert fair.next_to_admit(queued, {"a": 3}, 3, 4) == 0
+    assert fair.next_to_admit(queued, {"a": 3}, 3, 4) == 2, "b has nothing running: before a's 4th"
+    assert fair.next_to_admit(queued, {"a": 1, "b": 1, "c": 1}, 3, 4) == 0, "tied: the oldest"
+    assert fair.next_to_admit(queued, {"a": 1, "b": 2, "c": 1}, 4, 8) == 0
     assert fair.next_to_admit(queued, {"a": 4}, 4, 4) == 2
     assert fair.next_to_admit(queued, {"a": 3, "b": 1}, 4, 4) == 4
     assert fair.next_to_admit(queued, {"a": 2, "b": 1, "c": 1}, 4, 4) is None
     assert fair.next_to_admit(["default"] * 5, {"default": 4}, 4, 4) is None
+    assert fair.next_to_admit(["default"] * 5, {"default": 3}, 3, 4) == 0, "one tenant: FIFO"
+    assert fair.next_to_admit([], {}, 0, 4) is None
+
+
+def test_admission_shares_the_window_by_weight() -> None:
+    """Weights 1:3 fill a window of 8 as 2:6, whatever the queue's order."""
+    queued = ["a"] * 20 + ["b"] * 20
+    weights = {"a": 1.0, "b": 3.0}
+    active: dict[str, int] = {}
+    for total in range(8):
+        i = fair.next_to_admit(queued, active, total, 8, weights)
+        assert i is not None
+        t = queued.pop(i)
+        active[t] = active.get(t, 0) + 1
+    assert active == {"a": 2, "b": 6}

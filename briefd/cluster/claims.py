@@ -32,7 +32,7 @@ import hashlib
 import os
 import socket
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -55,6 +55,10 @@ def new_daemon_id(data_dir: Path) -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{node_of(data_dir)}"
 
 
+NEWCOMER_EVERY_S = 0.25
+"""A full daemon looks for a newcomer tenant's job at most this often."""
+
+
 class ClaimKeeper:
     """When the root claims, renews and checks cancels; the calls themselves go to the store."""
 
@@ -75,6 +79,7 @@ class ClaimKeeper:
         self._wanted = True  # claim at the first chance
         self._next_poll = 0.0
         self._next_rescue = 0.0
+        self._next_newcomer = 0.0
         self._next_renew = clock() + lease_s / 3
         self.claimed_total = 0
         self.taken_over_total = 0
@@ -84,16 +89,44 @@ class ClaimKeeper:
         """Something says there may be work (a notification, a freed slot): claim when room."""
         self._wanted = True
 
-    def claim(self, room: int, *, held: Collection[str] = ()) -> list[Claim]:
+    def claim(
+        self,
+        room: int,
+        *,
+        held: Collection[str] = (),
+        weights: Mapping[str, float] | None = None,
+    ) -> list[Claim]:
         """Claim up to ``room`` jobs if wanted or the poll is due (StoreUnavailable: not now);
-        none of the ``held`` tenants' (their daily budget is spent)."""
+        none of the ``held`` tenants' (their daily budget is spent). ``weights`` (tenant ->
+        weight; None: one tenant): claim fairly across tenants (:meth:`PgClaims.claim`)."""
         now = self._clock()
         if room <= 0 or not (self._wanted or now >= self._next_poll):
             return []
         self._next_poll = now + self.poll_s
-        claims = self.store.claim(self.daemon_id, room, self.lease_s, held=list(held))
+        claims = self.store.claim(
+            self.daemon_id, room, self.lease_s, held=list(held), weights=weights
+        )
         # Fewer than asked: the queue is empty, wait to be told. As many: there may be more.
         self._wanted = len(claims) >= room
+        return self._claimed(claims)
+
+    def claim_newcomer(
+        self, *, held: Collection[str] = (), weights: Mapping[str, float]
+    ) -> list[Claim]:
+        """With no room: claim one job of a tenant with nothing claimed in the cluster, past
+        this daemon's window (as :func:`~briefd.limits.fair.next_to_admit` on one daemon), so
+        a newcomer's job reaches the limiter's fair share at once instead of after a place
+        frees. Tried when a claim would be, at most every :data:`NEWCOMER_EVERY_S` (a burst
+        of submissions wakes every full daemon)."""
+        now = self._clock()
+        if not (self._wanted or now >= self._next_poll) or now < self._next_newcomer:
+            return []
+        self._next_poll = now + self.poll_s
+        self._next_newcomer = now + NEWCOMER_EVERY_S
+        claims = self.store.claim(
+            self.daemon_id, 1, self.lease_s, held=list(held), weights=weights, newcomers=True
+        )
+        self._wanted = bool(claims)  # one taken: another tenant's may be waiting too
         return self._claimed(claims)
 
     def _claimed(self, claims: list[Claim]) -> list[Claim]:

@@ -204,17 +204,34 @@ def pick_fair(waiting: list[Waiting], now: float, latencies: Latencies, share: F
 
 
 def next_to_admit(
-    queued_tenants: Iterable[str], active: Mapping[str, int], total: int, window: int
+    queued_tenants: Iterable[str],
+    active: Mapping[str, int],
+    total: int,
+    window: int,
+    weights: Mapping[str, float] | None = None,
 ) -> int | None:
-    """Which queued job (by index, oldest first) gets a coordinator next; None: none now.
+    """Which queued job (by index, in the queue's order) gets a coordinator next; None: none.
 
-    The oldest while fewer than ``window`` jobs run; when the window is full, the oldest
-    job of a tenant with nothing running. Without that, a tenant's single job waited for a
-    place in the active window behind another tenant's 1,000 before the limiter's fair
-    share could see a single call of it. The window is exceeded by at most one job per
-    tenant; with one tenant this is the FIFO it replaces.
+    While fewer than ``window`` jobs run: the first queued job of the tenant whose next
+    job would hold the fewest places per weight (``(running + 1) / weight``; ties: the
+    tenant whose first job comes first), so a place that frees goes to the tenant with
+    the least of the window for its weight, not to the oldest job: a tenant with nothing
+    running goes before another tenant's Nth job, and weights share the window. When the
+    window is full: the first job of a tenant with nothing running. Without that, a
+    tenant's single job waited for a place behind another tenant's 1,000 before the
+    limiter's fair share could see a single call of it. The window is exceeded by at most
+    one job per tenant. Within a tenant the queue's order holds; with one tenant this is
+    the FIFO it replaces. One pass over the queue.
     """
+    firsts: dict[str, int] = {}
     for i, tenant in enumerate(queued_tenants):
-        if total < window or not active.get(tenant):
-            return i
-    return None
+        if tenant not in firsts:
+            firsts[tenant] = i
+            if total >= window and not active.get(tenant):
+                return i
+    if not firsts or total >= window:
+        return None
+    if len(firsts) == 1:
+        return next(iter(firsts.values()))
+    w = weights or {}
+    return min(((active.get(t, 0) + 1) / _positive(w.get(t, 1.0)), i) for t, i in firsts.items())[1]

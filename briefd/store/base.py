@@ -28,6 +28,7 @@ SQLite (:mod:`briefd.store.sqlite`) is the embedded default.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -167,6 +168,8 @@ class ClaimStore(Store, Protocol):
         *,
         lapsed_only: bool = False,
         held: list[str] | None = None,
+        weights: Mapping[str, float] | None = None,
+        newcomers: bool = False,
     ) -> list[Claim]: ...
     def renew(self, owner: str, lease_s: float) -> list[str]: ...
     def held(self) -> dict[str, int]: ...

@@ -8,7 +8,8 @@ sequence, so a newer claim always has a larger one):
 * :meth:`PgClaims.claim` takes the live jobs nobody holds (free, or whose
   lease lapsed: their daemon died or was cut off) with ``FOR UPDATE SKIP
   LOCKED``, so racing daemons never take one job twice and never wait on each
-  other. Oldest first, by the limiter's aging rule (:mod:`briefd.limits.order`).
+  other. Oldest first, by the limiter's aging rule (:mod:`briefd.limits.order`);
+  with several tenants, fairly across them first (:data:`_FAIR_CLAIM`).
 * Every write of a run this store holds carries the fence in the same
   transaction as the write. A daemon paused past its lease (SIGSTOP, a long GC,
   a partition) wakes up holding a token a newer claim replaced, and the
@@ -34,7 +35,7 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 import psycopg
@@ -87,6 +88,60 @@ WHERE j.seq = p.seq
 RETURNING j.job_id, j.fence, extract(epoch FROM j.submitted_at)::float8 AS submitted_at,
           p.prev, j.cancel_requested, p.eff, j.seq
 """
+TENANT_OF = "CASE WHEN strpos(job_id, '.') > 0 THEN split_part(job_id, '.', 1) ELSE 'default' END"
+"""A job's tenant in SQL: the prefix of its key (:func:`briefd.tenants.ids.tenant_of`)."""
+SKIP_SLACK = 64
+"""Jobs ranked past ``limit`` in each tenant's order that the fair claim still considers: a
+tenant's jobs beyond its first ``limit`` cannot be among the ``limit`` claimed, unless rows
+ahead of them are being claimed by another daemon right now (skipped, not waited for)."""
+_FAIR_CLAIM = f"""
+WITH cand AS (
+    SELECT seq, tenant,
+           priority + floor(extract(epoch FROM now() - submitted_at) / %(aging)s) AS eff
+    FROM (SELECT seq, priority, submitted_at, {TENANT_OF} AS tenant
+          FROM briefd_jobs
+          WHERE state IN {LIVE} AND NOT {LEASED}) c
+    WHERE NOT (tenant = ANY(%(held)s::text[]))
+), nth AS (
+    SELECT * FROM (
+        SELECT seq, tenant, eff,
+               row_number() OVER (PARTITION BY tenant ORDER BY eff DESC, seq) AS nth
+        FROM cand) n
+    WHERE nth <= %(limit)s + {SKIP_SLACK}
+), busy AS (
+    SELECT {TENANT_OF} AS tenant, count(*) AS n
+    FROM briefd_jobs WHERE state IN {LIVE} AND {LEASED} GROUP BY 1
+), ranked AS (
+    SELECT c.seq, c.eff,
+           (coalesce(b.n, 0) + c.nth) / (CASE WHEN w.weight > 0 THEN w.weight ELSE 1 END) AS tag
+    FROM nth c
+    LEFT JOIN busy b USING (tenant)
+    LEFT JOIN unnest(%(tenants)s::text[], %(weights)s::float8[]) AS w(tenant, weight)
+        USING (tenant)
+    WHERE NOT %(newcomers)s OR b.n IS NULL
+), picked AS (
+    SELECT j.seq, j.claimed_by AS prev, r.eff, r.tag
+    FROM briefd_jobs j JOIN ranked r ON j.seq = r.seq
+    WHERE j.state IN {LIVE} AND NOT (j.claimed_by IS NOT NULL AND j.lease_until > now())
+    ORDER BY r.tag, r.eff DESC, r.seq
+    LIMIT %(limit)s
+    FOR UPDATE OF j SKIP LOCKED
+)
+UPDATE briefd_jobs j
+SET claimed_by = %(owner)s, claimed_at = now(),
+    lease_until = now() + make_interval(secs => %(lease)s), fence = nextval('briefd_fence')
+FROM picked p
+WHERE j.seq = p.seq
+RETURNING j.job_id, j.fence, extract(epoch FROM j.submitted_at)::float8 AS submitted_at,
+          p.prev, j.cancel_requested, p.eff, j.seq, p.tag
+"""
+"""The claim across tenants: each job's tag is its place in its tenant's order (priority
+with aging, then oldest) plus the tenant's jobs claimed now anywhere in the cluster, over
+the tenant's weight; the least tags go first (ties: today's order). A tenant with nothing
+running goes before another tenant's Nth job, and claimed places follow the weights.
+``newcomers``: only the jobs of tenants with nothing claimed anywhere. The
+order is read without locks, then the rows are locked in that order, skipping those
+another daemon is claiming (checked again once locked)."""
 _RENEW = f"""
 UPDATE briefd_jobs j SET lease_until = now() + make_interval(secs => %(lease)s)
 FROM unnest(%(ids)s::text[], %(fences)s::bigint[]) AS h(job_id, fence)
@@ -231,6 +286,8 @@ class PgClaims:
         *,
         lapsed_only: bool = False,
         held: list[str] | None = None,
+        weights: Mapping[str, float] | None = None,
+        newcomers: bool = False,
     ) -> list[Claim]:
         """Claim up to ``limit`` live jobs nobody holds, oldest first; held until the lease
         (``lease_s`` from now, by the database's clock) lapses unless :meth:`renew` extends it.
@@ -245,13 +302,20 @@ class PgClaims:
         so a lapsed one means the holder died or was cut off. ``lapsed_only``:
         only jobs whose claim lapsed (a dead daemon's), to take them over at once.
         ``held``: tenants whose jobs are not claimed (their daily budget is spent).
+        ``weights`` (tenant -> weight, a tenant not named weighs 1): claim fairly across
+        tenants (:data:`_FAIR_CLAIM`: fewest claimed per weight first, today's order within
+        a tenant); None (one tenant): today's order alone, the cheaper query.
+        ``newcomers`` (with ``weights``): only jobs of tenants with nothing claimed in the
+        cluster (a full daemon takes such a job past its window).
         """
         if limit <= 0:
             return []
         sent = self._fences.now()
         with self._tx(one=True) as cur:  # one statement: its row locks end with it
+            fair = weights is not None and not lapsed_only
+            names = sorted(weights or {})
             cur.execute(
-                _CLAIM,
+                _FAIR_CLAIM if fair else _CLAIM,
                 {
                     "aging": PRIORITY_AGING_S,
                     "limit": limit,
@@ -259,9 +323,15 @@ class PgClaims:
                     "lease": lease_s,
                     "lapsed": lapsed_only,
                     "held": held or [],
+                    "tenants": names,
+                    "weights": [float((weights or {})[n]) for n in names],
+                    "newcomers": newcomers,
                 },
             )
-            rows = sorted(cur.fetchall(), key=lambda r: (-float(r["eff"]), int(r["seq"])))
+            rows = sorted(
+                cur.fetchall(),
+                key=lambda r: (float(r["tag"]) if fair else 0.0, -float(r["eff"]), int(r["seq"])),
+            )
         claims = [
             Claim(
                 job_id=r["job_id"],
