@@ -22,7 +22,7 @@ from typing import Any
 import pykka
 from loguru import logger
 
-from briefd import deadlines
+from briefd import deadlines, worktime
 from briefd.actors.rate_limiter import LimiterRef
 from briefd.actors.stage import StageActor
 from briefd.config import PipelineSpec, Settings
@@ -475,7 +475,9 @@ class CoordinatorActor(PooledThreadingActor):
 
     def _finish(self, status: JobStatus) -> None:
         self._finished = True
-        metrics = job_metrics(self._pipeline, self._records, self._started, time.monotonic())
+        metrics = job_metrics(
+            self._pipeline, self._records, self._started, time.monotonic(), worktime.BOOK.rates
+        )
         costs = self._costs()
         result = JobResult(
             job_id=self.job.job_id,
