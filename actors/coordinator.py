@@ -398,6 +398,7 @@ class CoordinatorActor(PooledThreadingActor):
         rec.usage = event.usage
         rec.queued_ms, rec.call_ms = event.queued_ms, event.call_ms
         rec.ttft_ms, rec.server_ms = event.ttft_ms, event.server_ms
+        rec.server_work = event.server_work
 
     def _plan(self, name: str) -> Planned | None:
         """Render ``name``'s prompt (journaled), or end it per on_upstream_failure (None)."""
