@@ -18,7 +18,10 @@ serializing server kept the request queued.
 figures: a stage's time is the sum of its calls' times, the server's measure
 where it reported one for every call, else the client's; the speed-up is the sum
 of those over the job's wall time, the critical-path estimate (what one stage at
-a time would take, against what the job took).
+a time would take, against what the job took). On a server that batches requests
+a call's timings hold its batch-mates' work too: :func:`stage_work_ms` re-counts a
+call that shared its server at the per-token times the server achieves alone
+(:mod:`briefd.worktime`), and the job's speed-up sums those (``JobMetrics.work_ms``).
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ CPU-bound llama.cpp server with slots (requests share one processor)."""
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -230,3 +231,33 @@ def test_speedup_against_a_batching_server_is_the_measured_one(batching: SimServ
         assert m.speedup_ratio == round(sum(m.work_ms.values()) / m.total_ms, 3)
     # Sequential runs had every call alone: their work is their servers' time.
     assert 0.85 <= median(r.metrics.speedup_ratio for r in seq) <= 1.02, figures
+
+
+def test_briefd_sim_batching_flag(briefd_cmd: Any) -> None:
+    """`briefd sim --batching` says so, and its answers carry llama.cpp's timings."""
+    child = subprocess.Popen(
+        briefd_cmd("sim", "--port", "0", "--scale", "0.01", "--batching"),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        line = child.stdout.readline()
+        assert "batching" in line, line
+        url = line.rsplit(" ", 1)[1].strip()
+        body = {"model": "m", "messages": [{"role": "user", "content": "hello there"}]}
+        answer = requests.post(
+            f"{url}/chat/completions", json=body, headers={"X-Briefd-Stage": "PLAYS_MD"}, timeout=10
+        ).json()
+        work = timing_of(answer)
+        assert work is not None and work.predicted_n == answer["usage"]["completion_tokens"]
+    finally:
+        child.terminate()
+        child.wait(timeout=10)
+    both = subprocess.run(
+        briefd_cmd("sim", "--port", "0", "--batching", "--serialize"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert both.returncode == 2 and "choose one" in both.stderr, both
