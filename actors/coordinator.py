@@ -22,7 +22,7 @@ from typing import Any
 import pykka
 from loguru import logger
 
-from briefd import deadlines
+from briefd import deadlines, worktime
 from briefd.actors.rate_limiter import LimiterRef
 from briefd.actors.stage import StageActor
 from briefd.config import PipelineSpec, Settings
@@ -398,6 +398,7 @@ class CoordinatorActor(PooledThreadingActor):
         rec.usage = event.usage
         rec.queued_ms, rec.call_ms = event.queued_ms, event.call_ms
         rec.ttft_ms, rec.server_ms = event.ttft_ms, event.server_ms
+        rec.server_work = event.server_work
 
     def _plan(self, name: str) -> Planned | None:
         """Render ``name``'s prompt (journaled), or end it per on_upstream_failure (None)."""
@@ -475,7 +476,9 @@ class CoordinatorActor(PooledThreadingActor):
 
     def _finish(self, status: JobStatus) -> None:
         self._finished = True
-        metrics = job_metrics(self._pipeline, self._records, self._started, time.monotonic())
+        metrics = job_metrics(
+            self._pipeline, self._records, self._started, time.monotonic(), worktime.BOOK.rates
+        )
         costs = self._costs()
         result = JobResult(
             job_id=self.job.job_id,

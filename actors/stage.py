@@ -27,7 +27,7 @@ from typing import Any
 import pykka
 from loguru import logger
 
-from briefd import deadlines
+from briefd import deadlines, worktime
 from briefd.actors.hedge import StageHedging
 from briefd.actors.rate_limiter import LimiterRef
 from briefd.actors.stage_parts import StageDeadline, StageRoutes
@@ -288,9 +288,16 @@ class StageActor(StageRoutes, StageDeadline, StageHedging, PooledThreadingActor)
             queued_ms=self._clock.attempt_queued_ms,
         )
         self._clock.call_started()
+        key = worktime.key_of(
+            route.endpoint, route.model, self._routing.endpoints[route.endpoint].base_url
+        )
+        ticket = worktime.BOOK.started(key)  # learns the server's alone rates (speed-up)
+        work = None
         try:
             completion = self._call()
+            work = completion.work
         except CallError as err:
+            worktime.BOOK.ended(ticket, None)
             self._clock.call_ended(ttft_ms=getattr(err, "ttft_ms", None))
             self._tell_started()
             # Decide (and report a 429's cool-down) before the token goes back, so the
@@ -299,8 +306,14 @@ class StageActor(StageRoutes, StageDeadline, StageHedging, PooledThreadingActor)
             self._release(outcome_of(err), limits=getattr(err, "limits", None))
             return
         finally:
+            alone = worktime.BOOK.ended(ticket, work)  # once: after the except's, a no-op
             self._tell_started()
-        self._clock.call_ended(ttft_ms=completion.ttft_ms, server_ms=completion.server_ms)
+        self._clock.call_ended(
+            ttft_ms=completion.ttft_ms,
+            server_ms=completion.server_ms,
+            work=None if work is None else work.model_copy(update={"shared": not alone}),
+            key=key,
+        )
         used = completion.usage.prompt_tokens + completion.usage.completion_tokens
         self._release("success", used_tokens=used or None, limits=completion.limits)
         self._routing.breakers.succeeded(route.endpoint)

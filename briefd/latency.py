@@ -18,7 +18,10 @@ serializing server kept the request queued.
 figures: a stage's time is the sum of its calls' times, the server's measure
 where it reported one for every call, else the client's; the speed-up is the sum
 of those over the job's wall time, the critical-path estimate (what one stage at
-a time would take, against what the job took).
+a time would take, against what the job took). On a server that batches requests
+a call's timings hold its batch-mates' work too: :func:`stage_work_ms` re-counts a
+call that shared its server at the per-token times the server achieves alone
+(:mod:`briefd.worktime`), and the job's speed-up sums those (``JobMetrics.work_ms``).
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from typing import Any
+
+from briefd.messages import ServerWork
+from briefd.worktime import RatesOf, add, sequential_ms
 
 
 def _ms(seconds: float) -> int:
@@ -47,6 +53,9 @@ class StageClock:
     calls: int = 0
     server_sum_ms: int = 0
     server_calls: int = 0  # calls whose server reported its own time
+    server_work: ServerWork | None = None  # their timings summed, while all went to one key
+    work_calls: int = 0
+    work_mixed: bool = False  # calls went to more than one endpoint:model
     ttft_ms: int | None = None  # the last call's
     last_call_ms: int = 0
     attempt_queued_ms: int = 0  # since the last call: this attempt's wait for its token
@@ -73,8 +82,16 @@ class StageClock:
         """The token is held and the request is about to be sent."""
         self._call_at = time.monotonic()
 
-    def call_ended(self, *, ttft_ms: int | None = None, server_ms: int | None = None) -> int:
-        """The call ended (answered or failed); its ``call_ms``."""
+    def call_ended(
+        self,
+        *,
+        ttft_ms: int | None = None,
+        server_ms: int | None = None,
+        work: ServerWork | None = None,
+        key: str = "",
+    ) -> int:
+        """The call ended (answered or failed); its ``call_ms``. ``work``: the server's
+        timings of it, ``key`` the endpoint:model it went to."""
         took = 0 if self._call_at is None else _ms(time.monotonic() - self._call_at)
         self._call_at = None
         self.calls += 1
@@ -85,6 +102,11 @@ class StageClock:
         if server_ms is not None:
             self.server_calls += 1
             self.server_sum_ms += server_ms
+        if work is not None:
+            self.work_calls += 1
+            previous = self.server_work
+            self.work_mixed |= previous is not None and previous.key != key
+            self.server_work = add(previous, work).model_copy(update={"key": key})
         return took
 
     def backoff_started(self) -> None:
@@ -122,12 +144,31 @@ class StageClock:
             "ttft_ms": self.ttft_ms,
             "backoff_ms": backoff,
             "server_ms": self.server_ms,
+            "server_work": self.whole_work,
         }
+
+    @property
+    def whole_work(self) -> ServerWork | None:
+        """The calls' timings summed, when every call had them and all went to one key."""
+        if self.calls and self.work_calls == self.calls and not self.work_mixed:
+            return self.server_work
+        return None
 
 
 def work_ms(call_ms: int, server_ms: int | None) -> int:
     """A stage's time for the speed-up: its calls, as the server measured them if it did."""
     return call_ms if server_ms is None else server_ms
+
+
+def stage_work_ms(
+    call_ms: int, server_ms: int | None, server_work: ServerWork | None, rates: RatesOf | None
+) -> int:
+    """A stage's work for the speed-up: its calls at the rates its server achieves for a
+    call alone (:mod:`briefd.worktime`), where the server gave timings and a rate is
+    known; else its server's time (:func:`work_ms`), else its client's."""
+    if server_work is None or rates is None:
+        return work_ms(call_ms, server_ms)
+    return sequential_ms(server_work, rates(server_work.key))
 
 
 def speedup_ratio(stages_ms: dict[str, int], total_ms: int) -> float:

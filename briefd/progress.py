@@ -9,8 +9,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from briefd.config import PipelineSpec
-from briefd.latency import speedup_ratio, work_ms
-from briefd.messages import JobMetrics, JobStatus, Progress, StageState, Usage
+from briefd.latency import speedup_ratio, stage_work_ms, work_ms
+from briefd.messages import JobMetrics, JobStatus, Progress, ServerWork, StageState, Usage
+from briefd.worktime import RatesOf
 
 
 @dataclass
@@ -26,6 +27,7 @@ class StageRecord:
     call_ms: int = 0
     ttft_ms: int | None = None
     server_ms: int | None = None
+    server_work: ServerWork | None = None
 
 
 RUNNING_SHARE = 0.5
@@ -94,17 +96,26 @@ def _wall_ms(r: StageRecord) -> int:
 
 
 def job_metrics(
-    pipeline: PipelineSpec, records: dict[str, StageRecord], started: float, ended: float
+    pipeline: PipelineSpec,
+    records: dict[str, StageRecord],
+    started: float,
+    ended: float,
+    rates: RatesOf | None = None,
 ) -> JobMetrics:
     """Seed step 5: per-stage times, the two groups, total and speed-up.
 
     A stage's time (``stages_ms``) is its calls' time, the server's measure where it
     gave one (:func:`briefd.latency.work_ms`); its start-to-end is ``wall_ms``. The
     parallel group is the stages with no dependencies; the sequential group is every
-    other stage (both spans of wall time). ``speedup_ratio`` = sum of stage times /
-    total (:func:`briefd.latency.speedup_ratio`).
+    other stage (both spans of wall time). ``speedup_ratio`` = sum of the stages'
+    sequential-equivalent work (``work_ms``: their calls at the alone ``rates`` of their
+    server, :mod:`briefd.worktime`, else ``stages_ms``) / total.
     """
     stages_ms = {name: work_ms(r.call_ms, r.server_ms) for name, r in records.items()}
+    work = {
+        name: stage_work_ms(r.call_ms, r.server_ms, r.server_work, rates)
+        for name, r in records.items()
+    }
     total_ms = max(0, round((ended - started) * 1000))
     roots = set(pipeline.roots)
     return JobMetrics(
@@ -112,7 +123,8 @@ def job_metrics(
         parallel_group_ms=_span_ms([r for n, r in records.items() if n in roots]),
         sequential_group_ms=_span_ms([r for n, r in records.items() if n not in roots]),
         total_ms=total_ms,
-        speedup_ratio=speedup_ratio(stages_ms, total_ms),
+        speedup_ratio=speedup_ratio(work, total_ms),
+        work_ms=work,
         usage={name: r.usage for name, r in records.items()},
         attempts={name: r.attempts for name, r in records.items()},
         wall_ms={name: _wall_ms(r) for name, r in records.items()},

@@ -177,6 +177,27 @@ class Usage(Frozen):
     )
 
 
+class ServerWork(Frozen):
+    """A server's own measure of calls (llama.cpp's ``timings``), summed over a stage's calls.
+
+    ``prompt_n`` is the prompt tokens it processed (its cache's excluded), ``predicted_n`` the
+    tokens it generated, each with its milliseconds; ``key`` is the endpoint:model the calls went
+    to (the rates of :mod:`briefd.worktime` are learned per key); ``shared``: some call was not
+    alone on its server (only then are its times re-counted at the alone rates).
+    """
+
+    key: str = Field(default="", description="endpoint:model the calls went to.")
+    prompt_n: int = Field(default=0, description="Prompt tokens the server processed.")
+    prompt_ms: float = Field(default=0.0, description="Its time processing them.")
+    predicted_n: int = Field(default=0, description="Tokens it generated.")
+    predicted_ms: float = Field(default=0.0, description="Its time generating them.")
+    shared: bool = Field(
+        default=False,
+        description="Some call had other calls of this process in flight to the same server: "
+        "its times may hold their work.",
+    )
+
+
 class JobMetrics(Frozen):
     """Latency figures of one job (seed step 5).
 
@@ -204,7 +225,7 @@ class JobMetrics(Frozen):
     sequential_group_ms: int = Field(description="First start to last end of the other stages.")
     total_ms: int = Field(description="The whole job, wall time.")
     speedup_ratio: float = Field(
-        description="Sum of stages_ms / total_ms: the stages' work against the job's wall time."
+        description="Sum of work_ms / total_ms: the stages' work against the job's wall time."
     )
     usage: dict[str, Usage] = Field(description="Tokens per stage.")
     attempts: dict[str, int] = Field(description="Calls per stage.")
@@ -222,6 +243,12 @@ class JobMetrics(Frozen):
     )
     ttft_ms: dict[str, int] = Field(
         default_factory=dict, description="Each streamed stage's time to first token (last call)."
+    )
+    work_ms: dict[str, int] = Field(
+        default_factory=dict,
+        description="Each stage's sequential-equivalent work, the speed-up's numerator: its "
+        "calls' tokens at the per-token times its server achieves for a call alone (llama.cpp's "
+        "timings), each part at most the server's time; else stages_ms.",
     )
 
 

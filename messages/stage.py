@@ -8,7 +8,7 @@ from pydantic import Field
 
 from briefd.messages.base import Command, Event
 from briefd.messages.errors import PipelineError
-from briefd.messages.job import Usage
+from briefd.messages.job import ServerWork, Usage
 
 
 class StartStage(Command):
@@ -97,6 +97,11 @@ class StageEnded(Event):
         description="All attempts: the calls' time as the server measured it (llama.cpp's "
         "timings: prompt_ms + predicted_ms, its queue excluded), when it said so for every "
         "call; else None.",
+    )
+    server_work: ServerWork | None = Field(
+        default=None,
+        description="All attempts: the server's timings' tokens and times (as server_ms), "
+        "for the speed-up's sequential-equivalent work (JobMetrics.work_ms); else None.",
     )
 
 

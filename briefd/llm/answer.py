@@ -18,8 +18,9 @@ from typing import Any
 
 from briefd.llm.errors import QUOTA_CODES, BadResponseError, TruncatedError
 from briefd.llm.text import encodable, one_line
-from briefd.messages import Usage
+from briefd.messages import ServerWork, Usage
 from briefd.messages.token import RateLimits
+from briefd.worktime import timing_of
 
 _DETAIL_CHARS = 300
 _MODEL_CHARS = 200  # longer than any real model name; a longer one is cut, not refused
@@ -37,6 +38,7 @@ class Completion:
     model: str | None = None  # the model the server says answered (a dated name, often)
     ttft_ms: int | None = None  # streamed: request sent to the first content token
     server_ms: int | None = None  # the server's own measure of the call (llama.cpp's timings)
+    work: ServerWork | None = None  # those timings' tokens and times (briefd.worktime)
 
 
 def _loads(raw: bytes) -> Any:
@@ -151,4 +153,5 @@ def parse_completion(raw: bytes) -> Completion:
         usage=usage,
         model=_model(data.get("model")),
         server_ms=server_ms_of(data),
+        work=timing_of(data),
     )

@@ -49,8 +49,9 @@ from briefd.llm.errors import (
 )
 from briefd.llm.sse import SSEEvent, SSEParser
 from briefd.llm.text import encodable, one_line
-from briefd.messages import ErrorCode, Usage
+from briefd.messages import ErrorCode, ServerWork, Usage
 from briefd.timers import TimerHandle, call_later
+from briefd.worktime import timing_of
 
 _READ = 65536
 END_GRACE_S = 1.0
@@ -205,6 +206,7 @@ class _Assembly:
         self.usage: Usage | None = None
         self.model: str | None = None
         self.server_ms: int | None = None
+        self.work: ServerWork | None = None
         self.done = False
         self.wrote = False  # a content (or reasoning) token came
 
@@ -233,6 +235,7 @@ class _Assembly:
             self.usage = _usage(usage)
         if "timings" in obj:
             self.server_ms = server_ms_of(obj) or self.server_ms
+            self.work = timing_of(obj) or self.work
         choices = obj.get("choices")
         if not choices or type(choices) is not list:
             return  # the usage chunk (empty choices), or a server's own notice
@@ -274,6 +277,7 @@ class _Assembly:
             model=self.model,
             ttft_ms=ttft_ms,
             server_ms=self.server_ms,
+            work=self.work,
         )
 
 

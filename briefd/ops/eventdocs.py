@@ -122,12 +122,26 @@ A stage's time is split where it went, per attempt and in total (`StageStarted`,
 
 `JobMetrics.stages_ms` is each stage's call time: its `server_ms` where the server reported
 it, else its `call_ms`. The old start-to-end figure (queue, backoffs and calls) is `wall_ms`.
-`speedup_ratio` = sum of `stages_ms` / `total_ms` (the job's wall time): the critical-path
-estimate of what running one stage at a time would take, against what the job took. It
-counts no waiting as work: against a server that serializes requests, parallel stages read
-about 1.0 (they saved nothing), and against one that works on them at once it agrees with the
-measured ratio (`BRIEFD_PARALLEL=false`'s wall time over `true`'s) within about 10 %
-(`bench/bench_speedup.py`). A job that shared the tokens or the server with other jobs
+`speedup_ratio` = sum of `work_ms` / `total_ms` (the job's wall time): the critical-path
+estimate of what running one stage at a time would take, against what the job took.
+`work_ms` is each stage's *sequential-equivalent* work. A server that batches its requests
+(llama.cpp's with slots, the embedded engine) decodes them together, and on a CPU-bound
+machine each request's `timings` then hold its batch-mates' share too (two together take
+about as long as one after the other). So briefd learns, per endpoint, model and server, the
+per-token times (`prompt_ms / prompt_n`, `predicted_ms / predicted_n`, token-weighted over
+the last 16 calls) of calls that had no other call of this process in flight to that server
+from start to end, and counts a call that did share it as its tokens at those rates, each
+part at most what the server measured (`StageSucceeded.server_work` carries the tokens and
+times). A call that had the server alone counts its own `timings`; without `timings` or
+before any alone call was seen, `work_ms` is `stages_ms`. The figure counts no waiting as
+work: against a server that serializes requests, parallel stages read about 1.0 (they saved
+nothing); against a batching server that shares one processor, about 1.0 too; against one
+that works on them at once with capacity to spare, it agrees with the measured ratio
+(`BRIEFD_PARALLEL=false`'s wall time over `true`'s) within about 10 %
+(`bench/bench_speedup.py`, `--embedded` for the real engine). What it cannot see: other
+processes' calls to the same server (the rates learned are then slow, and the figure drifts
+back towards `stages_ms`), and a server whose pace differs between stages (the rates are the
+server's, over all its stages). A job that shared the tokens or the server with other jobs
 waited for them, so it can read below 1.0: its wall time holds waits that are no stage's
 work. `briefd console`, `briefd report` and `/metrics` show p50/p95 of call time and TTFT,
 and the queue time apart.

@@ -168,6 +168,12 @@ def main(argv: list[str] | None = None) -> int:
         "llama-cpp-python's server does (implies --timings)",
     )
     parser.add_argument(
+        "--batching",
+        action="store_true",
+        help="work on every chat request at once but share one processor (n at once each at "
+        "1/n speed), as llama.cpp's server with slots on a CPU-bound machine (implies --timings)",
+    )
+    parser.add_argument(
         "--timings",
         action="store_true",
         help="answers carry llama.cpp's timings (prompt_ms, predicted_ms): the server's own "
@@ -237,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
             tpm=args.tpm,
             serialize=args.serialize,
             timings=True if args.timings else None,
+            batching=args.batching,
         )
     except ValueError as exc:  # a deployment naming a model not served
         print(f"briefd sim: error: {exc}", file=sys.stderr)
@@ -261,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         server.start()
         mode = " (strict: OpenAI's contract)" if args.strict else ""
         mode += " (serializing: one request at a time)" if args.serialize else ""
+        mode += " (batching: requests share one processor)" if args.batching else ""
         # The URL stays the line's last word: scripts and tests read it from there.
         print(f"briefd sim{mode} listening on {server.base_url}", flush=True)
         while not stopping:

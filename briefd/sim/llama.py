@@ -1,4 +1,4 @@
-"""The simulator as a llama.cpp server: one request at a time, and ``timings`` in answers.
+"""The simulator as a llama.cpp server: one request at a time or a shared batch, ``timings``.
 
 llama-cpp-python's server (the embedded default before issue 19) decodes one
 request at a time: a second request waits inside its HTTP call until the first
@@ -6,11 +6,18 @@ is done, so a client's clock over the call counts that queue as work. llama.cpp'
 servers say how long the work itself took, in a ``timings`` object of every
 answer (and of a stream's last chunk): ``prompt_ms`` + ``predicted_ms``.
 
-:class:`LlamaMode` gives the simulator both behaviours, apart or together:
-``serialize`` (one request generates at a time, in arrival order as far as a lock
-gives it) and ``timings`` (the answer carries the time the request held the
-server). :func:`llama_timings` builds the object; the streamed answer's last chunk
-carries the same one.
+:class:`LlamaMode` gives the simulator these behaviours: ``serialize`` (one
+request generates at a time, in arrival order as far as a lock gives it),
+``batching`` (llama.cpp's server with slots on a CPU-bound machine: every request
+is worked on at once, but they share one processor, so n requests each advance at
+1/n of the speed, :class:`Sharing`) and ``timings`` (the answer carries the time
+the request held the server: stretched by its batch-mates when batching, as
+llama.cpp's are). :func:`llama_timings` builds the object; the streamed answer's
+last chunk carries the same one. Batching shares a whole answer's generation (a
+streamed answer's chunks are paced as without it). Answers with ``timings`` have
+token counts that follow the stage's latency (:func:`batch_tokens`), so a
+request's per-token times alone are the same whatever its stage, as on a real
+server (what :mod:`briefd.worktime` relies on).
 """
 
 from __future__ import annotations
@@ -22,6 +29,15 @@ from typing import Any
 
 _POLL_S = 0.05  # how often a request waiting for the slot checks whether the server stops
 _PROMPT_WEIGHT = 0.1  # a prompt token costs about a tenth of a generated one (batched)
+TOKENS_PER_UNIT = 40
+"""A llama.cpp server's pace: a latency unit of the profile (7 for BRIEFING_MD) is this many
+generated tokens, so every request has the same per-token time alone, as a real server has."""
+
+
+def batch_tokens(units: float, prompt_tokens: int) -> int:
+    """The tokens a llama.cpp server generates in ``units`` of alone-work after reading
+    ``prompt_tokens``: what makes its ``timings`` those of a constant per-token pace."""
+    return max(1, round(units * TOKENS_PER_UNIT - _PROMPT_WEIGHT * max(0, prompt_tokens)))
 
 
 def llama_timings(prompt_tokens: int, completion_tokens: int, elapsed_s: float) -> dict[str, Any]:
@@ -80,13 +96,66 @@ class Slot:
             lock.release()
 
 
+class Sharing:
+    """Processor sharing: while n requests work, each advances at 1/n of the speed.
+
+    A virtual clock counts the work one request would have done alone; it runs at
+    1/n of real time while n work. A request of ``seconds`` ends when the clock has
+    moved ``seconds`` past where it joined, so two equal requests started together
+    both end after twice their time, as on a CPU-bound server decoding a batch.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._virtual = 0.0
+        self._at = time.monotonic()
+        self._working = 0
+
+    def _advance(self) -> None:
+        now = time.monotonic()
+        if self._working:
+            self._virtual += (now - self._at) / self._working
+        self._at = now
+
+    def work(self, seconds: float, stop: threading.Event) -> bool:
+        """Do ``seconds`` of alone-work, shared; False if the server stopped first."""
+        with self._cond:
+            self._advance()
+            self._working += 1
+            target = self._virtual + max(0.0, seconds)
+            self._cond.notify_all()  # the others slow down from now: let them re-plan
+            try:
+                while True:
+                    self._advance()
+                    left = (target - self._virtual) * self._working
+                    if left <= 1e-4:
+                        return True
+                    if stop.is_set():
+                        return False
+                    self._cond.wait(min(left, _POLL_S))
+            finally:
+                self._advance()
+                self._working -= 1
+                self._cond.notify_all()  # the others speed up from now
+
+
 @dataclass
 class LlamaMode:
-    """How llama.cpp-like the simulator is: ``serialize`` requests, report ``timings``."""
+    """How llama.cpp-like the simulator is: ``serialize`` requests or share them
+    (``batching``), report ``timings``."""
 
     serialize: bool = False
     timings: bool = False
+    batching: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _sharing: Sharing = field(default_factory=Sharing, repr=False)
+
+    def generate(self, seconds: float, stop: threading.Event) -> bool:
+        """A whole answer's generation: shared while batching, else its own time; False
+        if the server stopped first."""
+        if self.batching:
+            return self._sharing.work(seconds, stop)
+        return not stop.wait(seconds)
 
     def take(self, stop: threading.Event) -> Slot | None:
         """The server's one slot while serializing (else at once); None if the server

@@ -50,7 +50,7 @@ from briefd.sim.faults import (
 )
 from briefd.sim.gateway import Gateway, Route, chat_route, estimate_tokens
 from briefd.sim.httpd import SimHTTPServer
-from briefd.sim.llama import LlamaMode, Slot
+from briefd.sim.llama import LlamaMode, Slot, batch_tokens
 from briefd.sim.ratelimit import SimRateLimits, rate_limited_message
 from briefd.sim.streaming import StreamWriter
 
@@ -276,9 +276,10 @@ class _Handler(BaseHTTPRequestHandler):
             return False
         delay = fault.delay_s if fault is not None else 0.0
         generation = ledger.profile.latency_for(stage)
+        generates = 0.0
         if (fault is None or (fault.status is None and not fault.drop)) and not streamed:
-            delay += generation  # errors and drops skip generation time; a stream spreads it
-        if stop.wait(delay):
+            generates = generation  # errors and drops skip generation time; a stream spreads it
+        if stop.wait(delay) or not self.server.llama.generate(generates, stop):
             self._abandon()
             return False
         if fault is not None and fault.drop:
@@ -298,6 +299,10 @@ class _Handler(BaseHTTPRequestHandler):
             served_model=served,
             strict=gateway.strict,
         )
+        scale = ledger.profile.scale
+        if self._slot.reports and scale > 0:  # llama.cpp's constant pace: tokens follow time
+            usage = answer["usage"]
+            usage["completion_tokens"] = batch_tokens(generation / scale, usage["prompt_tokens"])
         if self._slot.reports:  # llama.cpp's own measure of the work, queue excluded
             answer["timings"] = self._slot.timings(answer["usage"])
         answer["usage"] = gateway.usage(body, answer["model"], answer["usage"]["completion_tokens"])
@@ -359,6 +364,7 @@ class SimServer:
         tpm: int | None = None,
         serialize: bool = False,
         timings: bool | None = None,
+        batching: bool = False,
     ) -> None:
         """``strict`` holds clients to OpenAI's contract; the rest apply in either mode.
 
@@ -370,7 +376,9 @@ class SimServer:
         every prompt is reported cached (default: OpenAI's prefix rule). ``rps``/``burst``
         and ``tpm``: enforced token buckets answering 429. ``serialize``: one request works
         at a time, as llama-cpp-python's server; ``timings``: answers carry llama.cpp's
-        ``timings`` (default: with ``serialize``) (:mod:`briefd.sim.llama`).
+        ``timings`` (default: with ``serialize`` or ``batching``); ``batching``: requests
+        share one processor, n at once each at 1/n speed, as llama.cpp's server with
+        slots on a CPU-bound machine (:mod:`briefd.sim.llama`).
         """
         if cached_fraction is not None and not 0.0 <= cached_fraction <= 1.0:
             raise ValueError(f"cached_fraction must be in [0, 1], got {cached_fraction}")
@@ -385,7 +393,13 @@ class SimServer:
         )
         self._ledger = SimLedger(profile or SimProfile())
         self._stop = threading.Event()
-        llama = LlamaMode(serialize=serialize, timings=serialize if timings is None else timings)
+        if serialize and batching:
+            raise ValueError("serialize and batching are two different servers: choose one")
+        llama = LlamaMode(
+            serialize=serialize,
+            timings=(serialize or batching) if timings is None else timings,
+            batching=batching,
+        )
         self._httpd = SimHTTPServer(
             (host, port), self._ledger, self._stop, gateway, _Handler, llama
         )
