@@ -29,12 +29,11 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from common import database_url
+
 CONFIGS = (
     (1, 2, 1),
     (1, 16, 1),
@@ -134,23 +133,8 @@ def main() -> None:
         out = worker(url, daemon_id, int(k), float(start_at), float(seconds), endpoint)
         sys.stdout.write(json.dumps(out))
         return
-    server = None
-    url = args.url
-    if url is None:
-        sys.path.insert(0, str(ROOT / "tests"))
-        from pg import PgServer, server_bindir, server_user
-
-        server = PgServer(
-            server_bindir(), Path(tempfile.mkdtemp(prefix="briefd-pg-")), server_user()
-        )
-        server.start()
-        server.admin('CREATE DATABASE "bench"')
-        url = server.url("bench")
-    try:
+    with database_url(args.url) as url:
         _bench(url, args.rounds, args.seconds)
-    finally:
-        if server is not None:
-            server.stop()
 
 
 def _bench(url: str, rounds: int, seconds: float) -> None:

@@ -28,13 +28,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import requests
-from common import STAGES, job, merged, profile_all_threads, start_sim
+from common import STAGES, merged, profile_all_threads, run_jobs, start_sim
 from loguru import logger
 
 import briefd
 from briefd.config import load_pipeline
 from briefd.llm.call import build_request
-from briefd.messages import Event, JobCompleted
 
 DEPS: dict[str, tuple[str, ...]] = {
     "BRIEFING_MD": (),
@@ -58,27 +57,7 @@ class Run:
 
 def run_briefd(base_url: str, jobs: int, k: int, tag: str) -> Run:
     """``jobs`` jobs through one ``briefd.Pipeline`` with K tokens."""
-    settings = briefd.Settings(base_url=base_url, max_concurrent=k)
-    done: dict[str, float] = {}
-    lock = threading.Lock()
-
-    def observe(event: Event) -> None:
-        if isinstance(event, JobCompleted):
-            with lock:
-                done[event.job_id] = time.perf_counter()
-
-    with briefd.Pipeline(settings) as pipeline:
-        cpu0, t0 = time.process_time(), time.perf_counter()
-        submitted: dict[str, float] = {}
-        futures = []
-        for i in range(jobs):
-            job_id = f"{tag}-{i}"
-            submitted[job_id] = time.perf_counter()
-            futures.append(pipeline.submit(job(job_id), observers=[observe]))
-        results = [f.get(timeout=600) for f in futures]
-        makespan, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    assert all(r.status == "succeeded" for r in results), [r.errors for r in results][:3]
-    latencies = [done[j] - submitted[j] for j in submitted]
+    makespan, latencies, cpu = run_jobs(base_url, jobs, k, tag)
     return Run(makespan, latencies, cpu, 4 * jobs)
 
 

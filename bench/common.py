@@ -1,4 +1,5 @@
-"""What the benchmarks share: the simulator in a child process, and a job for it.
+"""What the benchmarks share: the simulator in a child process, a job for it, jobs run through
+one ``briefd.Pipeline`` and timed, a throwaway PostgreSQL, and a profiler of every thread.
 
 The simulator runs in its own process so that its CPU time is not counted as
 the client's (the benchmarks compare client CPU per call against a reference).
@@ -13,10 +14,17 @@ import cProfile
 import pstats
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+
+import briefd
+from briefd.messages import Event, JobCompleted
+
+ROOT = Path(__file__).resolve().parent.parent
 
 STAGES = ("BRIEFING_MD", "PLAYS_MD", "PROCUREMENT_JSON", "ANNEX_JSON")
 
@@ -44,6 +52,65 @@ def start_sim(scale: float, *extra: str) -> tuple[subprocess.Popen[str], str]:
         child.kill()
         raise SystemExit(f"the simulator did not start: {line!r}")
     return child, line.rsplit(" ", 1)[1].strip()
+
+
+def run_jobs(
+    base_url: str, jobs: int, k: int, tag: str, gap_s: float = 0.0, **settings: Any
+) -> tuple[float, list[float], float]:
+    """(makespan s, job latencies s, client CPU s) of ``jobs`` jobs through one
+    ``briefd.Pipeline`` with K tokens (``settings``: more of its settings), submitted
+    ``gap_s`` apart (0: all at once); fails unless every job succeeded."""
+    done: dict[str, float] = {}
+    lock = threading.Lock()
+
+    def observe(event: Event) -> None:
+        if isinstance(event, JobCompleted):
+            with lock:
+                done[event.job_id] = time.perf_counter()
+
+    config = briefd.Settings(base_url=base_url, max_concurrent=k, **settings)
+    with briefd.Pipeline(config) as pipeline:
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        submitted: dict[str, float] = {}
+        futures = []
+        for i in range(jobs):
+            job_id = f"{tag}-{i}"
+            submitted[job_id] = time.perf_counter()
+            futures.append(pipeline.submit(job(job_id), observers=[observe]))
+            if gap_s:
+                time.sleep(gap_s)  # open-loop arrivals (a benchmark's load, not a test's wait)
+        results = [f.get(timeout=600) for f in futures]
+        makespan, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    assert all(r.status == "succeeded" for r in results), [r.errors for r in results][:3]
+    return makespan, [done[j] - submitted[j] for j in submitted], cpu
+
+
+@contextlib.contextmanager
+def throwaway_postgres() -> Iterator[Any]:
+    """A PostgreSQL server of its own (``tests/pg.py``: Debian's binaries) in a temporary
+    folder, stopped after; ``.admin(sql)`` and ``.url(database)`` reach it."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from pg import PgServer, server_bindir, server_user
+
+    server = PgServer(
+        server_bindir(), Path(tempfile.mkdtemp(prefix="briefd-pg-", dir="/tmp")), server_user()
+    )
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def database_url(url: str | None, name: str = "bench") -> Iterator[str]:
+    """``url`` as given, or (None) database ``name`` on a throwaway server stopped after."""
+    if url is not None:
+        yield url
+        return
+    with throwaway_postgres() as server:
+        server.admin(f'CREATE DATABASE "{name}"')
+        yield server.url(name)
 
 
 @contextlib.contextmanager

@@ -10,6 +10,10 @@ from typing import Any
 
 import pykka
 
+from briefd.actors import CoordinatorActor
+from briefd.config import Settings, load_pipeline
+from briefd.messages import JobResult, JobSpec, RequestToken
+
 
 class Inbox(pykka.ThreadingActor):
     """A stand-in requester (a stage, a coordinator) that forwards what it is told to a queue."""
@@ -32,3 +36,34 @@ def eventually(check: Callable[[], bool], timeout: float = 5.0) -> bool:
             return False
         tick.wait(0.01)
     return True
+
+
+class _Recorder:
+    """A limiter that grants nothing: it only keeps the RequestTokens it is told."""
+
+    def __init__(self, requests: queue.Queue[RequestToken]) -> None:
+        self.requests = requests
+
+    def tell(self, message: Any) -> None:
+        if isinstance(message, RequestToken):
+            self.requests.put(message)
+
+
+def coordinate(
+    job: JobSpec, settings: Settings, admitted_at: float | None = None
+) -> tuple[queue.Queue[JobResult], queue.Queue[RequestToken]]:
+    """A coordinator of ``job`` whose limiter only records: its result (once it ends) and the
+    requests for tokens it made. No call is granted, so only stages that end without one
+    (a deadline passed) finish; the autouse fixture stops the actor."""
+    requests: queue.Queue[RequestToken] = queue.Queue()
+    done: queue.Queue[JobResult] = queue.Queue()
+    CoordinatorActor.start(
+        job=job,
+        pipeline=load_pipeline(),
+        settings=settings,
+        base_url=settings.base_url or "",
+        limiter=_Recorder(requests),
+        on_done=done.put,
+        admitted_at=admitted_at,
+    )
+    return done, requests

@@ -4,6 +4,7 @@ a sample job, captured logs, and a clean actor registry after every test."""
 from __future__ import annotations
 
 import os
+import queue
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 
 import pykka
 import pytest
+from actor_helpers import Inbox
 from daemon_helpers import Daemon
 from loguru import logger
 from pg import pg_server, pg_url  # noqa: F401  (fixtures: the throwaway PostgreSQL)
@@ -28,6 +30,15 @@ def _stop_all_actors() -> Iterator[None]:
     """No actor outlives its test (pykka has no supervision to do this for us)."""
     yield
     pykka.ActorRegistry.stop_all(block=True, timeout=10)
+
+
+@pytest.fixture
+def inbox() -> Iterator[tuple[Any, queue.Queue[Any]]]:
+    """A stand-in requester (:class:`actor_helpers.Inbox`) and the queue of what it is told."""
+    got: queue.Queue[Any] = queue.Queue()
+    ref = Inbox.start(got)
+    yield ref, got
+    ref.stop()
 
 
 @pytest.fixture

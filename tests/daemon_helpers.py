@@ -137,6 +137,20 @@ class Daemon:
 
         assert wait_for(ready, ready_s), f"daemon not ready in {ready_s}s:\n{self.log()}"
 
+    def cli(self, *args: str) -> str:
+        """``briefd ARGS`` (``tenant add``, ``key create``...) with this daemon's environment
+        and folder, so it finds the same database; its stdout, failing with stderr if not 0."""
+        done = subprocess.run(
+            [sys.executable, "-m", "briefd", *args],
+            env=self.env,
+            cwd=self.tmp,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
     @property
     def token(self) -> str:
         return (self.data_dir / "token").read_text(encoding="utf-8").strip()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from briefd.messages import DaemonStarted, Event
+from briefd.messages import DaemonStarted, Event, JobMetrics, JobResult, JobStatus, Progress
 from briefd.ops.eventlog import Record, dumps_line, event_payload, level_for, line_of, parse_line
 
 
@@ -44,4 +44,26 @@ def daemon_started(
         max_queued_jobs=10,
         max_concurrent=max_concurrent,
         daemon_id=daemon_id,
+    )
+
+
+def succeeded_result(job_id: str, documents: dict[str, object]) -> JobResult:
+    """A finished job's result holding ``documents`` (what a ``JobCompleted`` carries)."""
+    metrics = JobMetrics(
+        stages_ms={},
+        parallel_group_ms=0,
+        sequential_group_ms=0,
+        total_ms=5,
+        speedup_ratio=1.0,
+        usage={},
+        attempts={},
+    )
+    return JobResult(
+        job_id=job_id,
+        status=JobStatus.SUCCEEDED,
+        documents=documents,
+        errors=[],
+        fallbacks=[],
+        progress=Progress(stages={}, percent=100.0),
+        metrics=metrics,
     )

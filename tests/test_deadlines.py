@@ -7,16 +7,15 @@ asserts how fast anything was.
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from actor_helpers import coordinate
 
 import briefd
-from briefd.actors import CoordinatorActor
 from briefd.actors.drain import drainable_stage_actor
 from briefd.actors.stage import StageActor
 from briefd.api import Pipeline
@@ -27,7 +26,6 @@ from briefd.messages import (
     Event,
     JobResult,
     JobSpec,
-    RequestToken,
     StageFailed,
     StageRetrying,
     StageSucceeded,
@@ -193,28 +191,6 @@ def test_a_server_that_429s_forever_gives_up_after_the_setting(
     assert _errors(result)["BRIEFING_MD"].code is ErrorCode.RATE_LIMITED
 
 
-def _coordinate(job: JobSpec, settings: Settings, admitted_at: float) -> tuple[Any, Any]:
-    """A coordinator whose limiter only records requests; its result and the requests."""
-    requests: queue.Queue[RequestToken] = queue.Queue()
-    done: queue.Queue[JobResult] = queue.Queue()
-
-    class Recorder:
-        def tell(self, message: Any) -> None:
-            if isinstance(message, RequestToken):
-                requests.put(message)
-
-    CoordinatorActor.start(
-        job=job,
-        pipeline=load_pipeline(),
-        settings=settings,
-        base_url=settings.base_url or "",
-        limiter=Recorder(),
-        on_done=done.put,
-        admitted_at=admitted_at,
-    )
-    return done, requests
-
-
 def _job(job_id: str, **extra: Any) -> JobSpec:
     pipeline = load_pipeline()
     return JobSpec(
@@ -229,7 +205,7 @@ def test_a_resumed_job_keeps_its_deadline_from_its_submission() -> None:
     """Submitted an hour ago with BRIEFD_JOB_DEADLINE_S=60: resumed now, no stage asks for a
     token; each ends DEADLINE_EXCEEDED saying how long the job has run."""
     settings = Settings(base_url="http://127.0.0.1:9/v1", job_deadline_s=60)
-    done, requests = _coordinate(_job("old"), settings, time.time() - 3600)
+    done, requests = coordinate(_job("old"), settings, time.time() - 3600)
     result = done.get(timeout=10)
     assert requests.empty()
     errors = _errors(result)
@@ -243,7 +219,7 @@ def test_a_resumed_job_keeps_its_deadline_from_its_submission() -> None:
 def test_the_jobs_deadline_s_wins_over_the_setting() -> None:
     """deadline_s=7200 on a job submitted an hour ago: not passed, whatever the default says."""
     settings = Settings(base_url="http://127.0.0.1:9/v1", job_deadline_s=60)
-    _done, requests = _coordinate(_job("patient", deadline_s=7200), settings, time.time() - 3600)
+    _done, requests = coordinate(_job("patient", deadline_s=7200), settings, time.time() - 3600)
     roots = {requests.get(timeout=10).stage for _ in ROOTS}
     assert roots == set(ROOTS)
 

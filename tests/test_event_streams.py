@@ -7,6 +7,7 @@ the same job gets every event in order; stream tokens expire and are scoped to o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -29,12 +30,11 @@ TOKEN = "test-token"
 STAGES = ("BRIEFING_MD", "PLAYS_MD", "PROCUREMENT_JSON", "ANNEX_JSON")
 
 
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[Journal, EventStreams, str]]:
+@contextlib.contextmanager
+def _serving(tmp_path: Path, **streams_kw: Any) -> Iterator[tuple[Journal, EventStreams, str]]:
+    """A journal, its event streams (``streams_kw``: their bounds) and the API serving them."""
     journal = Journal(tmp_path / "j.sqlite3", load_pipeline(None))
-    streams = EventStreams(
-        journal.event_log, journal.get, StreamTokens(TOKEN), buffer=16, send_timeout_s=1.0
-    )
+    streams = EventStreams(journal.event_log, journal.get, StreamTokens(TOKEN), **streams_kw)
     server = ApiServer(
         cast(Any, None),
         bind_loopback("127.0.0.1:0"),
@@ -48,6 +48,12 @@ def served(tmp_path: Path) -> Iterator[tuple[Journal, EventStreams, str]]:
     finally:
         server.stop()
         journal.close()
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[Journal, EventStreams, str]]:
+    with _serving(tmp_path, buffer=16, send_timeout_s=1.0) as parts:
+        yield parts
 
 
 def _job(job_id: str) -> JobSpec:
@@ -121,20 +127,10 @@ def test_a_slow_client_is_dropped_and_the_others_get_everything(
 def test_a_quiet_stream_sends_heartbeat_comments(tmp_path: Path) -> None:
     """A stream with nothing to say sends a comment line every ``heartbeat_s`` (proxies keep
     it open; clients ignore it), and the events that come later still arrive."""
-    journal = Journal(tmp_path / "j.sqlite3", load_pipeline(None))
-    streams = EventStreams(journal.event_log, journal.get, StreamTokens(TOKEN), heartbeat_s=0.2)
-    server = ApiServer(
-        cast(Any, None),
-        bind_loopback("127.0.0.1:0"),
-        token=TOKEN,
-        max_body=1 << 20,
-        streams=streams,
-    )
-    server.start()
-    try:
+    with _serving(tmp_path, heartbeat_s=0.2) as (journal, _, url):
         journal.add_job(_job("hb-1"))
         with HTTP.get(
-            f"{server.url}/v1/jobs/hb-1/events",
+            f"{url}/v1/jobs/hb-1/events",
             headers={"Authorization": f"Bearer {TOKEN}"},
             stream=True,
             timeout=(5, 10),
@@ -145,9 +141,6 @@ def test_a_quiet_stream_sends_heartbeat_comments(tmp_path: Path) -> None:
             journal.close_job("hb-1", JobState.CANCELLED, ErrorCode.CANCELLED, "done")
             rest = b"".join(chunks)  # the stream ends after JobCompleted
         assert b"event: JobCompleted" in rest
-    finally:
-        server.stop()
-        journal.close()
 
 
 def test_a_stream_token_is_scoped_to_its_job_and_expires() -> None:

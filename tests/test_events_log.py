@@ -13,17 +13,14 @@ from pathlib import Path
 
 import pykka
 import pytest
+from log_helpers import succeeded_result
 from loguru import logger
 
 from briefd.config import Settings
 from briefd.messages import (
     ErrorCode,
     JobCompleted,
-    JobMetrics,
-    JobResult,
-    JobStatus,
     PipelineError,
-    Progress,
     StageFailed,
     StageStarted,
     StageSucceeded,
@@ -78,29 +75,6 @@ def failed(message: str, stage: str = "PLAYS_MD") -> StageFailed:
     return StageFailed(job_id="job-1", stage=stage, error=error)
 
 
-def result_with(documents: dict[str, object]) -> JobResult:
-    """A finished job's result holding ``documents``."""
-    metrics = JobMetrics(
-        stages_ms={},
-        parallel_group_ms=0,
-        sequential_group_ms=0,
-        total_ms=5,
-        speedup_ratio=1.0,
-        usage={},
-        attempts={},
-    )
-    progress = Progress(stages={}, percent=100.0)
-    return JobResult(
-        job_id="job-1",
-        status=JobStatus.SUCCEEDED,
-        documents=documents,
-        errors=[],
-        fallbacks=[],
-        progress=progress,
-        metrics=metrics,
-    )
-
-
 def test_line_has_the_v1_envelope_and_the_models_fields(
     tmp_path: Path, restore_logging: None
 ) -> None:
@@ -131,7 +105,10 @@ def test_documents_are_logged_as_digests(tmp_path: Path, restore_logging: None) 
         StageSucceeded(job_id="job-1", stage="BRIEFING_MD", document=text, elapsed_ms=3, attempts=1)
     )
     publish(
-        JobCompleted(job_id="job-1", result=result_with({"BRIEFING_MD": text, "X": doc, "Y": None}))
+        JobCompleted(
+            job_id="job-1",
+            result=succeeded_result("job-1", {"BRIEFING_MD": text, "X": doc, "Y": None}),
+        )
     )
     out = buffer.getvalue()
     assert "Confidential" not in out and "total_value" not in out

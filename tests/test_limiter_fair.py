@@ -3,24 +3,12 @@ behind another tenant's backlog, shares follow the weights in tokens, settled at
 
 from __future__ import annotations
 
-import queue
 import time
 from collections import Counter
 from typing import Any
 
-import pytest
-from actor_helpers import Inbox
-
 from briefd.actors import RateLimiterActor
 from briefd.messages import ReleaseToken, RequestToken, TokenGranted
-
-
-@pytest.fixture
-def inbox() -> Any:
-    got: queue.Queue[Any] = queue.Queue()
-    ref = Inbox.start(got)
-    yield ref, got
-    ref.stop()
 
 
 def _req(urn: str, tenant: str, i: int, *, admitted: float, **kw: Any) -> RequestToken:

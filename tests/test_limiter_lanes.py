@@ -3,12 +3,10 @@ holds only that endpoint's calls; the global K holds them all; lanes survive a r
 
 from __future__ import annotations
 
-import queue
 import time
 from typing import Any
 
-import pytest
-from actor_helpers import Inbox, eventually
+from actor_helpers import eventually
 
 from briefd.actors import RateLimiterActor
 from briefd.actors.limiter_supervisor import LimiterSupervisor
@@ -21,14 +19,6 @@ from briefd.messages import (
     TokenGranted,
 )
 from briefd.messages.token import RateLimits
-
-
-@pytest.fixture
-def inbox() -> Any:
-    got: queue.Queue[Any] = queue.Queue()
-    ref = Inbox.start(got)
-    yield ref, got
-    ref.stop()
 
 
 def _req(urn: str, job: str, endpoint: str, age: float = 0.0) -> RequestToken:

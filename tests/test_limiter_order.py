@@ -8,7 +8,6 @@ import time
 from typing import Any
 
 import pytest
-from actor_helpers import Inbox
 
 from briefd.actors import RateLimiterActor
 from briefd.actors.limiter_supervisor import LimiterSupervisor
@@ -17,14 +16,6 @@ from briefd.messages import ReleaseToken, RequestToken, TokenGranted
 from briefd.messages.token import RateLimits
 
 DAG = {"A": ["C"], "B": ["C"], "C": ["D"], "D": []}  # the seed's shape: A, B -> C -> D
-
-
-@pytest.fixture
-def inbox() -> Any:
-    got: queue.Queue[Any] = queue.Queue()
-    ref = Inbox.start(got)
-    yield ref, got
-    ref.stop()
 
 
 def _sub(stage: str) -> dict[str, list[str]]:

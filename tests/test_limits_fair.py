@@ -27,6 +27,20 @@ def _waiting(tenant: str, seq: int, *, weight: float = 1.0, est: int = 100, age:
     return Waiting(seq, req, 0.0)
 
 
+def _grant(
+    share: FairShare, queues: dict[str, list[Waiting]], window: int = 3
+) -> tuple[RequestToken, float]:
+    """One grant of the fair pick among the first ``window`` waiting of each tenant's queue,
+    charged its cost (not yet settled): its request and what it was charged."""
+    waiting = [w for q in queues.values() for w in q[:window]]
+    w = waiting[pick_fair(waiting, NOW, Latencies(), share)]
+    req = w.request
+    queues[req.tenant].remove(w)
+    charged = share.cost(req.est_tokens)
+    share.charge(req.tenant, req.weight, charged, NOW)
+    return req, charged
+
+
 def _serve(
     share: FairShare,
     queues: dict[str, list[Waiting]],
@@ -37,13 +51,7 @@ def _serve(
     ``used`` tokens, else its estimate); the tokens each tenant was served."""
     served: Counter[str] = Counter()
     for _ in range(grants):
-        waiting = [w for q in queues.values() for w in q[:3]]
-        i = pick_fair(waiting, NOW, Latencies(), share)
-        w = waiting[i]
-        req = w.request
-        queues[req.tenant].remove(w)
-        charged = share.cost(req.est_tokens)
-        share.charge(req.tenant, req.weight, charged, NOW)
+        req, charged = _grant(share, queues)
         spent = (used or {}).get(req.tenant, req.est_tokens)
         share.settle(req.tenant, req.weight, charged, spent, NOW, est_tokens=req.est_tokens)
         served[req.tenant] += spent
@@ -76,11 +84,7 @@ def test_shares_are_in_tokens_not_in_requests() -> None:
     share = FairShare()
     calls: Counter[str] = Counter()
     for _ in range(440):
-        waiting = [w for q in queues.values() for w in q[:2]]
-        req = waiting[pick_fair(waiting, NOW, Latencies(), share)].request
-        queues[req.tenant].pop(0)
-        share.charge(req.tenant, req.weight, share.cost(req.est_tokens), NOW)
-        calls[req.tenant] += 1
+        calls[_grant(share, queues, window=2)[0].tenant] += 1
     assert 9 <= calls["small"] / calls["big"] <= 11, calls
 
 
@@ -107,11 +111,7 @@ def test_a_returning_idle_tenant_gets_no_burst() -> None:
     queues["c"] = _backlog("c", 3000)
     first: Counter[str] = Counter()
     for _ in range(30):
-        waiting = [w for q in queues.values() for w in q[:3]]
-        req = waiting[pick_fair(waiting, NOW, Latencies(), share)].request
-        queues[req.tenant].pop(0)
-        share.charge(req.tenant, req.weight, share.cost(req.est_tokens), NOW)
-        first[req.tenant] += 1
+        first[_grant(share, queues)[0].tenant] += 1
     assert first["c"] <= 11, first  # a burst would be all 30
     assert first["c"] >= 9, first  # and it is not held back either
 

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_helpers import HTTP, Daemon, journal_rows, make_job, wait_for
-from webhook_receiver import Receiver, free_port, new_secret
+from daemon_helpers import HTTP, Daemon, free_port, journal_rows, make_job, wait_for
+from webhook_receiver import Receiver, new_secret
 
 from briefd.messages import JobStatus
 from briefd.sim.server import SimServer

@@ -11,24 +11,18 @@ from __future__ import annotations
 import base64
 import json
 import os
-import socket
 import threading
 import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from daemon_helpers import free_port
 from standardwebhooks import Webhook
 
 
 def new_secret() -> str:
     return "whsec_" + base64.b64encode(os.urandom(32)).decode()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass(frozen=True)

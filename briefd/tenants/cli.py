@@ -15,6 +15,7 @@ import datetime as dt
 import math
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,19 @@ def _config(p: argparse.ArgumentParser) -> None:
 def _store(args: argparse.Namespace) -> TenantStore:
     env = os.environ.get("BRIEFD_CONFIG")
     return TenantStore(Settings.load(args.config or (Path(env) if env else None)))
+
+
+def _with_store(args: argparse.Namespace, work: Callable[[TenantStore], int]) -> int:
+    """``work`` on the store of ``args``, closed after; a database out of reach is one line
+    on stderr and exit 1 (not a traceback)."""
+    store = _store(args)
+    try:
+        return work(store)
+    except StoreUnavailable as err:
+        print(f"briefd: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        store.close()
 
 
 def _number(name: str, kind: type[float] | type[int], *, zero: bool) -> Any:
@@ -82,25 +96,21 @@ def tenant_main(argv: list[str]) -> int:
         raise ConfigError(
             f"tenant {args.name!r}: lower-case letters, digits, '_' and '-', 1 to 32 characters"
         )
-    store = _store(args)
-    try:
-        if args.action == "add":
-            new = store.put_tenant(
-                Tenant(args.name, args.weight, args.daily_budget_usd, args.max_queued)
-            )
-            print(f"tenant {args.name} {'added' if new else 'updated'}")
-            return EXIT_OK
-        print(f"{'TENANT':<24} {'WEIGHT':>7} {'BUDGET/DAY':>11} {'MAX QUEUED':>10}")
-        for t in store.tenants().values():
-            budget = f"${t.daily_budget_usd:g}" if t.daily_budget_usd is not None else "-"
-            queued = str(t.max_queued) if t.max_queued is not None else "-"
-            print(f"{t.name:<24} {t.weight:>7g} {budget:>11} {queued:>10}")
+    return _with_store(args, lambda store: _tenant(args, store))
+
+
+def _tenant(args: argparse.Namespace, store: TenantStore) -> int:
+    if args.action == "add":
+        tenant = Tenant(args.name, args.weight, args.daily_budget_usd, args.max_queued)
+        new = store.put_tenant(tenant)
+        print(f"tenant {args.name} {'added' if new else 'updated'}")
         return EXIT_OK
-    except StoreUnavailable as err:
-        print(f"briefd: {err}", file=sys.stderr)
-        return EXIT_FAILED
-    finally:
-        store.close()
+    print(f"{'TENANT':<24} {'WEIGHT':>7} {'BUDGET/DAY':>11} {'MAX QUEUED':>10}")
+    for t in store.tenants().values():
+        budget = f"${t.daily_budget_usd:g}" if t.daily_budget_usd is not None else "-"
+        queued = str(t.max_queued) if t.max_queued is not None else "-"
+        print(f"{t.name:<24} {t.weight:>7g} {budget:>11} {queued:>10}")
+    return EXIT_OK
 
 
 def key_main(argv: list[str]) -> int:
@@ -127,33 +137,30 @@ def key_main(argv: list[str]) -> int:
             scopes = parse_scopes(args.scopes)
         except ValueError as err:
             raise ConfigError(f"key create: {err}") from None
-    store = _store(args)
-    try:
-        if args.action == "create":
-            made = store.create_key(args.tenant, scopes)
-            print(made.token)
-            print(
-                f"key {made.key_id} for tenant {args.tenant} ({','.join(scopes)}): "
-                "shown once, keep it secret",
-                file=sys.stderr,
-            )
-            return EXIT_OK
-        if args.action == "revoke":
-            if not store.revoke_key(args.key_id):
-                raise ConfigError(f"key {args.key_id}: no such live key (briefd key list)")
-            print(f"key {args.key_id} revoked")
-            return EXIT_OK
-        print(f"{'KEY':<13} {'TENANT':<24} {'SCOPES':<26} {'CREATED':<20} REVOKED")
-        for k in store.list_keys():
-            revoked = _when(k.revoked_at) if k.revoked_at is not None else "-"
-            scopes_text, created = ",".join(k.scopes), _when(k.created_at)
-            print(f"{k.key_id:<13} {k.tenant:<24} {scopes_text:<26} {created:<20} {revoked}")
+    return _with_store(args, lambda store: _key(args, scopes, store))
+
+
+def _key(args: argparse.Namespace, scopes: tuple[str, ...], store: TenantStore) -> int:
+    if args.action == "create":
+        made = store.create_key(args.tenant, scopes)
+        print(made.token)
+        print(
+            f"key {made.key_id} for tenant {args.tenant} ({','.join(scopes)}): "
+            "shown once, keep it secret",
+            file=sys.stderr,
+        )
         return EXIT_OK
-    except StoreUnavailable as err:
-        print(f"briefd: {err}", file=sys.stderr)
-        return EXIT_FAILED
-    finally:
-        store.close()
+    if args.action == "revoke":
+        if not store.revoke_key(args.key_id):
+            raise ConfigError(f"key {args.key_id}: no such live key (briefd key list)")
+        print(f"key {args.key_id} revoked")
+        return EXIT_OK
+    print(f"{'KEY':<13} {'TENANT':<24} {'SCOPES':<26} {'CREATED':<20} REVOKED")
+    for k in store.list_keys():
+        revoked = _when(k.revoked_at) if k.revoked_at is not None else "-"
+        scopes_text, created = ",".join(k.scopes), _when(k.created_at)
+        print(f"{k.key_id:<13} {k.tenant:<24} {scopes_text:<26} {created:<20} {revoked}")
+    return EXIT_OK
 
 
 def _when(t: float) -> str:

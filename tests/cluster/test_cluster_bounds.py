@@ -20,11 +20,9 @@ from briefd.cluster.tokens import ClusterTokens
 from briefd.messages.token import RequestToken
 from briefd.store.pg_setup import client_bounds, session_bounds
 
-from .conftest import until
+from .conftest import Factory, until
 from .test_cluster_limiter import MakeLimiter, Requester
 from .test_cluster_limiter import make_limiter as make_limiter  # the fixture
-from .test_cluster_tokens import Factory
-from .test_cluster_tokens import make_tokens as make_tokens  # the fixture
 
 LEASE_S = 3.0
 BOUND_S = LEASE_S / 2

@@ -27,11 +27,8 @@ from briefd.limits.lanes import EndpointLimits
 from briefd.messages import ReleaseToken, ReportRateLimit, RequestToken
 from briefd.store.pg_setup import MIGRATIONS, SCHEMA_VERSION, contended, ensure_schema
 
-from .conftest import until
+from .conftest import Factory, until
 from .test_cluster_limiter import Requester
-from .test_cluster_tokens import make_tokens as make_tokens  # the fixture
-
-Factory = Callable[..., ClusterTokens]
 
 
 def ask(tokens: ClusterTokens, name: str, endpoint: str) -> int:

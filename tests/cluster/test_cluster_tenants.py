@@ -9,15 +9,14 @@ of its jobs claimed by either daemon while another tenant's run.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_helpers import HTTP, Daemon, make_job, wait_for
+from daemon_helpers import Daemon, make_job, wait_for
+from tenants.helpers import call, new_key
 
 from briefd.sim.server import SimProfile, SimServer
 
@@ -28,25 +27,6 @@ REVOKED_WITHIN_S = 5.0
 def sim() -> Iterator[SimServer]:
     with SimServer(SimProfile(scale=0.01)) as server:
         yield server
-
-
-def _cli(d: Daemon, *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "briefd", *args],
-        env=d.env,
-        cwd=d.tmp,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
-
-
-def _call(d: Daemon, key: str, method: str, path: str, body: Any = None) -> Any:
-    return HTTP.request(
-        method, f"{d.url}{path}", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=10
-    )
 
 
 def test_keys_and_tenants_are_the_clusters(sim: SimServer, pg_url: str, tmp_path: Path) -> None:
@@ -60,46 +40,46 @@ def test_keys_and_tenants_are_the_clusters(sim: SimServer, pg_url: str, tmp_path
         for d in daemons:
             d.start()
         first, second = daemons
-        _cli(first, "tenant", "add", "acme")
-        _cli(second, "tenant", "add", "beta")  # either daemon's configuration: one database
-        _cli(first, "tenant", "add", "poor", "--daily-budget-usd", "0")
-        a = _cli(second, "key", "create", "acme", "--scopes", "submit,read")
-        b = _cli(first, "key", "create", "beta", "--scopes", "submit,read")
-        poor = _cli(first, "key", "create", "poor", "--scopes", "submit,read")
+        first.cli("tenant", "add", "acme")
+        second.cli("tenant", "add", "beta")  # either daemon's configuration: one database
+        first.cli("tenant", "add", "poor", "--daily-budget-usd", "0")
+        a = new_key(second, "acme", "submit,read")
+        b = new_key(first, "beta", "submit,read")
+        poor = new_key(first, "poor", "submit,read")
 
         def held_everywhere() -> bool:
             return all(
                 'briefd_tenant_budget_held{tenant="poor"} 1.0'
-                in _call(d, d.token, "GET", "/metrics").text
+                in call(d, d.token, "GET", "/metrics").text
                 for d in daemons
             )
 
         assert wait_for(held_everywhere, 15), "each daemon reads the tenants every few seconds"
-        assert _call(second, poor, "POST", "/v1/jobs", make_job("held")).status_code == 202
+        assert call(second, poor, "POST", "/v1/jobs", make_job("held")).status_code == 202
         for key, d in ((a, first), (b, second)):
-            assert _call(d, key, "POST", "/v1/jobs", make_job("same")).status_code == 202
+            assert call(d, key, "POST", "/v1/jobs", make_job("same")).status_code == 202
         for key, d in ((a, second), (b, first)):  # each read on the other daemon
 
             def done(key: str = key, d: Daemon = d) -> Any:
-                r = _call(d, key, "GET", "/v1/jobs/same/result?wait=5")
+                r = call(d, key, "GET", "/v1/jobs/same/result?wait=5")
                 return r.json() if r.status_code == 200 else None
 
             result = wait_for(done, 60)
             assert result and result["status"] == "succeeded", first.log() + second.log()
         for d in daemons:
-            assert _call(d, poor, "GET", "/v1/jobs/held").json()["status"] == "queued"
-            assert _call(d, a, "GET", "/v1/jobs/held").status_code == 404
+            assert call(d, poor, "GET", "/v1/jobs/held").json()["status"] == "queued"
+            assert call(d, a, "GET", "/v1/jobs/held").status_code == 404
 
         key_id = a.split("_")[1]
-        _cli(second, "key", "revoke", key_id)
+        second.cli("key", "revoke", key_id)
         revoked_at = time.monotonic()
 
         def refused_everywhere() -> bool:
-            return all(_call(d, a, "GET", "/v1/jobs").status_code == 401 for d in daemons)
+            return all(call(d, a, "GET", "/v1/jobs").status_code == 401 for d in daemons)
 
         assert wait_for(refused_everywhere, REVOKED_WITHIN_S, 0.1), "refused within 5 s"
         assert time.monotonic() - revoked_at <= REVOKED_WITHIN_S
-        assert _call(first, b, "GET", "/v1/jobs").status_code == 200, "other keys still work"
+        assert call(first, b, "GET", "/v1/jobs").status_code == 200, "other keys still work"
     finally:
         for d in daemons:
             d.stop()

@@ -5,35 +5,15 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
-import pytest
 
 from briefd.cluster.records import Grant
 from briefd.cluster.tokens import ClusterTokens
 from briefd.messages.token import RateLimits, RequestToken
 
-from .conftest import until
-
-Factory = Callable[..., ClusterTokens]
-
-
-@pytest.fixture
-def make_tokens(pg_url: str) -> Iterator[Factory]:
-    """``make_tokens(daemon_id, **kw)``: one daemon's ClusterTokens, registered; closed after."""
-    made: list[ClusterTokens] = []
-
-    def make(daemon_id: str, **kw: Any) -> ClusterTokens:
-        tokens = ClusterTokens(pg_url, daemon_id, timeout_s=5.0, **kw)
-        tokens.register()
-        made.append(tokens)
-        return tokens
-
-    yield make
-    for tokens in made:
-        tokens.close()
+from .conftest import Factory, until
 
 
 def request(name: str, *, age_s: float = 0.0, est: int = 0) -> RequestToken:

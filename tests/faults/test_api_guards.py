@@ -10,64 +10,17 @@ from __future__ import annotations
 
 import select
 import socket
-import threading
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 import requests
 
-from briefd.actors.admission import Admission
 from briefd.daemon.http_api import ApiServer, bind_loopback
-from briefd.messages import JobInfo, JobResult, JobSpec, JobState
+from faults.api_stub import TOKEN, StubBackend, auth
 
-TOKEN = "test-token-0123456789"
 READ_TIMEOUT_S = 0.5
 KEEP_ALIVE_S = 0.4
-
-
-class StubBackend:
-    """What the API needs of a daemon: nothing runs, every job list is empty."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self.delay_s = 0.0
-
-    def validate(self, data: Any) -> JobSpec:
-        raise NotImplementedError
-
-    def submit(self, job: JobSpec) -> Admission:
-        raise NotImplementedError
-
-    def cancel(self, job_id: str) -> JobState | None:
-        return None
-
-    def info(self, job_id: str) -> JobInfo | None:
-        return None
-
-    def result(self, job_id: str) -> JobResult | None:
-        return None
-
-    def list_jobs(self, status: JobState | None, limit: int) -> list[JobInfo]:
-        self.calls += 1
-        if self.delay_s:  # a slow journal: the request is being served, not read
-            threading.Event().wait(self.delay_s)
-        return []
-
-    def metrics_body(self) -> bytes:
-        return b""
-
-    def healthy(self) -> bool:
-        return True
-
-    def health(self) -> tuple[str, str]:
-        return ("ok", "")
-
-
-@pytest.fixture
-def backend() -> StubBackend:
-    return StubBackend()
 
 
 @pytest.fixture
@@ -86,19 +39,8 @@ def api(backend: StubBackend) -> Iterator[ApiServer]:
     server.stop()
 
 
-@pytest.fixture
-def http() -> Iterator[requests.Session]:
-    with requests.Session() as session:
-        session.trust_env = False  # loopback only, never through a proxy
-        yield session
-
-
 def _port(api: ApiServer) -> int:
     return int(api.url.rsplit(":", 1)[1])
-
-
-def _auth() -> dict[str, str]:
-    return {"Authorization": f"Bearer {TOKEN}"}
 
 
 def _assert_error(resp: requests.Response, status: int, code: str, field: str) -> None:
@@ -118,7 +60,7 @@ def test_the_listen_address_and_localhost_are_accepted(
     """The names of the socket, with its port, in any case: the API answers as usual."""
     port = _port(api)
     for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"LocalHost:{port}"):
-        resp = http.get(f"{api.url}/v1/jobs", headers={**_auth(), "Host": host}, timeout=5)
+        resp = http.get(f"{api.url}/v1/jobs", headers={**auth(), "Host": host}, timeout=5)
         assert resp.status_code == 200, (host, resp.text)
         assert resp.json() == {"jobs": []}
 
@@ -140,13 +82,13 @@ def test_a_foreign_host_is_refused_before_auth_and_before_the_body(
         f"127.0.0.1.evil.example:{port}",
     ]
     for host in hosts:
-        for headers in ({}, _auth(), {"Authorization": "Bearer wrong"}):
+        for headers in ({}, auth(), {"Authorization": "Bearer wrong"}):
             resp = http.get(f"{api.url}/v1/jobs", headers={**headers, "Host": host}, timeout=5)
             _assert_error(resp, 421, "misdirected", "Host")
     big = http.post(
         f"{api.url}/v1/jobs",
         data=b"x" * 10_000,
-        headers={**_auth(), "Host": "evil.example"},
+        headers={**auth(), "Host": "evil.example"},
         timeout=5,
     )
     _assert_error(big, 421, "misdirected", "Host")
@@ -177,7 +119,7 @@ def test_any_origin_is_refused(
             resp = http.request(
                 method,
                 f"{api.url}{path}",
-                headers={**_auth(), "Origin": origin},
+                headers={**auth(), "Origin": origin},
                 data=b"x" * 10_000 if method == "POST" else None,
                 timeout=5,
             )
@@ -254,7 +196,7 @@ def test_slowloris_connections_are_closed_and_a_normal_client_still_works(
                     closed_at[sock] = time.monotonic()
             if not normal_s and time.monotonic() - opened > READ_TIMEOUT_S / 2:
                 t0 = time.monotonic()
-                resp = http.get(f"{api.url}/v1/jobs", headers=_auth(), timeout=5)
+                resp = http.get(f"{api.url}/v1/jobs", headers=auth(), timeout=5)
                 assert resp.status_code == 200
                 normal_s.append(time.monotonic() - t0)
     finally:

@@ -16,55 +16,13 @@ from typing import Any
 import pytest
 import requests
 
-from briefd.actors.admission import Admission
 from briefd.config import ConfigError, Settings
 from briefd.daemon.http_api import ApiServer, bind_loopback
 from briefd.daemon.http_origin import FrontSettings, parse_hosts, parse_origins
 from briefd.daemon.http_ui import PAGE, csp_of
-from briefd.messages import JobInfo, JobResult, JobSpec, JobState
+from faults.api_stub import TOKEN, StubBackend, auth
 
-TOKEN = "test-token-0123456789"
 APP = "https://app.example.com"
-
-
-class StubBackend:
-    """Nothing runs; every job list is empty; ``calls`` counts the requests that got in."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def validate(self, data: Any) -> JobSpec:
-        raise NotImplementedError
-
-    def submit(self, job: JobSpec) -> Admission:
-        raise NotImplementedError
-
-    def cancel(self, job_id: str) -> JobState | None:
-        return None
-
-    def info(self, job_id: str) -> JobInfo | None:
-        return None
-
-    def result(self, job_id: str) -> JobResult | None:
-        return None
-
-    def list_jobs(self, status: JobState | None, limit: int) -> list[JobInfo]:
-        self.calls += 1
-        return []
-
-    def metrics_body(self) -> bytes:
-        return b""
-
-    def healthy(self) -> bool:
-        return True
-
-    def health(self) -> tuple[str, str]:
-        return ("ok", "")
-
-
-@pytest.fixture
-def backend() -> StubBackend:
-    return StubBackend()
 
 
 @pytest.fixture
@@ -84,17 +42,6 @@ def serve(backend: StubBackend) -> Iterator[Callable[..., ApiServer]]:
     yield start
     for server in servers:
         server.stop()
-
-
-@pytest.fixture
-def http() -> Iterator[requests.Session]:
-    with requests.Session() as session:
-        session.trust_env = False  # loopback only, never through a proxy
-        yield session
-
-
-def _auth() -> dict[str, str]:
-    return {"Authorization": f"Bearer {TOKEN}"}
 
 
 def _refused(resp: requests.Response, status: int, code: str, field: str) -> None:
@@ -142,7 +89,7 @@ def test_a_listed_origin_gets_cors_headers_on_the_actual_request(
     """With the token: 200 and ACAO for that origin (Vary: Origin); without: 401, still
     with ACAO so that the page can read why."""
     api = serve(allowed_origins=APP)
-    resp = http.get(f"{api.url}/v1/jobs", headers={**_auth(), "Origin": APP}, timeout=5)
+    resp = http.get(f"{api.url}/v1/jobs", headers={**auth(), "Origin": APP}, timeout=5)
     assert resp.status_code == 200 and resp.json() == {"jobs": []}
     assert resp.headers["access-control-allow-origin"] == APP
     assert "origin" in resp.headers.get("vary", "").lower()
@@ -169,7 +116,7 @@ def test_other_origins_are_still_refused_preflight_included(
         "",
         f"http://127.0.0.1:{port}",  # the daemon's own: only with BRIEFD_UI
     ):
-        resp = http.get(f"{api.url}/v1/jobs", headers={**_auth(), "Origin": origin}, timeout=5)
+        resp = http.get(f"{api.url}/v1/jobs", headers={**auth(), "Origin": origin}, timeout=5)
         _refused(resp, 403, "origin_refused", "Origin")
         assert "BRIEFD_ALLOWED_ORIGINS" in resp.json()["error"]["message"]
         _refused(_preflight(http, api.url, origin), 403, "origin_refused", "Origin")
@@ -181,7 +128,7 @@ def test_requests_without_an_origin_work_as_before_when_origins_are_listed(
 ) -> None:
     """curl and briefd's client send no Origin: no CORS headers, the same answers."""
     api = serve(allowed_origins=APP)
-    resp = http.get(f"{api.url}/v1/jobs", headers=_auth(), timeout=5)
+    resp = http.get(f"{api.url}/v1/jobs", headers=auth(), timeout=5)
     assert resp.status_code == 200 and "access-control-allow-origin" not in resp.headers
     assert http.get(f"{api.url}/v1/jobs", timeout=5).status_code == 401
 
@@ -204,7 +151,7 @@ def test_allowed_hosts_are_added_to_the_socket_names_and_nothing_else(
         f"127.0.0.1:{port}",
         f"localhost:{port}",
     ):
-        resp = http.get(f"{api.url}/v1/jobs", headers={**_auth(), "Host": host}, timeout=5)
+        resp = http.get(f"{api.url}/v1/jobs", headers={**auth(), "Host": host}, timeout=5)
         assert resp.status_code == 200, (host, resp.text)
     calls = backend.calls
     for host in (
@@ -214,7 +161,7 @@ def test_allowed_hosts_are_added_to_the_socket_names_and_nothing_else(
         "briefd.example.com.evil.example",
         f"evil.example:{port}",
     ):
-        resp = http.get(f"{api.url}/v1/jobs", headers={**_auth(), "Host": host}, timeout=5)
+        resp = http.get(f"{api.url}/v1/jobs", headers={**auth(), "Host": host}, timeout=5)
         _refused(resp, 421, "misdirected", "Host")
         assert "BRIEFD_ALLOWED_HOSTS" in resp.json()["error"]["message"]
     assert backend.calls == calls
@@ -317,9 +264,9 @@ def test_with_the_page_on_the_daemons_own_origin_may_call_the_api(
     api = serve(ui=True)
     port = api.url.rsplit(":", 1)[1]
     for origin in (f"http://127.0.0.1:{port}", f"http://localhost:{port}"):
-        resp = http.get(f"{api.url}/v1/jobs", headers={**_auth(), "Origin": origin}, timeout=5)
+        resp = http.get(f"{api.url}/v1/jobs", headers={**auth(), "Origin": origin}, timeout=5)
         assert resp.status_code == 200, (origin, resp.text)
-    evil = http.get(f"{api.url}/v1/jobs", headers={**_auth(), "Origin": APP}, timeout=5)
+    evil = http.get(f"{api.url}/v1/jobs", headers={**auth(), "Origin": APP}, timeout=5)
     _refused(evil, 403, "origin_refused", "Origin")
 
 

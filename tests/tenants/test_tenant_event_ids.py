@@ -6,30 +6,11 @@ from __future__ import annotations
 
 import json
 
-from briefd.messages import JobCompleted, JobMetrics, JobResult, JobStatus, Progress, StageSucceeded
+from log_helpers import succeeded_result
+
+from briefd.messages import JobCompleted, JobResult, JobStatus, StageSucceeded
 from briefd.store.events import STREAMED
 from briefd.tenants.api import shown_event
-
-
-def result_of(job_id: str, documents: dict[str, object]) -> JobResult:
-    metrics = JobMetrics(
-        stages_ms={},
-        parallel_group_ms=0,
-        sequential_group_ms=0,
-        total_ms=5,
-        speedup_ratio=1.0,
-        usage={},
-        attempts={},
-    )
-    return JobResult(
-        job_id=job_id,
-        status=JobStatus.SUCCEEDED,
-        documents=documents,
-        errors=[],
-        fallbacks=[],
-        progress=Progress(stages={}, percent=100.0),
-        metrics=metrics,
-    )
 
 
 def test_every_streamed_event_starts_type_ts_job_id() -> None:
@@ -52,7 +33,9 @@ def test_a_tenants_own_job_shows_bare_and_a_document_is_untouched() -> None:
 
 
 def test_a_completed_jobs_result_shows_its_bare_id_too() -> None:
-    done = JobCompleted(job_id="beta.q3", result=result_of("beta.q3", {"S": {"job_id": "beta.q3"}}))
+    done = JobCompleted(
+        job_id="beta.q3", result=succeeded_result("beta.q3", {"S": {"job_id": "beta.q3"}})
+    )
     shown = json.loads(shown_event("beta", "beta.q3", done.model_dump_json()))
     assert shown["job_id"] == "q3" and shown["result"]["job_id"] == "q3"
     assert shown["result"]["documents"] == {"S": {"job_id": "beta.q3"}}

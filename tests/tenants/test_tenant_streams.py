@@ -10,8 +10,6 @@ tenant's job; webhooks and their listing follow the job, so its tenant.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,6 +21,7 @@ from webhook_receiver import Receiver, new_secret
 
 from briefd.sim.server import SimProfile, SimServer
 from briefd.tenants.keys import key_id_of
+from tenants.helpers import bearer, call, new_key
 
 READ_S = 30.0
 CAP = 2
@@ -53,35 +52,10 @@ def daemon(
         webhook_allow_private="true",
     )
     for name in ("acme", "beta"):
-        cli(d, "tenant", "add", name)
+        d.cli("tenant", "add", name)
     d.start()
     yield d
     d.stop()
-
-
-def cli(d: Daemon, *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "briefd", *args],
-        env=d.env,
-        cwd=d.tmp,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
-
-
-def new_key(d: Daemon, tenant: str, scopes: str = "submit,read,cancel") -> str:
-    return cli(d, "key", "create", tenant, "--scopes", scopes).strip()
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
-def call(d: Daemon, key: str, method: str, path: str, body: Any = None) -> requests.Response:
-    return HTTP.request(method, f"{d.url}{path}", json=body, headers=bearer(key), timeout=10)
 
 
 def submit(d: Daemon, key: str, job: dict[str, Any]) -> None:
@@ -302,7 +276,7 @@ def test_a_revoked_keys_stream_tokens_open_nothing(daemon: Daemon) -> None:
         assert resp.status_code == 200
     key_id = key_id_of(key)
     assert key_id is not None
-    cli(daemon, "key", "revoke", key_id)
+    daemon.cli("key", "revoke", key_id)
     refused = HTTP.get(daemon.url + grant["url"], timeout=10)
     assert refused.status_code == 401, refused.text
     assert "revoked" in refused.json()["error"]["message"] and grant["token"] not in refused.text

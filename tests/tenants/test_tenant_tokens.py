@@ -2,36 +2,16 @@
 
 from __future__ import annotations
 
-import queue
-from typing import Any
+from actor_helpers import coordinate
 
-from briefd.actors import CoordinatorActor
 from briefd.config import Settings, load_pipeline
-from briefd.messages import JobResult, JobSpec, RequestToken
+from briefd.messages import JobSpec, RequestToken
 from briefd.tenants.weights import set_weights, weight_of
 
 
 def _first_request(job: JobSpec) -> RequestToken:
-    requests: queue.Queue[RequestToken] = queue.Queue()
-    done: queue.Queue[JobResult] = queue.Queue()
-
-    class Recorder:
-        def tell(self, message: Any) -> None:
-            if isinstance(message, RequestToken):
-                requests.put(message)
-
-    settings = Settings(base_url="http://127.0.0.1:9/v1")
-    ref = CoordinatorActor.start(
-        job=job,
-        pipeline=load_pipeline(),
-        settings=settings,
-        base_url=settings.base_url or "",
-        limiter=Recorder(),
-        on_done=done.put,
-    )
-    first = requests.get(timeout=10)
-    ref.stop()
-    return first
+    _done, requests = coordinate(job, Settings(base_url="http://127.0.0.1:9/v1"))
+    return requests.get(timeout=10)
 
 
 def test_requests_carry_the_tenant_and_its_weight() -> None:

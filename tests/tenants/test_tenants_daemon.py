@@ -8,16 +8,15 @@ cap refusing only it, revocation, and failed authentications logged without the 
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_helpers import HTTP, Daemon, make_job, wait_for
+from daemon_helpers import Daemon, make_job, wait_for
 
 from briefd.sim.server import SimProfile, SimServer
+from tenants.helpers import call, new_key
 
 
 @pytest.fixture(scope="module")
@@ -30,34 +29,10 @@ def sim() -> Iterator[SimServer]:
 def daemon(sim: SimServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     d = Daemon(tmp_path_factory.mktemp("tenants"), sim.base_url, max_concurrent=2, key_cache_s=1)
     for name in ("acme", "beta"):
-        cli(d, "tenant", "add", name)
+        d.cli("tenant", "add", name)
     d.start()
     yield d
     d.stop()
-
-
-def cli(d: Daemon, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
-        [sys.executable, "-m", "briefd", *args],
-        env=d.env,
-        cwd=d.tmp,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    if ok:
-        assert done.returncode == 0, done.stderr
-    return done
-
-
-def new_key(d: Daemon, tenant: str, scopes: str = "submit,read,cancel") -> str:
-    return cli(d, "key", "create", tenant, "--scopes", scopes).stdout.strip()
-
-
-def call(d: Daemon, key: str, method: str, path: str, body: Any = None) -> Any:
-    return HTTP.request(
-        method, f"{d.url}{path}", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=10
-    )
 
 
 def wait_done(d: Daemon, key: str, job_id: str) -> dict[str, Any]:
@@ -140,9 +115,9 @@ def test_a_revoked_key_is_refused_within_five_seconds(daemon: Daemon) -> None:
     key = new_key(daemon, "acme", "read")
     assert call(daemon, key, "GET", "/v1/jobs").status_code == 200
     key_id = key.split("_")[1]
-    listed = cli(daemon, "key", "list").stdout
+    listed = daemon.cli("key", "list")
     assert key_id in listed and key not in listed
-    cli(daemon, "key", "revoke", key_id)
+    daemon.cli("key", "revoke", key_id)
     refused = wait_for(lambda: call(daemon, key, "GET", "/v1/jobs").status_code == 401, 5.0)
     assert refused, "a revoked key must be refused within 5 s"
     assert key not in daemon.log(), "the key is never logged"
@@ -150,7 +125,7 @@ def test_a_revoked_key_is_refused_within_five_seconds(daemon: Daemon) -> None:
 
 
 def test_a_tenants_budget_holds_only_its_jobs_and_its_queue_cap_only_it(daemon: Daemon) -> None:
-    cli(daemon, "tenant", "add", "poor", "--daily-budget-usd", "0", "--max-queued", "2")
+    daemon.cli("tenant", "add", "poor", "--daily-budget-usd", "0", "--max-queued", "2")
     admin, poor, acme = daemon.token, new_key(daemon, "poor"), new_key(daemon, "acme")
 
     def held() -> bool:
@@ -167,7 +142,7 @@ def test_a_tenants_budget_holds_only_its_jobs_and_its_queue_cap_only_it(daemon: 
     assert wait_done(daemon, acme, "rich")["status"] == "succeeded", "others are untouched"
     for n in (1, 2):
         assert call(daemon, poor, "GET", f"/v1/jobs/p{n}").json()["status"] == "queued"
-    cli(daemon, "tenant", "add", "poor", "--daily-budget-usd", "100", "--max-queued", "2")
+    daemon.cli("tenant", "add", "poor", "--daily-budget-usd", "100", "--max-queued", "2")
     for n in (1, 2):
         assert wait_done(daemon, poor, f"p{n}")["status"] == "succeeded"
     metrics = call(daemon, admin, "GET", "/metrics").text
@@ -186,7 +161,7 @@ def test_per_key_rates_and_failed_authentications_are_limited(
         api_rate_per_key=0.5,
         api_burst_per_key=2,
     )
-    cli(d, "tenant", "add", "acme")
+    d.cli("tenant", "add", "acme")
     key, other = new_key(d, "acme", "read"), new_key(d, "acme", "read")
     d.start()
     try:
