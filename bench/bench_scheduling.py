@@ -57,14 +57,14 @@ class Run:
 
 def run_briefd(base_url: str, jobs: int, k: int, tag: str) -> Run:
     """``jobs`` jobs through one ``briefd.Pipeline`` with K tokens."""
-    makespan, latencies, cpu = run_jobs(base_url, jobs, k, tag)
+    makespan, latencies, cpu = run_jobs(base_url, jobs, k, tag, stream=False)
     return Run(makespan, latencies, cpu, 4 * jobs)
 
 
 def run_reference(base_url: str, jobs: int, k: int, tag: str) -> Run:
     """The same jobs on plain threads, a FIFO semaphore of K and one pooled Session."""
     pipeline = load_pipeline(None).by_name
-    settings = briefd.Settings(base_url=base_url)
+    settings = briefd.Settings(base_url=base_url, stream=False)  # whole answers, as briefd here
     url = base_url.rstrip("/") + "/chat/completions"
     session = requests.Session()
     session.trust_env = False
