@@ -166,3 +166,64 @@ def test_streamed_calls_reuse_one_kept_alive_connection(sim: SimServer) -> None:
         assert done.finish_reason == "stop" and done.ttft_ms is not None and done.text
     with lock:
         assert accepted[0] == 1
+
+
+def test_a_stream_over_tls_is_read_whole_and_its_connection_reused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """Over https the socket read below urllib3 is the TLS socket: two streamed calls, each
+    whole, over one kept-alive connection."""
+    import json
+    import socket
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    accepted: list[int] = []
+
+    def event(content: str | None, finish: str | None = None) -> bytes:
+        delta = {} if content is None else {"content": content}
+        obj = {"model": "m", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        return b"data: " + json.dumps(obj).encode() + b"\n\n"
+
+    def serve() -> None:
+        raw, _ = listener.accept()
+        accepted.append(1)
+        with server_ctx.wrap_socket(raw, server_side=True) as conn:
+            for _ in range(2):
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(65536)
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                while len(body) < length:
+                    body += conn.recv(65536)
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                    b"Transfer-Encoding: chunked\r\n\r\n"
+                )
+                for piece in (event("Hel"), event("lo"), event(None, "stop"), b"data: [DONE]\n\n"):
+                    conn.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+                conn.sendall(b"0\r\n\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    base = f"https://127.0.0.1:{port}/v1"
+    try:
+        client = ChatClient(Settings(base_url=base, timeout_ms=10_000), base)
+        body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+        for i in range(2):
+            done = client.complete(body, job_id=f"t{i}", stage="S")
+            assert done.text == "Hello" and done.finish_reason == "stop"
+    finally:
+        listener.close()
+        thread.join(timeout=10)
+    assert accepted == [1]

@@ -7,8 +7,10 @@ urllib3 (``HTTPResponse.read1``), every read goes down five layers of Python
 ``readline`` and CRLF ``_safe_read``) and returns *one* HTTP chunk, however many
 have arrived. :class:`ChunkedBody` reads the response's own buffered socket
 reader (``http.client``'s ``fp``, which holds whatever the header parse read
-ahead) with one ``read1`` and takes every whole chunk in it apart with a few
-``bytes`` operations: a read costs one call into the socket, whatever it brought.
+ahead) with one ``read1``, then, its read-ahead drained, the socket itself (``recv``:
+the reader would only pass the call on, through a Python ``SocketIO``), and takes
+every whole chunk in a read apart with a few ``bytes`` operations: a read costs one
+call into the socket, whatever it brought.
 
 Hand-written (about 100 lines): ``http.client`` and urllib3 decode chunks only one
 at a time, and h11, the maintained sans-IO HTTP/1.1 parser, would have to own the
@@ -29,6 +31,8 @@ is read by :class:`Urllib3Body`, urllib3's own way.
 from __future__ import annotations
 
 import http.client
+import socket
+from collections.abc import Callable
 from io import BufferedIOBase
 from typing import Protocol
 
@@ -97,7 +101,12 @@ class ChunkedBody:
     ) -> None:
         self._resp = resp
         self._original = original
-        self._read1 = fp.read1
+        self._read1: Callable[[int], bytes] = fp.read1
+        conn = resp.connection
+        sock = getattr(conn, "sock", None) if conn is not None else None
+        self._recv: Callable[[int], bytes] = (
+            sock.recv if isinstance(sock, socket.socket) else fp.read1
+        )
         self._left = 0  # bytes of the current chunk's data not yet read
         self._crlf = 0  # bytes of the CRLF after a chunk's data not yet read
         self._line = b""  # a size or trailer line begun in an earlier read
@@ -110,6 +119,8 @@ class ChunkedBody:
             raw = self._read1(READ)
             if not raw:
                 raise BodyBroken("the body ended before its last chunk")
+            if len(raw) < READ:  # the reader's read-ahead is drained: the socket from now on
+                self._read1 = self._recv
             data = self._take(raw)
             if data:
                 return data
