@@ -6,6 +6,8 @@
    a StageProgress reporter) and whole, by briefd's ``ChatClient`` against the simulator
    in a child process (``time.process_time()`` is then the client's alone). Target:
    streamed <= 1.3 x whole.
+   The simulator writes a chunk a token (as real servers do), so a streamed call wakes
+   and reads once a token: its context switches per call are printed beside.
 2. Makespan of 100 jobs at K=2, streamed and not (``BRIEFD_STREAM``). Target: unchanged
    within noise.
 3. Hedging: 5 % of stage calls wait ``--straggler-s`` for their first token (chosen with

@@ -94,7 +94,8 @@ class Urllib3Body:
 
 
 class ChunkedBody:
-    """A chunked body read from the response's buffered reader (see the module's docstring)."""
+    """A chunked body read from the response's buffered reader, then its socket (see the
+    module's docstring)."""
 
     def __init__(
         self, resp: BaseHTTPResponse, original: http.client.HTTPResponse, fp: BufferedIOBase
