@@ -34,10 +34,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from pydantic_core import from_json
 from urllib3.response import BaseHTTPResponse
 
 from briefd.llm.answer import Completion, _usage, server_ms_of
 from briefd.llm.answer import _model as model_name
+from briefd.llm.chunked import body_reader
 from briefd.llm.encoding import BodyDecoder
 from briefd.llm.errors import (
     QUOTA_CODES,
@@ -53,7 +55,6 @@ from briefd.messages import ErrorCode, ServerWork, Usage
 from briefd.timers import TimerHandle, call_later
 from briefd.worktime import timing_of
 
-_READ = 65536
 END_GRACE_S = 1.0
 """After ``[DONE]``, how long the body's end may take (it comes in the same write, as a rule)."""
 
@@ -91,9 +92,14 @@ class StreamProgress:
 class StreamClock:
     """The stream's watchdog: cuts the socket when the next due clock passes; says why.
 
-    Between events the due time only moves later (``last_at``), so the watchdog
-    sleeps on the old one and re-arms itself when it wakes early; the first token
-    is the one change that can bring it forward (:meth:`first_token`).
+    It is armed for the earliest the due time can be (before the first token: no later
+    than an idle timeout from now, what a first token now would make it). Events only
+    move the due time later (``last_at``), so a read just notes the time
+    (:meth:`event`) and the watchdog, when it wakes early, sleeps again until the due
+    time as it is then: a call costs one timer entry, as a whole answer's watchdog
+    does, not one per token (re-arming woke the timer thread, a few context switches
+    a call). ``[DONE]`` with the body's end still to come is the one change that brings
+    it forward (:meth:`answered`).
     """
 
     def __init__(
@@ -128,8 +134,16 @@ class StreamClock:
         return (due, reason) if due < self._deadline else (self._deadline, "deadline")
 
     def start(self) -> None:
+        self._arm(time.monotonic())
+
+    def _arm(self, now: float) -> None:
+        """(Under the lock, or before any other thread sees the clock) sleep until the
+        earliest the due time can be: the events to come move it no earlier, so they
+        need not re-arm it (one timer entry a call, as a whole answer's watchdog)."""
         due, _ = self._due()
-        self._handle = call_later(max(due - time.monotonic(), 0.0), self._fire)
+        if self.first_at is None and not self._ending:
+            due = min(due, now + self._idle_s)  # a first token now would make it this
+        self._handle = call_later(max(due - now, 0.0), self._fire)
 
     def _fire(self) -> None:
         with self._lock:
@@ -138,34 +152,30 @@ class StreamClock:
             due, reason = self._due()
             now = time.monotonic()
             if now < due:  # an event came since: sleep until the clock it moved
-                self._handle = call_later(due - now, self._fire)
+                self._arm(now)
                 return
             self.reason = reason
         with contextlib.suppress(OSError, RuntimeError, ValueError):
             self._resp.shutdown()
 
-    def first_token(self, now: float) -> None:
-        """The first token came: from now on the idle clock runs, which may be due sooner
-        than the first-token clock the watchdog sleeps on, so it is re-armed (once)."""
-        with self._lock:
-            self.first_at = self.last_at = now
-            self._rearm(now)
+    def event(self, now: float, *, token: bool) -> None:
+        """An event came (``token``: the first token too). Cheap, as it runs a read: the
+        due time moves later, which the watchdog sees when it wakes (:meth:`_arm`)."""
+        self.last_at = now
+        if token:
+            self.first_at = now
 
     def answered(self, now: float) -> None:
-        """``[DONE]`` came: the body's end (its last chunk) is due at once; a server that
-        keeps the stream open after it is cut within :data:`END_GRACE_S`, answer kept."""
+        """``[DONE]`` came but the body's end did not in the same read: it is due at once;
+        a server that keeps the stream open after it is cut within :data:`END_GRACE_S`,
+        answer kept. The one change that brings the due time forward: re-armed."""
         with self._lock:
             self.last_at = now
             self._ending = True
-            self._rearm(now)
-
-    def _rearm(self, now: float) -> None:
-        """(Under the lock) sleep on the due time as it is now."""
-        if not self._done:
-            if self._handle is not None:
-                self._handle.cancel()
-            due, _ = self._due()
-            self._handle = call_later(max(due - now, 0.0), self._fire)
+            if not self._done:
+                if self._handle is not None:
+                    self._handle.cancel()
+                self._arm(now)
 
     def stop(self) -> None:
         with self._lock:
@@ -311,13 +321,14 @@ def read_stream(
     clock = StreamClock(
         resp, sent_at=sent_at, deadline=deadline, first_token_s=first_token_s, idle_s=idle_s
     )
+    body = body_reader(resp)
     clock.start()
     size = 0
     try:
-        while True:
+        while not body.ended:
             try:
-                chunk = resp.read1(_READ)
-            except Exception:  # OSError, urllib3's protocol errors: cut, or lost
+                chunk = body.read()
+            except Exception:  # OSError, broken framing, urllib3's errors: cut, or lost
                 if assembly.done:
                     break  # the answer is whole; only the body's end was missing
                 if clock.reason is not None:
@@ -330,11 +341,14 @@ def read_stream(
             size += len(chunk)
             if size > max_body:
                 raise BadResponseError(f"response larger than {max_body} bytes")
-            _take(parser.feed(decoder.feed(chunk)), assembly, clock, on_progress)
+            answered = _take(decoder.feed(chunk), parser, assembly, clock, on_progress)
+            if answered and not body.ended:  # [DONE], but not yet the body's end
+                clock.answered(time.monotonic())
         if not assembly.done:
-            _take(parser.feed(decoder.finish()), assembly, clock, on_progress)
+            _take(decoder.finish(), parser, assembly, clock, on_progress)
     finally:
-        clock.stop()
+        clock.stop()  # before the connection goes back: the watchdog must not cut it there
+        body.release()
     if clock.reason is not None and not assembly.done:
         raise clock.error(timeout_s)
     first = clock.first_at
@@ -343,34 +357,59 @@ def read_stream(
 
 
 def _take(
-    events: list[SSEEvent],
+    data: bytes,
+    parser: SSEParser,
     assembly: _Assembly,
     clock: StreamClock,
     on_progress: Callable[[StreamProgress], None] | None,
-) -> None:
-    """Add a read's events to the answer; move the clocks; tell the progress."""
-    if not events:
-        return
-    wrote, done = assembly.wrote, assembly.done
-    if len(events) > 1 and all(e.event == "message" and e.data[:1] == "{" for e in events):
-        try:  # a read's chunks in one parse: a call each costs more than the parsing
-            batch: Any = json.loads("[" + ",".join(e.data for e in events) + "]")
-        except (ValueError, RecursionError):
+) -> bool:
+    """Add a read's events to the answer; note the time on the clock; tell the progress.
+    True when they brought ``[DONE]``.
+
+    A read of whole ``data: {...}`` events (nearly every read) is parsed as one JSON
+    array, with no event objects in between (:meth:`~briefd.llm.sse.SSEParser.json_messages`),
+    by pydantic-core's parser (a third of ``json.loads``'s time on a chunk: its Python
+    around the C scanner costs more than the scanning). What it refuses (bytes that are
+    not UTF-8, a lone surrogate escape, which a pair split between two chunks is) goes
+    the long way, through ``json.loads``, exactly as before.
+    """
+    wrote = assembly.wrote
+    batch: Any = None
+    messages = parser.json_messages(data)
+    if messages is not None:
+        try:
+            batch = from_json(messages[0])
+        except ValueError:  # not UTF-8, a lone surrogate, not JSON: the long way
             batch = None
-        if type(batch) is list and len(batch) == len(events):
-            for obj in batch:
-                assembly.add_object(obj)
-            events = []
-    for event in events:
-        assembly.add(event.data, event.event)
-    now = time.monotonic()
-    if assembly.wrote and not wrote:
-        clock.first_token(now)
-    clock.last_at = now
-    if assembly.done and not done:
-        clock.answered(now)
+        if type(batch) is not list or len(batch) != messages[1]:
+            batch = None
+    if batch is None:
+        events = parser.feed(data)
+        if not events:
+            return False
+        batch = _batch(events)
+        if batch is None:
+            for event in events:
+                assembly.add(event.data, event.event)
+    if batch is not None:
+        for obj in batch:
+            assembly.add_object(obj)
+    clock.event(time.monotonic(), token=assembly.wrote and not wrote)
     if on_progress is not None and assembly.progress.tokens:
         on_progress(assembly.progress)
+    return assembly.done
+
+
+def _batch(events: list[SSEEvent]) -> list[Any] | None:
+    """Several events' JSON objects in one parse (a call each costs more than the parsing),
+    or None where they are not all plain JSON-object messages."""
+    if len(events) < 2 or not all(e.event == "message" and e.data[:1] == "{" for e in events):
+        return None
+    try:
+        batch: Any = json.loads("[" + ",".join(e.data for e in events) + "]")
+    except (ValueError, RecursionError):
+        return None
+    return batch if type(batch) is list and len(batch) == len(events) else None
 
 
 def _lost() -> TransportError:
