@@ -28,12 +28,11 @@ import os
 import random
 import resource
 import statistics
-import threading
 import time
 import urllib.request
 from typing import Any
 
-from common import STAGES, job, start_sim
+from common import STAGES, run_jobs, start_sim
 from loguru import logger
 
 import briefd
@@ -41,7 +40,7 @@ from briefd.actors.stage_progress import ProgressReporter
 from briefd.config import load_pipeline
 from briefd.llm.call import ChatClient, build_request
 from briefd.llm.hedge import BUDGET
-from briefd.messages import Event, JobCompleted
+from briefd.messages import Event
 
 
 def _post(root: str, path: str, body: Any) -> None:
@@ -81,35 +80,6 @@ def cpu_per_call(base_url: str, calls: int, stream: bool) -> tuple[float, float]
 def _switches() -> int:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_nvcsw + usage.ru_nivcsw
-
-
-def run_jobs(
-    base_url: str, jobs: int, k: int, tag: str, gap_s: float = 0.0, **settings: Any
-) -> tuple[float, list[float], float]:
-    """(makespan s, job latencies s, client CPU s) of ``jobs`` jobs submitted ``gap_s`` apart."""
-    done: dict[str, float] = {}
-    lock = threading.Lock()
-
-    def observe(event: Event) -> None:
-        if isinstance(event, JobCompleted):
-            with lock:
-                done[event.job_id] = time.perf_counter()
-
-    config = briefd.Settings(base_url=base_url, max_concurrent=k, **settings)
-    with briefd.Pipeline(config) as pipeline:
-        cpu0, t0 = time.process_time(), time.perf_counter()
-        submitted: dict[str, float] = {}
-        futures = []
-        for i in range(jobs):
-            job_id = f"{tag}-{i}"
-            submitted[job_id] = time.perf_counter()
-            futures.append(pipeline.submit(job(job_id), observers=[observe]))
-            if gap_s:
-                time.sleep(gap_s)  # open-loop arrivals (a benchmark's load, not a test's wait)
-        results = [f.get(timeout=600) for f in futures]
-        makespan, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    assert all(r.status == "succeeded" for r in results), [r.errors for r in results][:3]
-    return makespan, [done[j] - submitted[j] for j in submitted], cpu
 
 
 def p99(values: list[float]) -> float:

@@ -6,33 +6,15 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from typing import Any
 
 import psycopg
-import pytest
 
 from briefd.cluster.records import Grant, HeldLease
 from briefd.cluster.tokens import ClusterTokens
 from briefd.limits.fair import FairShare
 from briefd.messages.token import RequestToken
 
-Factory = Callable[..., ClusterTokens]
-
-
-@pytest.fixture
-def make_tokens(pg_url: str) -> Iterator[Factory]:
-    made: list[ClusterTokens] = []
-
-    def make(daemon_id: str, **kw: Any) -> ClusterTokens:
-        tokens = ClusterTokens(pg_url, daemon_id, timeout_s=5.0, **kw)
-        tokens.register()
-        made.append(tokens)
-        return tokens
-
-    yield make
-    for tokens in made:
-        tokens.close()
+from .conftest import Factory  # make_tokens: the conftest's fixture
 
 
 def _enqueue(
