@@ -16,8 +16,9 @@ import pytest
 from daemon_helpers import Daemon, make_job, wait_for
 
 from briefd.sim.server import SimProfile, SimServer
+from tenants.helpers import call, new_key
 
-from .test_tenants_daemon import call, cli, new_key, wait_done
+from .test_tenants_daemon import wait_done
 
 BACKLOG = 12
 
@@ -33,7 +34,7 @@ def test_a_tenants_single_job_starts_before_anothers_backlog_drains(
 ) -> None:
     d = Daemon(tmp_path, sim.base_url, max_concurrent=2, max_active_jobs=2)
     for name in ("acme", "beta"):
-        cli(d, "tenant", "add", name)
+        d.cli("tenant", "add", name)
     d.start()
     try:
         a, b = new_key(d, "acme"), new_key(d, "beta")
