@@ -205,7 +205,7 @@ def _report(result: JobResult, written: Written) -> int:
     """
     ok = result.status is JobStatus.SUCCEEDED and not written.failed
     speedup = result.metrics.speedup_ratio
-    speed = f" (speed-up {speedup:.2f}x: call time / wall)" if ok else ""
+    speed = f" (speed-up {speedup:.2f}x: sequential work / wall)" if ok else ""
     took = f"{result.status} in {result.metrics.total_ms} ms"
     print(f"{escape_control(result.job_id)}: {took}{speed}")
     for path in written.paths:

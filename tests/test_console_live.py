@@ -149,7 +149,7 @@ def test_console_follows_a_live_log_in_tmux(live_log: Path, tmp_path: Path) -> N
         assert succeeded(later) > succeeded(first), "the screen moves with the log"
         assert re.search(r"live-\d+ +│ succeeded", later)
         assert re.search(r"total +│ +[1-9]\d* │ +\d+/\d+ │", later), "latency table fills in"
-        assert "speed-up (call time / wall)" in later and "rollback signals" in later
+        assert "speed-up (sequential work / wall)" in later and "rollback signals" in later
     finally:
         tmux.kill()
 

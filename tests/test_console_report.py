@@ -171,7 +171,7 @@ def test_console_once_shows_jobs_latency_and_warnings(
     totals = sorted(r.metrics.total_ms for r in recording.results)
     assert f"{LatencySummary.of(totals).p50_ms:.0f}" in out
     speedups = [r.metrics.speedup_ratio for r in recording.results if r.parallel]
-    assert f"speed-up (call time / wall) {fmean(speedups):.2f}x" in out
+    assert f"speed-up (sequential work / wall) {fmean(speedups):.2f}x" in out
     assert "↩ fallback" in out and "✗ failed" in out and "INVALID_JSON" in out
 
 

@@ -187,7 +187,7 @@ def test_contention_shows_as_queue_time_not_call_time(parallel_sim: SimServer) -
     out = Console(width=160, file=io.StringIO(), highlight=False)
     out.print(render(shown, source="test"))
     text = out.file.getvalue()  # type: ignore[attr-defined]
-    assert "speed-up (call time / wall)" in text and "queued" in text and "ttft" in text
+    assert "speed-up (sequential work / wall)" in text and "queued" in text and "ttft" in text
     q = shown.stage_queued[waited.stage]
     assert f"{q.p50_ms:.0f}/{q.p95_ms:.0f}" in text
 

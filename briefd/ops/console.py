@@ -333,9 +333,9 @@ def render(
     side = Table.grid(padding=(0, 4))
     side.add_row(_latency(snap), _signals(snap))
     speedup = Text.assemble(
-        ("speed-up (call time / wall) ", "bold"),
-        f"{snap.mean_speedup:.2f}x (mean over parallel jobs of the sum of the stages' call "
-        "times / the job's wall time; about 1.0 when the server serves one call at a time)",
+        ("speed-up (sequential work / wall) ", "bold"),
+        f"{snap.mean_speedup:.2f}x (mean over parallel jobs of the stages' sequential work: "
+        "call times, or tokens at the server's pace alone, over the job's wall time)",
     )
     parts = [_header(snap, source, title, notes), _warnings(snap), _jobs(snap, job_rows)]
     parts.append(writing_table(snap, job_rows))  # streaming stages: tokens, last line

@@ -134,7 +134,7 @@ def latency_table(stages_ms: dict[str, int], m: object) -> str:
     parts.append(f"parallel_group={getattr(m, 'parallel_group_ms', 0)}ms")
     parts.append(f"sequential_group={getattr(m, 'sequential_group_ms', 0)}ms")
     parts.append(f"total={getattr(m, 'total_ms', 0)}ms")
-    parts.append(f"speedup={getattr(m, 'speedup_ratio', 0.0):.2f}x (call time / wall)")
+    parts.append(f"speedup={getattr(m, 'speedup_ratio', 0.0):.2f}x (sequential work / wall)")
     return " | ".join(parts)
 
 
