@@ -103,6 +103,8 @@ def test_outcome_tracker_counts_timeouts_and_skips_policy_failures() -> None:
     assert t.ended("j", "T", 0, "CANCELLED") is None
     assert t.ended("j", "T", 0, "BUDGET_EXCEEDED") is None
     assert t.ended("j", "U", 1, "INVALID_JSON") == Outcome(True, True, 1, 0)
+    t.retried("j", "V", "STALLED")  # a streamed answer that stopped coming: a timeout too
+    assert t.ended("j", "V", 2, "STALLED") == Outcome(True, False, 2, 2)
 
 
 def _health(d: Daemon) -> dict[str, Any]:

@@ -157,17 +157,22 @@ class OutcomeTracker:
     """Policy, not the server's health: a job's own budget or deadline refused the stage
     (running sequentially would only miss more deadlines)."""
 
+    TIMED_OUT = frozenset({"TIMEOUT", "STALLED"})
+    """A call cut by a clock: the total deadline, or a streamed answer that stopped coming
+    (idle or first-token timeout): both say the server is slow, which the seed's rollback
+    watches."""
+
     def __init__(self) -> None:
         self._timeouts: dict[tuple[str, str], int] = {}
 
     def retried(self, job_id: str, stage: str, code: str) -> None:
-        if code == "TIMEOUT":
+        if code in self.TIMED_OUT:
             key = (job_id, stage)
             self._timeouts[key] = self._timeouts.get(key, 0) + 1
 
     def ended(self, job_id: str, stage: str, attempts: int, code: str | None) -> Outcome | None:
         """The outcome of a stage that succeeded (``code`` None) or failed with ``code``."""
-        timeouts = self._timeouts.pop((job_id, stage), 0) + (code == "TIMEOUT")
+        timeouts = self._timeouts.pop((job_id, stage), 0) + (code in self.TIMED_OUT)
         if code in self.IGNORED:
             return None
         return Outcome(
