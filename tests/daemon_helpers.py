@@ -207,3 +207,22 @@ class Daemon:
             if isinstance(obj, dict) and obj.get("event") == name:
                 found.append(obj)
         return found
+
+
+def sim_cli_answer(cmd: list[str], says: str, stage: str = "PLAYS_MD") -> dict[str, Any]:
+    """Start ``briefd sim`` (``cmd``, with ``--port 0``) in a child, check that its first line
+    says ``says``, ask it one chat completion as ``stage``, stop it; the answer's JSON."""
+    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        line = child.stdout.readline()
+        assert says in line, line
+        url = line.rsplit(" ", 1)[1].strip()
+        body = {"model": "m", "messages": [{"role": "user", "content": "hello there"}]}
+        answer: dict[str, Any] = requests.post(
+            f"{url}/chat/completions", json=body, headers={"X-Briefd-Stage": stage}, timeout=10
+        ).json()
+        return answer
+    finally:
+        child.terminate()
+        child.wait(timeout=10)

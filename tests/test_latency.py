@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from statistics import median
 from typing import Any
 
 import pytest
-import requests
+from daemon_helpers import sim_cli_answer
 from log_helpers import log_record
 from rich.console import Console
 
@@ -224,26 +223,9 @@ def test_a_retried_stage_reports_each_attempt_and_the_backoff() -> None:
 
 def test_briefd_sim_serialize_flag(briefd_cmd: Any) -> None:
     """`briefd sim --serialize` says so, and its answers carry llama.cpp's timings."""
-    child = subprocess.Popen(
-        briefd_cmd("sim", "--port", "0", "--scale", "0.01", "--serialize"),
-        stdout=subprocess.PIPE,
-        text=True,
+    answer = sim_cli_answer(
+        briefd_cmd("sim", "--port", "0", "--scale", "0.01", "--serialize"), "serializing"
     )
-    try:
-        assert child.stdout is not None
-        line = child.stdout.readline()
-        assert "serializing" in line, line
-        url = line.rsplit(" ", 1)[1].strip()
-        body = {"model": "m", "messages": [{"role": "user", "content": "hello there"}]}
-        answer = requests.post(
-            f"{url}/chat/completions",
-            json=body,
-            headers={"X-Briefd-Stage": "PLAYS_MD"},
-            timeout=10,
-        ).json()
-        timings = answer["timings"]
-        assert timings["predicted_n"] == answer["usage"]["completion_tokens"]
-        assert 70 <= server_ms_of(answer) < 1000  # 7 units at 0.01 s
-    finally:
-        child.terminate()
-        child.wait(timeout=10)
+    timings = answer["timings"]
+    assert timings["predicted_n"] == answer["usage"]["completion_tokens"]
+    assert 70 <= server_ms_of(answer) < 1000  # 7 units at 0.01 s

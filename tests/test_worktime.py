@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import requests
+from daemon_helpers import sim_cli_answer
 
 import briefd
 from briefd.latency import StageClock, stage_work_ms
@@ -235,25 +236,11 @@ def test_speedup_against_a_batching_server_is_the_measured_one(batching: SimServ
 
 def test_briefd_sim_batching_flag(briefd_cmd: Any) -> None:
     """`briefd sim --batching` says so, and its answers carry llama.cpp's timings."""
-    child = subprocess.Popen(
-        briefd_cmd("sim", "--port", "0", "--scale", "0.01", "--batching"),
-        stdout=subprocess.PIPE,
-        text=True,
+    answer = sim_cli_answer(
+        briefd_cmd("sim", "--port", "0", "--scale", "0.01", "--batching"), "batching"
     )
-    try:
-        assert child.stdout is not None
-        line = child.stdout.readline()
-        assert "batching" in line, line
-        url = line.rsplit(" ", 1)[1].strip()
-        body = {"model": "m", "messages": [{"role": "user", "content": "hello there"}]}
-        answer = requests.post(
-            f"{url}/chat/completions", json=body, headers={"X-Briefd-Stage": "PLAYS_MD"}, timeout=10
-        ).json()
-        work = timing_of(answer)
-        assert work is not None and work.predicted_n == answer["usage"]["completion_tokens"]
-    finally:
-        child.terminate()
-        child.wait(timeout=10)
+    work = timing_of(answer)
+    assert work is not None and work.predicted_n == answer["usage"]["completion_tokens"]
     both = subprocess.run(
         briefd_cmd("sim", "--port", "0", "--batching", "--serialize"),
         capture_output=True,
